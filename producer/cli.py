@@ -1,0 +1,189 @@
+"""`visionq` — submit jobs, follow them, and start the other parts.
+
+`worker` and `models` run the GPU side: they are handed to `python -m worker`
+(a separate process), so this module and the producer never import torch.
+Exit codes: 0 ok, 1 the job ended failed or canceled, 2 bad input or usage,
+3 no such job, 4 timed out waiting.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from tasks.errors import JobNotFound, VisionqError
+
+WORKER_COMMANDS = ("worker", "models")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in WORKER_COMMANDS:
+        return _hand_to_worker(argv)
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except JobNotFound as exc:
+        print(f"visionq: {exc}", file=sys.stderr)
+        return 3
+    except (VisionqError, ValueError) as exc:
+        print(f"visionq: {exc}", file=sys.stderr)
+        return 2
+    except TimeoutError as exc:
+        print(f"\nvisionq: {exc}", file=sys.stderr)
+        return 4
+    except KeyboardInterrupt:
+        return 130
+
+
+def _hand_to_worker(argv: list[str]) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        print("visionq: the worker needs the [worker] extra: pip install 'visionq[worker]'", file=sys.stderr)
+        return 2
+    os.execv(sys.executable, [sys.executable, "-m", "worker", *argv])
+    return 0  # not reached: execv replaces this process
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visionq", description="Asynchronous vision-AI jobs.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("worker", help="serve jobs with preloaded models (see `visionq worker --help`)")
+    commands.add_parser("models", help="`visionq models tiny DIR`: build tiny offline models")
+
+    submit = commands.add_parser("submit", help="submit a job")
+    kinds = submit.add_subparsers(dest="kind", required=True, metavar="KIND")
+    caption = kinds.add_parser("caption", help="caption an image")
+    caption.add_argument("image", help="local path, s3://bucket/key or http(s):// URL")
+    caption.add_argument("--prompt", help="conditional captioning: the caption continues this text")
+    caption.add_argument("--max-new-tokens", type=int, default=30)
+    caption.add_argument("--num-beams", type=int, default=1)
+    segment = kinds.add_parser("segment", help="segment an image")
+    segment.add_argument("image", help="local path, s3://bucket/key or http(s):// URL")
+    segment.add_argument("--label", action="append", dest="labels", metavar="LABEL",
+                         help="a text prompt to mask (repeat); none: semantic classes")
+    segment.add_argument("--threshold", type=float, default=0.4)
+    generate = kinds.add_parser("generate", help="generate images from a prompt")
+    generate.add_argument("prompt")
+    generate.add_argument("--negative-prompt")
+    generate.add_argument("--width", type=int, default=512)
+    generate.add_argument("--height", type=int, default=512)
+    generate.add_argument("--steps", type=int, default=4)
+    generate.add_argument("--guidance-scale", type=float, default=0.0)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--num-images", type=int, default=1)
+    for kind_parser in (caption, segment, generate):
+        kind_parser.add_argument("--idempotency-key")
+        _add_wait_options(kind_parser)
+        kind_parser.set_defaults(handler=_submit)
+
+    status = commands.add_parser("status", help="show a job")
+    status.add_argument("job_id")
+    _add_wait_options(status)
+    status.set_defaults(handler=_status)
+
+    cancel = commands.add_parser("cancel", help="cancel a job")
+    cancel.add_argument("job_id")
+    cancel.add_argument("--json", action="store_true", help="print the job record as JSON")
+    cancel.set_defaults(handler=_cancel)
+
+    workers = commands.add_parser("workers", help="list live workers")
+    workers.add_argument("--json", action="store_true")
+    workers.set_defaults(handler=_workers)
+
+    demo = commands.add_parser("demo", help="run one job of each kind end to end on embedded defaults")
+    demo.add_argument("--tiny", action="store_true", help="use tiny offline models even when a hub is reachable")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's Redis and files afterwards")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _add_wait_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", action="store_true", help="wait until the job is final, showing progress")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: forever)")
+    parser.add_argument("--json", action="store_true", help="print the job record as JSON")
+
+
+def _client() -> Any:
+    from producer.client import Client
+
+    return Client()
+
+
+def _submit(args: argparse.Namespace) -> int:
+    client = _client()
+    common = {"idempotency_key": args.idempotency_key}
+    if args.kind == "caption":
+        job = client.caption(args.image, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                             num_beams=args.num_beams, **common)
+    elif args.kind == "segment":
+        job = client.segment(args.image, labels=args.labels, threshold=args.threshold, **common)
+    else:
+        job = client.generate(
+            args.prompt, negative_prompt=args.negative_prompt, width=args.width, height=args.height,
+            steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
+            num_images=args.num_images, **common,
+        )
+    if not args.wait and not args.json:
+        print(job.id)
+        return 0
+    return _report(job, args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    return _report(_client().get(args.job_id), args)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    job = _client().cancel(args.job_id)
+    if args.json:
+        print(json.dumps(job.to_dict(), indent=2))
+    else:
+        note = " (stops at its next checkpoint)" if job.status == "running" else ""
+        print(f"{job.id} {job.status}{note}")
+    return 0
+
+
+def _report(job: Any, args: argparse.Namespace) -> int:
+    from producer.render import ProgressLine, describe
+
+    if args.wait:
+        line = ProgressLine(sys.stderr)
+        try:
+            job.wait(timeout=args.timeout, on_change=line.update)
+        finally:
+            line.close()
+    if args.json:
+        print(json.dumps(job.to_dict(), indent=2))
+    else:
+        print(describe(job.to_dict()))
+    return 1 if job.status in ("failed", "canceled") else 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    from tasks.workers import list_workers
+
+    client = _client()
+    workers = list_workers(client.store.redis, client.settings.redis_prefix)
+    if args.json:
+        print(json.dumps(workers, indent=2))
+        return 0
+    if not workers:
+        print("no live workers")
+    for w in workers:
+        print(f"{w['name']:40} {w['state']:9} kinds={','.join(w.get('kinds', []))} "
+              f"device={w.get('device')} jobs_done={w.get('jobs_done', 0)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from producer.demo import run_demo
+
+    return run_demo(force_tiny=args.tiny, keep=args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The Python SDK: submit jobs, get them back, cancel them."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from pathlib import Path
+from typing import Any, Union
+
+from PIL import Image
+
+from tasks.app import make_celery
+from tasks.errors import InternalError, InvalidInput
+from tasks.images import image_extension
+from tasks.kinds import JobKind
+from tasks.schemas import (
+    IMAGE_SCHEMES, JobRequest, parse_request, request_to_message, request_to_record,
+)
+from tasks.settings import Settings
+from tasks.status import JobStatus
+from tasks.storage import Storage, input_key, open_storage
+from tasks.store import JobStore
+from producer.job import Job
+
+ImageInput = Union[str, Path, bytes, bytearray, Image.Image]
+
+_CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+class Client:
+    """Submits jobs and reads them back.
+
+    Configuration comes from the environment (VISIONQ_REDIS_URL, VISIONQ_STORAGE_URL,
+    boto3's AWS_* variables); explicit arguments win.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        storage_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env(redis_url=redis_url, storage_url=storage_url)
+        self.store = JobStore.from_url(
+            self.settings.redis_url, ttl_s=self.settings.job_ttl_s, prefix=self.settings.redis_prefix
+        )
+        self.celery = make_celery(self.settings)
+        self._storage: Storage | None = None
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:  # built on first upload: submitting a URL needs no storage
+            self._storage = open_storage(
+                self.settings.storage_url, presign_expiry_s=self.settings.presign_expiry_s
+            )
+        return self._storage
+
+    def caption(
+        self, image: ImageInput, *, prompt: str | None = None, max_new_tokens: int = 30,
+        num_beams: int = 1, idempotency_key: str | None = None,
+    ) -> Job:
+        return self._submit(JobKind.CAPTION, {
+            "image": image, "prompt": prompt, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
+        }, idempotency_key)
+
+    def segment(
+        self, image: ImageInput, *, labels: list[str] | None = None, threshold: float = 0.4,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        return self._submit(
+            JobKind.SEGMENT, {"image": image, "labels": labels, "threshold": threshold}, idempotency_key
+        )
+
+    def generate(
+        self, prompt: str, *, negative_prompt: str | None = None, width: int = 512, height: int = 512,
+        steps: int = 4, guidance_scale: float = 0.0, seed: int | None = None, num_images: int = 1,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        return self._submit(JobKind.GENERATE, {
+            "prompt": prompt, "negative_prompt": negative_prompt, "width": width, "height": height,
+            "steps": steps, "guidance_scale": guidance_scale, "seed": seed, "num_images": num_images,
+        }, idempotency_key)
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id; raises JobNotFound (a KeyError) for an unknown id."""
+        return Job(self, self.store.get(job_id))
+
+    def cancel(self, job_id: str) -> Job:
+        """A queued job ends `canceled` at once and never runs; a running one stops at
+        its next checkpoint (every denoising step for generate). Final jobs are left as they are."""
+        self.store.request_cancel(job_id)
+        return self.get(job_id)
+
+    def _submit(self, kind: JobKind, params: dict[str, Any], idempotency_key: str | None) -> Job:
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= self.settings.limits.max_key_chars:
+                raise InvalidInput(
+                    f"idempotency_key must be a string of 1..{self.settings.limits.max_key_chars} characters"
+                )
+        if "image" in params:
+            params["image"] = self._image_uri(params["image"])
+        request = parse_request(kind, params, self.settings.limits)
+        record, created = self.store.create(kind, request_to_record(request), idempotency_key)
+        if created:
+            self._enqueue(record.id, request)
+        return Job(self, record)
+
+    def _enqueue(self, job_id: str, request: JobRequest) -> None:
+        try:
+            self.celery.send_task(
+                request.kind.task_name, kwargs={"job_id": job_id, "request": request_to_message(request)},
+                queue=request.kind.queue, task_id=job_id,
+            )
+        except Exception as exc:
+            # Never leave a record that says queued for a message that was never sent.
+            error = InternalError(f"could not enqueue the job: {exc}").to_dict()
+            self.store.transition(job_id, JobStatus.FAILED, error=error)
+            raise
+
+    def _image_uri(self, image: Any) -> str:
+        """A URI for the message: remote references pass through, local data is uploaded."""
+        if isinstance(image, Image.Image):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            return self._upload(buffer.getvalue())
+        if isinstance(image, (bytes, bytearray)):
+            return self._upload(bytes(image))
+        if isinstance(image, str) and image.startswith(IMAGE_SCHEMES):
+            return image
+        if isinstance(image, (str, Path)):
+            path = Path(image)
+            if not path.is_file():
+                raise InvalidInput(f"image {str(image)[:200]!r} is neither a URI nor an existing file")
+            size = path.stat().st_size
+            if size > self.settings.limits.max_image_bytes:
+                raise InvalidInput(
+                    f"image {path} has {size} bytes, more than the limit {self.settings.limits.max_image_bytes}"
+                )
+            return self._upload(path.read_bytes())
+        raise InvalidInput(
+            f"image must be a path, bytes, a PIL image or a URI string, got {type(image).__name__}"
+        )
+
+    def _upload(self, data: bytes) -> str:
+        limit = self.settings.limits.max_image_bytes
+        if len(data) > limit:
+            raise InvalidInput(f"image has {len(data)} bytes, more than the limit {limit}")
+        extension = image_extension(data)
+        if extension is None:
+            raise InvalidInput("image is not a JPEG, PNG or WebP file")
+        digest = hashlib.sha256(data).hexdigest()
+        key = input_key(digest, extension)
+        # Content-addressed: the same image submitted twice is stored once.
+        if self.storage.exists(key):
+            return self.storage.ref(key, data, _CONTENT_TYPES[extension]).uri
+        return self.storage.put(key, data, _CONTENT_TYPES[extension]).uri
+
+
+def inline_image(data: bytes) -> str:
+    """A data: URI for a small image, carried inside the queue message instead of storage."""
+    extension = image_extension(data)
+    if extension is None:
+        raise InvalidInput("image is not a JPEG, PNG or WebP file")
+    return f"data:{_CONTENT_TYPES[extension]};base64,{base64.b64encode(data).decode()}"

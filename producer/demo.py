@@ -1,0 +1,141 @@
+"""`visionq demo`: one job of each kind, end to end, on embedded defaults.
+
+Brings up what is missing: a private redis-server (unless VISIONQ_REDIS_URL is
+set), local storage (unless VISIONQ_STORAGE_URL is set), tiny offline models
+when no model hub is reachable, and one worker process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from producer.redis_server import RedisServer
+
+DEMO_DIR = Path.home() / ".visionq" / "demo"
+HUB_HOST = "huggingface.co"
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def sample_image(path: Path) -> Path:
+    """A small synthetic scene: sky, sun, a hill and a house."""
+    image = Image.new("RGB", (320, 240))
+    draw = ImageDraw.Draw(image)
+    for y in range(240):
+        draw.line([(0, y), (320, y)], fill=(90, 150 + y // 4, 235))
+    draw.ellipse([230, 25, 290, 85], fill=(255, 215, 60))
+    draw.polygon([(0, 240), (0, 170), (160, 140), (320, 175), (320, 240)], fill=(70, 150, 60))
+    draw.rectangle([60, 120, 130, 180], fill=(180, 60, 50))
+    draw.polygon([(50, 122), (95, 85), (140, 122)], fill=(110, 40, 35))
+    image.save(path)
+    return path
+
+
+def run_demo(*, force_tiny: bool = False, keep: bool = False) -> int:
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    redis_server = None
+    if not env.get("VISIONQ_REDIS_URL"):
+        redis_server = RedisServer(directory=DEMO_DIR / "redis").start()
+        env["VISIONQ_REDIS_URL"] = redis_server.url
+        print(f"redis:   started a private redis-server at {redis_server.url}")
+    else:
+        print(f"redis:   {env['VISIONQ_REDIS_URL']} (from VISIONQ_REDIS_URL)")
+    env.setdefault("VISIONQ_STORAGE_URL", (DEMO_DIR / "storage").as_uri())
+    print(f"storage: {env['VISIONQ_STORAGE_URL']}")
+    tiny = force_tiny or not hub_reachable()
+    worker_args = ["--device", env.get("VISIONQ_DEVICE", "auto")]
+    if tiny:
+        models_dir = _tiny_models(env)
+        worker_args += ["--models", str(models_dir)]
+        env["HF_HUB_OFFLINE"] = "1"
+        reason = "as asked (--tiny)" if force_tiny else f"no model hub reachable ({HUB_HOST})"
+        print(f"models:  TINY random-weight models in {models_dir}, {reason}: outputs are noise, "
+              "every code path is real")
+    else:
+        print("models:  the default Hugging Face models (downloaded on first use; a few GB)")
+    env.setdefault("VISIONQ_TORCH_THREADS", "1" if tiny else "")
+    log_path = DEMO_DIR / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker", *worker_args], env=env, stdout=log, stderr=log
+        )
+    print(f"worker:  pid {worker.pid}, log {log_path}")
+    try:
+        os.environ.update({k: env[k] for k in ("VISIONQ_REDIS_URL", "VISIONQ_STORAGE_URL")})
+        return _submit_all(worker, log_path, tiny)
+    finally:
+        worker.send_signal(signal.SIGTERM)  # warm shutdown: finishes the job in hand
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        if redis_server is not None and not keep:
+            redis_server.stop()
+
+
+def _tiny_models(env: dict[str, str]) -> Path:
+    models_dir = DEMO_DIR / "models"
+    if not (models_dir / "VISIONQ_TINY.txt").exists():
+        subprocess.run([sys.executable, "-m", "worker", "models", "tiny", str(models_dir)],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+    return models_dir
+
+
+def _wait_until_ready(client: object, worker: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
+    from tasks.workers import list_workers
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the worker exited with {worker.returncode}:\n{tail}")
+        workers = list_workers(client.store.redis, client.settings.redis_prefix)
+        if any(w["pid"] == worker.pid and w["state"] == "ready" for w in workers):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the worker was not ready within {timeout_s} s; see {log_path}")
+
+
+def _submit_all(worker: subprocess.Popen[bytes], log_path: Path, tiny: bool) -> int:
+    from producer.client import Client
+    from producer.render import ProgressLine, describe
+
+    client = Client()
+    print("waiting for the worker to load and warm up its models ...")
+    _wait_until_ready(client, worker, log_path, timeout_s=120 if tiny else 1800)
+    image = sample_image(DEMO_DIR / "sample.png")
+    side = 64 if tiny else 512
+    jobs = [
+        client.caption(image),
+        client.segment(image, labels=["sun", "house"]),
+        client.segment(image),
+        client.generate("a watercolor fox", width=side, height=side, steps=4 if tiny else 1, seed=7),
+    ]
+    failed = 0
+    for job in jobs:
+        line = ProgressLine(sys.stdout)
+        try:
+            job.wait(timeout=120 if tiny else 1800, on_change=line.update)
+        finally:
+            line.close()
+        print(describe(job.to_dict()))
+        failed += job.status != "succeeded"
+    print(f"\n{len(jobs) - failed} of {len(jobs)} jobs succeeded; files are under {client.settings.storage_url}")
+    return 1 if failed else 0

@@ -1,0 +1,58 @@
+"""Human-readable output of the CLI: the live progress line and job summaries."""
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+
+class ProgressLine:
+    """One status line rewritten in place on a terminal; one line per change elsewhere."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last = ""
+
+    def update(self, job: Any) -> None:
+        text = f"{job.id} {job.kind} {job.status} {job.progress * 100:5.1f}%"
+        if text == self._last:
+            return
+        self._last = text
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self._last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def describe(record: dict[str, Any]) -> str:
+    """A few lines a person can read: status, error or output, and where files are."""
+    lines = [f"{record['id']}  {record['kind']}  {record['status']}"]
+    if record.get("error"):
+        lines.append(f"  error: {record['error']['code']}: {record['error']['message']}")
+    output = record.get("output") or {}
+    if "text" in output:
+        lines.append(f"  text: {output['text']!r}")
+    for segment in output.get("segments", []):
+        lines.append(f"  segment {segment['label']!r}: area {segment['area']:.3f}  {_where(segment['mask'])}")
+    if output.get("overlay"):
+        lines.append(f"  overlay: {_where(output['overlay'])}")
+    for image in output.get("images", []):
+        lines.append(f"  image: {_where(image)}")
+    if "seed" in output:
+        lines.append(f"  seed: {output['seed']}")
+    metrics = record.get("metrics") or {}
+    if metrics.get("total_ms") is not None:
+        lines.append(
+            "  timings (ms): " + ", ".join(f"{k[:-3]} {v:.0f}" for k, v in metrics.items()
+                                          if k.endswith("_ms") and v is not None)
+        )
+    return "\n".join(lines)
+
+
+def _where(ref: dict[str, Any]) -> str:
+    return ref.get("uri", "")

@@ -1,0 +1,43 @@
+"""The Celery app both sides share: queues, routing and the delivery guarantees."""
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from tasks.kinds import WEBHOOKS_QUEUE, JobKind
+from tasks.settings import Settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("visionq", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        # JSON only, everywhere: a pickle payload from the queue would be code execution.
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # The job store holds results; Celery's result backend would be a second copy.
+        task_ignore_result=True,
+        # Ack only after the job is recorded, so a worker that dies mid-job leaves the
+        # message to be redelivered (after the visibility timeout) instead of lost.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message reserved at a time: a job never waits behind a long one on a
+        # busy worker while another worker idles.
+        worker_prefetch_multiplier=1,
+        # Redis only: never reserve more messages than free slots, so jobs queued
+        # behind a long generation stay in Redis for other workers to take.
+        worker_disable_prefetch=True,
+        broker_transport_options={
+            # Unacked messages come back after this; it must exceed the longest job.
+            "visibility_timeout": settings.visibility_timeout_s,
+        },
+        broker_connection_retry_on_startup=True,
+        task_queues=[Queue(kind.queue) for kind in JobKind] + [Queue(WEBHOOKS_QUEUE)],
+        task_routes={kind.task_name: {"queue": kind.queue} for kind in JobKind},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app

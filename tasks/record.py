@@ -1,0 +1,78 @@
+"""The job record (what `Client.get`, `visionq status --json` and result.json show) and FileRef."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from tasks.kinds import JobKind
+from tasks.status import JobStatus
+
+
+def utc_now() -> str:
+    """ISO 8601 in UTC with milliseconds, e.g. 2026-11-29T10:00:00.123Z."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def ms_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return round((parse_time(end) - parse_time(start)).total_seconds() * 1000, 3)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class FileRef:
+    uri: str  # s3://bucket/key or file:///path
+    url: str | None  # presigned https URL (S3), None for local files
+    content_type: str
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class JobRecord:
+    id: str
+    kind: JobKind
+    status: JobStatus
+    created_at: str
+    started_at: str | None = None
+    completed_at: str | None = None
+    progress: float = 0.0
+    input: dict[str, Any] = field(default_factory=dict)
+    output: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    metrics: dict[str, float | int | None] = field(default_factory=dict)
+    worker: str | None = None
+    model: str | None = None
+    attempt: int = 0
+    cancel_requested: bool = False  # a client asked to cancel while it was running
+    idempotency_key: str | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status.is_final
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["kind"] = JobKind(known["kind"])
+        known["status"] = JobStatus(known["status"])
+        return cls(**known)

@@ -1,0 +1,198 @@
+"""Job records in Redis: one hash per job, every status change atomic.
+
+Each field of the hash holds JSON. Status changes run as one Lua script that
+checks the current status against `tasks.status.TRANSITIONS`, so two workers (a
+redelivery) or a worker and a cancel can race and the loser is simply refused:
+a final status is never overwritten. Every change is also published on the
+job's event channel, which is what `Job.wait()` listens to instead of polling.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from tasks.errors import JobNotFound
+from tasks.kinds import JobKind
+from tasks.record import JobRecord, new_job_id, utc_now
+from tasks.status import FINAL_STATUSES, JobStatus, allowed_sources
+
+# KEYS[1] job hash. ARGV: new status, allowed current statuses (space separated),
+# ttl seconds, event channel, attempt increment, then field/value pairs (JSON).
+_TRANSITION = """
+local raw = redis.call('HGET', KEYS[1], 'status')
+if not raw then return {'missing', ''} end
+local current = cjson.decode(raw)
+local allowed = false
+for s in string.gmatch(ARGV[2], '%S+') do
+  if s == current then allowed = true end
+end
+if not allowed then return {'refused', current} end
+redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]))
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[1], 'attempt', ARGV[5]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+return {'ok', current}
+"""
+
+# Progress only moves while the job runs; a late write never touches a final job.
+_PROGRESS = """
+local raw = redis.call('HGET', KEYS[1], 'status')
+if raw ~= cjson.encode('running') then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+redis.call('PUBLISH', ARGV[2], 'progress')
+return 1
+"""
+
+# A queued job is canceled on the spot (it will never run); a running one is
+# flagged and the worker stops at its next checkpoint; a final one is left alone.
+_CANCEL = """
+local raw = redis.call('HGET', KEYS[1], 'status')
+if not raw then return 'missing' end
+local current = cjson.decode(raw)
+if current == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', cjson.encode('canceled'), 'completed_at', ARGV[1], 'error', ARGV[2])
+  redis.call('PUBLISH', ARGV[3], 'canceled')
+  return 'canceled'
+end
+if current == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', 'true')
+  redis.call('PUBLISH', ARGV[3], 'cancel_requested')
+end
+return current
+"""
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, *, ttl_s: int, prefix: str = "visionq") -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self._transition = client.register_script(_TRANSITION)
+        self._progress = client.register_script(_PROGRESS)
+        self._cancel = client.register_script(_CANCEL)
+
+    @classmethod
+    def from_url(cls, url: str, *, ttl_s: int, prefix: str = "visionq") -> JobStore:
+        return cls(redis.Redis.from_url(url), ttl_s=ttl_s, prefix=prefix)
+
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def events_channel(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
+
+    def _idempotency_key(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    def create(
+        self, kind: JobKind, input_record: dict[str, Any], idempotency_key: str | None = None
+    ) -> tuple[JobRecord, bool]:
+        """Store a new queued job. With an idempotency key already used within the
+        TTL, returns the existing job and False instead (nothing new is stored)."""
+        record = JobRecord(
+            id=new_job_id(), kind=kind, status=JobStatus.QUEUED, created_at=utc_now(),
+            input=input_record, idempotency_key=idempotency_key,
+        )
+        if idempotency_key is not None:
+            claimed = self.redis.set(
+                self._idempotency_key(idempotency_key), record.id, nx=True, ex=self.ttl_s
+            )
+            if not claimed:
+                existing_id = self.redis.get(self._idempotency_key(idempotency_key))
+                if existing_id is not None:
+                    return self.get(existing_id.decode()), False
+        key = self.job_key(record.id)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, mapping=_encode(record.to_dict()))
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
+        return record, True
+
+    def get(self, job_id: str) -> JobRecord:
+        raw = self.redis.hgetall(self.job_key(job_id))
+        if not raw:
+            raise JobNotFound(f"no job {job_id!r} (never submitted, or older than its TTL)")
+        return JobRecord.from_dict({k.decode(): json.loads(v) for k, v in raw.items()})
+
+    def transition(
+        self, job_id: str, new: JobStatus, *, attempt_increment: int = 0, **fields: Any
+    ) -> bool:
+        """Move the job to `new` with `fields` if the transition table allows it.
+
+        Returns False when refused (e.g. the job is already final); raises
+        JobNotFound when the record is gone.
+        """
+        sources = " ".join(s.value for s in allowed_sources(new))
+        args: list[Any] = [new.value, sources, self.ttl_s, self.events_channel(job_id), attempt_increment]
+        for name, value in fields.items():
+            args += [name, json.dumps(value)]
+        outcome, _current = self._transition(keys=[self.job_key(job_id)], args=args)
+        if outcome == b"missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        return outcome == b"ok"
+
+    def set_progress(self, job_id: str, progress: float) -> bool:
+        value = json.dumps(round(min(max(progress, 0.0), 1.0), 4))
+        return bool(self._progress(keys=[self.job_key(job_id)], args=[value, self.events_channel(job_id)]))
+
+    def request_cancel(self, job_id: str) -> JobStatus:
+        """Cancel a queued job now, or flag a running one. Returns the status after."""
+        error = json.dumps({"code": "canceled", "message": "canceled before it started"})
+        result = self._cancel(
+            keys=[self.job_key(job_id)], args=[json.dumps(utc_now()), error, self.events_channel(job_id)]
+        )
+        if result == b"missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        return JobStatus(result.decode())
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.redis.hget(self.job_key(job_id), "cancel_requested") == b"true"
+
+    def wait_for_final(
+        self, job_id: str, timeout_s: float | None, *, on_change: Any = None, poll_s: float = 2.0
+    ) -> JobRecord:
+        """Block until the job is final. Woken by its event channel; polls every
+        `poll_s` as well, so a dropped pub/sub connection only slows it down."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            try:
+                pubsub.subscribe(self.events_channel(job_id))
+            except redis.RedisError:
+                pubsub = None
+            while True:
+                record = self.get(job_id)  # after subscribing: no event can slip between
+                if on_change is not None:
+                    on_change(record)
+                if record.status in FINAL_STATUSES:
+                    return record
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(
+                        f"job {job_id} is still {record.status.value} after {timeout_s} s"
+                    )
+                wait_s = poll_s if remaining is None else min(poll_s, remaining)
+                pubsub = _wait_for_event(pubsub, wait_s)
+        finally:
+            if pubsub is not None:
+                pubsub.close()
+
+
+def _wait_for_event(pubsub: Any, wait_s: float) -> Any:
+    if pubsub is None:
+        time.sleep(wait_s)
+        return None
+    try:
+        pubsub.get_message(timeout=wait_s)
+        return pubsub
+    except redis.RedisError:
+        pubsub.close()
+        return None
+
+
+def _encode(data: dict[str, Any]) -> dict[str, str]:
+    return {name: json.dumps(value) for name, value in data.items()}

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from tasks.errors import ErrorCode, InvalidInput
+from tasks.limits import Limits
+from tasks.schemas import (
+    CaptionRequest, GenerateRequest, SegmentRequest, parse_request, request_to_record,
+)
+
+IMAGE = "s3://bucket/inputs/abc.png"
+
+
+def test_defaults_are_valid() -> None:
+    assert CaptionRequest.from_dict({"image": IMAGE}) == CaptionRequest(image=IMAGE)
+    assert SegmentRequest.from_dict({"image": IMAGE}).labels is None
+    request = GenerateRequest.from_dict({"prompt": "a fox"})
+    assert (request.width, request.height, request.steps, request.seed) == (512, 512, 4, None)
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"prompt": "x", "width": 4000}, "width 4000 exceeds the maximum 2048"),
+        ({"prompt": "x", "width": 100}, "width 100 is not a multiple of 8"),
+        ({"prompt": "x", "height": 32}, "height 32 is below the minimum 64"),
+        ({"prompt": "x", "steps": 0}, "steps 0 is below the minimum 1"),
+        ({"prompt": "x", "steps": "4"}, "steps must be an integer, got str"),
+        ({"prompt": "x", "steps": True}, "steps must be an integer, got bool"),
+        ({"prompt": "x", "num_images": 9}, "num_images 9 exceeds the maximum 8"),
+        ({"prompt": "x", "guidance_scale": float("nan")}, "guidance_scale must be finite"),
+        ({"prompt": "x", "seed": -1}, "seed -1 is below the minimum 0"),
+        ({"prompt": "x" * 2001}, "prompt has 2001 characters, more than the limit 2000"),
+        ({"prompt": "   "}, "prompt must not be empty"),
+        ({"prompt": 42}, "prompt must be a string"),
+        ({"prompt": "a\x00b"}, "NUL"),
+        ({"prompt": "x", "colour": "red"}, "unknown generate parameter(s): colour"),
+    ],
+)
+def test_generate_rejects(params: dict, fragment: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        GenerateRequest.from_dict(params)
+    assert fragment in str(caught.value)
+    assert caught.value.code is ErrorCode.INVALID_INPUT
+    assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"image": IMAGE, "labels": "car"}, "labels must be a list of strings"),
+        ({"image": IMAGE, "labels": []}, "must not be an empty list"),
+        ({"image": IMAGE, "labels": ["x"] * 17}, "17 labels exceed the limit 16"),
+        ({"image": IMAGE, "labels": ["car", ""]}, "labels[1] must not be empty"),
+        ({"image": IMAGE, "labels": ["y" * 101]}, "labels[0] has 101 characters"),
+        ({"image": IMAGE, "labels": [3]}, "labels[0] must be a string"),
+        ({"image": IMAGE, "threshold": 1.5}, "threshold 1.5 is outside [0.0, 1.0]"),
+        ({"image": "ftp://host/x.png"}, "unsupported scheme"),
+        ({"image": "s3://bucket-only"}, "names no key"),
+        ({"image": 7}, "image must be a URI string"),
+        ({}, "image must be a URI string"),
+    ],
+)
+def test_segment_rejects(params: dict, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=None) as caught:
+        SegmentRequest.from_dict(params)
+    assert fragment in str(caught.value)
+
+
+def test_caption_limits() -> None:
+    with pytest.raises(InvalidInput, match="max_new_tokens 1000 exceeds the maximum 256"):
+        CaptionRequest.from_dict({"image": IMAGE, "max_new_tokens": 1000})
+    with pytest.raises(InvalidInput, match="num_beams 0 is below the minimum 1"):
+        CaptionRequest.from_dict({"image": IMAGE, "num_beams": 0})
+
+
+def test_inline_image_capped_and_checked() -> None:
+    small = "data:image/png;base64," + base64.b64encode(b"\x89PNG....").decode()
+    assert CaptionRequest.from_dict({"image": small}).image == small
+    limits = Limits(max_inline_image_bytes=100)
+    big = "data:image/png;base64," + "A" * 200
+    with pytest.raises(InvalidInput, match="upload it to storage instead"):
+        CaptionRequest.from_dict({"image": big}, limits)
+    with pytest.raises(InvalidInput, match="not valid base64"):
+        CaptionRequest.from_dict({"image": "data:image/png;base64,@@@"})
+    with pytest.raises(InvalidInput, match="data URI of the form"):
+        CaptionRequest.from_dict({"image": "data:image/png,rawbytes"})
+
+
+def test_record_never_carries_inline_bytes() -> None:
+    inline = "data:image/png;base64," + base64.b64encode(b"image-bytes").decode()
+    record = request_to_record(CaptionRequest.from_dict({"image": inline}))
+    assert record["image"].startswith("inline:sha256:")
+    assert "base64" not in str(record)
+
+
+def test_parse_request_unknown_kind() -> None:
+    with pytest.raises(InvalidInput, match="unknown job kind 'paint'"):
+        parse_request("paint", {})
+    with pytest.raises(InvalidInput, match="must be an object"):
+        parse_request("caption", ["not", "a", "dict"])  # type: ignore[arg-type]

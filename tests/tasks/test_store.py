@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from tasks.errors import JobNotFound
+from tasks.kinds import JobKind
+from tasks.status import JobStatus
+from tasks.store import JobStore
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, key_prefix: str) -> JobStore:
+    return JobStore(redis_client, ttl_s=60, prefix=key_prefix)
+
+
+def test_create_and_get(store: JobStore) -> None:
+    record, created = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
+    assert created
+    loaded = store.get(record.id)
+    assert loaded.status is JobStatus.QUEUED
+    assert loaded.input == {"image": "s3://b/k"}
+    assert loaded.attempt == 0
+    assert 0 < store.redis.ttl(store.job_key(record.id)) <= 60
+
+
+def test_unknown_job(store: JobStore) -> None:
+    with pytest.raises(JobNotFound, match="no job 'nope'"):
+        store.get("nope")
+
+
+def test_idempotency_key_returns_existing_job(store: JobStore) -> None:
+    first, created = store.create(JobKind.GENERATE, {"prompt": "a"}, idempotency_key="order-1")
+    again, created_again = store.create(JobKind.GENERATE, {"prompt": "a"}, idempotency_key="order-1")
+    assert created and not created_again
+    assert again.id == first.id
+    other, _ = store.create(JobKind.GENERATE, {"prompt": "a"}, idempotency_key="order-2")
+    assert other.id != first.id
+
+
+def test_transitions_are_atomic_and_final_is_final(store: JobStore) -> None:
+    record, _ = store.create(JobKind.CAPTION, {})
+    assert store.transition(record.id, JobStatus.RUNNING, attempt_increment=1, worker="w1")
+    assert store.transition(record.id, JobStatus.SUCCEEDED, output={"text": "hi"})
+    assert not store.transition(record.id, JobStatus.FAILED, error={"code": "internal", "message": "x"})
+    assert not store.transition(record.id, JobStatus.RUNNING)
+    final = store.get(record.id)
+    assert final.status is JobStatus.SUCCEEDED
+    assert final.output == {"text": "hi"}
+    assert final.error is None
+    assert final.attempt == 1
+
+
+def test_racing_finishers_only_one_wins(store: JobStore) -> None:
+    record, _ = store.create(JobKind.CAPTION, {})
+    store.transition(record.id, JobStatus.RUNNING, attempt_increment=1)
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def finish(i: int) -> None:
+        barrier.wait()
+        status = JobStatus.SUCCEEDED if i % 2 else JobStatus.FAILED
+        results.append(store.transition(record.id, status, output={"i": i}))
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+
+
+def test_cancel_queued_is_immediate(store: JobStore) -> None:
+    record, _ = store.create(JobKind.CAPTION, {})
+    assert store.request_cancel(record.id) is JobStatus.CANCELED
+    canceled = store.get(record.id)
+    assert canceled.status is JobStatus.CANCELED
+    assert canceled.error["code"] == "canceled"
+    assert not store.transition(record.id, JobStatus.RUNNING)
+
+
+def test_cancel_running_sets_flag_only(store: JobStore) -> None:
+    record, _ = store.create(JobKind.GENERATE, {})
+    store.transition(record.id, JobStatus.RUNNING, attempt_increment=1)
+    assert not store.cancel_requested(record.id)
+    assert store.request_cancel(record.id) is JobStatus.RUNNING
+    assert store.cancel_requested(record.id)
+
+
+def test_cancel_final_changes_nothing(store: JobStore) -> None:
+    record, _ = store.create(JobKind.CAPTION, {})
+    store.transition(record.id, JobStatus.RUNNING, attempt_increment=1)
+    store.transition(record.id, JobStatus.SUCCEEDED)
+    assert store.request_cancel(record.id) is JobStatus.SUCCEEDED
+    assert store.get(record.id).status is JobStatus.SUCCEEDED
+
+
+def test_progress_only_while_running(store: JobStore) -> None:
+    record, _ = store.create(JobKind.GENERATE, {})
+    assert not store.set_progress(record.id, 0.5)
+    store.transition(record.id, JobStatus.RUNNING, attempt_increment=1)
+    assert store.set_progress(record.id, 0.5)
+    assert store.get(record.id).progress == 0.5
+
+
+def test_wait_is_woken_by_the_transition(store: JobStore) -> None:
+    record, _ = store.create(JobKind.CAPTION, {})
+    store.transition(record.id, JobStatus.RUNNING, attempt_increment=1)
+    timer = threading.Timer(0.3, lambda: store.transition(record.id, JobStatus.SUCCEEDED))
+    timer.start()
+    seen: list[str] = []
+    final = store.wait_for_final(record.id, timeout_s=30, poll_s=60, on_change=lambda r: seen.append(r.status.value))
+    assert final.status is JobStatus.SUCCEEDED
+    assert seen[0] == "running" and seen[-1] == "succeeded"
+
+
+def test_wait_times_out(store: JobStore) -> None:
+    record, _ = store.create(JobKind.CAPTION, {})
+    with pytest.raises(TimeoutError, match="still queued"):
+        store.wait_for_final(record.id, timeout_s=0.3, poll_s=0.1)

@@ -1,0 +1,26 @@
+"""The producer side must stay light: no torch, transformers or diffusers."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import producer
+import tasks
+
+
+def test_producer_and_tasks_do_not_import_torch() -> None:
+    code = (
+        "import sys, producer, producer.client, producer.cli, producer.demo, tasks.app, tasks.store, "
+        "tasks.storage, tasks.schemas, tasks.ssrf, tasks.settings\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'diffusers', 'worker') if m in sys.modules)\n"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_public_surface_is_pinned() -> None:
+    assert sorted(producer.__all__) == ["Client", "InvalidInput", "Job", "JobNotFound", "VisionqError"]
+    assert sorted(tasks.__all__) == [
+        "ErrorCode", "InvalidInput", "JobKind", "JobNotFound", "JobStatus", "Settings", "VisionqError",
+    ]

@@ -1,0 +1,72 @@
+"""`visionq worker` and `visionq models tiny` (the worker side of the CLI).
+
+Reached through `visionq` (producer/cli.py hands these commands to
+`python -m worker`), so the producer never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tasks.kinds import ALL_KINDS, parse_kinds
+from tasks.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="visionq")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    worker = commands.add_parser("worker", help="serve jobs with preloaded models")
+    worker.add_argument("--models", metavar="DIR", help="a folder laid out like `visionq models tiny DIR`")
+    worker.add_argument("--kinds", default=",".join(k.value for k in ALL_KINDS),
+                        help="comma-separated job kinds to serve (default: all)")
+    worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: VISIONQ_DEVICE or auto)")
+    worker.add_argument("--name", help="worker name (default: visionq-<device>-<pid>@<host>)")
+    worker.add_argument("--loglevel", default="INFO")
+
+    models = commands.add_parser("models", help="model utilities")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    tiny = model_commands.add_parser("tiny", help="build tiny random-weight models of every kind (offline)")
+    tiny.add_argument("dir", type=Path)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "models":
+        return _build_tiny(args.dir)
+    return _serve(args)
+
+
+def _build_tiny(dest: Path) -> int:
+    from worker.tiny import build_tiny_models
+
+    paths = build_tiny_models(dest)
+    for role, path in paths.items():
+        print(f"{role:18} {path}")
+    print(f"tiny random-weight models written to {dest} (outputs are meaningless; the code paths are real)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from worker.device import pin_device
+
+    try:
+        kinds = parse_kinds(args.kinds)
+        settings = Settings.from_env(device=args.device)
+        if args.models:
+            if not Path(args.models).is_dir():
+                raise ValueError(f"--models {args.models}: no such folder")
+            settings = settings.with_models_dir(args.models)
+        device = pin_device(settings.device)  # before anything imports torch
+    except ValueError as exc:
+        print(f"visionq worker: {exc}", file=sys.stderr)
+        return 2
+    from worker.process import default_worker_name, run_worker
+
+    run_worker(settings, kinds, device, args.name or default_worker_name(device), args.loglevel)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Turning a pipeline's result into stored files and the job's JSON output."""
+from __future__ import annotations
+
+import io
+import json
+import time
+from typing import Any
+
+from PIL import Image
+
+from tasks.errors import InternalError
+from tasks.record import JobRecord
+from tasks.storage import Storage, job_key
+from worker.pipelines.base import FileSlot, PipelineResult
+
+
+def encode_png(image: Image.Image, compress_level: int) -> bytes:
+    # Pillow's default level 6 takes ~4x longer than level 1 on a 512x512 image
+    # (50-60 ms, more than many models) for files only 15-40 % smaller.
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def publish_outputs(
+    storage: Storage, job_id: str, result: PipelineResult, compress_level: int
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Encode and upload every image of `result`; return the output with FileRefs.
+
+    Returns (output, timings) where timings has encode_ms and upload_ms.
+    """
+    refs: dict[str, dict[str, Any]] = {}
+    encode_s = upload_s = 0.0
+    for name, image in result.images.items():
+        started = time.perf_counter()
+        data = encode_png(image, compress_level)
+        encoded = time.perf_counter()
+        refs[name] = storage.put(job_key(job_id, name), data, "image/png").to_dict()
+        encode_s += encoded - started
+        upload_s += time.perf_counter() - encoded
+    output = _fill_slots(result.output, refs)
+    return output, {"encode_ms": round(encode_s * 1000, 3), "upload_ms": round(upload_s * 1000, 3)}
+
+
+def _fill_slots(value: Any, refs: dict[str, dict[str, Any]]) -> Any:
+    if isinstance(value, FileSlot):
+        if value.name not in refs:
+            raise InternalError(f"pipeline output names file {value.name!r} but returned no image for it")
+        return refs[value.name]
+    if isinstance(value, dict):
+        return {k: _fill_slots(v, refs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_slots(v, refs) for v in value]
+    return value
+
+
+def publish_record(storage: Storage, record: JobRecord) -> None:
+    """result.json: the final record next to the outputs, readable without Redis."""
+    body = json.dumps(record.to_dict(), indent=2).encode()
+    storage.put(job_key(record.id, "result.json"), body, "application/json")

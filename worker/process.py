@@ -1,0 +1,111 @@
+"""One worker process: pin the device, load and warm the models, announce, consume.
+
+Pool choice: Celery's `threads` pool with one slot. The models live in this
+process (no fork after CUDA is initialised, no reload per child) and the
+consumer's main thread stays free while a job runs, so broker heartbeats,
+remote control and warm shutdown keep working; `solo` would block them all
+for the length of a generation. Celery's own soft/hard time limits need
+prefork, which would fork after the models are on the GPU.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import redis
+from celery import signals
+
+from tasks.app import make_celery
+from tasks.kinds import JobKind
+from tasks.settings import Settings
+from tasks.ssrf import AllowList
+from tasks.storage import open_storage
+from tasks.store import JobStore
+from worker.heartbeat import Heartbeat
+from worker.inputs import InputReader
+from worker.runtime import JobRunner
+
+log = logging.getLogger("visionq.worker")
+
+
+def default_worker_name(device: str) -> str:
+    label = device.replace(":", "")
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device.startswith("cuda") and gpu:
+        label = f"gpu{gpu}"
+    return f"visionq-{label}-{os.getpid()}@{socket.gethostname()}"
+
+
+def run_worker(settings: Settings, kinds: list[JobKind], device: str, name: str, loglevel: str = "INFO") -> None:
+    import torch
+
+    from worker.device import check_device
+    from worker.loader import load_pipelines
+
+    check_device(device)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    client = redis.Redis.from_url(settings.redis_url)
+    heartbeat = Heartbeat(
+        client, settings.redis_prefix, name,
+        {"device": device, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+         "kinds": [k.value for k in kinds]},
+    )
+    heartbeat.start()
+    try:
+        pipelines = load_pipelines(settings, kinds, device)
+        heartbeat.update(
+            models={k.value: p.model_label for k, p in pipelines.items()}, model_loads=len(pipelines)
+        )
+        storage = open_storage(settings.storage_url, presign_expiry_s=settings.presign_expiry_s)
+        runner = JobRunner(
+            settings=settings,
+            store=JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix),
+            storage=storage,
+            inputs=InputReader(storage, settings.limits, AllowList.parse(settings.fetch_allow)),
+            pipelines=pipelines,
+            worker_name=name,
+        )
+        app = make_celery(settings)
+        register_tasks(app, runner, kinds)
+        _track_state(heartbeat, runner)
+        app.worker_main([
+            "worker", "--queues", ",".join(k.queue for k in kinds), "--pool", "threads",
+            "--concurrency", "1", "--hostname", name, "--loglevel", loglevel,
+            "--without-gossip", "--without-mingle",
+        ])
+    finally:
+        heartbeat.stop()
+
+
+def register_tasks(app: Any, runner: JobRunner, kinds: list[JobKind]) -> None:
+    for kind in kinds:
+        def run_job(job_id: str, request: dict[str, Any], _kind: JobKind = kind) -> None:
+            runner.run(_kind, job_id, request)
+
+        app.task(
+            name=kind.task_name, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+            # Redis unreachable mid-job: retry the whole message with backoff; the job
+            # record makes the retry safe (a final job is never run again).
+            autoretry_for=(redis.ConnectionError, redis.TimeoutError), retry_backoff=True,
+            retry_jitter=True, max_retries=5,
+        )(run_job)
+
+
+def _track_state(heartbeat: Heartbeat, runner: JobRunner) -> None:
+    def ready(**_: Any) -> None:
+        heartbeat.update(state="ready")
+        log.info("worker %s ready", heartbeat.state["name"])
+
+    def draining(**_: Any) -> None:
+        heartbeat.update(state="draining")
+
+    def job_done(**_: Any) -> None:
+        heartbeat.update(jobs_done=runner.jobs_done)
+
+    # weak=False: these closures have no other reference and would be collected.
+    signals.worker_ready.connect(ready, weak=False)
+    signals.worker_shutting_down.connect(draining, weak=False)
+    signals.task_postrun.connect(job_done, weak=False)

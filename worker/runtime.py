@@ -1,0 +1,199 @@
+"""The body of every job: the one place a job moves through its lifecycle.
+
+fetch input -> decode -> run the pipeline -> encode + upload -> record. Every
+failure becomes an error code on this job's record and nothing else: the worker
+process, its models and other jobs are untouched.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Iterator
+
+from tasks.errors import (
+    InternalError, JobCanceled, JobNotFound, ModelError, OutOfMemory, VisionqError,
+)
+from tasks.kinds import JobKind
+from tasks.record import JobRecord, ms_between, utc_now
+from tasks.schemas import parse_request
+from tasks.settings import Settings
+from tasks.status import JobStatus
+from tasks.storage import Storage
+from tasks.store import JobStore
+from worker.images import decode_image
+from worker.inputs import InputReader
+from worker.outputs import publish_outputs, publish_record
+from worker.pipelines.base import Pipeline, PipelineResult
+
+log = logging.getLogger("visionq.worker")
+
+CANCELED_WHILE_RUNNING = "canceled while running; partial outputs were discarded"
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: JobStore,
+        storage: Storage,
+        inputs: InputReader,
+        pipelines: dict[JobKind, Pipeline],
+        worker_name: str,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.inputs = inputs
+        self.pipelines = pipelines
+        self.worker_name = worker_name
+        self.jobs_done = 0
+
+    def run(self, kind: JobKind, job_id: str, request_data: dict[str, Any]) -> None:
+        try:
+            record = self.store.get(job_id)
+        except JobNotFound:
+            log.warning("job %s has no record (expired or deleted); dropping its message", job_id)
+            return
+        if record.is_final:
+            # A redelivery of a job that already ended (or was canceled while queued).
+            log.info("job %s is already %s; not running it again", job_id, record.status.value)
+            return
+        pipeline = self.pipelines[kind]
+        started_at = utc_now()
+        if not self.store.transition(
+            job_id, JobStatus.RUNNING, attempt_increment=1, started_at=started_at,
+            worker=self.worker_name, model=pipeline.model_label, progress=0.0,
+        ):
+            return  # canceled between the two reads
+        record = replace(
+            record, status=JobStatus.RUNNING, started_at=started_at, worker=self.worker_name,
+            model=pipeline.model_label, attempt=record.attempt + 1,
+        )
+        metrics: dict[str, Any] = {"batch_size": 1}
+        try:
+            result = self._run(kind, job_id, request_data, pipeline, metrics)
+            with _timed(metrics, "publish_ms"):
+                output, publish_timings = publish_outputs(
+                    self.storage, job_id, result, self.settings.png_compress_level
+                )
+            metrics.update(publish_timings)
+            if result.model:
+                record.model = result.model
+            self._finish(record, JobStatus.SUCCEEDED, metrics, output=output)
+        except JobCanceled:
+            self._finish(record, JobStatus.CANCELED, metrics,
+                         error=JobCanceled(CANCELED_WHILE_RUNNING).to_dict())
+        except VisionqError as exc:
+            log.info("job %s failed: %s: %s", job_id, exc.code.value, exc.message)
+            self._finish(record, JobStatus.FAILED, metrics, error=exc.to_dict())
+        except Exception as exc:  # noqa: BLE001 - a bug of ours fails this job, not the worker
+            log.exception("job %s failed with an internal error", job_id)
+            error = InternalError(f"{type(exc).__name__}: {exc}").to_dict()
+            self._finish(record, JobStatus.FAILED, metrics, error=error)
+
+    def _run(
+        self, kind: JobKind, job_id: str, request_data: dict[str, Any], pipeline: Pipeline,
+        metrics: dict[str, Any],
+    ) -> PipelineResult:
+        request = parse_request(kind, request_data, self.settings.limits)
+        image = None
+        image_uri = getattr(request, "image", None)
+        if image_uri is not None:
+            with _timed(metrics, "input_ms"):
+                image = decode_image(self.inputs.read(image_uri), self.settings.limits)
+        progress = _ProgressReporter(self.store, job_id)
+        progress.check_cancel()
+        with _timed(metrics, "run_ms"):
+            result = _call_pipeline(pipeline, request, image, progress)
+        progress.check_cancel()
+        return result
+
+    def _finish(
+        self, record: JobRecord, status: JobStatus, metrics: dict[str, Any],
+        output: dict[str, Any] | None = None, error: dict[str, str] | None = None,
+    ) -> None:
+        completed_at = utc_now()
+        metrics["queue_ms"] = ms_between(record.created_at, record.started_at)
+        metrics["total_ms"] = ms_between(record.created_at, completed_at)
+        final = replace(
+            record, status=status, completed_at=completed_at, output=output, error=error,
+            metrics=metrics, progress=1.0 if status is JobStatus.SUCCEEDED else record.progress,
+        )
+        try:
+            publish_record(self.storage, final)
+        except VisionqError as exc:
+            if status is JobStatus.SUCCEEDED:  # without result.json the outputs are not complete
+                final = replace(final, status=JobStatus.FAILED, output=None, error=exc.to_dict())
+            else:
+                log.warning("job %s: result.json not written: %s", record.id, exc.message)
+        fields = {
+            "completed_at": final.completed_at, "output": final.output, "error": final.error,
+            "metrics": final.metrics, "model": final.model,
+        }
+        if status is JobStatus.SUCCEEDED:
+            fields["progress"] = 1.0
+        if not self.store.transition(record.id, final.status, **fields):
+            log.warning("job %s was already final; its %s result is not recorded", record.id, status.value)
+        self.jobs_done += 1
+
+
+class _ProgressReporter:
+    """The callback pipelines call with their progress; it doubles as the cancel checkpoint."""
+
+    min_interval_s = 0.1  # progress writes are throttled; cancel is checked on every call
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+        self._last_write = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self._last_write >= self.min_interval_s or fraction >= 1.0:
+            self._last_write = now
+            self.store.set_progress(self.job_id, fraction)
+        self.check_cancel()
+
+    def check_cancel(self) -> None:
+        if self.store.cancel_requested(self.job_id):
+            raise JobCanceled(CANCELED_WHILE_RUNNING)
+
+
+def _call_pipeline(pipeline: Pipeline, request: Any, image: Any, progress: _ProgressReporter) -> PipelineResult:
+    """Run the model, turning whatever it raises into a coded error."""
+    try:
+        return pipeline.run(request, image, progress)
+    except VisionqError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any model failure fails this job only
+        if _is_out_of_memory(exc):
+            _free_device_memory()
+            raise OutOfMemory(f"the job does not fit in device memory: {exc}") from exc
+        log.exception("model failed")
+        raise ModelError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def _timed(metrics: dict[str, Any], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics[name] = round((time.perf_counter() - started) * 1000, 3)
