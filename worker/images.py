@@ -1,0 +1,134 @@
+"""Untrusted image bytes to an RGB PIL image, or an InvalidInput that says why not.
+
+Every check that can be made before pixels are decoded is: the byte count, the
+format (by magic number, then by the one Pillow plugin allowed to parse it) and
+the declared size, which ``Image.open`` reads without allocating the image. A
+decompression bomb is therefore refused by our own limits, well under Pillow's
+``MAX_IMAGE_PIXELS`` (which only warns at 89 Mpx and refuses at twice that).
+"""
+from __future__ import annotations
+
+import io
+import struct
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from tasks.errors import InvalidInput
+from tasks.images import image_extension
+from tasks.limits import DEFAULT_LIMITS, Limits
+
+__all__ = ["decode_image"]
+
+_EXTENSION_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+# Refused formats we can still name, told apart by magic number only: opening them
+# would run parsers we do not otherwise need on bytes we are about to refuse.
+_OTHER_SIGNATURES = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"8BPS", "PSD"),
+    (b"BM", "BMP"),
+)
+_FORMAT_NAMES = {"WEBP": "WebP"}
+# Pillow calls a JPEG carrying extra pictures (many phone cameras) "MPO"; its first
+# frame is the JPEG's own picture.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+# What Pillow's parsers and decoders raise on broken files.
+_CORRUPT = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def decode_image(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
+    """The first frame of `data`, upright (EXIF orientation applied), in RGB."""
+    _check_bytes(data, limits)
+    # Some libraries switch this process-wide flag on; a truncated upload must be
+    # refused here, not decoded into a half-grey picture.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with _open(data, limits) as image:
+            _check_size(image.size, limits)
+            image.load()  # the current frame, which is the first: we never seek
+            return _to_rgb(ImageOps.exif_transpose(image))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard fired first (it runs inside Image.open); its message has the size.
+        raise InvalidInput(f"image has too many pixels to decode safely ({exc})") from exc
+    except InvalidInput:
+        raise
+    except _CORRUPT as exc:
+        raise InvalidInput(f"image is truncated or corrupt ({exc})") from exc
+
+
+def _check_bytes(data: bytes, limits: Limits) -> None:
+    if not data:
+        raise InvalidInput("image is empty (0 bytes)")
+    if len(data) > limits.max_image_bytes:
+        raise InvalidInput(f"image is {len(data)} bytes, over the {limits.max_image_bytes}-byte limit")
+
+
+def _open(data: bytes, limits: Limits) -> ImageFile.ImageFile:
+    """A lazily opened image (header parsed, no pixels) in one of the allowed formats."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=limits.image_formats)
+    except UnidentifiedImageError:
+        raise InvalidInput(_unidentified_reason(data, limits)) from None
+    image_format = _FORMAT_ALIASES.get(image.format or "", image.format)
+    if image_format not in limits.image_formats:
+        image.close()
+        raise InvalidInput(_refused_format_reason(image_format or "unknown", limits))
+    return image
+
+
+def _unidentified_reason(data: bytes, limits: Limits) -> str:
+    """Why no allowed plugin would open `data`, from its magic number."""
+    image_format = _sniff_format(data)
+    if image_format is None:
+        return f"not a {_format_list(limits.image_formats)} image"
+    if image_format in limits.image_formats:
+        return f"{_FORMAT_NAMES.get(image_format, image_format)} image is truncated or corrupt"
+    return _refused_format_reason(image_format, limits)
+
+
+def _refused_format_reason(image_format: str, limits: Limits) -> str:
+    name = _FORMAT_NAMES.get(image_format, image_format)
+    return f"{name} images are not accepted, only {_format_list(limits.image_formats)}"
+
+
+def _sniff_format(data: bytes) -> str | None:
+    extension = image_extension(data)
+    if extension is not None:
+        return _EXTENSION_FORMATS[extension]
+    for signature, image_format in _OTHER_SIGNATURES:
+        if data.startswith(signature):
+            return image_format
+    return None
+
+
+def _format_list(formats: tuple[str, ...]) -> str:
+    """("JPEG", "PNG", "WEBP") -> "JPEG, PNG or WebP"."""
+    names = [_FORMAT_NAMES.get(f, f) for f in formats]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _check_size(size: tuple[int, int], limits: Limits) -> None:
+    """Refuse on the declared size, before a single pixel is allocated."""
+    width, height = size
+    if max(width, height) > limits.max_image_side:
+        raise InvalidInput(f"image is {width}x{height}, a side over the {limits.max_image_side}-pixel limit")
+    if width * height > limits.max_image_pixels:
+        raise InvalidInput(
+            f"image is {width}x{height} = {width * height} pixels, over the {limits.max_image_pixels}-pixel limit"
+        )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # A plain convert would clip 16-bit grey at 255 (all white); scale it instead.
+        image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+    if image.has_transparency_data:
+        # Models take RGB; transparent pixels become white, as most viewers show them.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, "white")
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image if image.mode == "RGB" else image.convert("RGB")
