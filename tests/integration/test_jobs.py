@@ -1,0 +1,186 @@
+"""End to end: SDK -> Redis -> a real worker process with tiny models -> S3 (moto server)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+
+import pytest
+from PIL import Image
+
+from producer import Client, InvalidInput
+from tasks.kinds import JobKind
+from tests.conftest import BUCKET
+from tests.support.images import encode, scene
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 60
+
+
+def s3_bytes(s3: object, uri: str) -> bytes:
+    bucket, key = uri[len("s3://"):].split("/", 1)
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def wait_until(condition, timeout_s: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def check_file(s3: object, ref: dict) -> bytes:
+    data = s3_bytes(s3, ref["uri"])
+    assert ref["bytes"] == len(data)
+    assert ref["sha256"] == hashlib.sha256(data).hexdigest()
+    assert ref["url"].startswith("http")
+    return data
+
+
+def test_caption_end_to_end(client: Client, s3: object) -> None:
+    job = client.caption(scene(), prompt="a picture of", max_new_tokens=8)
+    assert job.status == "queued"
+    job.wait(timeout=TIMEOUT)
+    record = job.to_dict()
+    assert record["status"] == "succeeded", record["error"]
+    assert isinstance(record["output"]["text"], str)
+    assert record["attempt"] == 1
+    assert record["worker"] and record["model"].endswith("caption")
+    assert record["progress"] == 1.0
+    assert set(record["metrics"]) >= {"queue_ms", "input_ms", "run_ms", "upload_ms", "total_ms", "batch_size"}
+    assert record["input"]["image"].startswith(f"s3://{BUCKET}/svc/inputs/")
+    stored = json.loads(s3_bytes(s3, f"s3://{BUCKET}/svc/jobs/{job.id}/result.json"))
+    assert stored["status"] == "succeeded" and stored["output"] == record["output"]
+
+
+def test_segment_with_labels(client: Client, s3: object) -> None:
+    image = scene(80, 48)
+    job = client.segment(image, labels=["sun", "house"], threshold=0.5).wait(timeout=TIMEOUT)
+    assert job.status == "succeeded", job.error
+    segments = job.output["segments"]
+    assert [s["label"] for s in segments] == ["sun", "house"]
+    for n, segment in enumerate(segments):
+        assert segment["mask"]["uri"].endswith(f"/jobs/{job.id}/mask-{n}.png")
+        mask = Image.open(io.BytesIO(check_file(s3, segment["mask"])))
+        assert mask.size == image.size
+        assert 0.0 <= segment["area"] <= 1.0
+    overlay = Image.open(io.BytesIO(check_file(s3, job.output["overlay"])))
+    assert overlay.size == image.size
+
+
+def test_segment_semantic_classes(client: Client, s3: object) -> None:
+    job = client.segment(scene()).wait(timeout=TIMEOUT)
+    assert job.status == "succeeded", job.error
+    segments = job.output["segments"]
+    assert segments, "semantic segmentation returns the classes present"
+    assert abs(sum(s["area"] for s in segments) - 1.0) < 1e-6
+    for segment in segments:
+        check_file(s3, segment["mask"])
+
+
+def test_generate_is_reproducible_for_a_seed(client: Client, s3: object) -> None:
+    first = client.generate("a watercolor fox", width=64, height=64, steps=3, seed=7, num_images=2)
+    second = client.generate("a watercolor fox", width=64, height=64, steps=3, seed=7, num_images=2)
+    other = client.generate("a watercolor fox", width=64, height=64, steps=3, seed=8)
+    for job in (first, second, other):
+        job.wait(timeout=TIMEOUT)
+        assert job.status == "succeeded", job.error
+    assert first.output["seed"] == 7
+    digests = [[img["sha256"] for img in job.output["images"]] for job in (first, second, other)]
+    assert digests[0] == digests[1]
+    assert len(set(digests[0])) == 2
+    assert digests[2][0] not in digests[0]
+    image = Image.open(io.BytesIO(check_file(s3, first.output["images"][0])))
+    assert image.size == (64, 64)
+    assert first.progress == 1.0
+
+
+def test_generate_without_seed_reports_the_seed_it_drew(client: Client) -> None:
+    job = client.generate("a fox", width=64, height=64, steps=1).wait(timeout=TIMEOUT)
+    assert job.status == "succeeded", job.error
+    assert isinstance(job.output["seed"], int)
+    again = client.generate("a fox", width=64, height=64, steps=1, seed=job.output["seed"]).wait(timeout=TIMEOUT)
+    assert again.output["images"][0]["sha256"] == job.output["images"][0]["sha256"]
+
+
+def test_idempotency_key_submits_once(client: Client) -> None:
+    first = client.caption(scene(seed=3), idempotency_key="order-42")
+    second = client.caption(scene(seed=3), idempotency_key="order-42")
+    assert first.id == second.id
+    assert second.wait(timeout=TIMEOUT).status == "succeeded"
+    assert second.to_dict()["attempt"] == 1
+
+
+def test_input_forms(client: Client, tmp_path, s3: object) -> None:
+    from producer.client import inline_image
+
+    path = tmp_path / "cat.jpg"
+    path.write_bytes(encode(scene(seed=5), "JPEG"))
+    data = encode(scene(seed=6), "WEBP")
+    jobs = [
+        client.caption(str(path)),
+        client.caption(path.read_bytes()),
+        client.caption(data),
+        client.caption(inline_image(encode(scene(seed=7)))),
+    ]
+    for job in jobs:
+        assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
+    assert jobs[0].to_dict()["input"]["image"].endswith(".jpg")
+    assert jobs[2].to_dict()["input"]["image"].endswith(".webp")
+    assert jobs[3].to_dict()["input"]["image"].startswith("inline:sha256:")
+    # the same bytes are stored once, under their digest
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert jobs[0].to_dict()["input"]["image"] == jobs[1].to_dict()["input"]["image"]
+    assert digest in jobs[0].to_dict()["input"]["image"]
+
+
+def test_bad_parameters_are_refused_before_enqueue(client: Client, redis_client) -> None:
+    queue = JobKind.GENERATE.queue
+    before = redis_client.llen(queue)
+    with pytest.raises(InvalidInput, match="width 4000 exceeds the maximum 2048"):
+        client.generate("a fox", width=4000)
+    with pytest.raises(ValueError, match="labels must be a list"):
+        client.segment(scene(), labels="car")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="neither a URI nor an existing file"):
+        client.caption("/no/such/file.png")
+    with pytest.raises(InvalidInput, match="not a JPEG, PNG or WebP"):
+        client.caption(b"GIF89a....")
+    assert redis_client.llen(queue) == before
+
+
+def test_cancel_queued_job_never_runs(client: Client) -> None:
+    # One slot per worker: while this generation runs, the caption below stays queued.
+    blocker = client.generate("slow", width=512, height=512, steps=40, seed=1)
+    queued = client.caption(scene())
+    assert client.cancel(queued.id).status == "canceled"
+    blocker.wait(timeout=TIMEOUT)
+    record = queued.refresh().to_dict()
+    assert record["status"] == "canceled"
+    assert record["error"]["code"] == "canceled"
+    assert record["started_at"] is None and record["worker"] is None and record["attempt"] == 0
+    # the worker took and dropped the message: a later job runs normally
+    assert client.caption(scene()).wait(timeout=TIMEOUT).status == "succeeded"
+
+
+def test_cancel_running_generation_stops_and_publishes_nothing(client: Client, s3: object) -> None:
+    job = client.generate("long", width=512, height=512, steps=100, seed=2, num_images=2)
+    wait_until(lambda: job.refresh().progress > 0.0 or job.is_final)
+    assert job.status == "running", job.to_dict()
+    client.cancel(job.id)
+    job.wait(timeout=TIMEOUT)
+    assert job.status == "canceled"
+    assert job.output is None
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"svc/jobs/{job.id}/")
+    names = [o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", [])]
+    assert not [n for n in names if n.startswith("output-")]
+    assert job.progress < 1.0
+
+
+def test_models_are_loaded_once_per_worker(client: Client, worker) -> None:
+    for seed in range(3):
+        assert client.caption(scene(seed=seed)).wait(timeout=TIMEOUT).status == "succeeded"
+    beat = worker.heartbeat()
+    assert beat["model_loads"] == 3  # caption, segment, generate: at start, never per job
+    assert beat["jobs_done"] >= 3

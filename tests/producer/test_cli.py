@@ -1,0 +1,78 @@
+"""The `visionq` CLI against a real worker (submit, status, cancel, exit codes)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.cli import run_visionq
+from tests.support.images import encode, scene
+
+pytestmark = pytest.mark.integration
+
+
+def test_submit_generate_wait_json(service_env: dict, worker) -> None:
+    result = run_visionq("submit", "generate", "a watercolor fox", "--width", "64", "--height", "64",
+                         "--steps", "2", "--seed", "7", "--num-images", "2", "--wait", "--json", env=service_env)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["status"] == "succeeded"
+    assert record["output"]["seed"] == 7 and len(record["output"]["images"]) == 2
+    assert "succeeded" in result.stderr  # the live status line
+
+    status = run_visionq("status", record["id"], "--json", env=service_env)
+    assert json.loads(status.stdout)["output"] == record["output"]
+    human = run_visionq("status", record["id"], env=service_env)
+    assert "succeeded" in human.stdout and "image: s3://" in human.stdout
+
+
+def test_submit_caption_and_segment_from_a_file(service_env: dict, worker, tmp_path) -> None:
+    path = tmp_path / "scene.png"
+    path.write_bytes(encode(scene()))
+    caption = run_visionq("submit", "caption", str(path), "--prompt", "a photo of", "--wait", env=service_env)
+    assert caption.returncode == 0, caption.stderr
+    assert "text:" in caption.stdout
+    segment = run_visionq("submit", "segment", str(path), "--label", "car", "--label", "person",
+                          "--wait", "--json", env=service_env)
+    assert segment.returncode == 0, segment.stderr
+    labels = [s["label"] for s in json.loads(segment.stdout)["output"]["segments"]]
+    assert labels == ["car", "person"]
+
+
+def test_submit_without_wait_prints_the_id(service_env: dict, worker) -> None:
+    result = run_visionq("submit", "generate", "x", "--width", "64", "--height", "64", "--steps", "1",
+                         env=service_env)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    waited = run_visionq("status", job_id, "--wait", "--timeout", "60", "--json", env=service_env)
+    assert json.loads(waited.stdout)["status"] == "succeeded"
+
+
+def test_errors_and_exit_codes(service_env: dict, worker) -> None:
+    bad = run_visionq("submit", "generate", "x", "--width", "4000", env=service_env)
+    assert bad.returncode == 2
+    assert "width 4000 exceeds the maximum 2048" in bad.stderr
+    missing = run_visionq("status", "no-such-job", env=service_env)
+    assert missing.returncode == 3
+    assert "no job 'no-such-job'" in missing.stderr
+    failed = run_visionq("submit", "caption", "file:///etc/passwd", "--wait", env=service_env)
+    assert failed.returncode == 1
+    assert "invalid_input" in failed.stdout
+
+
+def test_cancel_command(service_env: dict, worker) -> None:
+    blocker = run_visionq("submit", "generate", "slow", "--width", "512", "--height", "512",
+                          "--steps", "40", env=service_env).stdout.strip()
+    queued = run_visionq("submit", "generate", "x", "--width", "64", "--height", "64", env=service_env).stdout.strip()
+    canceled = run_visionq("cancel", queued, env=service_env)
+    assert canceled.returncode == 0
+    assert canceled.stdout.strip() == f"{queued} canceled"
+    run_visionq("status", blocker, "--wait", "--timeout", "60", env=service_env)
+    assert json.loads(run_visionq("status", queued, "--json", env=service_env).stdout)["status"] == "canceled"
+
+
+def test_workers_command(service_env: dict, worker) -> None:
+    listed = json.loads(run_visionq("workers", "--json", env=service_env).stdout)
+    mine = [w for w in listed if w["pid"] == worker.pid]
+    assert mine and mine[0]["state"] == "ready"
+    assert sorted(mine[0]["kinds"]) == ["caption", "generate", "segment"]
