@@ -6,6 +6,7 @@ import hashlib
 import io
 from pathlib import Path
 from typing import Any, Union
+from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
@@ -126,7 +127,9 @@ class Client:
             return self._upload(buffer.getvalue())
         if isinstance(image, (bytes, bytearray)):
             return self._upload(bytes(image))
-        if isinstance(image, str) and image.startswith(IMAGE_SCHEMES):
+        if isinstance(image, str) and image.startswith("file://"):
+            image = Path(unquote(urlparse(image).path))  # a local file, uploaded like a path
+        elif isinstance(image, str) and image.startswith(IMAGE_SCHEMES):
             return image
         if isinstance(image, (str, Path)):
             path = Path(image)

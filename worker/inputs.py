@@ -7,7 +7,7 @@ from tasks.errors import InvalidInput
 from tasks.limits import Limits
 from tasks.schemas import decode_data_uri
 from tasks.ssrf import AllowList, fetch
-from tasks.storage import S3Storage, Storage, open_storage
+from tasks.storage import LocalStorage, S3Storage, Storage, open_storage
 
 
 class InputReader:
@@ -39,6 +39,8 @@ class InputReader:
                 self._s3 = self._s3_factory()
             return self._s3.read(uri, self.limits.max_image_bytes)
         if uri.startswith("file://"):
+            if not isinstance(self.storage, LocalStorage):
+                raise InvalidInput(f"image {uri[:200]!r} is outside the storage folder (this worker stores in S3)")
             return self.storage.read(uri, self.limits.max_image_bytes)
         if uri.startswith(("http://", "https://")):
             body, _content_type = fetch(uri, max_bytes=self.limits.max_image_bytes, allow=self.fetch_allow)

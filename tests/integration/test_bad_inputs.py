@@ -8,6 +8,7 @@ from typing import Iterator
 import pytest
 
 from producer import Client
+from tasks.kinds import JobKind
 from tests.conftest import BUCKET
 from tests.support.images import encode, png_bomb, scene
 
@@ -54,6 +55,17 @@ def image_server() -> Iterator[str]:
     server.shutdown()
 
 
+def submit_raw(client: Client, image_uri: str):
+    """Enqueue a caption job as any producer could, without the SDK's own checks."""
+    from tasks.schemas import CaptionRequest, request_to_message
+
+    request = CaptionRequest(image=image_uri)
+    record, _ = client.store.create(JobKind.CAPTION, {"image": image_uri})
+    client.celery.send_task(JobKind.CAPTION.task_name, kwargs={
+        "job_id": record.id, "request": request_to_message(request)}, queue=JobKind.CAPTION.queue)
+    return client.get(record.id)
+
+
 def failed_with(job, code: str, fragment: str) -> None:
     job.wait(timeout=TIMEOUT)
     assert job.status == "failed", job.to_dict()
@@ -73,7 +85,7 @@ def test_bad_images_fail_alone(client: Client, s3: object, worker, tmp_path) -> 
         (f"s3://{BUCKET}/svc/uploads/missing.png", "cannot be read"),
         ("file:///etc/passwd", "outside the storage folder"),
     ]
-    jobs = [(client.caption(uri), fragment) for uri, fragment in cases]
+    jobs = [(submit_raw(client, uri), fragment) for uri, fragment in cases]
     for job, fragment in jobs:
         failed_with(job, "invalid_input", fragment)
     assert client.caption(GOOD_PNG).wait(timeout=TIMEOUT).status == "succeeded"

@@ -55,14 +55,18 @@ def test_errors_and_exit_codes(service_env: dict, worker) -> None:
     missing = run_visionq("status", "no-such-job", env=service_env)
     assert missing.returncode == 3
     assert "no job 'no-such-job'" in missing.stderr
-    failed = run_visionq("submit", "caption", "file:///etc/passwd", "--wait", env=service_env)
+    not_image = run_visionq("submit", "caption", "file:///etc/passwd", "--wait", env=service_env)
+    assert not_image.returncode == 2
+    assert "not a JPEG, PNG or WebP" in not_image.stderr
+    failed = run_visionq("submit", "generate", "word " * 300, "--width", "64", "--height", "64",
+                         "--wait", env=service_env)
     assert failed.returncode == 1
     assert "invalid_input" in failed.stdout
 
 
 def test_cancel_command(service_env: dict, worker) -> None:
-    blocker = run_visionq("submit", "generate", "slow", "--width", "512", "--height", "512",
-                          "--steps", "40", env=service_env).stdout.strip()
+    blocker = run_visionq("submit", "generate", "slow", "--width", "256", "--height", "256",
+                          "--steps", "60", env=service_env).stdout.strip()
     queued = run_visionq("submit", "generate", "x", "--width", "64", "--height", "64", env=service_env).stdout.strip()
     canceled = run_visionq("cancel", queued, env=service_env)
     assert canceled.returncode == 0
