@@ -16,12 +16,15 @@ from typing import Any, Sequence
 from tasks.errors import JobNotFound, VisionqError
 
 WORKER_COMMANDS = ("worker", "models")
+WEBHOOK_ADMIN_COMMANDS = ("dead", "replay")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in WORKER_COMMANDS:
         return _hand_to_worker(argv)
+    if argv and argv[0] == "webhooks" and not (len(argv) > 1 and argv[1] in WEBHOOK_ADMIN_COMMANDS + ("-h", "--help")):
+        return _hand_to_worker(argv, needs_torch=False)
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
@@ -38,10 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _hand_to_worker(argv: list[str]) -> int:
+def _hand_to_worker(argv: list[str], needs_torch: bool = True) -> int:
     import importlib.util
 
-    if importlib.util.find_spec("torch") is None:
+    if needs_torch and importlib.util.find_spec("torch") is None:
         print("visionq: the worker needs the [worker] extra: pip install 'visionq[worker]'", file=sys.stderr)
         return 2
     os.execv(sys.executable, [sys.executable, "-m", "worker", *argv])
@@ -89,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id")
     cancel.add_argument("--json", action="store_true", help="print the job record as JSON")
     cancel.set_defaults(handler=_cancel)
+
+    webhooks = commands.add_parser("webhooks", help="run the delivery worker; `dead` and `replay` manage dead letters")
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", metavar="SUBCOMMAND")
+    webhooks.add_argument("--concurrency", type=int, default=32, help="deliveries in flight (the delivery worker)")
+    dead = webhook_commands.add_parser("dead", help="list deliveries that exhausted their retries")
+    dead.add_argument("--json", action="store_true")
+    dead.set_defaults(handler=_webhooks_dead)
+    replay = webhook_commands.add_parser("replay", help="send a dead delivery again")
+    replay.add_argument("delivery_id")
+    replay.set_defaults(handler=_webhooks_replay)
 
     workers = commands.add_parser("workers", help="list live workers")
     workers.add_argument("--json", action="store_true")
@@ -176,6 +189,31 @@ def _workers(args: argparse.Namespace) -> int:
     for w in workers:
         print(f"{w['name']:40} {w['state']:9} kinds={','.join(w.get('kinds', []))} "
               f"device={w.get('device')} jobs_done={w.get('jobs_done', 0)}")
+    return 0
+
+
+def _webhooks_dead(args: argparse.Namespace) -> int:
+    dead = _client().deliveries.list_dead()
+    for delivery in dead:
+        delivery["body"] = json.loads(delivery["body"])
+    if args.json:
+        print(json.dumps(dead, indent=2))
+        return 0
+    if not dead:
+        print("no dead deliveries")
+    for d in dead:
+        print(f"{d['id']}  {d['type']:14} {d['url']}  {len(d['attempts'])} attempts  {d.get('reason', '')}")
+    return 0
+
+
+def _webhooks_replay(args: argparse.Namespace) -> int:
+    from tasks.events import enqueue_delivery
+
+    client = _client()
+    if client.deliveries.reopen(args.delivery_id) is None:
+        raise JobNotFound(f"no delivery {args.delivery_id!r}")
+    enqueue_delivery(client.celery, args.delivery_id)
+    print(f"{args.delivery_id} queued again")
     return 0
 
 

@@ -11,16 +11,21 @@ from urllib.parse import unquote, urlparse
 from PIL import Image
 
 from tasks.app import make_celery
+from tasks.deliveries import DeliveryStore
 from tasks.errors import InternalError, InvalidInput
+from tasks.events import EventPublisher
 from tasks.images import image_extension
 from tasks.kinds import JobKind
 from tasks.schemas import (
     IMAGE_SCHEMES, JobRequest, parse_request, request_to_message, request_to_record,
 )
 from tasks.settings import Settings
+from tasks.signing import secret_key
+from tasks.ssrf import AllowList
 from tasks.status import JobStatus
 from tasks.storage import Storage, input_key, open_storage
 from tasks.store import JobStore
+from tasks.webhooks import validate_webhook
 from producer.job import Job
 
 ImageInput = Union[str, Path, bytes, bytearray, Image.Image]
@@ -47,6 +52,10 @@ class Client:
             self.settings.redis_url, ttl_s=self.settings.job_ttl_s, prefix=self.settings.redis_prefix
         )
         self.celery = make_celery(self.settings)
+        self.deliveries = DeliveryStore(
+            self.store.redis, prefix=self.settings.redis_prefix, ttl_s=self.settings.job_ttl_s
+        )
+        self.events = EventPublisher(self.store, self.deliveries, self.celery)
         self._storage: Storage | None = None
 
     @property
@@ -59,29 +68,26 @@ class Client:
 
     def caption(
         self, image: ImageInput, *, prompt: str | None = None, max_new_tokens: int = 30,
-        num_beams: int = 1, idempotency_key: str | None = None,
+        num_beams: int = 1, **options: Any,
     ) -> Job:
         return self._submit(JobKind.CAPTION, {
             "image": image, "prompt": prompt, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
-        }, idempotency_key)
+        }, **options)
 
     def segment(
-        self, image: ImageInput, *, labels: list[str] | None = None, threshold: float = 0.4,
-        idempotency_key: str | None = None,
+        self, image: ImageInput, *, labels: list[str] | None = None, threshold: float = 0.4, **options: Any,
     ) -> Job:
-        return self._submit(
-            JobKind.SEGMENT, {"image": image, "labels": labels, "threshold": threshold}, idempotency_key
-        )
+        return self._submit(JobKind.SEGMENT, {"image": image, "labels": labels, "threshold": threshold}, **options)
 
     def generate(
         self, prompt: str, *, negative_prompt: str | None = None, width: int = 512, height: int = 512,
         steps: int = 4, guidance_scale: float = 0.0, seed: int | None = None, num_images: int = 1,
-        idempotency_key: str | None = None,
+        **options: Any,
     ) -> Job:
         return self._submit(JobKind.GENERATE, {
             "prompt": prompt, "negative_prompt": negative_prompt, "width": width, "height": height,
             "steps": steps, "guidance_scale": guidance_scale, "seed": seed, "num_images": num_images,
-        }, idempotency_key)
+        }, **options)
 
     def get(self, job_id: str) -> Job:
         """The job with this id; raises JobNotFound (a KeyError) for an unknown id."""
@@ -90,10 +96,22 @@ class Client:
     def cancel(self, job_id: str) -> Job:
         """A queued job ends `canceled` at once and never runs; a running one stops at
         its next checkpoint (every denoising step for generate). Final jobs are left as they are."""
-        self.store.request_cancel(job_id)
-        return self.get(job_id)
+        _, canceled_now = self.store.request_cancel(job_id)
+        job = self.get(job_id)
+        if canceled_now:
+            self.events.publish_final(job._record)
+        return job
 
-    def _submit(self, kind: JobKind, params: dict[str, Any], idempotency_key: str | None) -> Job:
+    def _submit(
+        self, kind: JobKind, params: dict[str, Any], *, idempotency_key: str | None = None,
+        webhook: str | None = None, webhook_events: list[str] | None = None,
+        webhook_secret: str | None = None,
+    ) -> Job:
+        """Options every kind takes: `idempotency_key` (the same key within the TTL
+        returns the same job), `webhook` (URL called back with signed events),
+        `webhook_events` (default: the final ones) and `webhook_secret` (whsec_...;
+        default VISIONQ_WEBHOOK_SECRET)."""
+        webhook_spec = self._webhook(webhook, webhook_events, webhook_secret)
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= self.settings.limits.max_key_chars:
                 raise InvalidInput(
@@ -102,10 +120,26 @@ class Client:
         if "image" in params:
             params["image"] = self._image_uri(params["image"])
         request = parse_request(kind, params, self.settings.limits)
-        record, created = self.store.create(kind, request_to_record(request), idempotency_key)
+        record, created = self.store.create(kind, request_to_record(request), idempotency_key, webhook_spec)
         if created:
+            if webhook_secret is not None:
+                self.deliveries.set_job_secret(record.id, webhook_secret)
             self._enqueue(record.id, request)
         return Job(self, record)
+
+    def _webhook(self, url: str | None, events: list[str] | None, secret: str | None) -> dict[str, Any] | None:
+        if url is None:
+            if events is not None or secret is not None:
+                raise InvalidInput("webhook_events and webhook_secret need a webhook URL")
+            return None
+        if secret is not None:
+            try:
+                secret_key(secret)
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+        elif not self.settings.webhook_secret:
+            raise InvalidInput("a webhook needs a signing secret: set VISIONQ_WEBHOOK_SECRET or pass webhook_secret")
+        return validate_webhook(url, events, self.settings.limits, AllowList.parse(self.settings.webhook_allow))
 
     def _enqueue(self, job_id: str, request: JobRequest) -> None:
         try:

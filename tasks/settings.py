@@ -55,7 +55,10 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     torch_threads: int | None = None
     fetch_allow: str = ""  # CIDRs/hosts that image URLs may reach despite the SSRF guard
-    webhook_secret: str | None = None
+    webhook_secret: str | None = None  # whsec_<base64>; a job may bring its own
+    webhook_allow: str = ""  # CIDRs/hosts webhooks may reach despite the SSRF guard
+    webhook_schedule: str = "0,5,300,1800,7200,18000,36000,36000"  # seconds before each attempt
+    webhook_timeout_s: float = 10.0  # per attempt
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -136,4 +139,7 @@ _ENV_FIELDS: list[tuple[str, str, Any]] = [
     ("torch_threads", "VISIONQ_TORCH_THREADS", int),
     ("fetch_allow", "VISIONQ_FETCH_ALLOW", str),
     ("webhook_secret", "VISIONQ_WEBHOOK_SECRET", str),
+    ("webhook_allow", "VISIONQ_WEBHOOK_ALLOW", str),
+    ("webhook_schedule", "VISIONQ_WEBHOOK_SCHEDULE", str),
+    ("webhook_timeout_s", "VISIONQ_WEBHOOK_TIMEOUT_S", float),
 ]

@@ -23,7 +23,7 @@ from urllib.parse import SplitResult, quote, urlsplit
 
 from tasks.errors import InvalidInput
 
-__all__ = ["AllowList", "UrlRefused", "check_url", "fetch"]
+__all__ = ["AllowList", "PostResult", "UrlRefused", "check_url", "fetch", "post"]
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -199,6 +199,60 @@ def fetch(
         if response is not None:
             response.close()
         connection.close()
+
+
+@dataclass(frozen=True)
+class PostResult:
+    status: int | None  # None: no HTTP answer (refused, connection error, timeout)
+    error: str | None
+    retry_after_s: float | None  # the receiver's Retry-After, in seconds
+    latency_ms: float
+
+
+def post(
+    url: str, body: bytes, headers: dict[str, str], *, timeout_s: float = 10.0,
+    allow: AllowList = AllowList(),
+) -> PostResult:
+    """POST `body` through the guard (webhook deliveries). Never raises for the
+    receiver's behaviour: every outcome is a PostResult, a refused URL included
+    (raised as UrlRefused, since it is not worth retrying)."""
+    target = _check(url, allow, resolve=True)
+    started = time.monotonic()
+    connection = _connection(target, timeout_s)
+
+    def result(status: int | None, error: str | None, retry_after: float | None = None) -> PostResult:
+        return PostResult(status, error, retry_after, round((time.monotonic() - started) * 1000, 3))
+
+    try:
+        connection.request("POST", target.path, body=body, headers={
+            "User-Agent": "visionq-webhooks", "Content-Type": "application/json", **headers,
+        })
+        response = connection.getresponse()
+        response.read(64 * 1024)  # the receiver's answer is not needed beyond its status
+        error = None if 200 <= response.status < 300 else f"HTTP {response.status} {response.reason}"
+        if 300 <= response.status < 400:
+            error = f"HTTP {response.status}: redirects are not followed"
+        return result(response.status, error, _retry_after_s(response.getheader("Retry-After")))
+    except TimeoutError:
+        return result(None, f"timed out after {timeout_s:g} s")
+    except (OSError, http.client.HTTPException) as exc:
+        return result(None, f"{type(exc).__name__}: {exc}")
+    finally:
+        connection.close()
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
 
 
 def _check(url: str, allow: AllowList, *, resolve: bool) -> _Target:

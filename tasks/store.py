@@ -56,7 +56,7 @@ local current = cjson.decode(raw)
 if current == 'queued' then
   redis.call('HSET', KEYS[1], 'status', cjson.encode('canceled'), 'completed_at', ARGV[1], 'error', ARGV[2])
   redis.call('PUBLISH', ARGV[3], 'canceled')
-  return 'canceled'
+  return 'canceled now'
 end
 if current == 'running' then
   redis.call('HSET', KEYS[1], 'cancel_requested', 'true')
@@ -89,13 +89,14 @@ class JobStore:
         return f"{self.prefix}:idem:{key}"
 
     def create(
-        self, kind: JobKind, input_record: dict[str, Any], idempotency_key: str | None = None
+        self, kind: JobKind, input_record: dict[str, Any], idempotency_key: str | None = None,
+        webhook: dict[str, Any] | None = None,
     ) -> tuple[JobRecord, bool]:
         """Store a new queued job. With an idempotency key already used within the
         TTL, returns the existing job and False instead (nothing new is stored)."""
         record = JobRecord(
             id=new_job_id(), kind=kind, status=JobStatus.QUEUED, created_at=utc_now(),
-            input=input_record, idempotency_key=idempotency_key,
+            input=input_record, idempotency_key=idempotency_key, webhook=webhook,
         )
         if idempotency_key is not None:
             claimed = self.redis.set(
@@ -139,15 +140,23 @@ class JobStore:
         value = json.dumps(round(min(max(progress, 0.0), 1.0), 4))
         return bool(self._progress(keys=[self.job_key(job_id)], args=[value, self.events_channel(job_id)]))
 
-    def request_cancel(self, job_id: str) -> JobStatus:
-        """Cancel a queued job now, or flag a running one. Returns the status after."""
+    def request_cancel(self, job_id: str) -> tuple[JobStatus, bool]:
+        """Cancel a queued job now, or flag a running one.
+
+        Returns the status after, and whether this call canceled the job."""
         error = json.dumps({"code": "canceled", "message": "canceled before it started"})
         result = self._cancel(
             keys=[self.job_key(job_id)], args=[json.dumps(utc_now()), error, self.events_channel(job_id)]
         )
         if result == b"missing":
             raise JobNotFound(f"no job {job_id!r}")
-        return JobStatus(result.decode())
+        if result == b"canceled now":
+            return JobStatus.CANCELED, True
+        return JobStatus(result.decode()), False
+
+    def next_event_sequence(self, job_id: str) -> int:
+        """1, 2, 3 ... per job: lets a receiver drop an event older than one it has."""
+        return int(self.redis.hincrby(self.job_key(job_id), "event_sequence", 1))
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.redis.hget(self.job_key(job_id), "cancel_requested") == b"true"

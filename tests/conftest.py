@@ -18,6 +18,7 @@ from producer.redis_server import RedisServer, free_port
 from tests.support.workers import WorkerProcess
 
 BUCKET = "visionq-test"
+WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXZpc2lvbnEtd2ViaG9va3M="  # base64 of a test key
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +92,12 @@ def service_env(redis_server: RedisServer, s3_env: dict[str, str], tiny_models: 
         "VISIONQ_MODELS_DIR": str(tiny_models),
         "VISIONQ_TORCH_THREADS": "1",
         "VISIONQ_FETCH_ALLOW": "127.0.0.1",
+        # Webhook receivers in the tests are reached as "localhost" only: a name that
+        # resolves to loopback under another spelling must still be refused.
+        "VISIONQ_WEBHOOK_ALLOW": "localhost",
+        "VISIONQ_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "VISIONQ_WEBHOOK_SCHEDULE": "0,0.4,0.4,0.4,0.4,0.4,0.4,0.4",
+        "VISIONQ_WEBHOOK_TIMEOUT_S": "2",
         "HF_HUB_OFFLINE": "1",
     }
 
@@ -99,6 +106,17 @@ def service_env(redis_server: RedisServer, s3_env: dict[str, str], tiny_models: 
 def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """One real `visionq worker` process serving every kind with the tiny models."""
     process = WorkerProcess(service_env, log_dir=tmp_path_factory.mktemp("worker-logs"))
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def deliverer(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """The webhook delivery worker (`visionq webhooks`)."""
+    process = WorkerProcess(service_env, tmp_path_factory.mktemp("deliverer-logs"), ["webhooks", "--concurrency", "8"])
     process.start()
     try:
         yield process

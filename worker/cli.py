@@ -1,4 +1,4 @@
-"""`visionq worker` and `visionq models tiny` (the worker side of the CLI).
+"""`visionq worker`, `visionq webhooks` and `visionq models tiny` (the worker side of the CLI).
 
 Reached through `visionq` (producer/cli.py hands these commands to
 `python -m worker`), so the producer never imports torch.
@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--name", help="worker name (default: visionq-<device>-<pid>@<host>)")
     worker.add_argument("--loglevel", default="INFO")
 
+    webhooks = commands.add_parser("webhooks", help="run the webhook delivery worker (no torch)")
+    webhooks.add_argument("--concurrency", type=int, default=32, help="deliveries in flight (threads)")
+    webhooks.add_argument("--loglevel", default="INFO")
+
     models = commands.add_parser("models", help="model utilities")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     tiny = model_commands.add_parser("tiny", help="build tiny random-weight models of every kind (offline)")
@@ -35,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "models":
         return _build_tiny(args.dir)
+    if args.command == "webhooks":
+        from worker.webhooks import run_webhook_worker
+
+        run_webhook_worker(Settings.from_env(), args.concurrency, args.loglevel)
+        return 0
     return _serve(args)
 
 

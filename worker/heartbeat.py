@@ -5,9 +5,10 @@ import json
 import os
 import socket
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import redis
+from celery import signals
 
 from tasks.record import utc_now
 from tasks.workers import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S, worker_key
@@ -47,6 +48,23 @@ class Heartbeat:
             self.client.delete(self.key)
         except redis.RedisError:
             pass
+
+    def follow_celery(self, jobs_done: Callable[[], int] | None = None) -> None:
+        """ready once Celery consumes, draining on warm shutdown, jobs_done after each task."""
+        def ready(**_: Any) -> None:
+            self.update(state="ready")
+
+        def draining(**_: Any) -> None:
+            self.update(state="draining")
+
+        def task_done(**_: Any) -> None:
+            if jobs_done is not None:
+                self.update(jobs_done=jobs_done())
+
+        # weak=False: these closures have no other reference and would be collected.
+        signals.worker_ready.connect(ready, weak=False)
+        signals.worker_shutting_down.connect(draining, weak=False)
+        signals.task_postrun.connect(task_done, weak=False)
 
     def _loop(self) -> None:
         while not self._stop.wait(HEARTBEAT_INTERVAL_S):

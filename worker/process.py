@@ -15,9 +15,10 @@ import socket
 from typing import Any
 
 import redis
-from celery import signals
 
 from tasks.app import make_celery
+from tasks.deliveries import DeliveryStore
+from tasks.events import EventPublisher
 from tasks.kinds import JobKind
 from tasks.settings import Settings
 from tasks.ssrf import AllowList
@@ -60,17 +61,20 @@ def run_worker(settings: Settings, kinds: list[JobKind], device: str, name: str,
             models={k.value: p.model_label for k, p in pipelines.items()}, model_loads=len(pipelines)
         )
         storage = open_storage(settings.storage_url, presign_expiry_s=settings.presign_expiry_s)
+        store = JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix)
+        app = make_celery(settings)
+        deliveries = DeliveryStore(client, prefix=settings.redis_prefix, ttl_s=settings.job_ttl_s)
         runner = JobRunner(
             settings=settings,
-            store=JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix),
+            store=store,
             storage=storage,
             inputs=InputReader(storage, settings.limits, AllowList.parse(settings.fetch_allow)),
             pipelines=pipelines,
             worker_name=name,
+            events=EventPublisher(store, deliveries, app),
         )
-        app = make_celery(settings)
         register_tasks(app, runner, kinds)
-        _track_state(heartbeat, runner)
+        heartbeat.follow_celery(jobs_done=lambda: runner.jobs_done)
         app.worker_main([
             "worker", "--queues", ",".join(k.queue for k in kinds), "--pool", "threads",
             "--concurrency", "1", "--hostname", name, "--loglevel", loglevel,
@@ -93,19 +97,3 @@ def register_tasks(app: Any, runner: JobRunner, kinds: list[JobKind]) -> None:
             retry_jitter=True, max_retries=5,
         )(run_job)
 
-
-def _track_state(heartbeat: Heartbeat, runner: JobRunner) -> None:
-    def ready(**_: Any) -> None:
-        heartbeat.update(state="ready")
-        log.info("worker %s ready", heartbeat.state["name"])
-
-    def draining(**_: Any) -> None:
-        heartbeat.update(state="draining")
-
-    def job_done(**_: Any) -> None:
-        heartbeat.update(jobs_done=runner.jobs_done)
-
-    # weak=False: these closures have no other reference and would be collected.
-    signals.worker_ready.connect(ready, weak=False)
-    signals.worker_shutting_down.connect(draining, weak=False)
-    signals.task_postrun.connect(job_done, weak=False)

@@ -10,11 +10,12 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tasks.errors import (
     InternalError, JobCanceled, JobNotFound, ModelError, OutOfMemory, VisionqError,
 )
+from tasks.events import EventPublisher
 from tasks.kinds import JobKind
 from tasks.record import JobRecord, ms_between, utc_now
 from tasks.schemas import parse_request
@@ -22,6 +23,7 @@ from tasks.settings import Settings
 from tasks.status import JobStatus
 from tasks.storage import Storage
 from tasks.store import JobStore
+from tasks.webhooks import EventType
 from worker.images import decode_image
 from worker.inputs import InputReader
 from worker.outputs import publish_outputs, publish_record
@@ -42,6 +44,7 @@ class JobRunner:
         inputs: InputReader,
         pipelines: dict[JobKind, Pipeline],
         worker_name: str,
+        events: EventPublisher | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -49,6 +52,7 @@ class JobRunner:
         self.inputs = inputs
         self.pipelines = pipelines
         self.worker_name = worker_name
+        self.events = events
         self.jobs_done = 0
 
     def run(self, kind: JobKind, job_id: str, request_data: dict[str, Any]) -> None:
@@ -72,9 +76,10 @@ class JobRunner:
             record, status=JobStatus.RUNNING, started_at=started_at, worker=self.worker_name,
             model=pipeline.model_label, attempt=record.attempt + 1,
         )
+        self._publish(record, EventType.STARTED)
         metrics: dict[str, Any] = {"batch_size": 1}
         try:
-            result = self._run(kind, job_id, request_data, pipeline, metrics)
+            result = self._run(record, request_data, pipeline, metrics)
             with _timed(metrics, "publish_ms"):
                 output, publish_timings = publish_outputs(
                     self.storage, job_id, result, self.settings.png_compress_level
@@ -95,16 +100,15 @@ class JobRunner:
             self._finish(record, JobStatus.FAILED, metrics, error=error)
 
     def _run(
-        self, kind: JobKind, job_id: str, request_data: dict[str, Any], pipeline: Pipeline,
-        metrics: dict[str, Any],
+        self, record: JobRecord, request_data: dict[str, Any], pipeline: Pipeline, metrics: dict[str, Any],
     ) -> PipelineResult:
-        request = parse_request(kind, request_data, self.settings.limits)
+        request = parse_request(record.kind, request_data, self.settings.limits)
         image = None
         image_uri = getattr(request, "image", None)
         if image_uri is not None:
             with _timed(metrics, "input_ms"):
                 image = decode_image(self.inputs.read(image_uri), self.settings.limits)
-        progress = _ProgressReporter(self.store, job_id)
+        progress = _ProgressReporter(self.store, record, self._publish)
         progress.check_cancel()
         with _timed(metrics, "run_ms"):
             result = _call_pipeline(pipeline, request, image, progress)
@@ -135,9 +139,20 @@ class JobRunner:
         }
         if status is JobStatus.SUCCEEDED:
             fields["progress"] = 1.0
-        if not self.store.transition(record.id, final.status, **fields):
+        if self.store.transition(record.id, final.status, **fields):
+            self._publish(final, None)
+        else:
             log.warning("job %s was already final; its %s result is not recorded", record.id, status.value)
         self.jobs_done += 1
+
+    def _publish(self, record: JobRecord, event: EventType | None) -> None:
+        """event None: the final event matching the record's status."""
+        if self.events is None or not record.webhook:
+            return
+        if event is None:
+            self.events.publish_final(record)
+        else:
+            self.events.publish(record, event)
 
 
 class _ProgressReporter:
@@ -145,20 +160,23 @@ class _ProgressReporter:
 
     min_interval_s = 0.1  # progress writes are throttled; cancel is checked on every call
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
+    def __init__(self, store: JobStore, record: JobRecord, publish: Callable[[JobRecord, EventType], None]) -> None:
         self.store = store
-        self.job_id = job_id
+        self.record = record
+        self.publish = publish
         self._last_write = 0.0
 
     def __call__(self, fraction: float) -> None:
         now = time.monotonic()
         if now - self._last_write >= self.min_interval_s or fraction >= 1.0:
             self._last_write = now
-            self.store.set_progress(self.job_id, fraction)
+            self.store.set_progress(self.record.id, fraction)
+            self.record.progress = round(fraction, 4)
+            self.publish(self.record, EventType.PROGRESS)
         self.check_cancel()
 
     def check_cancel(self) -> None:
-        if self.store.cancel_requested(self.job_id):
+        if self.store.cancel_requested(self.record.id):
             raise JobCanceled(CANCELED_WHILE_RUNNING)
 
 

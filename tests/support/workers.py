@@ -16,12 +16,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_dir: Path, *, kinds: str | None = None, name: str | None = None) -> None:
+    """`python -m worker ARGS` (a GPU-side worker by default, or `webhooks`)."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, args: list[str] | None = None) -> None:
         self.env = {**os.environ, **env}
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")]))
         self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
-        self.kinds = kinds
-        self.name = name
+        self.args = args or ["worker", "--device", "cpu"]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -30,11 +31,7 @@ class WorkerProcess:
         return self.process.pid
 
     def start(self, timeout_s: float = 120.0) -> WorkerProcess:
-        command = [sys.executable, "-m", "worker", "worker", "--device", "cpu"]
-        if self.kinds:
-            command += ["--kinds", self.kinds]
-        if self.name:
-            command += ["--name", self.name]
+        command = [sys.executable, "-m", "worker", *self.args]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log, cwd=REPO)
         self.wait_ready(timeout_s)

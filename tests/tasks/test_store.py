@@ -74,7 +74,8 @@ def test_racing_finishers_only_one_wins(store: JobStore) -> None:
 
 def test_cancel_queued_is_immediate(store: JobStore) -> None:
     record, _ = store.create(JobKind.CAPTION, {})
-    assert store.request_cancel(record.id) is JobStatus.CANCELED
+    assert store.request_cancel(record.id) == (JobStatus.CANCELED, True)
+    assert store.request_cancel(record.id) == (JobStatus.CANCELED, False)
     canceled = store.get(record.id)
     assert canceled.status is JobStatus.CANCELED
     assert canceled.error["code"] == "canceled"
@@ -85,7 +86,7 @@ def test_cancel_running_sets_flag_only(store: JobStore) -> None:
     record, _ = store.create(JobKind.GENERATE, {})
     store.transition(record.id, JobStatus.RUNNING, attempt_increment=1)
     assert not store.cancel_requested(record.id)
-    assert store.request_cancel(record.id) is JobStatus.RUNNING
+    assert store.request_cancel(record.id) == (JobStatus.RUNNING, False)
     assert store.cancel_requested(record.id)
 
 
@@ -93,7 +94,7 @@ def test_cancel_final_changes_nothing(store: JobStore) -> None:
     record, _ = store.create(JobKind.CAPTION, {})
     store.transition(record.id, JobStatus.RUNNING, attempt_increment=1)
     store.transition(record.id, JobStatus.SUCCEEDED)
-    assert store.request_cancel(record.id) is JobStatus.SUCCEEDED
+    assert store.request_cancel(record.id) == (JobStatus.SUCCEEDED, False)
     assert store.get(record.id).status is JobStatus.SUCCEEDED
 
 
