@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -26,6 +26,7 @@ from tasks.storage import open_storage
 from tasks.store import JobStore
 from worker.heartbeat import Heartbeat
 from worker.inputs import InputReader
+from worker.pipelines.base import Pipeline
 from worker.runtime import JobRunner
 
 log = logging.getLogger("visionq.worker")
@@ -40,6 +41,7 @@ def default_worker_name(device: str) -> str:
 
 
 def run_worker(settings: Settings, kinds: list[JobKind], device: str, name: str, loglevel: str = "INFO") -> None:
+    """Load and warm up the models of `kinds` on `device`, then serve them."""
     import torch
 
     from worker.device import check_device
@@ -48,17 +50,29 @@ def run_worker(settings: Settings, kinds: list[JobKind], device: str, name: str,
     check_device(device)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    serve(settings, lambda: load_pipelines(settings, kinds, device), name, device, loglevel)
+
+
+def serve(
+    settings: Settings, load: Callable[[], dict[JobKind, Pipeline]], name: str, device: str,
+    loglevel: str = "INFO",
+) -> None:
+    """Announce `loading`, run `load`, then consume the queues of the kinds it returned.
+
+    Separate from `run_worker` so the benchmarks can serve stand-in pipelines
+    through exactly the same runtime."""
     client = redis.Redis.from_url(settings.redis_url)
     heartbeat = Heartbeat(
         client, settings.redis_prefix, name,
-        {"device": device, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
-         "kinds": [k.value for k in kinds]},
+        {"device": device, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")},
     )
     heartbeat.start()
     try:
-        pipelines = load_pipelines(settings, kinds, device)
+        pipelines = load()
+        kinds = list(pipelines)
         heartbeat.update(
-            models={k.value: p.model_label for k, p in pipelines.items()}, model_loads=len(pipelines)
+            kinds=[k.value for k in kinds], model_loads=len(pipelines),
+            models={k.value: p.model_label for k, p in pipelines.items()},
         )
         storage = open_storage(settings.storage_url, presign_expiry_s=settings.presign_expiry_s)
         store = JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix)
