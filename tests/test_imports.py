@@ -19,6 +19,28 @@ def test_producer_and_tasks_do_not_import_torch() -> None:
     assert result.stdout.strip() == ""
 
 
+def test_webhook_delivery_worker_is_light() -> None:
+    code = (
+        "import sys, worker.webhooks, worker.cli, producer.webhooks\n"
+        "print(','.join(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_receivers_verify_through_the_producer_package() -> None:
+    from producer.webhooks import WebhookVerificationError, verify
+    from tasks.signing import generate_secret, signature_headers
+
+    secret = generate_secret()
+    verify(secret, signature_headers(secret, "msg_1", b"{}"), b"{}")
+    try:
+        verify(secret, signature_headers(secret, "msg_1", b"{}"), b"{ }")
+    except WebhookVerificationError:
+        return
+    raise AssertionError("a tampered body was accepted")
+
+
 def test_public_surface_is_pinned() -> None:
     assert sorted(producer.__all__) == ["Client", "InvalidInput", "Job", "JobNotFound", "VisionqError"]
     assert sorted(tasks.__all__) == [
