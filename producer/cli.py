@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--num-images", type=int, default=1)
     for kind_parser in (caption, segment, generate):
         kind_parser.add_argument("--idempotency-key")
+        kind_parser.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
         _add_wait_options(kind_parser)
         kind_parser.set_defaults(handler=_submit)
 
@@ -102,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     replay = webhook_commands.add_parser("replay", help="send a dead delivery again")
     replay.add_argument("delivery_id")
     replay.set_defaults(handler=_webhooks_replay)
+
+    queues = commands.add_parser("queues", help="queued jobs per kind and priority (autoscaler signal)")
+    queues.add_argument("--json", action="store_true")
+    queues.set_defaults(handler=_queues)
 
     workers = commands.add_parser("workers", help="list live workers")
     workers.add_argument("--json", action="store_true")
@@ -128,7 +133,7 @@ def _client() -> Any:
 
 def _submit(args: argparse.Namespace) -> int:
     client = _client()
-    common = {"idempotency_key": args.idempotency_key}
+    common = {"idempotency_key": args.idempotency_key, "priority": args.priority}
     if args.kind == "caption":
         job = client.caption(args.image, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                              num_beams=args.num_beams, **common)
@@ -189,6 +194,20 @@ def _workers(args: argparse.Namespace) -> int:
     for w in workers:
         print(f"{w['name']:40} {w['state']:9} kinds={','.join(w.get('kinds', []))} "
               f"device={w.get('device')} jobs_done={w.get('jobs_done', 0)}")
+    return 0
+
+
+def _queues(args: argparse.Namespace) -> int:
+    from tasks.workers import queue_depths
+
+    client = _client()
+    depths = queue_depths(client.store.redis, client.settings.redis_prefix)
+    if args.json:
+        print(json.dumps(depths, indent=2))
+        return 0
+    print(f"{'kind':10} {'high':>6} {'normal':>6} {'low':>6} {'total':>6}")
+    for kind, d in depths.items():
+        print(f"{kind:10} {d['high']:6} {d['normal']:6} {d['low']:6} {d['total']:6}")
     return 0
 
 

@@ -15,7 +15,7 @@ from tasks.deliveries import DeliveryStore
 from tasks.errors import InternalError, InvalidInput
 from tasks.events import EventPublisher
 from tasks.images import image_extension
-from tasks.kinds import JobKind
+from tasks.kinds import JobKind, Priority
 from tasks.schemas import (
     IMAGE_SCHEMES, JobRequest, parse_request, request_to_message, request_to_record,
 )
@@ -105,12 +105,16 @@ class Client:
     def _submit(
         self, kind: JobKind, params: dict[str, Any], *, idempotency_key: str | None = None,
         webhook: str | None = None, webhook_events: list[str] | None = None,
-        webhook_secret: str | None = None,
+        webhook_secret: str | None = None, priority: str = "normal",
     ) -> Job:
         """Options every kind takes: `idempotency_key` (the same key within the TTL
         returns the same job), `webhook` (URL called back with signed events),
         `webhook_events` (default: the final ones) and `webhook_secret` (whsec_...;
-        default VISIONQ_WEBHOOK_SECRET)."""
+        default VISIONQ_WEBHOOK_SECRET), `priority` (high | normal | low)."""
+        try:
+            job_priority = Priority(priority)
+        except ValueError:
+            raise InvalidInput(f"priority {priority!r} must be one of high, normal, low") from None
         webhook_spec = self._webhook(webhook, webhook_events, webhook_secret)
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= self.settings.limits.max_key_chars:
@@ -120,11 +124,13 @@ class Client:
         if "image" in params:
             params["image"] = self._image_uri(params["image"])
         request = parse_request(kind, params, self.settings.limits)
-        record, created = self.store.create(kind, request_to_record(request), idempotency_key, webhook_spec)
+        record, created = self.store.create(
+            kind, request_to_record(request), idempotency_key, webhook_spec, job_priority.value
+        )
         if created:
             if webhook_secret is not None:
                 self.deliveries.set_job_secret(record.id, webhook_secret)
-            self._enqueue(record.id, request)
+            self._enqueue(record.id, request, job_priority)
         return Job(self, record)
 
     def _webhook(self, url: str | None, events: list[str] | None, secret: str | None) -> dict[str, Any] | None:
@@ -141,11 +147,11 @@ class Client:
             raise InvalidInput("a webhook needs a signing secret: set VISIONQ_WEBHOOK_SECRET or pass webhook_secret")
         return validate_webhook(url, events, self.settings.limits, AllowList.parse(self.settings.webhook_allow))
 
-    def _enqueue(self, job_id: str, request: JobRequest) -> None:
+    def _enqueue(self, job_id: str, request: JobRequest, priority: Priority) -> None:
         try:
             self.celery.send_task(
                 request.kind.task_name, kwargs={"job_id": job_id, "request": request_to_message(request)},
-                queue=request.kind.queue, task_id=job_id,
+                queue=request.kind.queue, task_id=job_id, priority=priority.level,
             )
         except Exception as exc:
             # Never leave a record that says queued for a message that was never sent.

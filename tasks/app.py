@@ -4,7 +4,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from tasks.kinds import WEBHOOKS_QUEUE, JobKind
+from tasks.kinds import PRIORITY_STEPS, WEBHOOKS_QUEUE, JobKind
 from tasks.settings import Settings
 
 
@@ -32,6 +32,11 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={
             # Unacked messages come back after this; it must exceed the longest job.
             "visibility_timeout": settings.visibility_timeout_s,
+            # One Redis list per priority level, popped in this order (see Priority).
+            "priority_steps": PRIORITY_STEPS,
+            # Queues, unacked sets and bindings all under our prefix: several
+            # deployments (or test runs) can share one Redis without taking each other's jobs.
+            "global_keyprefix": f"{settings.redis_prefix}:",
         },
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(kind.queue) for kind in JobKind] + [Queue(WEBHOOKS_QUEUE)],

@@ -18,6 +18,35 @@ class JobKind(str, Enum):
         return f"visionq.run.{self.value}"
 
 
+class Priority(str, Enum):
+    """Within a kind, higher first; FIFO within one priority.
+
+    Strict: a worker always takes a queued high job before any normal one, so a
+    constant stream of high jobs starves low ones (by design: low is for backfill).
+    """
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def level(self) -> int:
+        # kombu's Redis transport keeps one list per level and BRPOPs lower levels first.
+        return _PRIORITY_LEVELS[self]
+
+
+_PRIORITY_LEVELS = {Priority.HIGH: 0, Priority.NORMAL: 3, Priority.LOW: 6}
+PRIORITY_STEPS = sorted(_PRIORITY_LEVELS.values())
+_KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
+
+
+def queue_list_key(kind: JobKind, priority: Priority, prefix: str) -> str:
+    """The Redis list holding `kind` jobs of `priority` (kombu's naming, our key prefix)."""
+    level = priority.level
+    name = kind.queue if level == 0 else f"{kind.queue}{_KOMBU_PRIORITY_SEPARATOR}{level}"
+    return f"{prefix}:{name}"
+
+
 WEBHOOKS_QUEUE = "visionq.webhooks"
 ALL_KINDS: tuple[JobKind, ...] = tuple(JobKind)
 

@@ -59,6 +59,7 @@ class JobRecord:
     attempt: int = 0
     cancel_requested: bool = False  # a client asked to cancel while it was running
     idempotency_key: str | None = None
+    priority: str = "normal"  # high | normal | low
     webhook: dict[str, Any] | None = None  # {"url", "events"}; the secret is never here
     webhook_attempts: list[dict[str, Any]] = field(default_factory=list)  # every delivery attempt
 

@@ -60,6 +60,7 @@ class Settings:
     webhook_schedule: str = "0,5,300,1800,7200,18000,36000,36000"  # seconds before each attempt
     webhook_timeout_s: float = 10.0  # per attempt
     limits: Limits = field(default_factory=Limits)
+    time_limits_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIME_LIMITS_S))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -73,6 +74,10 @@ class Settings:
             role: env.get(f"VISIONQ_{role.upper()}_REVISION") or None for role in DEFAULT_MODELS
         }
         values["limits"] = _limits_from_env(env)
+        values["time_limits_s"] = {
+            kind: float(env.get(f"VISIONQ_TIME_LIMIT_{kind.upper()}_S") or default)
+            for kind, default in DEFAULT_TIME_LIMITS_S.items()
+        }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.check()
@@ -102,7 +107,7 @@ class Settings:
         return self.models[role], self.revisions.get(role)
 
     def time_limit_s(self, kind: JobKind) -> float:
-        return DEFAULT_TIME_LIMITS_S[kind.value]
+        return self.time_limits_s[kind.value]
 
 
 def _models_from_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -90,13 +90,13 @@ class JobStore:
 
     def create(
         self, kind: JobKind, input_record: dict[str, Any], idempotency_key: str | None = None,
-        webhook: dict[str, Any] | None = None,
+        webhook: dict[str, Any] | None = None, priority: str = "normal",
     ) -> tuple[JobRecord, bool]:
         """Store a new queued job. With an idempotency key already used within the
         TTL, returns the existing job and False instead (nothing new is stored)."""
         record = JobRecord(
             id=new_job_id(), kind=kind, status=JobStatus.QUEUED, created_at=utc_now(),
-            input=input_record, idempotency_key=idempotency_key, webhook=webhook,
+            input=input_record, idempotency_key=idempotency_key, webhook=webhook, priority=priority,
         )
         if idempotency_key is not None:
             claimed = self.redis.set(

@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--kinds", default=",".join(k.value for k in ALL_KINDS),
                         help="comma-separated job kinds to serve (default: all)")
     worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: VISIONQ_DEVICE or auto)")
+    worker.add_argument("--gpus", help="all or 0,2: one pinned worker process per GPU, supervised")
+    worker.add_argument("--replicas", type=int, default=None,
+                        help="worker processes per device (with --gpus: per GPU), supervised")
     worker.add_argument("--name", help="worker name (default: visionq-<device>-<pid>@<host>)")
     worker.add_argument("--loglevel", default="INFO")
 
@@ -58,6 +61,8 @@ def _build_tiny(dest: Path) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.gpus or args.replicas:
+        return _supervise(args)
     from worker.device import pin_device
 
     try:
@@ -75,6 +80,26 @@ def _serve(args: argparse.Namespace) -> int:
 
     run_worker(settings, kinds, device, args.name or default_worker_name(device), args.loglevel)
     return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    from worker.fleet import Supervisor, parse_gpus, plan_slots
+
+    try:
+        if args.replicas is not None and args.replicas < 1:
+            raise ValueError("--replicas must be at least 1")
+        gpus = parse_gpus(args.gpus) if args.gpus else None
+        device = args.device or Settings.from_env().device
+        if gpus is None and device == "auto":
+            device = "cpu"  # replicas without --gpus: say cuda:N to put them on one GPU
+        passthrough = ["--kinds", args.kinds, "--loglevel", args.loglevel]
+        if args.models:
+            passthrough += ["--models", args.models]
+        slots = plan_slots(gpus, args.replicas or 1, device, passthrough)
+    except ValueError as exc:
+        print(f"visionq worker: {exc}", file=sys.stderr)
+        return 2
+    return Supervisor(slots).run()
 
 
 if __name__ == "__main__":

@@ -64,7 +64,9 @@ def serve(
     client = redis.Redis.from_url(settings.redis_url)
     heartbeat = Heartbeat(
         client, settings.redis_prefix, name,
-        {"device": device, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")},
+        {"device": device, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+         # set by the fleet supervisor: how often this slot's process was replaced
+         "restarts": int(os.environ.get("VISIONQ_WORKER_RESTARTS", "0"))},
     )
     heartbeat.start()
     try:

@@ -7,13 +7,15 @@ process, its models and other jobs are untouched.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 from tasks.errors import (
-    InternalError, JobCanceled, JobNotFound, ModelError, OutOfMemory, VisionqError,
+    InternalError, JobCanceled, JobNotFound, JobTimeout, ModelError, OutOfMemory, VisionqError,
 )
 from tasks.events import EventPublisher
 from tasks.kinds import JobKind
@@ -54,6 +56,7 @@ class JobRunner:
         self.worker_name = worker_name
         self.events = events
         self.jobs_done = 0
+        self.watchdog = Watchdog(store)
 
     def run(self, kind: JobKind, job_id: str, request_data: dict[str, Any]) -> None:
         try:
@@ -78,8 +81,10 @@ class JobRunner:
         )
         self._publish(record, EventType.STARTED)
         metrics: dict[str, Any] = {"batch_size": 1}
+        limit_s = self.settings.time_limit_s(kind)
+        self.watchdog.arm(job_id, limit_s)
         try:
-            result = self._run(record, request_data, pipeline, metrics)
+            result = self._run(record, request_data, pipeline, metrics, limit_s)
             with _timed(metrics, "publish_ms"):
                 output, publish_timings = publish_outputs(
                     self.storage, job_id, result, self.settings.png_compress_level
@@ -98,9 +103,12 @@ class JobRunner:
             log.exception("job %s failed with an internal error", job_id)
             error = InternalError(f"{type(exc).__name__}: {exc}").to_dict()
             self._finish(record, JobStatus.FAILED, metrics, error=error)
+        finally:
+            self.watchdog.disarm()
 
     def _run(
         self, record: JobRecord, request_data: dict[str, Any], pipeline: Pipeline, metrics: dict[str, Any],
+        limit_s: float,
     ) -> PipelineResult:
         request = parse_request(record.kind, request_data, self.settings.limits)
         image = None
@@ -108,7 +116,7 @@ class JobRunner:
         if image_uri is not None:
             with _timed(metrics, "input_ms"):
                 image = decode_image(self.inputs.read(image_uri), self.settings.limits)
-        progress = _ProgressReporter(self.store, record, self._publish)
+        progress = _ProgressReporter(self.store, record, self._publish, time.monotonic() + limit_s, limit_s)
         progress.check_cancel()
         with _timed(metrics, "run_ms"):
             result = _call_pipeline(pipeline, request, image, progress)
@@ -160,10 +168,15 @@ class _ProgressReporter:
 
     min_interval_s = 0.1  # progress writes are throttled; cancel is checked on every call
 
-    def __init__(self, store: JobStore, record: JobRecord, publish: Callable[[JobRecord, EventType], None]) -> None:
+    def __init__(
+        self, store: JobStore, record: JobRecord, publish: Callable[[JobRecord, EventType], None],
+        deadline: float, limit_s: float,
+    ) -> None:
         self.store = store
         self.record = record
         self.publish = publish
+        self.deadline = deadline
+        self.limit_s = limit_s
         self._last_write = 0.0
 
     def __call__(self, fraction: float) -> None:
@@ -176,8 +189,53 @@ class _ProgressReporter:
         self.check_cancel()
 
     def check_cancel(self) -> None:
+        """The checkpoint: canceled by a client, or past the kind's time limit."""
         if self.store.cancel_requested(self.record.id):
             raise JobCanceled(CANCELED_WHILE_RUNNING)
+        if time.monotonic() > self.deadline:
+            raise JobTimeout(f"the job ran past its time limit of {self.limit_s:g} s")
+
+
+class Watchdog:
+    """The hard time limit, for a model stuck between two checkpoints.
+
+    Celery's time limits need the prefork pool, which we do not use (see
+    worker/process.py). A job still running at its limit x 1.1 + 5 s is recorded as
+    `timeout`, then the process exits: its supervisor (or the operator's process
+    manager) restarts it with fresh memory, and the job's message, redelivered
+    later, finds the job final and is dropped.
+    """
+
+    grace_factor = 1.1
+    grace_s = 5.0
+    exit_code = 75
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._job: tuple[str, float, float] | None = None
+        self._thread = threading.Thread(target=self._loop, name="visionq-watchdog", daemon=True)
+        self._thread.start()
+
+    def arm(self, job_id: str, limit_s: float) -> None:
+        with self._lock:
+            self._job = (job_id, time.monotonic() + limit_s * self.grace_factor + self.grace_s, limit_s)
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._job = None
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(0.5)
+            with self._lock:
+                job = self._job
+            if job is not None and time.monotonic() > job[1]:
+                job_id, _, limit_s = job
+                log.error("job %s is stuck past its time limit of %g s; restarting this worker", job_id, limit_s)
+                error = JobTimeout(f"the job ran past its time limit of {limit_s:g} s; its worker was restarted")
+                self.store.transition(job_id, JobStatus.FAILED, completed_at=utc_now(), error=error.to_dict())
+                os._exit(self.exit_code)
 
 
 def _call_pipeline(pipeline: Pipeline, request: Any, image: Any, progress: _ProgressReporter) -> PipelineResult:

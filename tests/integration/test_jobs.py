@@ -140,7 +140,9 @@ def test_input_forms(client: Client, tmp_path, s3: object) -> None:
 
 
 def test_bad_parameters_are_refused_before_enqueue(client: Client, redis_client) -> None:
-    queue = JobKind.GENERATE.queue
+    from tasks.kinds import Priority, queue_list_key
+
+    queue = queue_list_key(JobKind.GENERATE, Priority.NORMAL, client.settings.redis_prefix)
     before = redis_client.llen(queue)
     with pytest.raises(InvalidInput, match="width 4000 exceeds the maximum 2048"):
         client.generate("a fox", width=4000)

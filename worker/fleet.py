@@ -1,0 +1,128 @@
+"""`visionq worker --gpus … | --replicas N`: one pinned worker process per GPU (or replica).
+
+The supervisor never imports torch: each child is a fresh `python -m worker worker`
+process whose device is pinned (CUDA_VISIBLE_DEVICES) before its own torch import,
+so CUDA is never initialised in a process that forks. A child that dies is
+restarted with exponential backoff; SIGTERM/SIGINT are forwarded so every child
+drains (finishes the job in hand) before the supervisor exits.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger("visionq.fleet")
+
+MAX_BACKOFF_S = 60.0
+HEALTHY_AFTER_S = 60.0  # a child that lived this long resets its backoff
+
+
+@dataclass
+class Slot:
+    """One worker process to keep alive: its device and command line."""
+
+    name: str
+    device: str
+    args: list[str]
+    restarts: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    backoff_s: float = 1.0
+    restart_at: float | None = field(default=None)
+
+
+def parse_gpus(text: str, count_gpus: object = None) -> list[int]:
+    """"all" or "0,2" -> GPU indexes."""
+    if text == "all":
+        found = (count_gpus or visible_gpu_count)()
+        if found == 0:
+            raise ValueError("--gpus all: no CUDA GPU is visible on this machine")
+        return list(range(found))
+    try:
+        gpus = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--gpus {text!r}: expected all or comma-separated GPU indexes") from None
+    if not gpus or any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise ValueError(f"--gpus {text!r}: expected distinct GPU indexes")
+    return gpus
+
+
+def visible_gpu_count() -> int:
+    # In a child process: counting GPUs must not initialise CUDA in the supervisor.
+    result = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+        capture_output=True, text=True, check=False,
+    )
+    return int(result.stdout.strip() or 0)
+
+
+def plan_slots(gpus: list[int] | None, replicas: int, device: str, passthrough: list[str]) -> list[Slot]:
+    """One slot per GPU x replica, or `replicas` slots on `device` without GPUs."""
+    host = socket.gethostname()
+    slots = []
+    targets = [(f"gpu{g}", f"cuda:{g}") for g in gpus] if gpus else [(device.replace(":", ""), device)]
+    for label, slot_device in targets:
+        for replica in range(replicas):
+            suffix = f"-{replica}" if replicas > 1 else ""
+            name = f"visionq-{label}{suffix}@{host}"
+            args = ["worker", "--device", slot_device, "--name", name, *passthrough]
+            slots.append(Slot(name=name, device=slot_device, args=args))
+    return slots
+
+
+class Supervisor:
+    def __init__(self, slots: list[Slot]) -> None:
+        self.slots = slots
+        self.stopping = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        for slot in self.slots:
+            self._start(slot)
+        while not self.stopping:
+            self._watch()
+            time.sleep(0.5)
+        return self._drain()
+
+    def _start(self, slot: Slot) -> None:
+        env = {**os.environ, "VISIONQ_WORKER_RESTARTS": str(slot.restarts)}
+        slot.process = subprocess.Popen([sys.executable, "-m", "worker", *slot.args], env=env)
+        slot.started_at = time.monotonic()
+        slot.restart_at = None
+        log.info("started %s (pid %d, device %s)", slot.name, slot.process.pid, slot.device)
+
+    def _watch(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.restart_at is not None:
+                if now >= slot.restart_at:
+                    slot.restarts += 1
+                    self._start(slot)
+                continue
+            assert slot.process is not None
+            code = slot.process.poll()
+            if code is None:
+                continue
+            if now - slot.started_at > HEALTHY_AFTER_S:
+                slot.backoff_s = 1.0
+            log.warning("%s exited with %s; restarting in %.0f s", slot.name, code, slot.backoff_s)
+            slot.restart_at = now + slot.backoff_s
+            slot.backoff_s = min(slot.backoff_s * 2, MAX_BACKOFF_S)
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _drain(self) -> int:
+        running = [s.process for s in self.slots if s.process is not None and s.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)  # Celery's warm shutdown: finish, then exit
+        for process in running:
+            process.wait()
+        return 0
