@@ -179,3 +179,24 @@ def test_cancel_while_running_discards_outputs(harness) -> None:
 def test_missing_record_drops_the_message(harness) -> None:
     make, _, _, _ = harness
     make(raise_(AssertionError("must not run"))).run(JobKind.GENERATE, "gone", {"prompt": "x"})
+
+
+def test_time_limit_ends_the_job_with_timeout(harness) -> None:
+    make, submit, store, _ = harness
+
+    def slow(request: Any, image: Any, progress: Any) -> PipelineResult:
+        import time
+
+        for _ in range(50):
+            time.sleep(0.05)
+            progress(0.1)
+        raise AssertionError("the checkpoint should have stopped it")
+
+    runner = make(slow)
+    runner.settings = Settings(redis_url="redis://unused", storage_url=runner.settings.storage_url,
+                               time_limits_s={"caption": 1, "segment": 1, "generate": 0.5})
+    job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
+    runner.run(JobKind.GENERATE, job_id, message)
+    record = store.get(job_id)
+    assert record.status is JobStatus.FAILED and record.error["code"] == "timeout"
+    assert "0.5 s" in record.error["message"]

@@ -1,0 +1,179 @@
+"""The fleet on CPU replicas: spread, readiness, drain, crash recovery, priorities, time limits.
+
+Each test uses its own Redis key prefix, so its queues are its own (kombu keys are
+prefixed too) and the session's worker never takes its jobs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from producer import Client
+from tasks.settings import Settings
+from tasks.workers import list_workers
+from tests.support.cli import run_visionq
+from tests.support.images import scene
+from tests.support.waiting import wait_until
+from tests.support.workers import REPO, WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 90
+
+
+@pytest.fixture
+def fleet_env(service_env: dict[str, str], key_prefix: str) -> dict[str, str]:
+    # A short visibility timeout so a killed worker's job comes back within the test.
+    return {**service_env, "VISIONQ_REDIS_PREFIX": key_prefix, "VISIONQ_VISIBILITY_TIMEOUT": "3"}
+
+
+@pytest.fixture
+def fleet_client(fleet_env: dict[str, str]) -> Client:
+    return Client(settings=Settings.from_env(fleet_env))
+
+
+class Supervisor:
+    """`python -m worker worker --replicas N ...` as an operator runs it."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, *args: str) -> None:
+        full_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+        self.log = log_dir / f"supervisor-{time.monotonic_ns()}.log"
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "worker", "worker", *args],
+                                            env=full_env, stdout=out, stderr=out, cwd=REPO)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def ready_workers(client: Client) -> list[dict]:
+    return [w for w in list_workers(client.store.redis, client.settings.redis_prefix) if w["state"] in ("ready", "busy")]
+
+
+@pytest.fixture
+def supervisor_factory(fleet_env: dict[str, str], tmp_path: Path) -> Iterator:
+    started: list[Supervisor] = []
+
+    def start(*args: str) -> Supervisor:
+        supervisor = Supervisor(fleet_env, tmp_path, *args)
+        started.append(supervisor)
+        return supervisor
+
+    yield start
+    for supervisor in started:
+        supervisor.stop()
+
+
+def test_replicas_share_the_queue(fleet_client: Client, supervisor_factory) -> None:
+    supervisor_factory("--device", "cpu", "--replicas", "2", "--kinds", "generate")
+    wait_until(lambda: len(ready_workers(fleet_client)) == 2, TIMEOUT, "two ready replicas")
+    jobs = [fleet_client.generate("a fox", width=128, height=128, steps=15, seed=i) for i in range(6)]
+    for job in jobs:
+        assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
+    assert len({job.to_dict()["worker"] for job in jobs}) == 2
+    listed = json.loads(run_visionq("workers", "--json", env={
+        "VISIONQ_REDIS_URL": fleet_client.settings.redis_url, "VISIONQ_REDIS_PREFIX": fleet_client.settings.redis_prefix,
+    }).stdout)
+    assert len(listed) == 2
+    for worker in listed:
+        assert worker["kinds"] == ["generate"] and worker["model_loads"] == 1
+        assert worker["memory_mb"]["rss"] > 0 and worker["restarts"] == 0
+
+
+def test_ready_only_after_loading_and_warm_up(fleet_env: dict, fleet_client: Client, tmp_path: Path) -> None:
+    process = WorkerProcess(fleet_env, tmp_path, ["worker", "--device", "cpu", "--kinds", "caption"])
+    command = [sys.executable, "-m", "worker", *process.args]
+    with open(process.log_path, "wb") as log:
+        process.process = subprocess.Popen(command, env=process.env, stdout=log, stderr=log, cwd=REPO)
+    states: list[str] = []
+    try:
+        def record_state() -> bool:
+            beat = process.heartbeat()
+            if beat is not None and (not states or states[-1] != beat["state"]):
+                states.append(beat["state"])
+            return bool(states) and states[-1] == "ready"
+
+        wait_until(record_state, TIMEOUT, "ready")
+        assert states[0] == "loading"
+        assert process.heartbeat()["models"]["caption"].endswith("caption")
+    finally:
+        process.stop()
+
+
+def test_sigterm_drains_the_job_in_hand(fleet_client: Client, supervisor_factory) -> None:
+    supervisor = supervisor_factory("--device", "cpu", "--replicas", "1", "--kinds", "generate")
+    wait_until(lambda: ready_workers(fleet_client), TIMEOUT, "ready worker")
+    job = fleet_client.generate("long", width=256, height=256, steps=80, seed=3)
+    wait_until(lambda: job.refresh().progress > 0, TIMEOUT, "job running")
+    supervisor.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: any(w["state"] == "draining" for w in
+                           list_workers(fleet_client.store.redis, fleet_client.settings.redis_prefix)),
+               TIMEOUT, "draining state")
+    assert supervisor.process.wait(timeout=TIMEOUT) == 0
+    assert job.refresh().status == "succeeded"  # finished before the worker exited
+    assert job.to_dict()["attempt"] == 1
+
+
+def test_sigkill_mid_job_is_redelivered_and_the_child_restarted(fleet_client: Client, supervisor_factory) -> None:
+    supervisor_factory("--device", "cpu", "--replicas", "1", "--kinds", "generate")
+    wait_until(lambda: ready_workers(fleet_client), TIMEOUT, "ready worker")
+    job = fleet_client.generate("long", width=256, height=256, steps=60, seed=4)
+    wait_until(lambda: job.refresh().progress > 0, TIMEOUT, "job running")
+    victim = job.to_dict()["worker"]
+    [pid] = [w["pid"] for w in ready_workers(fleet_client) if w["name"] == victim]
+    os.kill(pid, signal.SIGKILL)
+    # the supervisor replaces the child; kombu hands the unacked job back after the
+    # visibility timeout; the new child runs it as attempt 2
+    job.wait(timeout=TIMEOUT)
+    record = job.to_dict()
+    assert record["status"] == "succeeded", record["error"]
+    assert record["attempt"] == 2
+    wait_until(lambda: any(w.get("restarts") == 1 for w in ready_workers(fleet_client)), TIMEOUT, "restart counted")
+
+
+def test_priorities_high_first_within_a_kind(fleet_client: Client, supervisor_factory, fleet_env: dict) -> None:
+    supervisor_factory("--device", "cpu", "--replicas", "1", "--kinds", "caption,generate")
+    wait_until(lambda: ready_workers(fleet_client), TIMEOUT, "ready worker")
+    blocker = fleet_client.generate("block", width=256, height=256, steps=40, seed=5)
+    wait_until(lambda: blocker.refresh().status == "running", TIMEOUT, "blocker running")
+    low = fleet_client.caption(scene(seed=1), priority="low")
+    normal = fleet_client.caption(scene(seed=2))
+    high = fleet_client.caption(scene(seed=3), priority="high")
+    depths = json.loads(run_visionq("queues", "--json", env=fleet_env).stdout)
+    assert depths["caption"] == {"high": 1, "normal": 1, "low": 1, "total": 3}
+    for job in (blocker, low, normal, high):
+        assert job.wait(timeout=TIMEOUT).status == "succeeded"
+    started = [job.to_dict()["started_at"] for job in (high, normal, low)]
+    assert started == sorted(started)
+    assert high.to_dict()["priority"] == "high"
+
+
+def test_time_limit_ends_a_long_generation_and_the_worker_keeps_serving(
+    fleet_env: dict, fleet_client: Client, tmp_path: Path
+) -> None:
+    env = {**fleet_env, "VISIONQ_TIME_LIMIT_GENERATE_S": "1"}
+    worker = WorkerProcess(env, tmp_path, ["worker", "--device", "cpu", "--kinds", "generate"]).start()
+    try:
+        slow = fleet_client.generate("slow", width=512, height=512, steps=100, seed=6).wait(timeout=TIMEOUT)
+        assert slow.status == "failed" and slow.error["code"] == "timeout"
+        assert "time limit of 1 s" in slow.error["message"]
+        quick = fleet_client.generate("quick", width=64, height=64, steps=1).wait(timeout=TIMEOUT)
+        assert quick.status == "succeeded"
+    finally:
+        worker.stop()
