@@ -33,6 +33,10 @@ MODEL_DIR_NAMES: dict[str, str] = {
     "generate": "generate",
 }
 
+# Micro-batching: how many compatible jobs of a kind may share one forward pass.
+# Generation batches little on GPUs already busy with one large image; off by default.
+DEFAULT_MAX_BATCH: dict[str, int] = {"caption": 8, "segment": 8, "generate": 1}
+
 # Per-kind wall-clock limits; the visibility timeout must exceed the longest.
 DEFAULT_TIME_LIMITS_S: dict[str, float] = {"caption": 120.0, "segment": 120.0, "generate": 600.0}
 
@@ -61,6 +65,8 @@ class Settings:
     webhook_timeout_s: float = 10.0  # per attempt
     limits: Limits = field(default_factory=Limits)
     time_limits_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIME_LIMITS_S))
+    max_batch: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_BATCH))
+    max_wait_ms: float = 5.0  # how long a batch waits to fill once its first job arrived
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -77,6 +83,10 @@ class Settings:
         values["time_limits_s"] = {
             kind: float(env.get(f"VISIONQ_TIME_LIMIT_{kind.upper()}_S") or default)
             for kind, default in DEFAULT_TIME_LIMITS_S.items()
+        }
+        values["max_batch"] = {
+            kind: int(env.get(f"VISIONQ_MAX_BATCH_{kind.upper()}") or default)
+            for kind, default in DEFAULT_MAX_BATCH.items()
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
@@ -96,6 +106,8 @@ class Settings:
             )
         if not 0 <= self.png_compress_level <= 9:
             raise ValueError(f"VISIONQ_PNG_COMPRESS_LEVEL {self.png_compress_level} must be 0..9")
+        if any(n < 1 for n in self.max_batch.values()):
+            raise ValueError(f"VISIONQ_MAX_BATCH_<KIND> must be at least 1, got {dict(self.max_batch)}")
         if self.job_ttl_s <= 0 or self.visibility_timeout_s <= 0:
             raise ValueError("VISIONQ_JOB_TTL_S and VISIONQ_VISIBILITY_TIMEOUT must be positive")
         if not self.storage_url.startswith(("s3://", "file://")):
@@ -143,6 +155,7 @@ _ENV_FIELDS: list[tuple[str, str, Any]] = [
     ("device", "VISIONQ_DEVICE", str),
     ("torch_threads", "VISIONQ_TORCH_THREADS", int),
     ("fetch_allow", "VISIONQ_FETCH_ALLOW", str),
+    ("max_wait_ms", "VISIONQ_MAX_WAIT_MS", float),
     ("webhook_secret", "VISIONQ_WEBHOOK_SECRET", str),
     ("webhook_allow", "VISIONQ_WEBHOOK_ALLOW", str),
     ("webhook_schedule", "VISIONQ_WEBHOOK_SCHEDULE", str),

@@ -1,74 +1,96 @@
-"""What every pipeline's `load` shares: safe from_pretrained calls and their checks."""
+"""What every pipeline's `load` shares: one safe from_pretrained call and its checks.
+
+The same call serves a Hugging Face id and a local folder (such as the tiny models),
+so tests exercise exactly the path production uses.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import diffusers.utils.logging as diffusers_logging
+import torch
+import transformers.utils.logging as transformers_logging
+
 from tasks.errors import InvalidInput, ModelError
 from worker.pipelines.base import ModelSpec
 
-_quieted = False
+# Weights in these formats are pickles: loading one can run arbitrary code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-def quiet_libraries() -> None:
-    """No progress bars in worker logs; both libraries have their own switch."""
-    global _quieted
-    if _quieted:
-        return
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    diffusers_logging.set_verbosity_error()
-    _quieted = True
-
-
-def pick_dtype(device: str) -> Any:
-    import torch
-
+def pick_dtype(device: str) -> torch.dtype:
+    """Half precision where the hardware is built for it; CPUs are slow or inexact in fp16."""
     return torch.float16 if device.startswith("cuda") else torch.float32
 
 
-def pretrained_kwargs(spec: ModelSpec) -> dict[str, Any]:
-    """The arguments every from_pretrained call gets: safetensors only (a pickle in a
-    .bin file can run code), pinned revision, never remote code."""
-    return {"use_safetensors": True, "revision": spec.revision, "trust_remote_code": False}
+def load_model(loader: Any, spec: ModelSpec, **kwargs: Any) -> Any:
+    """Weights (a model or a diffusers pipeline) for `spec`: safetensors only, never remote code."""
+    _refuse_pickle_only(spec)
+    return _from_pretrained(loader, spec, use_safetensors=True, **kwargs)
 
 
-def load_model(loader: Any, spec: ModelSpec, what: str, **extra: Any) -> Any:
-    """`loader.from_pretrained(spec)` with failures turned into a ModelError naming the model."""
-    quiet_libraries()
+def load_processor(loader: Any, spec: ModelSpec, **kwargs: Any) -> Any:
+    """A tokenizer or processor for `spec`: JSON and text files, so no weights format to
+    choose (a tokenizer would keep `use_safetensors` as one of its own settings)."""
+    return _from_pretrained(loader, spec, **kwargs)
+
+
+def _from_pretrained(loader: Any, spec: ModelSpec, **kwargs: Any) -> Any:
+    # Library-wide switches, but a worker's logs are the only audience: no bars there.
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
     try:
-        return loader.from_pretrained(spec.model_id, **pretrained_kwargs(spec), **extra)
-    except Exception as exc:  # noqa: BLE001 - any load failure is fatal for this worker
-        hint = ""
-        folder = Path(spec.model_id)
-        if folder.is_dir() and not any(folder.rglob("*.safetensors")):
-            hint = " (the folder has no .safetensors weights; only safetensors are loaded)"
-        raise ModelError(f"cannot load the {what} model {spec.label!r}{hint}: {exc}") from exc
+        return loader.from_pretrained(spec.model_id, revision=spec.revision, trust_remote_code=False, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - whatever the library raises, the model is unusable
+        # A worker that cannot load its model must not start; say which model it was.
+        raise ModelError(f"cannot load {loader.__name__} from {spec.label!r}: {exc}") from exc
 
 
-def check_tokenizer(tokenizer: Any, vocab_size: int, spec: ModelSpec) -> None:
-    """A folder without tokenizer files can load a 2-5 token tokenizer silently; a
-    tokenizer that does not match the model's vocabulary produces garbage."""
-    size = len(tokenizer)
-    if size < 10 or size > vocab_size:
+def _refuse_pickle_only(spec: ModelSpec) -> None:
+    # For a local folder we can say precisely why; for a hub id the library refuses
+    # with its own message once use_safetensors=True finds no .safetensors file.
+    folder = Path(spec.model_id)
+    if not folder.is_dir():
+        return
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    pickles = [path for path in files if path.suffix in PICKLE_SUFFIXES]
+    if pickles and not any(path.suffix == ".safetensors" for path in files):
         raise ModelError(
-            f"the tokenizer of {spec.label!r} has {size} tokens but the model's vocabulary has "
-            f"{vocab_size}: tokenizer files missing or from another model"
+            f"model folder {str(folder)!r} has only pickle weights ({pickles[0].name}); visionq loads "
+            "safetensors only: convert the weights with safetensors first"
         )
 
 
-def token_count(tokenizer: Any, text: str) -> int:
-    return len(tokenizer(text, truncation=False)["input_ids"])
+def check_tokenizer(tokenizer: Any, vocab_size: int, spec: ModelSpec) -> None:
+    """A tokenizer must cover exactly the model's vocabulary.
+
+    A folder without tokenizer files can still load a 2-5 token tokenizer that maps
+    every word to "unknown", and a tokenizer from another model maps words to the
+    wrong embeddings; both would run and return garbage without an error.
+    """
+    if len(tokenizer) != vocab_size:
+        raise ModelError(
+            f"the tokenizer of {spec.label!r} has {len(tokenizer)} tokens but the model's vocabulary "
+            f"has {vocab_size}: tokenizer files are missing or belong to another model"
+        )
+
+
+def text_token_limit(tokenizer: Any, max_position_embeddings: int) -> int:
+    """How many tokens (special tokens included) the text encoder can see at once."""
+    return min(tokenizer.model_max_length, max_position_embeddings)
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens of `text` as the model will receive it, special tokens included."""
+    # verbose=False: an over-long text is reported by check_token_limit, not as a log warning.
+    return len(tokenizer(text, truncation=False, verbose=False)["input_ids"])
 
 
 def check_token_limit(tokenizer: Any, text: str, limit: int, name: str) -> None:
-    count = token_count(tokenizer, text)
+    """Reject, never truncate: a silently shortened prompt gives a result the user did not ask for."""
+    count = count_tokens(tokenizer, text)
     if count > limit:
         raise InvalidInput(
-            f"{name} has {count} tokens, more than the text encoder's limit of {limit}; shorten it "
-            "(it is not truncated)"
+            f"{name} has {count} tokens, more than the text encoder's limit of {limit}; shorten it"
         )

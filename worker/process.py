@@ -91,9 +91,13 @@ def serve(
         )
         register_tasks(app, runner, kinds)
         heartbeat.follow_celery(jobs_done=lambda: runner.jobs_done)
+        # One task thread per job that may share a batch; the model itself runs on
+        # one thread (worker/batching.py). A worker serving generate next to a
+        # batched kind may therefore hold up to max_batch generations reserved.
+        slots = max(settings.max_batch.get(k.value, 1) for k in kinds)
         app.worker_main([
             "worker", "--queues", ",".join(k.queue for k in kinds), "--pool", "threads",
-            "--concurrency", "1", "--hostname", name, "--loglevel", loglevel,
+            "--concurrency", str(slots), "--hostname", name, "--loglevel", loglevel,
             "--without-gossip", "--without-mingle",
         ])
     finally:

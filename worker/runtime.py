@@ -15,10 +15,10 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 from tasks.errors import (
-    InternalError, JobCanceled, JobNotFound, JobTimeout, ModelError, OutOfMemory, VisionqError,
+    InternalError, JobCanceled, JobNotFound, JobTimeout, VisionqError,
 )
 from tasks.events import EventPublisher
-from tasks.kinds import JobKind
+from tasks.kinds import JobKind, Priority
 from tasks.record import JobRecord, ms_between, utc_now
 from tasks.schemas import parse_request
 from tasks.settings import Settings
@@ -26,6 +26,7 @@ from tasks.status import JobStatus
 from tasks.storage import Storage
 from tasks.store import JobStore
 from tasks.webhooks import EventType
+from worker.batching import ModelExecutor
 from worker.images import decode_image
 from worker.inputs import InputReader
 from worker.outputs import publish_outputs, publish_record
@@ -57,6 +58,9 @@ class JobRunner:
         self.events = events
         self.jobs_done = 0
         self.watchdog = Watchdog(store)
+        self.executor = ModelExecutor(
+            {JobKind(k): n for k, n in settings.max_batch.items()}, settings.max_wait_ms, self.watchdog
+        )
 
     def run(self, kind: JobKind, job_id: str, request_data: dict[str, Any]) -> None:
         try:
@@ -69,22 +73,27 @@ class JobRunner:
             log.info("job %s is already %s; not running it again", job_id, record.status.value)
             return
         pipeline = self.pipelines[kind]
-        started_at = utc_now()
-        if not self.store.transition(
-            job_id, JobStatus.RUNNING, attempt_increment=1, started_at=started_at,
-            worker=self.worker_name, model=pipeline.model_label, progress=0.0,
-        ):
-            return  # canceled between the two reads
-        record = replace(
-            record, status=JobStatus.RUNNING, started_at=started_at, worker=self.worker_name,
-            model=pipeline.model_label, attempt=record.attempt + 1,
-        )
-        self._publish(record, EventType.STARTED)
         metrics: dict[str, Any] = {"batch_size": 1}
         limit_s = self.settings.time_limit_s(kind)
-        self.watchdog.arm(job_id, limit_s)
         try:
-            result = self._run(record, request_data, pipeline, metrics, limit_s)
+            request = parse_request(kind, request_data, self.settings.limits)
+            image = None
+            image_uri = getattr(request, "image", None)
+            if image_uri is not None:
+                with _timed(metrics, "input_ms"):
+                    image = decode_image(self.inputs.read(image_uri), self.settings.limits)
+            progress = _ProgressReporter(self.store, record, self._publish, limit_s)
+
+            def start() -> None:  # on the model thread, right before this job's inference
+                self._start(record, pipeline)
+                progress.start_clock()
+                progress.check_cancel()
+
+            result, metrics["batch_size"], metrics["run_ms"] = self.executor.run(
+                kind, pipeline, request, image, progress, job_id, limit_s, start,
+                Priority(record.priority).level,
+            )
+            progress.check_cancel()
             with _timed(metrics, "publish_ms"):
                 output, publish_timings = publish_outputs(
                     self.storage, job_id, result, self.settings.png_compress_level
@@ -93,6 +102,8 @@ class JobRunner:
             if result.model:
                 record.model = result.model
             self._finish(record, JobStatus.SUCCEEDED, metrics, output=output)
+        except _NotStarted:
+            return  # canceled while it waited for the model; already final
         except JobCanceled:
             self._finish(record, JobStatus.CANCELED, metrics,
                          error=JobCanceled(CANCELED_WHILE_RUNNING).to_dict())
@@ -103,25 +114,20 @@ class JobRunner:
             log.exception("job %s failed with an internal error", job_id)
             error = InternalError(f"{type(exc).__name__}: {exc}").to_dict()
             self._finish(record, JobStatus.FAILED, metrics, error=error)
-        finally:
-            self.watchdog.disarm()
 
-    def _run(
-        self, record: JobRecord, request_data: dict[str, Any], pipeline: Pipeline, metrics: dict[str, Any],
-        limit_s: float,
-    ) -> PipelineResult:
-        request = parse_request(record.kind, request_data, self.settings.limits)
-        image = None
-        image_uri = getattr(request, "image", None)
-        if image_uri is not None:
-            with _timed(metrics, "input_ms"):
-                image = decode_image(self.inputs.read(image_uri), self.settings.limits)
-        progress = _ProgressReporter(self.store, record, self._publish, time.monotonic() + limit_s, limit_s)
-        progress.check_cancel()
-        with _timed(metrics, "run_ms"):
-            result = _call_pipeline(pipeline, request, image, progress)
-        progress.check_cancel()
-        return result
+    def _start(self, record: JobRecord, pipeline: Pipeline) -> None:
+        """queued -> running (running -> running on a redelivery), when the model takes it.
+
+        Until then the job counts as queued, so a cancel still stops it outright."""
+        started_at = utc_now()
+        if not self.store.transition(
+            record.id, JobStatus.RUNNING, attempt_increment=1, started_at=started_at,
+            worker=self.worker_name, model=pipeline.model_label, progress=0.0,
+        ):
+            raise _NotStarted(record.id)
+        record.status, record.started_at, record.worker = JobStatus.RUNNING, started_at, self.worker_name
+        record.model, record.attempt = pipeline.model_label, record.attempt + 1
+        self._publish(record, EventType.STARTED)
 
     def _finish(
         self, record: JobRecord, status: JobStatus, metrics: dict[str, Any],
@@ -134,6 +140,9 @@ class JobRunner:
             record, status=status, completed_at=completed_at, output=output, error=error,
             metrics=metrics, progress=1.0 if status is JobStatus.SUCCEEDED else record.progress,
         )
+        started = record.status is not JobStatus.QUEUED  # else it failed before the model took it
+        if not started:
+            final.worker, final.attempt = self.worker_name, record.attempt + 1
         try:
             publish_record(self.storage, final)
         except VisionqError as exc:
@@ -147,7 +156,9 @@ class JobRunner:
         }
         if status is JobStatus.SUCCEEDED:
             fields["progress"] = 1.0
-        if self.store.transition(record.id, final.status, **fields):
+        if not started:
+            fields["worker"] = final.worker
+        if self.store.transition(record.id, final.status, attempt_increment=0 if started else 1, **fields):
             self._publish(final, None)
         else:
             log.warning("job %s was already final; its %s result is not recorded", record.id, status.value)
@@ -170,14 +181,18 @@ class _ProgressReporter:
 
     def __init__(
         self, store: JobStore, record: JobRecord, publish: Callable[[JobRecord, EventType], None],
-        deadline: float, limit_s: float,
+        limit_s: float,
     ) -> None:
         self.store = store
         self.record = record
         self.publish = publish
-        self.deadline = deadline
         self.limit_s = limit_s
+        self.deadline = float("inf")
         self._last_write = 0.0
+
+    def start_clock(self) -> None:
+        """The time limit counts from the model's start, not from the queue."""
+        self.deadline = time.monotonic() + self.limit_s
 
     def __call__(self, fraction: float) -> None:
         now = time.monotonic()
@@ -194,6 +209,10 @@ class _ProgressReporter:
             raise JobCanceled(CANCELED_WHILE_RUNNING)
         if time.monotonic() > self.deadline:
             raise JobTimeout(f"the job ran past its time limit of {self.limit_s:g} s")
+
+
+class _NotStarted(Exception):
+    """The job was canceled (or ended) before the model took it."""
 
 
 class Watchdog:
@@ -213,57 +232,30 @@ class Watchdog:
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self._lock = threading.Lock()
-        self._job: tuple[str, float, float] | None = None
+        self._jobs: tuple[list[str], float, float] | None = None
         self._thread = threading.Thread(target=self._loop, name="visionq-watchdog", daemon=True)
         self._thread.start()
 
-    def arm(self, job_id: str, limit_s: float) -> None:
+    def arm(self, job_ids: list[str], limit_s: float) -> None:
         with self._lock:
-            self._job = (job_id, time.monotonic() + limit_s * self.grace_factor + self.grace_s, limit_s)
+            self._jobs = (job_ids, time.monotonic() + limit_s * self.grace_factor + self.grace_s, limit_s)
 
     def disarm(self) -> None:
         with self._lock:
-            self._job = None
+            self._jobs = None
 
     def _loop(self) -> None:
         while True:
             time.sleep(0.5)
             with self._lock:
-                job = self._job
-            if job is not None and time.monotonic() > job[1]:
-                job_id, _, limit_s = job
-                log.error("job %s is stuck past its time limit of %g s; restarting this worker", job_id, limit_s)
+                jobs = self._jobs
+            if jobs is not None and time.monotonic() > jobs[1]:
+                job_ids, _, limit_s = jobs
+                log.error("jobs %s stuck past the time limit of %g s; restarting this worker", job_ids, limit_s)
                 error = JobTimeout(f"the job ran past its time limit of {limit_s:g} s; its worker was restarted")
-                self.store.transition(job_id, JobStatus.FAILED, completed_at=utc_now(), error=error.to_dict())
+                for job_id in job_ids:
+                    self.store.transition(job_id, JobStatus.FAILED, completed_at=utc_now(), error=error.to_dict())
                 os._exit(self.exit_code)
-
-
-def _call_pipeline(pipeline: Pipeline, request: Any, image: Any, progress: _ProgressReporter) -> PipelineResult:
-    """Run the model, turning whatever it raises into a coded error."""
-    try:
-        return pipeline.run(request, image, progress)
-    except VisionqError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any model failure fails this job only
-        if _is_out_of_memory(exc):
-            _free_device_memory()
-            raise OutOfMemory(f"the job does not fit in device memory: {exc}") from exc
-        log.exception("model failed")
-        raise ModelError(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
-
-
-def _free_device_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 @contextmanager

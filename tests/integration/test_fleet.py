@@ -147,8 +147,19 @@ def test_sigkill_mid_job_is_redelivered_and_the_child_restarted(fleet_client: Cl
     wait_until(lambda: any(w.get("restarts") == 1 for w in ready_workers(fleet_client)), TIMEOUT, "restart counted")
 
 
-def test_priorities_high_first_within_a_kind(fleet_client: Client, supervisor_factory, fleet_env: dict) -> None:
-    supervisor_factory("--device", "cpu", "--replicas", "1", "--kinds", "caption,generate")
+def test_priorities_high_first_within_a_kind(
+    fleet_client: Client, fleet_env: dict, tmp_path: Path
+) -> None:
+    # One slot, so the three captions wait in Redis where `visionq queues` sees them.
+    env = {**fleet_env, "VISIONQ_MAX_BATCH_CAPTION": "1"}
+    supervisor = Supervisor(env, tmp_path, "--device", "cpu", "--replicas", "1", "--kinds", "caption,generate")
+    try:
+        _check_priorities(fleet_client, fleet_env)
+    finally:
+        supervisor.stop()
+
+
+def _check_priorities(fleet_client: Client, fleet_env: dict) -> None:
     wait_until(lambda: ready_workers(fleet_client), TIMEOUT, "ready worker")
     blocker = fleet_client.generate("block", width=256, height=256, steps=40, seed=5)
     wait_until(lambda: blocker.refresh().status == "running", TIMEOUT, "blocker running")
@@ -175,5 +186,28 @@ def test_time_limit_ends_a_long_generation_and_the_worker_keeps_serving(
         assert "time limit of 1 s" in slow.error["message"]
         quick = fleet_client.generate("quick", width=64, height=64, steps=1).wait(timeout=TIMEOUT)
         assert quick.status == "succeeded"
+    finally:
+        worker.stop()
+
+
+def test_batched_outputs_equal_unbatched(fleet_client: Client, fleet_env: dict, tmp_path: Path) -> None:
+    worker = WorkerProcess(fleet_env, tmp_path, ["worker", "--device", "cpu", "--kinds", "caption,segment,generate"]).start()
+    try:
+        images = [scene(96, 64, seed=i) for i in range(6)]
+        # While a generation holds the model, the captions and masks pile up and run as batches.
+        blocker = fleet_client.generate("block", width=256, height=256, steps=30, seed=1)
+        wait_until(lambda: blocker.refresh().status == "running", TIMEOUT, "blocker running")
+        batched = [fleet_client.caption(image, max_new_tokens=10) for image in images]
+        masks = [fleet_client.segment(image, labels=["sun", "house"]) for image in images]
+        for job in batched + masks:
+            assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
+        assert max(job.to_dict()["metrics"]["batch_size"] for job in batched) > 1
+        assert max(job.to_dict()["metrics"]["batch_size"] for job in masks) > 1
+        alone = [fleet_client.caption(image, max_new_tokens=10).wait(timeout=TIMEOUT) for image in images]
+        assert all(job.to_dict()["metrics"]["batch_size"] == 1 for job in alone)
+        assert [j.output["text"] for j in batched] == [j.output["text"] for j in alone]
+        alone_masks = [fleet_client.segment(image, labels=["sun", "house"]).wait(timeout=TIMEOUT) for image in images]
+        digests = lambda job: [s["mask"]["sha256"] for s in job.output["segments"]]  # noqa: E731
+        assert [digests(j) for j in masks] == [digests(j) for j in alone_masks]
     finally:
         worker.stop()

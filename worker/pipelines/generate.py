@@ -4,62 +4,76 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import torch
+from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+from PIL import Image
+from transformers import AutoTokenizer
+
 from tasks.schemas import GenerateRequest
-from worker.loading import check_token_limit, check_tokenizer, load_model
+from worker.loading import check_token_limit, check_tokenizer, load_model, load_processor, text_token_limit
 from worker.pipelines.base import FileSlot, ModelSpec, PipelineResult, ProgressCallback
+
+SEED_RANGE = 2**32
 
 
 class GeneratePipeline:
-    def __init__(self, pipe: Any, device: str, spec: ModelSpec) -> None:
+    def __init__(self, pipe: DiffusionPipeline, spec: ModelSpec, device: str) -> None:
         self.pipe = pipe
-        self.device = device
         self.model_label = spec.label
-        tokenizer = pipe.tokenizer
-        self.max_prompt_tokens = min(
-            tokenizer.model_max_length, pipe.text_encoder.config.max_position_embeddings
-        )
+        self.device = device
+        self.max_prompt_tokens = text_token_limit(pipe.tokenizer, pipe.text_encoder.config.max_position_embeddings)
 
     @classmethod
-    def load(cls, spec: ModelSpec, device: str, dtype: Any) -> GeneratePipeline:
-        from diffusers import AutoPipelineForText2Image
-
-        # safety_checker: SD-Turbo ships none; for pipelines that do, filtering is the
-        # caller's policy, not a silent black image.
+    def load(cls, spec: ModelSpec, device: str, dtype: torch.dtype) -> GeneratePipeline:
+        # The pipeline would load its tokenizer with CLIPTokenizer, which returns a
+        # near-empty tokenizer when the files are missing; AutoTokenizer raises instead.
+        tokenizer = load_processor(AutoTokenizer, spec, subfolder="tokenizer")
+        # No safety checker: SD-Turbo ships none, and filtering is the caller's policy,
+        # not a silently blacked-out image.
         pipe = load_model(
-            AutoPipelineForText2Image, spec, "generate", dtype=dtype,
+            AutoPipelineForText2Image, spec, tokenizer=tokenizer, dtype=dtype,
             safety_checker=None, requires_safety_checker=False,
         )
         check_tokenizer(pipe.tokenizer, pipe.text_encoder.config.vocab_size, spec)
+        # The denoising loop has its own tqdm bar, deaf to the library-wide switch.
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device), device, spec)
+        return cls(pipe.to(device), spec, device)
 
     def warm_up(self) -> None:
-        self.run(GenerateRequest(prompt="warm up", width=64, height=64, steps=1, seed=0), None, lambda _: None)
+        self.run(GenerateRequest(prompt="a watercolor fox", width=64, height=64, steps=1, seed=0), None,
+                 lambda _: None)
 
-    def run(self, request: GenerateRequest, image: Any, progress: ProgressCallback) -> PipelineResult:
-        import torch
+    def run(self, request: GenerateRequest, image: Image.Image | None, progress: ProgressCallback) -> PipelineResult:
+        self.check_inputs(request)
+        seed = secrets.randbelow(SEED_RANGE) if request.seed is None else request.seed
+        images = self.generate(request, seed, progress)
+        names = [f"output-{i}.png" for i in range(len(images))]
+        return PipelineResult(
+            output={"images": [FileSlot(name) for name in names], "seed": seed}, images=dict(zip(names, images))
+        )
 
-        # check inputs: reject, never truncate, a prompt the text encoder cannot see whole
+    def check_inputs(self, request: GenerateRequest) -> None:
         check_token_limit(self.pipe.tokenizer, request.prompt, self.max_prompt_tokens, "prompt")
         if request.negative_prompt:
             check_token_limit(self.pipe.tokenizer, request.negative_prompt, self.max_prompt_tokens, "negative_prompt")
-        seed = secrets.randbelow(2**32) if request.seed is None else request.seed
-        # One generator per image: image i depends on seed + i only, batched or not.
-        generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(request.num_images)]
 
-        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            progress((step + 1) / request.steps)  # may raise JobCanceled: stops here
+    def generate(self, request: GenerateRequest, seed: int, progress: ProgressCallback) -> list[Image.Image]:
+        # One generator per image, seeded seed + i: image i is the same alone or in a
+        # batch. CPU generators give the same noise whatever the device.
+        generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(request.num_images)]
+        # The negative prompt only acts through classifier-free guidance, which
+        # diffusers runs when guidance_scale > 1; below that it is ignored.
+        negative = request.negative_prompt if request.guidance_scale > 1 else None
+
+        def on_step_end(pipe: DiffusionPipeline, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            progress((step + 1) / pipe.num_timesteps)  # raises JobCanceled to stop here
             return tensors
 
         with torch.inference_mode():
-            result = self.pipe(
+            return self.pipe(
                 prompt=[request.prompt] * request.num_images,
-                # Without classifier-free guidance the negative prompt has no effect.
-                negative_prompt=[request.negative_prompt] * request.num_images
-                if request.negative_prompt and request.guidance_scale > 1 else None,
+                negative_prompt=None if negative is None else [negative] * request.num_images,
                 width=request.width, height=request.height, num_inference_steps=request.steps,
                 guidance_scale=request.guidance_scale, generator=generators,
                 callback_on_step_end=on_step_end, output_type="pil",
-            )
-        images = {f"output-{i}.png": img for i, img in enumerate(result.images)}
-        return PipelineResult(output={"images": [FileSlot(name) for name in images], "seed": seed}, images=images)
+            ).images

@@ -1,0 +1,46 @@
+"""Pipelines loaded once per session from the tiny models, on the CPU, through their real `load`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from worker.pipelines.base import ModelSpec
+from worker.pipelines.caption import CaptionPipeline
+from worker.pipelines.generate import GeneratePipeline
+from worker.pipelines.segment import SegmentPipeline
+from worker.tiny import TINY_LAYOUT
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> None:
+    # Two threads on this shared 2-core machine gave no speed-up, only latency spikes.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_specs(tiny_models: Path) -> dict[str, ModelSpec]:
+    """Role -> ModelSpec of the tiny model folders (tiny_models is built once, in tests/conftest.py)."""
+    return {role: ModelSpec(str(tiny_models / name)) for role, name in TINY_LAYOUT.items()}
+
+
+@pytest.fixture(scope="session")
+def caption_pipeline(tiny_specs: dict[str, ModelSpec]) -> CaptionPipeline:
+    pipeline = CaptionPipeline.load(tiny_specs["caption"], "cpu", torch.float32)
+    pipeline.warm_up()
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def segment_pipeline(tiny_specs: dict[str, ModelSpec]) -> SegmentPipeline:
+    pipeline = SegmentPipeline.load(tiny_specs["segment_prompted"], tiny_specs["segment_semantic"], "cpu", torch.float32)
+    pipeline.warm_up()
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def generate_pipeline(tiny_specs: dict[str, ModelSpec]) -> GeneratePipeline:
+    pipeline = GeneratePipeline.load(tiny_specs["generate"], "cpu", torch.float32)
+    pipeline.warm_up()
+    return pipeline

@@ -1,0 +1,119 @@
+"""ModelExecutor with stand-in pipelines: grouping, priorities, failures that stay with their job."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from tasks.errors import InvalidInput, ModelError, OutOfMemory
+from tasks.kinds import JobKind
+from worker.batching import ModelExecutor
+from worker.pipelines.base import PipelineResult
+
+
+class Recorder:
+    """A batchable pipeline recording the batches it ran; requests are ints or "bad"/"oom"."""
+
+    model_label = "recorder"
+
+    def __init__(self, fits: int = 100) -> None:
+        self.batches: list[list[Any]] = []
+        self.fits = fits
+        self.gate = threading.Event()
+
+    def batch_key(self, request: Any) -> Any:
+        return "odd" if isinstance(request, int) and request % 2 else "even"
+
+    def run(self, request: Any, image: Any, progress: Any) -> PipelineResult:
+        return self.run_batch([request], [image])[0]
+
+    def run_batch(self, requests: list[Any], images: list[Any]) -> list[PipelineResult]:
+        self.gate.wait(5)
+        if "bad" in requests:
+            raise InvalidInput("bad request")
+        if len(requests) > self.fits:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
+        self.batches.append(list(requests))
+        return [PipelineResult(output={"echo": r}) for r in requests]
+
+
+def submit_all(executor: ModelExecutor, pipeline: Recorder, requests: list[Any], priorities: list[int] | None = None):
+    results: dict[int, Any] = {}
+
+    def one(i: int, request: Any) -> None:
+        try:
+            results[i] = executor.run(JobKind.CAPTION, pipeline, request, None, lambda f: None, f"job{i}", 60,
+                                      lambda: None, (priorities or [0] * len(requests))[i])
+        except Exception as exc:  # noqa: BLE001
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i, r)) for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def test_compatible_jobs_share_a_batch() -> None:
+    pipeline = Recorder()
+    executor = ModelExecutor({JobKind.CAPTION: 4}, max_wait_ms=200)
+    threads, results = submit_all(executor, pipeline, [1, 2, 3, 4, 5, 6, 7, 9, 11])
+    pipeline.gate.set()
+    for t in threads:
+        t.join()
+    assert all(len(b) <= 4 for b in pipeline.batches)
+    assert all(len({r % 2 for r in b}) == 1 for b in pipeline.batches)  # never mixes keys
+    assert sorted(r for b in pipeline.batches for r in b) == [1, 2, 3, 4, 5, 6, 7, 9, 11]
+    assert all(results[i][0].output == {"echo": r} for i, r in enumerate([1, 2, 3, 4, 5, 6, 7, 9, 11]))
+    assert max(results[i][1] for i in results) > 1
+
+
+def test_one_bad_job_fails_alone() -> None:
+    pipeline = Recorder()
+    pipeline.gate.set()
+    executor = ModelExecutor({JobKind.CAPTION: 8}, max_wait_ms=200)
+    threads, results = submit_all(executor, pipeline, [2, "bad", 4, 6])
+    for t in threads:
+        t.join()
+    assert isinstance(results[1], InvalidInput)
+    assert [results[i][0].output["echo"] for i in (0, 2, 3)] == [2, 4, 6]
+
+
+def test_out_of_memory_splits_the_batch_then_fails_only_what_cannot_fit() -> None:
+    pipeline = Recorder(fits=2)
+    pipeline.gate.set()
+    executor = ModelExecutor({JobKind.CAPTION: 8}, max_wait_ms=300)
+    threads, results = submit_all(executor, pipeline, [2, 4, 6, 8, 10, 12, 14, 16])
+    for t in threads:
+        t.join()
+    assert all(not isinstance(r, Exception) for r in results.values())
+    assert max(len(b) for b in pipeline.batches) <= 2
+
+    single = Recorder(fits=0)
+    single.gate.set()
+    with pytest.raises(OutOfMemory):
+        ModelExecutor({JobKind.CAPTION: 1}, 0).run(JobKind.CAPTION, single, 2, None, lambda f: None, "j", 60, lambda: None)
+
+
+def test_higher_priority_runs_first_among_reserved_jobs() -> None:
+    pipeline = Recorder()
+    executor = ModelExecutor({JobKind.CAPTION: 1}, max_wait_ms=0)
+    # the first job holds the model; the other three wait in the executor
+    threads, _ = submit_all(executor, pipeline, [0], [3])
+    import time
+    time.sleep(0.2)
+    more, _ = submit_all(executor, pipeline, [6, 3, 0 + 2], [6, 3, 0])
+    time.sleep(0.2)
+    pipeline.gate.set()
+    for t in threads + more:
+        t.join()
+    assert [b[0] for b in pipeline.batches] == [0, 2, 3, 6]
+
+
+def test_model_exceptions_become_model_error() -> None:
+    class Broken(Recorder):
+        def run(self, request: Any, image: Any, progress: Any) -> PipelineResult:
+            raise IndexError("tuple index out of range")
+
+    with pytest.raises(ModelError, match="IndexError"):
+        ModelExecutor({}, 0).run(JobKind.CAPTION, Broken(), 1, None, lambda f: None, "j", 60, lambda: None)

@@ -1,0 +1,194 @@
+"""The model thread: every inference of a worker runs here, batched when it can be.
+
+Celery's task threads fetch and decode inputs, then hand the model call to this
+one thread and wait; meanwhile they encode and upload the previous job's outputs,
+so the GPU never waits for PNG encoding or S3. Jobs of one kind that are
+compatible (the pipeline's `batch_key`) and arrive within `max_wait_ms` of each
+other run as one forward pass, up to the kind's `max_batch` (Triton's dynamic
+batching, Ray Serve's @serve.batch). Each job keeps its own record, outputs and
+errors: a batch that fails for another reason than memory is re-run job by job,
+so one bad job fails alone; a batch that runs out of memory is split in halves.
+Messages stay unacknowledged in Redis until their own task thread finishes, so
+batching keeps Celery's delivery guarantees (acks_late, redelivery on crash).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from tasks.errors import ModelError, OutOfMemory, VisionqError
+from tasks.kinds import JobKind
+from worker.pipelines.base import Pipeline, PipelineResult
+
+log = logging.getLogger("visionq.worker")
+
+
+@dataclass
+class _Item:
+    kind: JobKind
+    pipeline: Pipeline
+    request: Any
+    image: Any
+    progress: Callable[[float], None]
+    job_id: str
+    limit_s: float
+    start: Callable[[], None]  # marks the job running; may raise to drop it
+    key: Hashable | None
+    priority: int = 0  # kombu level: lower runs first
+    future: Future = field(default_factory=Future)
+
+
+class ModelExecutor:
+    """Runs pipeline calls on one thread, in batches where the kind allows."""
+
+    def __init__(self, max_batch: dict[JobKind, int], max_wait_ms: float, guard: Any = None) -> None:
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self.guard = guard  # a Watchdog: arm(job_ids, limit_s) / disarm()
+        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._pending: list[_Item] = []
+        self._thread = threading.Thread(target=self._loop, name="visionq-model", daemon=True)
+        self._thread.start()
+
+    def run(
+        self, kind: JobKind, pipeline: Pipeline, request: Any, image: Any,
+        progress: Callable[[float], None], job_id: str, limit_s: float, start: Callable[[], None],
+        priority: int = 0,
+    ) -> tuple[PipelineResult, int, float]:
+        """(result, batch size, model milliseconds) for this job; blocks until done."""
+        key = None
+        if self.max_batch.get(kind, 1) > 1 and hasattr(pipeline, "batch_key"):
+            key = (kind, pipeline.batch_key(request))
+        item = _Item(kind, pipeline, request, image, progress, job_id, limit_s, start, key, priority)
+        self._queue.put(item)
+        return item.future.result()
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._collect()
+            self._execute(batch)
+
+    def _collect(self) -> list[_Item]:
+        if not self._pending:
+            self._pending.append(self._queue.get())
+        self._drain_queue()
+        # Jobs reserved by this worker keep their priority: the highest goes first (FIFO within one).
+        first = min(self._pending, key=lambda item: item.priority)
+        self._pending.remove(first)
+        batch = [first]
+        limit = self.max_batch.get(first.kind, 1) if first.key is not None else 1
+        for item in sorted(self._pending, key=lambda item: item.priority):
+            if len(batch) >= limit:
+                break
+            if item.key == first.key:
+                self._pending.remove(item)
+                batch.append(item)
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < limit:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item.key == first.key:
+                batch.append(item)
+            else:
+                self._pending.append(item)
+        return batch
+
+    def _drain_queue(self) -> None:
+        while True:
+            try:
+                self._pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _execute(self, batch: list[_Item]) -> None:
+        batch = [item for item in batch if self._started(item)]
+        if not batch:
+            return
+        if self.guard is not None:
+            self.guard.arm([i.job_id for i in batch], min(i.limit_s for i in batch))
+        try:
+            self._run(batch)
+        finally:
+            if self.guard is not None:
+                self.guard.disarm()
+
+    @staticmethod
+    def _started(item: _Item) -> bool:
+        try:
+            item.start()
+            return True
+        except BaseException as exc:  # noqa: BLE001 - delivered to the job's own thread
+            item.future.set_exception(exc)
+            return False
+
+    def _run(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        if len(batch) == 1:
+            item = batch[0]
+            try:
+                result = call_pipeline(lambda: item.pipeline.run(item.request, item.image, item.progress))
+                item.future.set_result((result, 1, _ms_since(started)))
+            except BaseException as exc:  # noqa: BLE001 - delivered to the job's own thread
+                item.future.set_exception(exc)
+            return
+        pipeline = batch[0].pipeline
+        try:
+            results = call_pipeline(lambda: pipeline.run_batch([i.request for i in batch], [i.image for i in batch]))
+        except OutOfMemory:
+            log.warning("batch of %d ran out of memory; retrying in halves", len(batch))
+            half = len(batch) // 2
+            self._run(batch[:half])
+            self._run(batch[half:])
+            return
+        except VisionqError:
+            log.warning("batch of %d failed; running its jobs one by one", len(batch))
+            for item in batch:
+                self._run([item])
+            return
+        run_ms = _ms_since(started)
+        for item, result in zip(batch, results):
+            try:
+                item.progress(1.0)  # the job's checkpoint: canceled or over time ends it here
+                item.future.set_result((result, len(batch), run_ms))
+            except BaseException as exc:  # noqa: BLE001
+                item.future.set_exception(exc)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def call_pipeline(call: Callable[[], Any]) -> Any:
+    """Run a model call, turning whatever it raises into a coded error."""
+    try:
+        return call()
+    except VisionqError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any model failure fails its jobs only
+        if _is_out_of_memory(exc):
+            _free_device_memory()
+            raise OutOfMemory(f"the job does not fit in device memory: {exc}") from exc
+        log.exception("model failed")
+        raise ModelError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
