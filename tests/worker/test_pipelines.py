@@ -290,7 +290,8 @@ def test_image_i_of_a_batch_is_the_image_of_seed_plus_i(generate_pipeline: Gener
     batch, seed = generate(generate_pipeline, seed=41, num_images=2)
     alone, _ = generate(generate_pipeline, seed=42)
     assert seed == 41
-    assert (batch[1] == alone[0]).all()
+    # Same noise, same image; batched arithmetic may round a few pixels one level apart.
+    assert np.abs(batch[1].astype(int) - alone[0].astype(int)).max() <= 1
     assert (batch[0] != batch[1]).any()
 
 
