@@ -20,13 +20,8 @@ from transformers import (
     SegformerForSemanticSegmentation, SegformerImageProcessor, ViTImageProcessor,
 )
 
-# Role -> sub-folder of DIR; tasks.settings.MODEL_DIR_NAMES reads the same folders.
-TINY_LAYOUT = {
-    "caption": "caption",
-    "segment_prompted": "segment-prompted",
-    "segment_semantic": "segment-semantic",
-    "generate": "generate",
-}
+from tasks.settings import MODEL_DIR_NAMES
+
 MARKER = "VISIONQ_TINY.txt"
 SEMANTIC_CLASSES = ["sky", "tree", "road", "person", "car"]
 
@@ -50,16 +45,16 @@ def is_tiny_dir(path: str | Path) -> bool:
 
 
 def build_tiny_models(dest: Path, seed: int = 0) -> dict[str, Path]:
-    """Write the four tiny models under `dest` (see TINY_LAYOUT); returns role -> folder."""
+    """Write the four tiny models under `dest` (laid out as tasks.settings.MODEL_DIR_NAMES); returns role -> folder."""
     transformers_logging.disable_progress_bar()
     diffusers_logging.disable_progress_bar()
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    paths = {role: dest / name for role, name in TINY_LAYOUT.items()}
+    paths = {role: dest / name for role, name in MODEL_DIR_NAMES.items()}
     builders = {
         "caption": _build_caption,
-        "segment_prompted": _build_prompted_segmenter,
-        "segment_semantic": _build_semantic_segmenter,
+        "segment": _build_prompted_segmenter,
+        "semantic": _build_semantic_segmenter,
         "generate": _build_generator,
     }
     for offset, (role, build) in enumerate(builders.items()):

@@ -10,7 +10,7 @@ from worker.pipelines.base import ModelSpec
 from worker.pipelines.caption import CaptionPipeline
 from worker.pipelines.generate import GeneratePipeline
 from worker.pipelines.segment import SegmentPipeline
-from worker.tiny import TINY_LAYOUT
+from tasks.settings import MODEL_DIR_NAMES
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,7 +22,7 @@ def one_torch_thread() -> None:
 @pytest.fixture(scope="session")
 def tiny_specs(tiny_models: Path) -> dict[str, ModelSpec]:
     """Role -> ModelSpec of the tiny model folders (tiny_models is built once, in tests/conftest.py)."""
-    return {role: ModelSpec(str(tiny_models / name)) for role, name in TINY_LAYOUT.items()}
+    return {role: ModelSpec(str(tiny_models / name)) for role, name in MODEL_DIR_NAMES.items()}
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def caption_pipeline(tiny_specs: dict[str, ModelSpec]) -> CaptionPipeline:
 
 @pytest.fixture(scope="session")
 def segment_pipeline(tiny_specs: dict[str, ModelSpec]) -> SegmentPipeline:
-    pipeline = SegmentPipeline.load(tiny_specs["segment_prompted"], tiny_specs["segment_semantic"], "cpu", torch.float32)
+    pipeline = SegmentPipeline.load(tiny_specs["segment"], tiny_specs["semantic"], "cpu", torch.float32)
     pipeline.warm_up()
     return pipeline
 
