@@ -192,8 +192,10 @@ def _workers(args: argparse.Namespace) -> int:
     if not workers:
         print("no live workers")
     for w in workers:
+        memory = w.get("memory_mb", {})
         print(f"{w['name']:40} {w['state']:9} kinds={','.join(w.get('kinds', []))} "
-              f"device={w.get('device')} jobs_done={w.get('jobs_done', 0)}")
+              f"device={w.get('device')} jobs_done={w.get('jobs_done', 0)} restarts={w.get('restarts', 0)} "
+              f"rss_mb={memory.get('rss')} gpu_mb={memory.get('gpu_allocated')}")
     return 0
 
 
