@@ -290,9 +290,11 @@ def test_generate_is_deterministic_for_a_seed(generate_pipeline: GeneratePipelin
 def test_image_i_of_a_batch_is_the_image_of_seed_plus_i(generate_pipeline: GeneratePipeline) -> None:
     batch, seed = generate(generate_pipeline, seed=41, num_images=2)
     alone, _ = generate(generate_pipeline, seed=42)
+    unrelated, _ = generate(generate_pipeline, seed=43)
     assert seed == 41
     # Same noise, same image; batched arithmetic may round a few pixels one level apart.
     assert np.abs(batch[1].astype(int) - alone[0].astype(int)).max() <= 1
+    assert np.abs(unrelated[0].astype(int) - alone[0].astype(int)).max() > 10  # what a seed changes
     assert (batch[0] != batch[1]).any()
 
 

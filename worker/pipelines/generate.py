@@ -58,8 +58,9 @@ class GeneratePipeline:
             check_token_limit(self.pipe.tokenizer, request.negative_prompt, self.max_prompt_tokens, "negative_prompt")
 
     def generate(self, request: GenerateRequest, seed: int, progress: ProgressCallback) -> list[Image.Image]:
-        # One generator per image, seeded seed + i: image i is the same alone or in a
-        # batch. CPU generators give the same noise whatever the device.
+        # One generator per image, seeded seed + i: image i starts from the same noise alone
+        # or in a batch (batched kernels may still round a pixel one level differently).
+        # CPU generators give the same noise whatever the device.
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(request.num_images)]
         # The negative prompt only acts through classifier-free guidance, which
         # diffusers runs when guidance_scale > 1; below that it is ignored.
