@@ -66,6 +66,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     time_limits_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIME_LIMITS_S))
     max_batch: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_BATCH))
+    gpu_memory_fraction: float | None = None  # cap of this worker's share of its GPU (several per GPU)
     max_wait_ms: float = 5.0  # how long a batch waits to fill once its first job arrived
 
     @classmethod
@@ -106,6 +107,8 @@ class Settings:
             )
         if not 0 <= self.png_compress_level <= 9:
             raise ValueError(f"VISIONQ_PNG_COMPRESS_LEVEL {self.png_compress_level} must be 0..9")
+        if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
+            raise ValueError(f"VISIONQ_GPU_MEMORY_FRACTION {self.gpu_memory_fraction} must be in (0, 1]")
         if any(n < 1 for n in self.max_batch.values()):
             raise ValueError(f"VISIONQ_MAX_BATCH_<KIND> must be at least 1, got {dict(self.max_batch)}")
         if self.job_ttl_s <= 0 or self.visibility_timeout_s <= 0:
@@ -156,6 +159,7 @@ _ENV_FIELDS: list[tuple[str, str, Any]] = [
     ("torch_threads", "VISIONQ_TORCH_THREADS", int),
     ("fetch_allow", "VISIONQ_FETCH_ALLOW", str),
     ("max_wait_ms", "VISIONQ_MAX_WAIT_MS", float),
+    ("gpu_memory_fraction", "VISIONQ_GPU_MEMORY_FRACTION", float),
     ("webhook_secret", "VISIONQ_WEBHOOK_SECRET", str),
     ("webhook_allow", "VISIONQ_WEBHOOK_ALLOW", str),
     ("webhook_schedule", "VISIONQ_WEBHOOK_SCHEDULE", str),

@@ -48,6 +48,11 @@ def run_worker(settings: Settings, kinds: list[JobKind], device: str, name: str,
     from worker.loader import load_pipelines
 
     check_device(device)
+    if device.startswith("cuda") and settings.gpu_memory_fraction:
+        # A hard budget for this process's allocator: models and batches beyond it raise
+        # CUDA out-of-memory here (batch halved, then out_of_memory) instead of starving
+        # the other workers sharing the GPU.
+        torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, 0)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     serve(settings, lambda: load_pipelines(settings, kinds, device), name, device, loglevel)
