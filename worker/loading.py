@@ -62,14 +62,20 @@ def _refuse_pickle_only(spec: ModelSpec) -> None:
         )
 
 
+PADDED_VOCAB_SLACK = 256
+
+
 def check_tokenizer(tokenizer: Any, vocab_size: int, spec: ModelSpec) -> None:
-    """A tokenizer must cover exactly the model's vocabulary.
+    """A tokenizer must fit the model's vocabulary.
 
     A folder without tokenizer files can still load a 2-5 token tokenizer that maps
     every word to "unknown", and a tokenizer from another model maps words to the
-    wrong embeddings; both would run and return garbage without an error.
+    wrong embeddings; both would run and return garbage without an error. Some models
+    pad their embedding table (to a multiple of 64 or 128), so a tokenizer up to a few
+    hundred tokens smaller than the vocabulary is fine.
     """
-    if len(tokenizer) != vocab_size:
+    slack = min(PADDED_VOCAB_SLACK, vocab_size // 50)
+    if not vocab_size - slack <= len(tokenizer) <= vocab_size:
         raise ModelError(
             f"the tokenizer of {spec.label!r} has {len(tokenizer)} tokens but the model's vocabulary "
             f"has {vocab_size}: tokenizer files are missing or belong to another model"
