@@ -52,8 +52,23 @@ class ModelExecutor:
         self.guard = guard  # a Watchdog: arm(job_ids, limit_s) / disarm()
         self._queue: queue.Queue[_Item] = queue.Queue()
         self._pending: list[_Item] = []
+        # Jobs whose task thread is fetching their input: the only companions worth
+        # waiting for. With none on the way, a batch runs at once (an idle worker pays
+        # no batching delay).
+        self._arriving = 0
+        self._arriving_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="visionq-model", daemon=True)
         self._thread.start()
+
+    def expect(self) -> None:
+        """A task thread has taken a job and will hand it over soon."""
+        with self._arriving_lock:
+            self._arriving += 1
+
+    def cancel_expect(self) -> None:
+        """The job announced with expect() will not come (it failed before the model)."""
+        with self._arriving_lock:
+            self._arriving -= 1
 
     def run(
         self, kind: JobKind, pipeline: Pipeline, request: Any, image: Any,
@@ -65,7 +80,9 @@ class ModelExecutor:
         if self.max_batch.get(kind, 1) > 1 and hasattr(pipeline, "batch_key"):
             key = (kind, pipeline.batch_key(request))
         item = _Item(kind, pipeline, request, image, progress, job_id, limit_s, start, key, priority)
-        self._queue.put(item)
+        with self._arriving_lock:
+            self._queue.put(item)
+            self._arriving = max(0, self._arriving - 1)
         return item.future.result()
 
     def _loop(self) -> None:
@@ -92,9 +109,14 @@ class ModelExecutor:
         while len(batch) < limit:
             remaining = deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+                if remaining > 0 and self._arriving > 0:
+                    item = self._queue.get(timeout=min(remaining, 0.001))
+                else:
+                    item = self._queue.get_nowait()
             except queue.Empty:
-                break
+                if remaining <= 0 or self._arriving == 0:
+                    break
+                continue
             if item.key == first.key:
                 batch.append(item)
             else:

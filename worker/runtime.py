@@ -75,6 +75,8 @@ class JobRunner:
         pipeline = self.pipelines[kind]
         metrics: dict[str, Any] = {"batch_size": 1}
         limit_s = self.settings.time_limit_s(kind)
+        self.executor.expect()
+        handed_over = False
         try:
             request = parse_request(kind, request_data, self.settings.limits)
             image = None
@@ -89,6 +91,7 @@ class JobRunner:
                 progress.start_clock()
                 progress.check_cancel()
 
+            handed_over = True
             result, metrics["batch_size"], metrics["run_ms"] = self.executor.run(
                 kind, pipeline, request, image, progress, job_id, limit_s, start,
                 Priority(record.priority).level,
@@ -114,6 +117,9 @@ class JobRunner:
             log.exception("job %s failed with an internal error", job_id)
             error = InternalError(f"{type(exc).__name__}: {exc}").to_dict()
             self._finish(record, JobStatus.FAILED, metrics, error=error)
+        finally:
+            if not handed_over:
+                self.executor.cancel_expect()
 
     def _start(self, record: JobRecord, pipeline: Pipeline) -> None:
         """queued -> running (running -> running on a redelivery), when the model takes it.
