@@ -1,0 +1,1 @@
+"""visionq benchmarks: `python -m bench --help`. See bench/__main__.py."""

@@ -1,0 +1,91 @@
+"""The benchmark suite runs and reports every figure with a baseline; no timing is asserted."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.report import Row, Table, fmt, percentile
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 50) == 2.5
+    assert percentile(values, 100) == 4.0
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_row_ratio_is_value_over_baseline() -> None:
+    row = Row("s", "case", "jobs/s", 30.0, "direct", 40.0, "3 x 20 jobs")
+    assert row.ratio == pytest.approx(0.75)
+    assert row.to_dict()["ratio"] == 0.75
+    assert Row("s", "c", "f", 1.0, "b", 0.0, "r").ratio is None
+
+
+def test_table_aligns_numbers_right() -> None:
+    table = Table("t", ["name", "value"], [["a", fmt(1234.5)], ["bb", fmt(0.5)]])
+    lines = table.render().splitlines()
+    assert lines[3].endswith("1,234") and lines[4].endswith("0.500")
+    assert len({len(line) for line in lines[1:]}) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_smoke_run_writes_figures_with_baselines(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "submit", "latency", "--smoke", "--json", str(out)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=110,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "command: python -m bench submit latency --smoke" in result.stdout
+    report = json.loads(out.read_text())
+    assert {"command", "machine", "python", "versions", "wall_s", "plan", "scenarios"} <= report.keys()
+    assert set(report["scenarios"]) == {"submit", "latency"}
+    for name, scenario in report["scenarios"].items():
+        assert scenario["rows"] and scenario["notes"], name
+        for row in scenario["rows"]:
+            assert {"case", "figure", "value", "baseline", "baseline_value", "ratio", "runs"} <= row.keys()
+            assert row["value"] > 0 and row["baseline_value"] > 0 and row["ratio"] > 0, row
+    figures = {row["figure"] for row in report["scenarios"]["submit"]["rows"]}
+    assert "submits/s, SDK, new bytes -> S3 upload" in figures
+    latency = report["scenarios"]["latency"]["data"]["distributions"]
+    assert {"idle: queue_ms", "80% load: enqueue -> wait returned ms"} <= latency.keys()
+
+
+def test_full_size_configs_build_the_published_architectures() -> None:
+    """The GPU benchmark's inline configs: the default models' parameter counts, to 0.1 %."""
+    from bench.fullsize import PUBLISHED_PARAMETERS, parameter_counts
+
+    counts = parameter_counts("meta")
+    assert counts.keys() == PUBLISHED_PARAMETERS.keys()
+    for name, count in counts.items():
+        assert count == pytest.approx(PUBLISHED_PARAMETERS[name], rel=1e-3), name
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_gpu_script_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
+    """No CI machine has a GPU: --smoke runs the same steps there on the tiny models."""
+    out = tmp_path / "gpu.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--smoke", "--json", str(out)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=110,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["gpu"]["rows"]
+    assert {row["case"].split(",")[0] for row in rows} >= {"caption (tiny BLIP)", "segment 2 labels (tiny CLIPSeg)"}
+    assert all(row["value"] > 0 and row["ratio"] > 0 for row in rows)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
