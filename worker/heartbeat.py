@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 import redis
@@ -13,6 +14,8 @@ from celery import signals
 
 from tasks.record import utc_now
 from tasks.workers import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S, worker_key
+
+LAZY_WRITE_S = 1.0  # how late a lazy update may reach Redis
 
 
 class Heartbeat:
@@ -26,15 +29,21 @@ class Heartbeat:
             "started_at": utc_now(), "state": "loading", "jobs_done": 0, **info,
         }
         self._stop = threading.Event()
+        self._dirty = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="visionq-heartbeat", daemon=True)
 
     def start(self) -> None:
         self.beat()
         self._thread.start()
 
-    def update(self, **changes: Any) -> None:
+    def update(self, *, lazy: bool = False, **changes: Any) -> None:
+        """Record changes; written at once, or with `lazy` by the next beat (at most a
+        second later), so per-job busy/ready flips cost no Redis write on the hot path."""
         self.state.update(changes)
-        self.beat()
+        if not lazy:
+            self.beat()
+        elif not self._dirty.is_set():
+            self._dirty.set()
 
     def beat(self) -> None:
         self.state["updated_at"] = utc_now()
@@ -59,17 +68,24 @@ class Heartbeat:
         def draining(**_: Any) -> None:
             self.update(state="draining")
 
-        def task_started(task_id: str = "", **_: Any) -> None:
-            if self.state["state"] != "draining":
-                self.update(state="busy", current_job=task_id)
+        in_flight = [0]  # jobs held by task threads (several with micro-batching)
+        lock = threading.Lock()
+
+        def task_started(**_: Any) -> None:
+            with lock:
+                in_flight[0] += 1
+                if self.state["state"] != "draining":
+                    self.update(state="busy", jobs_in_hand=in_flight[0], lazy=True)
 
         def task_done(**_: Any) -> None:
-            changes: dict[str, Any] = {"current_job": None}
-            if self.state["state"] != "draining":
-                changes["state"] = "ready"
-            if jobs_done is not None:
-                changes["jobs_done"] = jobs_done()
-            self.update(**changes)
+            with lock:
+                in_flight[0] -= 1
+                changes: dict[str, Any] = {"jobs_in_hand": in_flight[0]}
+                if self.state["state"] != "draining":
+                    changes["state"] = "busy" if in_flight[0] else "ready"
+                if jobs_done is not None:
+                    changes["jobs_done"] = jobs_done()
+                self.update(lazy=True, **changes)
 
         # weak=False: these closures have no other reference and would be collected.
         signals.worker_ready.connect(ready, weak=False)
@@ -78,8 +94,12 @@ class Heartbeat:
         signals.task_postrun.connect(task_done, weak=False)
 
     def _loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
-            self.beat()
+        last = time.monotonic()
+        while not self._stop.wait(LAZY_WRITE_S):
+            if self._dirty.is_set() or time.monotonic() - last >= HEARTBEAT_INTERVAL_S:
+                self._dirty.clear()
+                self.beat()
+                last = time.monotonic()
 
 
 
