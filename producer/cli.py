@@ -3,7 +3,7 @@
 `worker` and `models` run the GPU side: they are handed to `python -m worker`
 (a separate process), so this module and the producer never import torch.
 Exit codes: 0 ok, 1 the job ended failed or canceled, 2 bad input or usage,
-3 no such job, 4 timed out waiting.
+3 no such job, 4 timed out waiting, 5 Redis unreachable.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import json
 import os
 import sys
 from typing import Any, Sequence
+
+import redis
 
 from tasks.errors import JobNotFound, VisionqError
 
@@ -37,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"\nvisionq: {exc}", file=sys.stderr)
         return 4
+    except redis.ConnectionError as exc:
+        print(f"visionq: cannot reach Redis (VISIONQ_REDIS_URL): {exc}", file=sys.stderr)
+        return 5
     except KeyboardInterrupt:
         return 130
 

@@ -76,9 +76,15 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"visionq worker: {exc}", file=sys.stderr)
         return 2
+    from tasks.errors import VisionqError
     from worker.process import default_worker_name, run_worker
 
-    run_worker(settings, kinds, device, args.name or default_worker_name(device), args.loglevel)
+    try:
+        run_worker(settings, kinds, device, args.name or default_worker_name(device), args.loglevel)
+    except VisionqError as exc:  # a model that cannot load: fatal, with the reason and a way out
+        print(f"visionq worker: {exc.message}\n(offline? build tiny models with `visionq models tiny DIR` "
+              "and pass --models DIR)", file=sys.stderr)
+        return 1
     return 0
 
 
