@@ -5,7 +5,6 @@ install time, so a fresh machine without Redis still gets a real server.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess

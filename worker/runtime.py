@@ -30,7 +30,7 @@ from worker.batching import ModelExecutor
 from worker.images import decode_image
 from worker.inputs import InputReader
 from worker.outputs import publish_outputs, publish_record
-from worker.pipelines.base import Pipeline, PipelineResult
+from worker.pipelines.base import Pipeline
 
 log = logging.getLogger("visionq.worker")
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import redis
 
 from producer import Client
 from tasks.settings import Settings
