@@ -56,6 +56,14 @@ def run_demo(*, force_tiny: bool = False, keep: bool = False) -> int:
         print(f"redis:   started a private redis-server at {redis_server.url}")
     else:
         print(f"redis:   {env['VISIONQ_REDIS_URL']} (from VISIONQ_REDIS_URL)")
+    try:
+        return _run_with_redis(env, force_tiny)
+    finally:
+        if redis_server is not None and not keep:
+            redis_server.stop()
+
+
+def _run_with_redis(env: dict[str, str], force_tiny: bool) -> int:
     env.setdefault("VISIONQ_STORAGE_URL", (DEMO_DIR / "storage").as_uri())
     print(f"storage: {env['VISIONQ_STORAGE_URL']}")
     tiny = force_tiny or not hub_reachable()
@@ -86,8 +94,6 @@ def run_demo(*, force_tiny: bool = False, keep: bool = False) -> int:
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-        if redis_server is not None and not keep:
-            redis_server.stop()
 
 
 def _tiny_models(env: dict[str, str]) -> Path:
