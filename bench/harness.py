@@ -129,10 +129,6 @@ class Worker:
         return any(w.get("pid") == self.pid and w.get("state") == "ready"
                    for w in list_workers(client, self.prefix))
 
-    def cpu_s(self) -> float:
-        """CPU seconds this process has used (user + system), from /proc."""
-        return process_cpu_s(self.pid)
-
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 

@@ -96,9 +96,7 @@ class Settings:
 
     def with_models_dir(self, models_dir: str | Path) -> Settings:
         """Every model read from a folder laid out like `visionq models tiny DIR`."""
-        root = Path(models_dir).resolve()
-        models = {role: str(root / MODEL_DIR_NAMES[role]) for role in DEFAULT_MODELS}
-        return replace(self, models=models, revisions={})
+        return replace(self, models=models_in(models_dir), revisions={})
 
     def check(self) -> None:
         if not 0 < self.presign_expiry_s <= MAX_PRESIGN_EXPIRY_S:
@@ -125,12 +123,15 @@ class Settings:
         return self.time_limits_s[kind.value]
 
 
+def models_in(models_dir: str | Path) -> dict[str, str]:
+    """Role -> model folder inside a directory laid out like `visionq models tiny DIR`."""
+    root = Path(models_dir).resolve()
+    return {role: str(root / MODEL_DIR_NAMES[role]) for role in DEFAULT_MODELS}
+
+
 def _models_from_env(env: Mapping[str, str]) -> dict[str, str]:
-    models = dict(DEFAULT_MODELS)
     models_dir = env.get("VISIONQ_MODELS_DIR")
-    if models_dir:
-        root = Path(models_dir).resolve()
-        models = {role: str(root / MODEL_DIR_NAMES[role]) for role in DEFAULT_MODELS}
+    models = models_in(models_dir) if models_dir else dict(DEFAULT_MODELS)
     for role in DEFAULT_MODELS:
         explicit = env.get(f"VISIONQ_{role.upper()}_MODEL")
         if explicit:

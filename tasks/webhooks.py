@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Sequence
 
@@ -99,13 +98,3 @@ def is_retryable(status: int | None) -> bool:
     """None: no HTTP answer (connection error, timeout) — worth another try."""
     return status is None or status in RETRY_STATUSES
 
-
-@dataclass(frozen=True)
-class Attempt:
-    at: str
-    status: int | None  # HTTP status, None when no answer came
-    error: str | None
-    latency_ms: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "status": self.status, "error": self.error, "latency_ms": self.latency_ms}
