@@ -12,7 +12,7 @@ venv="${VISIONQ_VENV:-$HOME/.cache/visionq/venvs/$key}"
 if [ ! -f "$venv/.installed" ]; then
   echo "visionq: creating the environment in $venv (once per pyproject.toml; torch is large)" >&2
   "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip "setuptools>=68" wheel
+  "$venv/bin/python" -m pip install --quiet --upgrade pip "setuptools>=77" wheel
   "$venv/bin/python" -m pip install --quiet -e "$repo[dev]"
   touch "$venv/.installed"
 fi
