@@ -1,6 +1,6 @@
 """The guard in front of every URL we fetch or call (image URLs, webhooks).
 
-This module decides; tasks/outbound.py connects (to the checked addresses only).
+This module decides; worker/outbound.py connects (to the checked addresses only).
 
 A URL is judged by the addresses its host resolves to, never by its text:
 ``0177.0.0.1``, ``2130706433`` and ``0x7f.1`` are all 127.0.0.1 to the resolver.

@@ -6,7 +6,7 @@ from typing import Callable
 from tasks.errors import InvalidInput
 from tasks.limits import Limits
 from tasks.schemas import decode_data_uri
-from tasks.outbound import fetch
+from worker.outbound import fetch
 from tasks.ssrf import AllowList
 from tasks.storage import LocalStorage, S3Storage, Storage, open_storage
 

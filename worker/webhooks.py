@@ -22,7 +22,7 @@ from tasks.kinds import WEBHOOKS_QUEUE
 from tasks.record import utc_now
 from tasks.settings import Settings
 from tasks.signing import signature_headers
-from tasks.outbound import PostResult, post
+from worker.outbound import PostResult, post
 from tasks.ssrf import AllowList, UrlRefused
 from tasks.store import JobStore
 from tasks.webhooks import is_retryable, parse_schedule, retry_delay_s

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import ErrorCode, InvalidInput
-from tasks.outbound import fetch
+from worker.outbound import fetch
 from tasks.ssrf import AllowList, UrlRefused, check_url
 
 LOOPBACK = AllowList.parse("127.0.0.0/8")
