@@ -1,19 +1,27 @@
-"""Configuration, read from the environment in this one place and passed down.
+"""Configuration: every `VISIONQ_*` variable, typed and checked once, at start.
 
-Explicit arguments win over the environment (``Settings.from_env(redis_url=...)``).
+`Settings.from_env()` reads the environment in this one place; explicit arguments
+win (``Settings.from_env(redis_url=...)``). A value that does not parse, is out of
+range, or a `VISIONQ_*` variable nobody reads (a typo) raises `SettingsError`
+naming the variable, so a deployment fails at start instead of on some later job.
 S3 credentials and endpoint are *not* read here: boto3 reads its own standard
-variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), so every S3-compatible
-store configures exactly as it does for the AWS CLI.
+variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), so every S3-compatible store
+configures exactly as it does for the AWS CLI.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.kinds import JobKind
 from tasks.limits import Limits
+from tasks.ssrf import AllowList
 
 DAY_S = 24 * 3600
 MAX_PRESIGN_EXPIRY_S = 7 * DAY_S  # S3 refuses SigV4 URLs valid longer than 7 days
@@ -40,81 +48,123 @@ DEFAULT_MAX_BATCH: dict[str, int] = {"caption": 8, "segment": 8, "generate": 1}
 # Per-kind wall-clock limits; the visibility timeout must exceed the longest.
 DEFAULT_TIME_LIMITS_S: dict[str, float] = {"caption": 120.0, "segment": 120.0, "generate": 600.0}
 
+# Seconds to wait before each webhook attempt: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+DEFAULT_WEBHOOK_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+
+# VISIONQ_* variables read outside Settings (scripts, the SDK's HTTP mode, logging):
+# known, so that the typo check does not refuse them.
+OTHER_VARIABLES = frozenset({
+    "VISIONQ_VENV", "VISIONQ_PYTHON", "VISIONQ_API_URL", "VISIONQ_API_KEY", "VISIONQ_LOG_FORMAT",
+})
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names its variable (or argument)."""
+
 
 def _default_storage_url() -> str:
     return (Path.home() / ".visionq" / "storage").as_uri()
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
     redis_url: str = "redis://127.0.0.1:6379/0"
-    storage_url: str = field(default_factory=_default_storage_url)
-    redis_prefix: str = "visionq"  # every Redis key of ours starts with it
-    job_ttl_s: int = 7 * DAY_S
-    visibility_timeout_s: int = 3600
-    presign_expiry_s: int = DAY_S
-    png_compress_level: int = 1  # level 6 costs ~4x the encode time for 15-40 % smaller files
-    models: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_MODELS))
-    revisions: Mapping[str, str | None] = field(default_factory=dict)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    torch_threads: int | None = None
-    fetch_allow: str = ""  # CIDRs/hosts that image URLs may reach despite the SSRF guard
-    webhook_secret: str | None = None  # whsec_<base64>; a job may bring its own
-    webhook_allow: str = ""  # CIDRs/hosts webhooks may reach despite the SSRF guard
-    webhook_schedule: str = "0,5,300,1800,7200,18000,36000,36000"  # seconds before each attempt
-    webhook_timeout_s: float = 10.0  # per attempt
-    limits: Limits = field(default_factory=Limits)
-    time_limits_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIME_LIMITS_S))
-    max_batch: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_BATCH))
-    gpu_memory_fraction: float | None = None  # cap of this worker's share of its GPU (several per GPU)
-    max_wait_ms: float = 5.0  # how long a batch waits to fill once its first job arrived
+    storage_url: str = Field(default_factory=_default_storage_url)
+    redis_prefix: str = Field("visionq", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")  # every Redis key of ours starts with it
+    job_ttl_s: int = Field(7 * DAY_S, gt=0)
+    visibility_timeout_s: int = Field(3600, gt=0)
+    presign_expiry_s: int = Field(DAY_S, gt=0, le=MAX_PRESIGN_EXPIRY_S)
+    # Level 6 costs ~4x the encode time of level 1 for 15-40 % smaller files.
+    png_compress_level: int = Field(1, ge=0, le=9)
+    models: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
+    revisions: dict[str, str | None] = Field(default_factory=dict)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    torch_threads: int | None = Field(None, ge=1)
+    fetch_allow: AllowList = AllowList()  # CIDRs/hosts that image URLs may reach despite the SSRF guard
+    webhook_secret: str | None = Field(None, repr=False)  # whsec_<base64>; a job may bring its own
+    webhook_allow: AllowList = AllowList()  # CIDRs/hosts webhooks may reach despite the SSRF guard
+    webhook_schedule: tuple[float, ...] = DEFAULT_WEBHOOK_SCHEDULE_S  # seconds before each attempt
+    webhook_timeout_s: float = Field(10.0, gt=0)  # per attempt, the whole exchange
+    limits: Limits = Field(default_factory=Limits)
+    time_limits_s: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TIME_LIMITS_S))
+    max_batch: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MAX_BATCH))
+    # Cap of this worker's share of its GPU (several workers per GPU).
+    gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
+    max_wait_ms: float = Field(5.0, ge=0)  # how long a batch waits to fill once its first job arrived
+
+    @field_validator("fetch_allow", "webhook_allow", mode="before")
+    @classmethod
+    def _parse_allow_list(cls, value: Any) -> Any:
+        return AllowList.parse(value) if isinstance(value, str) or value is None else value
+
+    @field_validator("webhook_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_schedule")
+    @classmethod
+    def _check_schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(delay < 0 for delay in value):
+            raise ValueError("needs at least one delay in seconds, none negative (e.g. 0,5,300)")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        if not value.startswith(("s3://", "file://")):
+            raise ValueError(f"{value!r} must be s3://bucket/prefix or file:///dir")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{redacted_url(value)!r} must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_per_kind(self) -> Settings:
+        for kind, n in self.max_batch.items():
+            if n < 1:
+                raise ValueError(f"VISIONQ_MAX_BATCH_{kind.upper()} must be at least 1, got {n}")
+        for kind, limit in self.time_limits_s.items():
+            if limit <= 0:
+                raise ValueError(f"VISIONQ_TIME_LIMIT_{kind.upper()}_S must be positive, got {limit:g}")
+        return self
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redacted_url(value) if name == "redis_url" else value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """The environment (or `env`), then the non-None `overrides` on top."""
         env = os.environ if env is None else env
+        _refuse_unknown_variables(env)
         values: dict[str, Any] = {}
-        for name, variable, convert in _ENV_FIELDS:
+        for name, variable in _SCALAR_VARIABLES.items():
             if env.get(variable, "") != "":
-                values[name] = convert(env[variable])
+                values[name] = env[variable]
         values["models"] = _models_from_env(env)
         values["revisions"] = {
             role: env.get(f"VISIONQ_{role.upper()}_REVISION") or None for role in DEFAULT_MODELS
         }
         values["limits"] = _limits_from_env(env)
-        values["time_limits_s"] = {
-            kind: float(env.get(f"VISIONQ_TIME_LIMIT_{kind.upper()}_S") or default)
-            for kind, default in DEFAULT_TIME_LIMITS_S.items()
-        }
-        values["max_batch"] = {
-            kind: int(env.get(f"VISIONQ_MAX_BATCH_{kind.upper()}") or default)
-            for kind, default in DEFAULT_MAX_BATCH.items()
-        }
+        values["time_limits_s"] = _per_kind(env, "VISIONQ_TIME_LIMIT_{}_S", DEFAULT_TIME_LIMITS_S, float)
+        values["max_batch"] = _per_kind(env, "VISIONQ_MAX_BATCH_{}", DEFAULT_MAX_BATCH, int)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
-        settings.check()
-        return settings
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc, set(overrides))) from None
 
     def with_models_dir(self, models_dir: str | Path) -> Settings:
         """Every model read from a folder laid out like `visionq models tiny DIR`."""
-        return replace(self, models=models_in(models_dir), revisions={})
-
-    def check(self) -> None:
-        if not 0 < self.presign_expiry_s <= MAX_PRESIGN_EXPIRY_S:
-            raise ValueError(
-                f"VISIONQ_PRESIGN_EXPIRY_S {self.presign_expiry_s} must be within 1..{MAX_PRESIGN_EXPIRY_S}"
-            )
-        if not 0 <= self.png_compress_level <= 9:
-            raise ValueError(f"VISIONQ_PNG_COMPRESS_LEVEL {self.png_compress_level} must be 0..9")
-        if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
-            raise ValueError(f"VISIONQ_GPU_MEMORY_FRACTION {self.gpu_memory_fraction} must be in (0, 1]")
-        if any(n < 1 for n in self.max_batch.values()):
-            raise ValueError(f"VISIONQ_MAX_BATCH_<KIND> must be at least 1, got {dict(self.max_batch)}")
-        if self.job_ttl_s <= 0 or self.visibility_timeout_s <= 0:
-            raise ValueError("VISIONQ_JOB_TTL_S and VISIONQ_VISIBILITY_TIMEOUT must be positive")
-        if not self.storage_url.startswith(("s3://", "file://")):
-            raise ValueError(
-                f"VISIONQ_STORAGE_URL {self.storage_url!r} must be s3://bucket/prefix or file:///dir"
-            )
+        return self.model_copy(update={"models": models_in(models_dir), "revisions": {}})
 
     def model_for(self, role: str) -> tuple[str, str | None]:
         return self.models[role], self.revisions.get(role)
@@ -129,6 +179,44 @@ def models_in(models_dir: str | Path) -> dict[str, str]:
     return {role: str(root / MODEL_DIR_NAMES[role]) for role in DEFAULT_MODELS}
 
 
+def redacted_url(url: str) -> str:
+    """The URL without its password, for logs and terminals: redis://user:***@host:6379/0."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+
+
+# Field -> variable, for the fields that are one variable each.
+_SCALAR_VARIABLES: dict[str, str] = {
+    name: f"VISIONQ_{name.upper()}"
+    for name in Settings.model_fields
+    if name not in ("models", "revisions", "limits", "time_limits_s", "max_batch")
+}
+_SCALAR_VARIABLES["visibility_timeout_s"] = "VISIONQ_VISIBILITY_TIMEOUT"
+
+
+def _known_variables() -> set[str]:
+    known = set(_SCALAR_VARIABLES.values()) | OTHER_VARIABLES | {"VISIONQ_MODELS_DIR"}
+    for role in DEFAULT_MODELS:
+        known |= {f"VISIONQ_{role.upper()}_MODEL", f"VISIONQ_{role.upper()}_REVISION"}
+    for kind in JobKind:
+        known |= {f"VISIONQ_TIME_LIMIT_{kind.name}_S", f"VISIONQ_MAX_BATCH_{kind.name}"}
+    known |= {f"VISIONQ_{f.name.upper()}" for f in dataclasses.fields(Limits)}
+    return known
+
+
+def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
+    known = _known_variables()
+    for variable in sorted(env):
+        if variable.startswith("VISIONQ_") and variable not in known:
+            close = difflib.get_close_matches(variable, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else "; see docs/configuration.md"
+            raise SettingsError(f"unknown setting {variable}{hint}")
+
+
 def _models_from_env(env: Mapping[str, str]) -> dict[str, str]:
     models_dir = env.get("VISIONQ_MODELS_DIR")
     models = models_in(models_dir) if models_dir else dict(DEFAULT_MODELS)
@@ -139,30 +227,45 @@ def _models_from_env(env: Mapping[str, str]) -> dict[str, str]:
     return models
 
 
+def _convert(variable: str, text: str, type_: Any) -> Any:
+    try:
+        return type_(text)
+    except ValueError:
+        raise SettingsError(f"{variable}={text!r} is not a valid {type_.__name__}") from None
+
+
+def _per_kind(env: Mapping[str, str], pattern: str, defaults: dict[str, Any], type_: Any) -> dict[str, Any]:
+    values = dict(defaults)
+    for kind in defaults:
+        variable = pattern.format(kind.upper())
+        if env.get(variable):
+            values[kind] = _convert(variable, env[variable], type_)
+    return values
+
+
 def _limits_from_env(env: Mapping[str, str]) -> Limits:
     overrides = {}
-    for f in fields(Limits):
+    for f in dataclasses.fields(Limits):
         variable = f"VISIONQ_{f.name.upper()}"
-        if env.get(variable) and f.type in ("int", "float"):
-            overrides[f.name] = (int if f.type == "int" else float)(env[variable])
+        if env.get(variable):
+            if f.type not in ("int", "float"):
+                raise SettingsError(f"{variable} cannot be set from the environment")
+            value = _convert(variable, env[variable], int if f.type == "int" else float)
+            if value <= 0:
+                raise SettingsError(f"{variable}={env[variable]!r} must be positive")
+            overrides[f.name] = value
     return Limits(**overrides)
 
 
-_ENV_FIELDS: list[tuple[str, str, Any]] = [
-    ("redis_url", "VISIONQ_REDIS_URL", str),
-    ("storage_url", "VISIONQ_STORAGE_URL", str),
-    ("redis_prefix", "VISIONQ_REDIS_PREFIX", str),
-    ("job_ttl_s", "VISIONQ_JOB_TTL_S", int),
-    ("visibility_timeout_s", "VISIONQ_VISIBILITY_TIMEOUT", int),
-    ("presign_expiry_s", "VISIONQ_PRESIGN_EXPIRY_S", int),
-    ("png_compress_level", "VISIONQ_PNG_COMPRESS_LEVEL", int),
-    ("device", "VISIONQ_DEVICE", str),
-    ("torch_threads", "VISIONQ_TORCH_THREADS", int),
-    ("fetch_allow", "VISIONQ_FETCH_ALLOW", str),
-    ("max_wait_ms", "VISIONQ_MAX_WAIT_MS", float),
-    ("gpu_memory_fraction", "VISIONQ_GPU_MEMORY_FRACTION", float),
-    ("webhook_secret", "VISIONQ_WEBHOOK_SECRET", str),
-    ("webhook_allow", "VISIONQ_WEBHOOK_ALLOW", str),
-    ("webhook_schedule", "VISIONQ_WEBHOOK_SCHEDULE", str),
-    ("webhook_timeout_s", "VISIONQ_WEBHOOK_TIMEOUT_S", float),
-]
+def _describe(exc: ValidationError, explicit: set[str]) -> str:
+    """Pydantic's errors, each named by the variable (or argument) it came from."""
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = field if field in explicit else _SCALAR_VARIABLES.get(field, field or "settings")
+        message = error["msg"].removeprefix("Value error, ")
+        given = error.get("input")
+        secret = field in ("webhook_secret", "redis_url")  # the message says what is wrong without it
+        shown = "" if secret or isinstance(given, (dict, AllowList)) else f" (got {given!r})"
+        lines.append(f"{name}: {message}{shown}" if field else message)
+    return "; ".join(lines)

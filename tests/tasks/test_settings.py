@@ -1,0 +1,83 @@
+"""Settings are typed and checked once, at start, with the variable's name in every error."""
+from __future__ import annotations
+
+import pytest
+
+from tasks.settings import DEFAULT_WEBHOOK_SCHEDULE_S, Settings, SettingsError, redacted_url
+from tasks.ssrf import AllowList
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.webhook_schedule == DEFAULT_WEBHOOK_SCHEDULE_S
+    assert settings.fetch_allow == AllowList()
+
+
+def test_values_are_parsed_once_into_their_types() -> None:
+    settings = Settings.from_env({
+        "VISIONQ_WEBHOOK_SCHEDULE": "0, 1.5,3",
+        "VISIONQ_FETCH_ALLOW": "127.0.0.1, localhost",
+        "VISIONQ_JOB_TTL_S": "60",
+        "VISIONQ_VISIBILITY_TIMEOUT": "900",
+        "VISIONQ_MAX_BATCH_CAPTION": "4",
+        "VISIONQ_TIME_LIMIT_GENERATE_S": "30",
+        "VISIONQ_MAX_IMAGE_PIXELS": "1000000",
+    })
+    assert settings.webhook_schedule == (0.0, 1.5, 3.0)
+    assert settings.fetch_allow.allows_host("localhost")
+    assert (settings.job_ttl_s, settings.visibility_timeout_s) == (60, 900)
+    assert settings.max_batch["caption"] == 4
+    assert settings.time_limits_s["generate"] == 30.0
+    assert settings.limits.max_image_pixels == 1_000_000
+
+
+def test_explicit_arguments_win() -> None:
+    settings = Settings.from_env({"VISIONQ_REDIS_URL": "redis://a:1/0"}, redis_url="redis://b:2/0", device=None)
+    assert settings.redis_url == "redis://b:2/0"
+    assert settings.device == "auto"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"VISIONQ_REDIS_ULR": "redis://x"}, "did you mean VISIONQ_REDIS_URL"),
+        ({"VISIONQ_JOB_TTL_S": "a week"}, "VISIONQ_JOB_TTL_S"),
+        ({"VISIONQ_JOB_TTL_S": "0"}, "VISIONQ_JOB_TTL_S"),
+        ({"VISIONQ_WEBHOOK_SCHEDULE": "5,-1"}, "VISIONQ_WEBHOOK_SCHEDULE"),
+        ({"VISIONQ_WEBHOOK_SCHEDULE": "5,soon"}, "VISIONQ_WEBHOOK_SCHEDULE"),
+        ({"VISIONQ_WEBHOOK_TIMEOUT_S": "-1"}, "VISIONQ_WEBHOOK_TIMEOUT_S"),
+        ({"VISIONQ_MAX_BATCH_SEGMENT": "0"}, "VISIONQ_MAX_BATCH_SEGMENT"),
+        ({"VISIONQ_TIME_LIMIT_CAPTION_S": "soon"}, "VISIONQ_TIME_LIMIT_CAPTION_S"),
+        ({"VISIONQ_PNG_COMPRESS_LEVEL": "12"}, "VISIONQ_PNG_COMPRESS_LEVEL"),
+        ({"VISIONQ_PRESIGN_EXPIRY_S": str(8 * 24 * 3600)}, "VISIONQ_PRESIGN_EXPIRY_S"),
+        ({"VISIONQ_GPU_MEMORY_FRACTION": "1.5"}, "VISIONQ_GPU_MEMORY_FRACTION"),
+        ({"VISIONQ_STORAGE_URL": "http://bucket"}, "VISIONQ_STORAGE_URL"),
+        ({"VISIONQ_REDIS_URL": "http://x"}, "VISIONQ_REDIS_URL"),
+        ({"VISIONQ_DEVICE": "tpu"}, "VISIONQ_DEVICE"),
+        ({"VISIONQ_FETCH_ALLOW": "not a host!"}, "VISIONQ_FETCH_ALLOW"),
+        ({"VISIONQ_MAX_IMAGE_PIXELS": "many"}, "VISIONQ_MAX_IMAGE_PIXELS"),
+        ({"VISIONQ_MAX_IMAGE_PIXELS": "-5"}, "VISIONQ_MAX_IMAGE_PIXELS"),
+    ],
+)
+def test_a_bad_setting_fails_at_start_naming_its_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+def test_secrets_stay_out_of_repr_and_errors() -> None:
+    settings = Settings.from_env({
+        "VISIONQ_REDIS_URL": "redis://app:hunter2@redis:6379/0",
+        "VISIONQ_WEBHOOK_SECRET": "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0",
+    })
+    shown = repr(settings) + str(settings)
+    assert "hunter2" not in shown and "c2VjcmV0" not in shown
+    assert "redis://app:***@redis:6379/0" in shown
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"VISIONQ_REDIS_URL": "http://app:hunter2@redis"})
+    assert "hunter2" not in str(raised.value)
+
+
+def test_redacted_url_keeps_urls_without_password() -> None:
+    assert redacted_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert redacted_url("rediss://:pw@h:1/0") == "rediss://:***@h:1/0"
