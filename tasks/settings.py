@@ -92,6 +92,13 @@ class Settings(BaseModel):
     # Cap of this worker's share of its GPU (several workers per GPU).
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
     max_wait_ms: float = Field(5.0, ge=0)  # how long a batch waits to fill once its first job arrived
+    # A `queued` job whose message is in no queue list and not reserved by any worker
+    # for this long is published again by the sweeper (docs/reliability.md).
+    sweep_grace_s: float = Field(15.0, gt=0)
+    # How long a job waits out a storage outage before failing `storage_error`.
+    storage_retry_s: float = Field(180.0, ge=0)
+    # Runs that started (not sweeper republishes) before a redelivered job fails `worker_lost`.
+    max_attempts: int = Field(3, ge=1)
 
     @field_validator("fetch_allow", "webhook_allow", mode="before")
     @classmethod
