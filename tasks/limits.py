@@ -20,6 +20,9 @@ class Limits:
     max_image_bytes: int = 20 * MB  # fetched by URL or read from storage
     max_inline_image_bytes: int = 7 * MB  # base64 text carried inside the queue message
     image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+    # A progressive JPEG is decoded once per scan: thousands of empty scans cost
+    # minutes of CPU in a few hundred KB. libjpeg-turbo advises ~100 (real files have ~10).
+    max_jpeg_scans: int = 100
     # Text.
     max_prompt_chars: int = 2_000
     max_labels: int = 16
@@ -35,6 +38,13 @@ class Limits:
     max_num_images: int = 8
     max_guidance_scale: float = 30.0
     max_seed: int = 2**32 - 1
+    # Work per job. Generate: width x height x steps x num_images (2**28 keeps
+    # 512^2 x 100 steps x 1 and 1024^2 x 50 steps x 4; refuses 2048^2 x 100 x 8).
+    max_generate_work: int = 2**28
+    # Segment with labels: one full-size mask per label, so labels x image pixels
+    # (2**27 keeps 16 labels on 4 Mpx; refuses 16 labels on 40 Mpx). Checked on the
+    # worker, once the image's size is known.
+    max_segment_mask_pixels: int = 2**27
     # Idempotency keys and webhook URLs travel in records and messages.
     max_key_chars: int = 200
     max_url_chars: int = 2_048

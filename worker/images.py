@@ -9,6 +9,7 @@ decompression bomb is therefore refused by our own limits, well under Pillow's
 from __future__ import annotations
 
 import io
+import re
 import struct
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -17,7 +18,7 @@ from tasks.errors import InvalidInput
 from tasks.images import image_extension
 from tasks.limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["decode_image"]
+__all__ = ["count_jpeg_scans", "decode_image"]
 
 _EXTENSION_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # Refused formats we can still name, told apart by magic number only: opening them
@@ -37,11 +38,19 @@ _FORMAT_ALIASES = {"MPO": "JPEG"}
 # What Pillow's parsers and decoders raise on broken files.
 _CORRUPT = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+# JPEG markers that stand alone (no length field): TEM, RST0-7, SOI.
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8), 0xD8})
+_SOS, _EOI = 0xDA, 0xD9
+# Inside entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or RST0-7;
+# any other byte after it (fill bytes 0xFF aside) is the next marker.
+_NEXT_MARKER = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
 
 
 def decode_image(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
     """The first frame of `data`, upright (EXIF orientation applied), in RGB."""
     _check_bytes(data, limits)
+    if image_extension(data) == "jpg":
+        _check_scans(data, limits)
     # Some libraries switch this process-wide flag on; a truncated upload must be
     # refused here, not decoded into a half-grey picture.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -64,6 +73,47 @@ def _check_bytes(data: bytes, limits: Limits) -> None:
         raise InvalidInput("image is empty (0 bytes)")
     if len(data) > limits.max_image_bytes:
         raise InvalidInput(f"image is {len(data)} bytes, over the {limits.max_image_bytes}-byte limit")
+
+
+def _check_scans(data: bytes, limits: Limits) -> None:
+    """Refuse a JPEG with more scans than the limit, counted without decoding."""
+    scans = count_jpeg_scans(data)
+    if scans > limits.max_jpeg_scans:
+        raise InvalidInput(f"JPEG has {scans} scans, over the limit of {limits.max_jpeg_scans}")
+
+
+def count_jpeg_scans(data: bytes) -> int:
+    """Start-of-scan markers in the first picture of a JPEG (up to its EOI).
+
+    Walks the marker segments by their lengths and jumps over each scan's
+    entropy-coded data to the next real marker, so bytes inside compressed data
+    or inside a segment (EXIF thumbnails) are never mistaken for markers.
+    """
+    scans, position, size = 0, 2, len(data)  # after SOI
+    while position < size:
+        if data[position] != 0xFF:
+            break  # not a marker where one must be: the decoder will call it corrupt
+        while position < size and data[position] == 0xFF:  # fill bytes
+            position += 1
+        if position >= size:
+            break
+        marker = data[position]
+        position += 1
+        if marker == _EOI:
+            break
+        if marker in _STANDALONE_MARKERS:
+            continue
+        if position + 2 > size:
+            break
+        length = int.from_bytes(data[position:position + 2], "big")
+        if length < 2:
+            break
+        position += length
+        if marker == _SOS:
+            scans += 1
+            found = _NEXT_MARKER.search(data, position)
+            position = found.start() if found else size
+    return scans
 
 
 def _open(data: bytes, limits: Limits) -> ImageFile.ImageFile:

@@ -15,7 +15,8 @@ from PIL import Image, ImageFile
 from tasks.errors import InvalidInput
 from tasks.images import image_extension
 from tasks.limits import Limits
-from worker.images import decode_image
+from tests.support.images import scan_padded_jpeg
+from worker.images import count_jpeg_scans, decode_image
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -268,3 +269,53 @@ def test_limits_are_the_callers(no_pixel_decoding: None) -> None:
 def test_an_image_at_the_limits_decodes() -> None:
     data = encode(Image.new("RGB", (100, 50), RED), "PNG")
     assert decode_image(data, Limits(max_image_pixels=5000, max_image_side=100)).size == (100, 50)
+
+
+# --- JPEG scans ------------------------------------------------------------------
+
+
+def test_baseline_and_progressive_jpegs_have_few_scans() -> None:
+    image = noise((64, 64))
+    assert count_jpeg_scans(encode(image, "JPEG")) == 1
+    assert 1 < count_jpeg_scans(encode(image, "JPEG", progressive=True)) <= 20
+
+
+def test_markers_inside_exif_and_entropy_data_are_not_counted() -> None:
+    # An EXIF block holding SOS-looking bytes, and noise whose compressed data is
+    # full of stuffed 0xFF00 bytes: neither is a scan.
+    exif = Image.Exif()
+    exif[0x010E] = "\xff\xda\x00\x08" * 50  # ImageDescription
+    data = encode(noise((256, 256)), "JPEG", exif=exif.tobytes(), quality=100)
+    assert b"\xff\x00" in data
+    assert count_jpeg_scans(data) == 1
+
+
+def test_only_the_first_picture_of_a_multi_picture_jpeg_counts() -> None:
+    frames = [Image.new("RGB", (16, 16), RED), Image.new("RGB", (16, 16), BLUE)]
+    data = encode(frames[0], "MPO", save_all=True, append_images=frames[1:])
+    assert count_jpeg_scans(data) == 1
+
+
+SCAN_PADDED = scan_padded_jpeg(5_000)
+
+
+def test_scan_padded_jpeg_is_refused_before_decoding(no_pixel_decoding: None) -> None:
+    data = SCAN_PADDED
+    with pytest.raises(InvalidInput, match=r"JPEG has 50\d\d scans, over the limit of 100"):
+        decode_image(data)
+
+
+def test_scan_padded_jpeg_is_a_jpeg_the_decoder_would_work_through() -> None:
+    # Without our limit the padded file decodes (slowly, scan after scan): the
+    # refusal above is what keeps it from the decoder, not a parse failure.
+    data = scan_padded_jpeg(300)
+    assert count_jpeg_scans(data) > 300
+    assert decode_image(data, Limits(max_jpeg_scans=10_000)).size == (64, 64)
+
+
+def test_scan_limit_is_the_callers() -> None:
+    data = encode(noise((64, 64)), "JPEG", progressive=True)
+    scans = count_jpeg_scans(data)
+    assert decode_image(data, Limits(max_jpeg_scans=scans)).size == (64, 64)
+    with pytest.raises(InvalidInput, match=f"JPEG has {scans} scans, over the limit of {scans - 1}"):
+        decode_image(data, Limits(max_jpeg_scans=scans - 1))
