@@ -21,25 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.kinds import JobKind
 from tasks.limits import Limits
+# The model tables (role -> default Hugging Face id / models-dir sub-folder) live in the catalogue.
+from tasks.models import DEFAULT_MODELS, MODEL_DIR_NAMES  # noqa: F401 - re-exported
 from tasks.ssrf import AllowList
 
 DAY_S = 24 * 3600
 MAX_PRESIGN_EXPIRY_S = 7 * DAY_S  # S3 refuses SigV4 URLs valid longer than 7 days
-
-# Public Hugging Face ids; any of them can be replaced by a local folder.
-DEFAULT_MODELS: dict[str, str] = {
-    "caption": "Salesforce/blip-image-captioning-base",
-    "segment": "CIDAS/clipseg-rd64-refined",  # masks for text labels
-    "semantic": "nvidia/segformer-b0-finetuned-ade-512-512",  # segment without labels
-    "generate": "stabilityai/sd-turbo",
-}
-# Sub-folders of a models directory (what `visionq models tiny DIR` writes).
-MODEL_DIR_NAMES: dict[str, str] = {
-    "caption": "caption",
-    "segment": "segment-prompted",
-    "semantic": "segment-semantic",
-    "generate": "generate",
-}
 
 # Micro-batching: how many compatible jobs of a kind may share one forward pass.
 # Generation batches little on GPUs already busy with one large image; off by default.
