@@ -69,6 +69,9 @@ class Settings(BaseModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     torch_threads: int | None = Field(None, ge=1)
     fetch_allow: AllowList = AllowList()  # CIDRs/hosts that image URLs may reach despite the SSRF guard
+    # s3:// inputs outside the storage bucket/prefix a worker may read: "bucket" or "bucket/prefix",
+    # comma-separated (tasks.ssrf.BucketAllowList parses it; docs/security.md).
+    input_buckets: str = ""
     webhook_secret: str | None = Field(None, repr=False)  # whsec_<base64>; a job may bring its own
     webhook_allow: AllowList = AllowList()  # CIDRs/hosts webhooks may reach despite the SSRF guard
     webhook_schedule: tuple[float, ...] = DEFAULT_WEBHOOK_SCHEDULE_S  # seconds before each attempt
