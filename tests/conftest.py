@@ -130,3 +130,19 @@ def client(service_env: dict[str, str], worker: WorkerProcess) -> object:
     from tasks.settings import Settings
 
     return Client(settings=Settings.from_env(service_env))
+
+
+# Fixtures that start a service or a process: only integration tests may use them, so
+# that `-m "not integration"` runs with nothing started.
+SERVICE_FIXTURES = frozenset({"redis_server", "redis_client", "s3_env", "s3", "worker", "deliverer", "client", "service_env"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid for item in items
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start services but are not marked integration:\n  " + "\n  ".join(unmarked)
+        )

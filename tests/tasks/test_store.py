@@ -10,6 +10,8 @@ from tasks.kinds import JobKind
 from tasks.status import JobStatus
 from tasks.store import JobStore
 
+pytestmark = pytest.mark.integration  # a real redis-server
+
 
 @pytest.fixture
 def store(redis_client: redis.Redis, key_prefix: str) -> JobStore:

@@ -25,6 +25,8 @@ from worker.inputs import InputReader
 from worker.pipelines.base import FileSlot, PipelineResult
 from worker.runtime import JobRunner
 
+pytestmark = pytest.mark.integration  # a real redis-server
+
 
 class StandIn:
     """A pipeline whose `run` is given by the test."""
