@@ -13,16 +13,18 @@ class ErrorCode(str, Enum):
     MODEL_ERROR = "model_error"  # the model raised while running this job
     OUT_OF_MEMORY = "out_of_memory"  # the job does not fit on the device
     TIMEOUT = "timeout"  # the job ran past its time limit
-    STORAGE_ERROR = "storage_error"  # reading the input or writing outputs failed after retries
+    STORAGE_ERROR = "storage_error"  # storage refused, or stayed unreachable for VISIONQ_STORAGE_RETRY_S
     CANCELED = "canceled"  # canceled by a client
+    # Its worker was lost (killed, crashed, restarted) on every one of VISIONQ_MAX_ATTEMPTS
+    # runs: the job itself is the likely cause, so it is not delivered again.
+    WORKER_LOST = "worker_lost"
     INTERNAL = "internal"  # a bug or an infrastructure failure of ours
 
 
 class VisionqError(Exception):
-    """Base of every error with a code. `retryable` says whether trying again may help."""
+    """Base of every error with a code."""
 
     code: ErrorCode = ErrorCode.INTERNAL
-    retryable: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -52,7 +54,6 @@ class JobTimeout(VisionqError):
 
 class StorageError(VisionqError):
     code = ErrorCode.STORAGE_ERROR
-    retryable = True
 
 
 class JobCanceled(VisionqError):
@@ -66,6 +67,10 @@ class JobNotFound(VisionqError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.message
+
+
+class WorkerLost(VisionqError):
+    code = ErrorCode.WORKER_LOST
 
 
 class InternalError(VisionqError):

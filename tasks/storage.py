@@ -7,7 +7,9 @@ job ids and digests, never from user text.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +20,11 @@ from tasks.errors import InvalidInput, StorageError
 from tasks.record import FileRef
 
 T = TypeVar("T")
+
+log = logging.getLogger("visionq.storage")
+
+# For callers that do not say (the SDK's input upload): a caller is waiting.
+DEFAULT_RETRY_S = 10.0
 
 
 class Storage(Protocol):
@@ -38,40 +45,93 @@ def job_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/{name}"
 
 
-def open_storage(url: str, *, presign_expiry_s: int = 86400, s3_client: object | None = None) -> Storage:
-    """`s3://bucket/prefix` or `file:///dir`."""
+def open_storage(
+    url: str, *, presign_expiry_s: int = 86400, s3_client: object | None = None,
+    retry_s: float = DEFAULT_RETRY_S,
+) -> Storage:
+    """`s3://bucket/prefix` or `file:///dir`. S3 calls wait out an outage of up to
+    `retry_s` seconds (workers pass VISIONQ_STORAGE_RETRY_S)."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"storage URL {url!r} names no bucket")
-        return S3Storage(parsed.netloc, parsed.path.strip("/"), presign_expiry_s, s3_client)
+        return S3Storage(parsed.netloc, parsed.path.strip("/"), presign_expiry_s, s3_client, retry_s)
     if parsed.scheme == "file":
         return LocalStorage(Path(unquote(parsed.path)))
     raise ValueError(f"storage URL {url!r} must be s3://bucket/prefix or file:///dir")
 
 
-def _with_retries(action: str, call: Callable[[], T], attempts: int = 3) -> T:
-    """Transient storage failures are retried with backoff, then become StorageError.
+class Outage:
+    """The one retry layer of storage calls: waits out an unreachable store.
 
-    boto3 already retries throttling and 5xx inside each call; this outer loop
-    covers connection failures that outlast those."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except (InvalidInput, StorageError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - every backend failure maps to StorageError
-            if attempt == attempts:
-                raise StorageError(f"{action} failed after {attempts} attempts: {exc}") from exc
-            time.sleep(0.2 * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
+    botocore's own retries are off (`_make_s3_client`), so each S3 call is tried
+    here, with exponential backoff and jitter, until it succeeds, fails for a
+    reason that waiting cannot fix (a 4xx), or `budget_s` has passed; then it
+    becomes a StorageError naming the object and the time waited. Local disk
+    writes are not retried: a full or read-only disk does not heal by waiting.
+    """
+
+    first_delay_s = 0.5
+    max_delay_s = 10.0
+
+    def __init__(
+        self, budget_s: float, *, sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.budget_s = budget_s
+        self.sleep = sleep
+        self.clock = clock
+
+    def call(self, what: str, action: Callable[[], T]) -> T:
+        started = self.clock()
+        delay = self.first_delay_s
+        while True:
+            try:
+                return action()
+            except (InvalidInput, StorageError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - every backend failure maps to StorageError
+                waited = self.clock() - started
+                if not is_transient(exc):
+                    raise StorageError(f"{what} failed: {exc}") from exc
+                if waited + delay > self.budget_s:
+                    raise StorageError(
+                        f"{what} failed: storage unreachable for {waited:.0f} s "
+                        f"(VISIONQ_STORAGE_RETRY_S is {self.budget_s:g}): {exc}"
+                    ) from exc
+                log.warning("%s failed after %.0f s, retrying in %.1f s: %s", what, waited, delay, exc)
+                self.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.max_delay_s)
+
+
+_TRANSIENT_S3_CODES = frozenset({
+    "RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "Throttling", "ThrottlingException",
+    "InternalError", "ServiceUnavailable", "RequestLimitExceeded",
+})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure that waiting may fix: no connection, a timeout, a 5xx, throttling."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    if isinstance(exc, (ConnectionError, HTTPClientError, OSError)):
+        return True
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or error.get("Code") in _TRANSIENT_S3_CODES
+    return False
 
 
 class S3Storage:
-    def __init__(self, bucket: str, prefix: str, presign_expiry_s: int, client: object | None = None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str, presign_expiry_s: int, client: object | None = None,
+        retry_s: float = DEFAULT_RETRY_S,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self.presign_expiry_s = presign_expiry_s
+        self.outage = Outage(retry_s)
         # One client per process: creating one costs ~3 ms and it is thread-safe.
         self.client = client if client is not None else _make_s3_client()
 
@@ -89,7 +149,7 @@ class S3Storage:
         )
 
     def put(self, key: str, data: bytes, content_type: str) -> FileRef:
-        _with_retries(
+        self.outage.call(
             f"upload of s3://{self.bucket}/{self._key(key)}",
             lambda: self.client.put_object(
                 Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
@@ -109,7 +169,7 @@ class S3Storage:
                     return False
                 raise
 
-        return _with_retries(f"lookup of s3://{self.bucket}/{self._key(key)}", head)
+        return self.outage.call(f"lookup of s3://{self.bucket}/{self._key(key)}", head)
 
     def read(self, uri: str, max_bytes: int) -> bytes:
         parsed = urlparse(uri)
@@ -123,15 +183,18 @@ class S3Storage:
                 head = self.client.head_object(Bucket=bucket, Key=key)
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
-                if code in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied"):
-                    raise InvalidInput(f"image {uri} cannot be read: {code}") from None
+                # Missing and forbidden read alike: a producer must not learn what exists.
+                if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket", "403", "AccessDenied", "Forbidden"):
+                    raise InvalidInput(
+                        f"image {uri[:300]} cannot be read (no such object, or not readable by this deployment)"
+                    ) from None
                 raise
             size = head["ContentLength"]
             if size > max_bytes:
                 raise InvalidInput(f"image {uri} has {size} bytes, more than the limit {max_bytes}")
             return self.client.get_object(Bucket=bucket, Key=key)["Body"].read(max_bytes + 1)
 
-        data = _with_retries(f"download of {uri}", get)
+        data = self.outage.call(f"download of {uri}", get)
         if len(data) > max_bytes:  # the object grew between head and get
             raise InvalidInput(f"image {uri} has more than the limit {max_bytes} bytes")
         return data
@@ -144,9 +207,14 @@ def _make_s3_client() -> object:
     # Endpoint, region and credentials come from boto3's standard variables and
     # files. For stores that reject the CRC32 checksums recent boto3 adds, set
     # AWS_REQUEST_CHECKSUM_CALCULATION=when_required (also read by boto3 itself).
+    # One attempt per call: `Outage` is the only retry layer. Short connect and read
+    # timeouts so a store that stops answering is noticed and retried, not waited on.
     return boto3.client(
         "s3",
-        config=Config(retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4"),
+        config=Config(
+            retries={"mode": "standard", "total_max_attempts": 1}, signature_version="s3v4",
+            connect_timeout=5, read_timeout=30,
+        ),
     )
 
 
@@ -157,7 +225,11 @@ class LocalStorage:
         self.root = root.resolve()
 
     def _path(self, key: str) -> Path:
-        return self.root / key
+        path = (self.root / key).resolve()
+        # Keys are built from checked job ids and digests; this is the last line of defence.
+        if not path.is_relative_to(self.root):
+            raise InvalidInput(f"storage key {key[:200]!r} leads outside the storage folder {self.root}")
+        return path
 
     def ref(self, key: str, data: bytes, content_type: str) -> FileRef:
         return FileRef(
@@ -168,14 +240,14 @@ class LocalStorage:
     def put(self, key: str, data: bytes, content_type: str) -> FileRef:
         path = self._path(key)
 
-        def write() -> None:
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Write then rename, so a reader never sees half a file.
             with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
                 tmp.write(data)
             os.replace(tmp.name, path)
-
-        _with_retries(f"write of {path}", write)
+        except OSError as exc:
+            raise StorageError(f"write of {path} failed: {exc}") from exc
         return self.ref(key, data, content_type)
 
     def exists(self, key: str) -> bool:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import InvalidInput, StorageError
-from tasks.storage import LocalStorage, S3Storage, job_key, open_storage
+from tasks.storage import LocalStorage, Outage, S3Storage, job_key, open_storage
 from tests.conftest import BUCKET
 
 
+@pytest.mark.integration
 def test_s3_put_returns_fileref_readable_with_plain_boto3(s3: object, s3_env: dict) -> None:
     prefix = f"t-{uuid.uuid4().hex[:6]}"
     storage = open_storage(f"s3://{BUCKET}/{prefix}", presign_expiry_s=600)
@@ -29,6 +30,7 @@ def test_s3_put_returns_fileref_readable_with_plain_boto3(s3: object, s3_env: di
     assert storage.read(ref.uri, max_bytes=100) == b"png-bytes"
 
 
+@pytest.mark.integration
 def test_s3_read_limits_and_missing(s3_env: dict) -> None:
     storage = open_storage(f"s3://{BUCKET}/limits")
     ref = storage.put("inputs/big.png", b"x" * 1000, "image/png")
@@ -38,7 +40,19 @@ def test_s3_read_limits_and_missing(s3_env: dict) -> None:
         storage.read(f"s3://{BUCKET}/limits/inputs/none.png", max_bytes=10)
 
 
-def test_s3_unreachable_becomes_storage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+class FakeClock:
+    """A clock that moves only when the retry layer sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def unreachable_client(budget_s: float, clock: FakeClock) -> S3Storage:
     import boto3
     from botocore.config import Config
 
@@ -46,10 +60,62 @@ def test_s3_unreachable_becomes_storage_error(monkeypatch: pytest.MonkeyPatch) -
         "s3", endpoint_url="http://127.0.0.1:9", aws_access_key_id="x", aws_secret_access_key="x",
         region_name="us-east-1", config=Config(retries={"max_attempts": 1}, connect_timeout=0.5),
     )
-    storage = S3Storage("bucket", "p", 600, client)
-    monkeypatch.setattr("tasks.storage.time.sleep", lambda s: None)
-    with pytest.raises(StorageError, match="failed after 3 attempts"):
+    storage = S3Storage("bucket", "p", 600, client, retry_s=budget_s)
+    storage.outage = Outage(budget_s, sleep=clock.sleep, clock=lambda: clock.now)
+    return storage
+
+
+def test_s3_outage_is_waited_out_for_the_budget_then_names_object_and_time() -> None:
+    clock = FakeClock()
+    storage = unreachable_client(180, clock)
+    with pytest.raises(StorageError) as caught:
         storage.put("jobs/x/result.json", b"{}", "application/json")
+    message = caught.value.message
+    assert "upload of s3://bucket/p/jobs/x/result.json" in message
+    assert "unreachable for 1" in message and "VISIONQ_STORAGE_RETRY_S is 180" in message
+    # waited (almost) the whole budget, with growing but capped delays
+    assert 150 <= clock.now <= 180
+    assert clock.sleeps[1] > clock.sleeps[0] and max(clock.sleeps) <= Outage.max_delay_s * 1.2
+
+
+def test_s3_call_that_recovers_within_the_budget_succeeds() -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    clock = FakeClock()
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 6:
+            raise EndpointConnectionError(endpoint_url="http://s3")
+        return "done"
+
+    outage = Outage(180, sleep=clock.sleep, clock=lambda: clock.now)
+    assert outage.call("upload of s3://b/k", flaky) == "done"
+    assert len(calls) == 6
+
+
+def test_refusals_are_not_retried() -> None:
+    from botocore.exceptions import ClientError
+
+    calls: list[int] = []
+
+    def refused() -> None:
+        calls.append(1)
+        raise ClientError({"Error": {"Code": "InvalidBucketName"}, "ResponseMetadata": {"HTTPStatusCode": 400}},
+                          "PutObject")
+
+    with pytest.raises(StorageError, match="upload of s3://b/k failed"):
+        Outage(180, sleep=lambda s: None).call("upload of s3://b/k", refused)
+    assert calls == [1]
+
+
+def test_botocore_does_not_retry_underneath() -> None:
+    """One retry layer: the client we build tries each call once."""
+    from tasks.storage import _make_s3_client
+
+    client = _make_s3_client()
+    assert client.meta.config.retries["total_max_attempts"] == 1
 
 
 def test_local_storage_layout_and_confinement(tmp_path: Path) -> None:
