@@ -36,6 +36,7 @@ class RedisServer:
     """Start with `start()`, stop with `stop()` (SIGTERM to the pid we started)."""
 
     def __init__(self, port: int | None = None, directory: Path | None = None) -> None:
+        self._port_was_given = port is not None
         self.port = port or free_port()
         self.directory = directory or Path(tempfile.mkdtemp(prefix="visionq-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -45,6 +46,18 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
+        # A port found free may be taken by someone else before redis-server binds it:
+        # when the server exits at start, try again on another free port.
+        for attempt in range(5):
+            try:
+                return self._start_once(timeout_s)
+            except _ExitedAtStart:
+                if attempt == 4 or self._port_was_given:
+                    raise RuntimeError(f"redis-server exited at start; see {self.directory}/redis.log") from None
+                self.port = free_port()
+        raise AssertionError("not reached")
+
+    def _start_once(self, timeout_s: float) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
@@ -57,7 +70,8 @@ class RedisServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.directory}/redis.log")
+                self.process = None
+                raise _ExitedAtStart()
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
@@ -83,3 +97,7 @@ class RedisServer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+class _ExitedAtStart(Exception):
+    """redis-server stopped before answering (most often: its port was taken)."""

@@ -14,7 +14,7 @@ import boto3
 import pytest
 import redis
 
-from producer.redis_server import RedisServer, free_port
+from producer.redis_server import RedisServer
 from tests.support.workers import WorkerProcess
 
 BUCKET = "visionq-test"
@@ -43,9 +43,9 @@ def s3_env() -> Iterator[dict[str, str]]:
     """moto in server mode: a real HTTP S3 API that boto3 in any process can reach."""
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the OS picks a free port
     server.start()
+    _, port = server.get_host_and_port()
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "testing",
