@@ -1,6 +1,9 @@
 """The Celery app both sides share: queues, routing and the delivery guarantees."""
 from __future__ import annotations
 
+import ssl
+from urllib.parse import parse_qs, urlsplit
+
 from celery import Celery
 from kombu import Queue
 
@@ -39,6 +42,8 @@ def make_celery(settings: Settings) -> Celery:
             "global_keyprefix": f"{settings.redis_prefix}:",
         },
         broker_connection_retry_on_startup=True,
+        # rediss://: verify the server's certificate, as the job store (redis-py) does.
+        broker_use_ssl=broker_ssl_options(settings.redis_url),
         task_queues=[Queue(kind.queue) for kind in JobKind] + [Queue(WEBHOOKS_QUEUE)],
         task_routes={kind.task_name: {"queue": kind.queue} for kind in JobKind},
         worker_hijack_root_logger=False,
@@ -46,3 +51,26 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
     )
     return app
+
+
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_SSL_QUERY_KEYS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def broker_ssl_options(redis_url: str) -> dict[str, object] | None:
+    """kombu's TLS options for a rediss:// broker; None for plain redis://.
+
+    Left alone, kombu connects to rediss:// with CERT_NONE (any certificate, so
+    anyone on the path can read and forge jobs). Verification is on unless the URL
+    itself says otherwise (``?ssl_cert_reqs=none``), the same rule redis-py applies.
+    """
+    parts = urlsplit(redis_url)
+    if parts.scheme != "rediss":
+        return None
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    reqs = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
+    if reqs not in _CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs={query['ssl_cert_reqs']!r} in the Redis URL must be none, optional or required")
+    options: dict[str, object] = {"ssl_cert_reqs": _CERT_REQS[reqs]}
+    options.update({key: query[key] for key in _SSL_QUERY_KEYS if key in query})
+    return options

@@ -1,11 +1,13 @@
 """The job record (what `Client.get`, `visionq status --json` and result.json show) and FileRef."""
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from tasks.errors import InvalidInput
 from tasks.kinds import JobKind
 from tasks.status import JobStatus
 
@@ -27,6 +29,19 @@ def ms_between(start: str | None, end: str | None) -> float | None:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+# What new_job_id makes. Ids become Redis keys and storage paths, and a message or
+# record may come from any holder of the Redis credentials: "../../x" must never pass.
+JOB_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+
+
+def check_job_id(value: Any) -> str:
+    """`value` if it is a job id as new_job_id makes them, else InvalidInput."""
+    if not isinstance(value, str) or not JOB_ID_PATTERN.fullmatch(value):
+        shown = value[:80] if isinstance(value, str) else type(value).__name__
+        raise InvalidInput(f"job id {shown!r} is not 32 lowercase hex digits")
+    return value
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,7 @@ class JobRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        check_job_id(known.get("id"))
         known["kind"] = JobKind(known["kind"])
         known["status"] = JobStatus(known["status"])
         return cls(**known)

@@ -15,11 +15,11 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 from tasks.errors import (
-    InternalError, JobCanceled, JobNotFound, JobTimeout, VisionqError,
+    InternalError, InvalidInput, JobCanceled, JobNotFound, JobTimeout, VisionqError,
 )
-from tasks.events import EventPublisher
+from tasks.deliveries import EventPublisher
 from tasks.kinds import JobKind, Priority
-from tasks.record import JobRecord, ms_between, utc_now
+from tasks.record import JobRecord, check_job_id, ms_between, utc_now
 from tasks.schemas import parse_request
 from tasks.settings import Settings
 from tasks.status import JobStatus
@@ -64,9 +64,15 @@ class JobRunner:
 
     def run(self, kind: JobKind, job_id: str, request_data: dict[str, Any]) -> None:
         try:
-            record = self.store.get(job_id)
+            # A forged message or record ("../../x") is dropped before anything is written.
+            record = self.store.get(check_job_id(job_id))  # from_dict checks the record's id
+            if record.id != job_id:
+                raise InvalidInput(f"the record of job {job_id} carries another id, {record.id!r}")
         except JobNotFound:
             log.warning("job %s has no record (expired or deleted); dropping its message", job_id)
+            return
+        except InvalidInput as exc:
+            log.warning("dropping a forged message or record: %s", exc.message)
             return
         if record.is_final:
             # A redelivery of a job that already ended (or was canceled while queued).
