@@ -1,4 +1,4 @@
 """For receivers: verify a visionq delivery (any Standard Webhooks library works too)."""
-from tasks.signing import WebhookVerificationError, verify
+from tasks.webhooks import WebhookVerificationError, verify
 
 __all__ = ["WebhookVerificationError", "verify"]

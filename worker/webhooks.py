@@ -3,7 +3,8 @@
 A Celery worker on the `visionq.webhooks` queue with many threads (deliveries
 are network waits), plus a scheduler thread that moves due retries from Redis
 back onto the queue. GPU workers only enqueue events, so a receiver that hangs
-costs this process a thread for the attempt's timeout and nothing else.
+or drips its answer costs this process one thread until the attempt's deadline
+(VISIONQ_WEBHOOK_TIMEOUT_S) and nothing else.
 """
 from __future__ import annotations
 
@@ -16,17 +17,18 @@ from typing import Any
 import redis
 
 from tasks.app import make_celery
-from tasks.deliveries import DeliveryStore
-from tasks.events import DELIVER_TASK, enqueue_delivery
+from tasks.deliveries import DELIVER_TASK, DeliveryStore, enqueue_delivery
 from tasks.kinds import WEBHOOKS_QUEUE
 from tasks.record import utc_now
 from tasks.settings import Settings
-from tasks.signing import signature_headers
-from worker.outbound import PostResult, post
-from tasks.ssrf import AllowList, UrlRefused
+from tasks.ssrf import UrlRefused
 from tasks.store import JobStore
-from tasks.webhooks import is_retryable, parse_schedule, retry_delay_s
+from tasks.webhooks import (
+    Attempt, DeliveryStatus, clean_text, is_retryable, mask_url, retry_delay_s,
+    secret_key, signature_headers,
+)
 from worker.heartbeat import Heartbeat
+from worker.outbound import PostResult, post
 
 log = logging.getLogger("visionq.webhooks")
 
@@ -40,39 +42,47 @@ class Deliverer:
         self.settings = settings
         self.deliveries = deliveries
         self.store = store
-        self.schedule = parse_schedule(settings.webhook_schedule)
-        self.allow = AllowList.parse(settings.webhook_allow)
+        self.schedule = settings.webhook_schedule
+        self.allow = settings.webhook_allow
 
     def attempt(self, delivery_id: str) -> None:
         delivery = self.deliveries.get(delivery_id)
-        if delivery is None or delivery["status"] != "pending":
+        if delivery is None or delivery.status is not DeliveryStatus.PENDING:
             return  # expired, or already delivered/dead (a duplicate message)
-        secret = self.deliveries.job_secret(delivery["job_id"]) or self.settings.webhook_secret
-        retryable = True
-        if not secret:
-            result, retryable = PostResult(None, "no webhook secret configured (VISIONQ_WEBHOOK_SECRET)", None, 0.0), False
-        else:
-            headers = signature_headers(secret, delivery["id"], delivery["body"])
-            try:
-                result = post(delivery["url"], delivery["body"], headers,
-                              timeout_s=self.settings.webhook_timeout_s, allow=self.allow)
-            except UrlRefused as exc:  # checked again at delivery: DNS may have changed
-                result, retryable = PostResult(None, exc.message, None, 0.0), False
-        attempt = {"at": utc_now(), "status": result.status, "error": result.error, "latency_ms": result.latency_ms}
-        self.deliveries.record_attempt(delivery, attempt, self.store.job_key(delivery["job_id"]))
+        result, worth_retrying = self._send(delivery.job_id, delivery.id, delivery.url, delivery.body)
+        attempt = Attempt(at=utc_now(), status=result.status, error=result.error, latency_ms=result.latency_ms)
+        delivery = self.deliveries.record_attempt(delivery, attempt, self.store.job_key(delivery.job_id))
         if result.status is not None and 200 <= result.status < 300:
             self.deliveries.mark_delivered(delivery_id)
             return
-        if retryable and is_retryable(result.status):
-            delay = retry_delay_s(self.schedule, len(delivery["attempts"]), result.retry_after_s)
+        if worth_retrying and is_retryable(result.status):
+            delay = retry_delay_s(self.schedule, len(delivery.attempts), result.retry_after_s)
             if delay is not None:
                 self.deliveries.schedule(delivery_id, delay)
                 return
-            reason = f"gave up after {len(delivery['attempts'])} attempts: {result.error}"
+            reason = f"gave up after {len(delivery.attempts)} attempts: {result.error}"
         else:
             reason = f"not retried: {result.error}"
-        log.warning("webhook %s to %s is dead: %s", delivery_id, delivery["url"], reason)
+        log.warning("webhook %s to %s is dead: %s", delivery_id, mask_url(delivery.url), reason)
         self.deliveries.mark_dead(delivery_id, reason)
+
+    def _send(self, job_id: str, delivery_id: str, url: str, body: bytes) -> tuple[PostResult, bool]:
+        """The attempt's outcome, and False when no retry could change it."""
+        secret = self.deliveries.job_secret(job_id) or self.settings.webhook_secret
+        if not secret:
+            return _refused("no webhook secret configured (VISIONQ_WEBHOOK_SECRET)"), False
+        try:
+            headers = signature_headers(secret, delivery_id, body)
+        except ValueError as exc:  # a weak secret stored before the rule existed
+            return _refused(str(exc)), False
+        try:
+            return post(url, body, headers, timeout_s=self.settings.webhook_timeout_s, allow=self.allow), True
+        except UrlRefused as exc:  # checked again at delivery: DNS may have changed
+            return _refused(exc.message), False
+
+
+def _refused(error: str) -> PostResult:
+    return PostResult(None, clean_text(error), None, 0.0)
 
 
 class RetryScheduler(threading.Thread):
@@ -94,6 +104,8 @@ class RetryScheduler(threading.Thread):
 
 
 def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "INFO") -> None:
+    if settings.webhook_secret:
+        secret_key(settings.webhook_secret)  # a weak VISIONQ_WEBHOOK_SECRET stops the start, named
     client = redis.Redis.from_url(settings.redis_url)
     deliveries = DeliveryStore(client, prefix=settings.redis_prefix, ttl_s=settings.job_ttl_s)
     deliverer = Deliverer(settings, deliveries, JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix))

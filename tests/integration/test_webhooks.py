@@ -161,7 +161,7 @@ def test_webhook_options_are_validated(client: Client, receiver: Receiver) -> No
 
 
 def test_per_job_secret(client: Client, deliverer, receiver: Receiver) -> None:
-    from tasks.signing import generate_secret
+    from tasks.webhooks import generate_secret
 
     secret = generate_secret()
     client.caption(scene(), webhook=receiver.url("/own"), webhook_secret=secret).wait(timeout=TIMEOUT)

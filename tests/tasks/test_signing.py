@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tasks.signing import WebhookVerificationError, generate_secret, signature_headers, verify
+from tasks.webhooks import WebhookVerificationError, generate_secret, signature_headers, verify
 
 BODY = b'{"type":"job.succeeded","data":{"id":"abc"}}'
 
