@@ -19,6 +19,15 @@ class ErrorCode(str, Enum):
     # runs: the job itself is the likely cause, so it is not delivered again.
     WORKER_LOST = "worker_lost"
     INTERNAL = "internal"  # a bug or an infrastructure failure of ours
+    # The HTTP gateway's answers (producer/gateway), shared with the SDK's HTTP mode.
+    UNAUTHORIZED = "unauthorized"  # no API key, or one that is unknown or revoked (401)
+    FORBIDDEN = "forbidden"  # a key that may not do this, or a bad or expired file signature (403)
+    NOT_FOUND = "not_found"  # no such job or route for this tenant (404)
+    CONFLICT = "conflict"  # an Idempotency-Key reused with another body (409)
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # a request body over the gateway's cap (413)
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # neither JSON nor multipart/form-data (415)
+    RATE_LIMITED = "rate_limited"  # over the key's rate or the tenant's queued jobs; see Retry-After (429)
+    UNAVAILABLE = "unavailable"  # Redis or storage unreachable (503)
 
 
 class VisionqError(Exception):

@@ -77,6 +77,7 @@ class JobRecord:
     priority: str = "normal"  # high | normal | low
     webhook: dict[str, Any] | None = None  # {"url", "events"}; the secret is never here
     webhook_attempts: list[dict[str, Any]] = field(default_factory=list)  # every delivery attempt
+    tenant: str | None = None  # the gateway tenant that submitted it; None from the direct-Redis SDK
 
     @property
     def is_final(self) -> bool:
