@@ -22,7 +22,7 @@ from urllib.parse import SplitResult, quote, urlsplit
 
 from tasks.errors import InvalidInput
 
-__all__ = ["AllowList", "CheckedUrl", "UrlRefused", "check_url", "checked_url"]
+__all__ = ["AllowList", "BucketAllowList", "CheckedUrl", "UrlRefused", "WEB_PORTS", "check_url", "checked_url"]
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -30,6 +30,7 @@ IPNetwork = IPv4Network | IPv6Network
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 
 
 def _table(*rows: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
@@ -137,6 +138,40 @@ class AllowList:
 
     def allows_address(self, address: IPAddress) -> bool:
         return any(address.version == net.version and address in net for net in self.networks)
+
+
+@dataclass(frozen=True)
+class BucketAllowList:
+    """The s3:// locations a worker reads inputs from: its own storage, plus
+    ``VISIONQ_INPUT_BUCKETS`` ("bucket" or "bucket/prefix", comma-separated).
+
+    A worker's credentials usually reach more than the deployment's bucket; without
+    this list a producer could have any object they reach read and echoed back.
+    """
+
+    entries: tuple[tuple[str, str], ...] = ()  # (bucket, key prefix ending in "/" or "")
+
+    @classmethod
+    def parse(cls, text: str | None) -> BucketAllowList:
+        entries = []
+        for entry in (text or "").split(","):
+            entry = entry.strip().removeprefix("s3://").strip("/")
+            if not entry:
+                continue
+            bucket, _, prefix = entry.partition("/")
+            if not _BUCKET_NAME.fullmatch(bucket) or ".." in prefix.split("/"):
+                raise ValueError(f"input bucket entry {entry!r} is not bucket or bucket/prefix")
+            entries.append((bucket, f"{prefix}/" if prefix else ""))
+        return cls(tuple(entries))
+
+    def with_location(self, bucket: str, prefix: str) -> BucketAllowList:
+        """This list plus one more location (the deployment's own storage)."""
+        return BucketAllowList(self.entries + ((bucket, f"{prefix.strip('/')}/" if prefix.strip("/") else ""),))
+
+    def allows(self, bucket: str, key: str) -> bool:
+        # Keys are compared as given: S3 does not resolve ".." in keys, so
+        # "prefix/../other" is just another key under "prefix/".
+        return any(bucket == allowed and key.startswith(prefix) for allowed, prefix in self.entries)
 
 
 @dataclass(frozen=True)
