@@ -266,7 +266,7 @@ def _measure_service(
 
 def _worker_memory(stack: Stack, worker: Any) -> dict[str, float | None]:
     """What the worker's heartbeat reports (torch's allocator), and the process's total from nvidia-smi."""
-    from tasks.workers import list_workers
+    from tasks.heartbeats import list_workers
 
     beat = next((w for w in list_workers(stack.redis_client, worker.prefix) if w.get("pid") == worker.pid), {})
     memory: dict[str, float | None] = dict(beat.get("memory_mb", {}))

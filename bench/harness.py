@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,11 +25,11 @@ import redis
 
 from producer.client import Client
 from producer.job import Job
+from producer.launch import WorkerExited, WorkerNotReady, WorkerProcess, child_env, visionq_argv, wait_all_ready
 from producer.redis_server import RedisServer, free_port
 from tasks.images import image_extension
 from tasks.settings import Settings
 from tasks.storage import input_key, open_storage
-from tasks.workers import list_workers
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "visionq-bench"
@@ -66,7 +65,7 @@ PLANS = {
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """A worker process to start: `python -m MODULE ARGS` with extra environment."""
+    """A worker process to start: `python -P -m MODULE ARGS` with extra environment."""
 
     label: str
     module: str
@@ -78,7 +77,7 @@ def real_worker(models_dir: Path, kinds: str, *, one_at_a_time: bool) -> WorkerS
     """`visionq worker` itself, on the CPU, with the tiny models."""
     label = f"worker {kinds}" + (" max_batch 1" if one_at_a_time else "")
     return WorkerSpec(
-        label, "worker", ("worker", "--device", "cpu", "--models", str(models_dir), "--kinds", kinds),
+        label, "producer.cli", ("worker", "--device", "cpu", "--models", str(models_dir), "--kinds", kinds),
         tuple(ONE_AT_A_TIME_ENV.items()) if one_at_a_time else (),
     )
 
@@ -100,47 +99,19 @@ def load_per_task_worker(models_dir: Path, kinds: str) -> WorkerSpec:
     )
 
 
-class Worker:
-    """One worker process we started; ready once its heartbeat says so."""
+class Worker(WorkerProcess):
+    """One worker process we started (producer/launch.py), ready once its heartbeat says so."""
 
-    def __init__(self, spec: WorkerSpec, prefix: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, spec: WorkerSpec, prefix: str, env: dict[str, str], log_path: Path, redis_url: str) -> None:
+        super().__init__(visionq_argv(*spec.args, module=spec.module), env=env, log_path=log_path,
+                         redis_url=redis_url, prefix=prefix, cwd=REPO)
         self.spec = spec
-        self.prefix = prefix
-        self.env = env
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+    def log_tail(self, chars: int = 4000) -> str:
+        return super().log_tail(chars)
 
-    def start(self) -> Worker:
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", self.spec.module, *self.spec.args],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-            )
-        return self
-
-    def is_ready(self, client: redis.Redis) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            raise BenchError(f"{self.spec.label} exited:\n{self.log_tail()}")
-        return any(w.get("pid") == self.pid and w.get("state") == "ready"
-                   for w in list_workers(client, self.prefix))
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)  # Celery's warm shutdown
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        return super().stop(timeout_s)
 
 
 def process_cpu_s(pid: int) -> float:
@@ -236,35 +207,25 @@ class Stack:
         """The tiny models, built once per run with the CLI users have."""
         if self._models_dir is None:
             dest = self.workdir / "models"
-            subprocess.run(
-                [sys.executable, "-m", "worker", "models", "tiny", str(dest)], cwd=REPO,
-                env=self._child_environ({}), check=True, stdout=subprocess.DEVNULL,
-            )
+            subprocess.run(visionq_argv("models", "tiny", str(dest)), cwd=REPO,
+                           env=child_env(), check=True, stdout=subprocess.DEVNULL)
             self._models_dir = dest
         return self._models_dir
-
-    def _child_environ(self, extra: dict[str, str]) -> dict[str, str]:
-        env = {**os.environ, **extra}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        return env
 
     def start(self, specs: list[WorkerSpec], prefix: str | None = None, timeout_s: float = 180.0) -> list[Worker]:
         """Start `specs` together (one prefix for all when `prefix` is given) and wait until ready."""
         workers = []
         for spec in specs:
             worker_prefix = prefix or f"bench-{uuid.uuid4().hex[:8]}"
-            env = self._child_environ({**self.env(worker_prefix), **dict(spec.env)})
+            env = {**os.environ, **self.env(worker_prefix), **dict(spec.env)}
             log_path = self.workdir / f"worker-{len(self._workers)}.log"
-            worker = Worker(spec, worker_prefix, env, log_path).start()
+            worker = Worker(spec, worker_prefix, env, log_path, self.redis.url).start()
             self._workers.append(worker)
             workers.append(worker)
-        deadline = time.monotonic() + timeout_s
-        pending = list(workers)
-        while pending:
-            pending = [w for w in pending if not w.is_ready(self.redis_client)]
-            if pending and time.monotonic() > deadline:
-                raise BenchError(f"{pending[0].spec.label} not ready in {timeout_s:g} s:\n{pending[0].log_tail()}")
-            time.sleep(0.1)
+        try:
+            wait_all_ready(workers, timeout_s)
+        except (WorkerExited, WorkerNotReady) as exc:
+            raise BenchError(str(exc)) from None
         return workers
 
     def shared(self, specs: list[WorkerSpec]) -> list[Worker]:

@@ -1,33 +1,31 @@
-"""`visionq` — submit jobs, follow them, and start the other parts.
+"""`visionq`: submit jobs, follow them, and run the other parts (one parser for every command).
 
-`worker` and `models` run the GPU side: they are handed to `python -m worker`
-(a separate process), so this module and the producer never import torch.
-Exit codes: 0 ok, 1 the job ended failed or canceled, 2 bad input or usage,
-3 no such job, 4 timed out waiting, 5 Redis unreachable.
+`worker` and `models` run the GPU side and `webhooks` the delivery worker: their
+handlers import worker/ code only when they run, so `visionq submit` and the other
+producer commands never import torch. Exit codes: 0 ok, 1 the job ended failed or
+canceled (or a worker's model cannot load), 2 bad input or usage, 3 no such job
+(or delivery), 4 timed out waiting, 5 Redis or storage unreachable, 130 interrupted.
+Reference: docs/cli.md.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import os
+import logging
 import sys
-from typing import Any, Sequence
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import redis
 
 from tasks.errors import JobNotFound, VisionqError
-
-WORKER_COMMANDS = ("worker", "models")
-WEBHOOK_ADMIN_COMMANDS = ("dead", "replay")
+from tasks.kinds import ALL_KINDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in WORKER_COMMANDS:
-        return _hand_to_worker(argv)
-    if argv and argv[0] == "webhooks" and not (len(argv) > 1 and argv[1] in WEBHOOK_ADMIN_COMMANDS + ("-h", "--help")):
-        return _hand_to_worker(argv, needs_torch=False)
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except JobNotFound as exc:
@@ -46,21 +44,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _hand_to_worker(argv: list[str], needs_torch: bool = True) -> int:
-    import importlib.util
-
-    if needs_torch and importlib.util.find_spec("torch") is None:
-        print("visionq: the worker needs the [worker] extra: pip install 'visionq[worker]'", file=sys.stderr)
-        return 2
-    os.execv(sys.executable, [sys.executable, "-m", "worker", *argv])
-    return 0  # not reached: execv replaces this process
-
-
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionq", description="Asynchronous vision-AI jobs.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("worker", help="serve jobs with preloaded models (see `visionq worker --help`)")
-    commands.add_parser("models", help="`visionq models tiny DIR`: build tiny offline models")
+
+    worker = commands.add_parser("worker", help="serve jobs with preloaded models (needs the [worker] extra)")
+    worker.add_argument("--models", metavar="DIR", help="a folder laid out like `visionq models tiny DIR`")
+    worker.add_argument("--kinds", default=",".join(k.value for k in ALL_KINDS),
+                        help="comma-separated job kinds to serve (default: all)")
+    worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: VISIONQ_DEVICE or auto)")
+    worker.add_argument("--gpus", help="all or 0,2: one pinned worker process per GPU, supervised")
+    worker.add_argument("--replicas", type=int, default=None,
+                        help="worker processes per device (with --gpus: per GPU), supervised")
+    worker.add_argument("--name", help="worker name (default: visionq-<device>-<pid>@<host>)")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(handler=_worker)
+
+    models = commands.add_parser("models", help="`visionq models tiny DIR`: build tiny offline models")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
+    tiny = model_commands.add_parser("tiny", help="build tiny random-weight models of every kind (offline)")
+    tiny.add_argument("dir", type=Path)
+    tiny.set_defaults(handler=_models_tiny)
 
     submit = commands.add_parser("submit", help="submit a job")
     kinds = submit.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -102,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     webhooks = commands.add_parser("webhooks", help="run the delivery worker; `dead` and `replay` manage dead letters")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", metavar="SUBCOMMAND")
     webhooks.add_argument("--concurrency", type=int, default=32, help="deliveries in flight (the delivery worker)")
+    webhooks.add_argument("--loglevel", default="INFO", help="the delivery worker's log level")
+    webhooks.set_defaults(handler=_webhooks_deliver)
     dead = webhook_commands.add_parser("dead", help="list deliveries that exhausted their retries")
     dead.add_argument("--json", action="store_true")
     dead.set_defaults(handler=_webhooks_dead)
@@ -176,7 +182,8 @@ def _report(job: Any, args: argparse.Namespace) -> int:
     if args.wait:
         line = ProgressLine(sys.stderr)
         try:
-            job.wait(timeout=args.timeout, on_change=line.update)
+            with _sdk_notes_on_stderr():
+                job.wait(timeout=args.timeout, on_change=line.update)
         finally:
             line.close()
     if args.json:
@@ -186,8 +193,24 @@ def _report(job: Any, args: argparse.Namespace) -> int:
     return 1 if job.status in ("failed", "canceled") else 0
 
 
+@contextmanager
+def _sdk_notes_on_stderr() -> Iterator[None]:
+    """The SDK's notes while waiting (e.g. no live worker for the kind), each on a line of its own."""
+    handler = logging.StreamHandler(sys.stderr)
+    # On a terminal the progress line has no newline yet: start the note below it.
+    handler.setFormatter(logging.Formatter(("\n" if sys.stderr.isatty() else "") + "visionq: %(message)s"))
+    logger = logging.getLogger("visionq")
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def _workers(args: argparse.Namespace) -> int:
-    from tasks.workers import list_workers
+    from tasks.heartbeats import list_workers
 
     client = _client()
     workers = list_workers(client.store.redis, client.settings.redis_prefix)
@@ -205,7 +228,7 @@ def _workers(args: argparse.Namespace) -> int:
 
 
 def _queues(args: argparse.Namespace) -> int:
-    from tasks.workers import queue_depths
+    from tasks.queues import queue_depths
 
     client = _client()
     depths = queue_depths(client.store.redis, client.settings.redis_prefix)
@@ -219,21 +242,19 @@ def _queues(args: argparse.Namespace) -> int:
 
 
 def _webhooks_dead(args: argparse.Namespace) -> int:
-    dead = _client().deliveries.list_dead()
-    for delivery in dead:
-        delivery["body"] = json.loads(delivery["body"])
+    dead = [delivery.to_dict() for delivery in _client().deliveries.list_dead()]
     if args.json:
         print(json.dumps(dead, indent=2))
         return 0
     if not dead:
         print("no dead deliveries")
     for d in dead:
-        print(f"{d['id']}  {d['type']:14} {d['url']}  {len(d['attempts'])} attempts  {d.get('reason', '')}")
+        print(f"{d['id']}  {d['type']:14} {d['url']}  {len(d['attempts'])} attempts  {d['reason'] or ''}")
     return 0
 
 
 def _webhooks_replay(args: argparse.Namespace) -> int:
-    from tasks.events import enqueue_delivery
+    from tasks.deliveries import enqueue_delivery
 
     client = _client()
     if client.deliveries.reopen(args.delivery_id) is None:
@@ -241,6 +262,35 @@ def _webhooks_replay(args: argparse.Namespace) -> int:
     enqueue_delivery(client.celery, args.delivery_id)
     print(f"{args.delivery_id} queued again")
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    if not _has_worker_extra():
+        return 2
+    from worker.commands import serve
+
+    return serve(args)
+
+
+def _models_tiny(args: argparse.Namespace) -> int:
+    if not _has_worker_extra():
+        return 2
+    from worker.commands import build_tiny
+
+    return build_tiny(args.dir)
+
+
+def _has_worker_extra() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        print("visionq: this command needs the [worker] extra: pip install 'visionq[worker]'", file=sys.stderr)
+        return False
+    return True
+
+
+def _webhooks_deliver(args: argparse.Namespace) -> int:
+    from worker.commands import deliver_webhooks  # torch-free, like the delivery worker itself
+
+    return deliver_webhooks(args.concurrency, args.loglevel)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -11,22 +11,20 @@ from urllib.parse import unquote, urlparse
 from PIL import Image
 
 from tasks.app import make_celery
-from tasks.deliveries import DeliveryStore
+from tasks.deliveries import DeliveryStore, EventPublisher
 from tasks.errors import InternalError, InvalidInput
-from tasks.events import EventPublisher
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
 from tasks.schemas import (
     IMAGE_SCHEMES, JobRequest, parse_request, request_to_message, request_to_record,
 )
 from tasks.settings import Settings
-from tasks.signing import secret_key
-from tasks.ssrf import AllowList
 from tasks.status import JobStatus
 from tasks.storage import Storage, input_key, open_storage
 from tasks.store import JobStore
-from tasks.webhooks import validate_webhook
+from tasks.webhooks import secret_key, validate_webhook
 from producer.job import Job
+from producer.redis_source import RedisJobSource
 
 ImageInput = Union[str, Path, bytes, bytearray, Image.Image]
 
@@ -56,6 +54,7 @@ class Client:
             self.store.redis, prefix=self.settings.redis_prefix, ttl_s=self.settings.job_ttl_s
         )
         self.events = EventPublisher(self.store, self.deliveries, self.celery)
+        self.jobs = RedisJobSource(self.store, self.events, self.settings.redis_url)
         self._storage: Storage | None = None
 
     @property
@@ -91,16 +90,12 @@ class Client:
 
     def get(self, job_id: str) -> Job:
         """The job with this id; raises JobNotFound (a KeyError) for an unknown id."""
-        return Job(self, self.store.get(job_id))
+        return Job(self.jobs, self.jobs.get(job_id))
 
     def cancel(self, job_id: str) -> Job:
         """A queued job ends `canceled` at once and never runs; a running one stops at
         its next checkpoint (every denoising step for generate). Final jobs are left as they are."""
-        _, canceled_now = self.store.request_cancel(job_id)
-        job = self.get(job_id)
-        if canceled_now:
-            self.events.publish_final(job._record)
-        return job
+        return Job(self.jobs, self.jobs.cancel(job_id))
 
     def _submit(
         self, kind: JobKind, params: dict[str, Any], *, idempotency_key: str | None = None,
@@ -131,21 +126,21 @@ class Client:
             if webhook_secret is not None:
                 self.deliveries.set_job_secret(record.id, webhook_secret)
             self._enqueue(record.id, request, job_priority)
-        return Job(self, record)
+        return Job(self.jobs, record)
 
     def _webhook(self, url: str | None, events: list[str] | None, secret: str | None) -> dict[str, Any] | None:
         if url is None:
             if events is not None or secret is not None:
                 raise InvalidInput("webhook_events and webhook_secret need a webhook URL")
             return None
-        if secret is not None:
-            try:
-                secret_key(secret)
-            except ValueError as exc:
-                raise InvalidInput(str(exc)) from None
-        elif not self.settings.webhook_secret:
+        if secret is None and not self.settings.webhook_secret:
             raise InvalidInput("a webhook needs a signing secret: set VISIONQ_WEBHOOK_SECRET or pass webhook_secret")
-        return validate_webhook(url, events, self.settings.limits, AllowList.parse(self.settings.webhook_allow))
+        try:
+            secret_key(secret if secret is not None else self.settings.webhook_secret)
+        except ValueError as exc:
+            source = "webhook_secret" if secret is not None else "VISIONQ_WEBHOOK_SECRET"
+            raise InvalidInput(f"{source}: {exc}") from None
+        return validate_webhook(url, events, self.settings.limits, self.settings.webhook_allow)
 
     def _enqueue(self, job_id: str, request: JobRequest, priority: Priority) -> None:
         try:

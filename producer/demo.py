@@ -7,16 +7,16 @@ when no model hub is reachable, and one worker process.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from producer.launch import WorkerProcess, child_env, visionq_argv
 from producer.redis_server import RedisServer
+from tasks.settings import Settings
 
 DEMO_DIR = Path.home() / ".visionq" / "demo"
 HUB_HOST = "huggingface.co"
@@ -79,53 +79,34 @@ def _run_with_redis(env: dict[str, str], force_tiny: bool) -> int:
         print("models:  the default Hugging Face models (downloaded on first use; a few GB)")
     env.setdefault("VISIONQ_TORCH_THREADS", "1" if tiny else "")
     log_path = DEMO_DIR / "worker.log"
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker", *worker_args], env=env, stdout=log, stderr=log
-        )
+    settings = Settings.from_env(env)
+    worker = WorkerProcess(
+        visionq_argv("worker", *worker_args), env=env, log_path=log_path,
+        redis_url=settings.redis_url, prefix=settings.redis_prefix,
+    ).start()
     print(f"worker:  pid {worker.pid}, log {log_path}")
     try:
         os.environ.update({k: env[k] for k in ("VISIONQ_REDIS_URL", "VISIONQ_STORAGE_URL")})
-        return _submit_all(worker, log_path, tiny)
+        return _submit_all(worker, tiny)
     finally:
-        worker.send_signal(signal.SIGTERM)  # warm shutdown: finishes the job in hand
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        worker.stop()  # warm shutdown: finishes the job in hand
 
 
 def _tiny_models(env: dict[str, str]) -> Path:
     models_dir = DEMO_DIR / "models"
     if not (models_dir / "VISIONQ_TINY.txt").exists():
-        subprocess.run([sys.executable, "-m", "worker", "models", "tiny", str(models_dir)],
-                       env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(visionq_argv("models", "tiny", str(models_dir)),
+                       env=child_env(env), check=True, stdout=subprocess.DEVNULL)
     return models_dir
 
 
-def _wait_until_ready(client: object, worker: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
-    from tasks.workers import list_workers
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"the worker exited with {worker.returncode}:\n{tail}")
-        workers = list_workers(client.store.redis, client.settings.redis_prefix)
-        if any(w["pid"] == worker.pid and w["state"] == "ready" for w in workers):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"the worker was not ready within {timeout_s} s; see {log_path}")
-
-
-def _submit_all(worker: subprocess.Popen[bytes], log_path: Path, tiny: bool) -> int:
+def _submit_all(worker: WorkerProcess, tiny: bool) -> int:
     from producer.client import Client
     from producer.render import ProgressLine, describe
 
     client = Client()
     print("waiting for the worker to load and warm up its models ...")
-    _wait_until_ready(client, worker, log_path, timeout_s=120 if tiny else 1800)
+    worker.wait_ready(timeout_s=120 if tiny else 1800)
     image = sample_image(DEMO_DIR / "sample.png")
     side = 64 if tiny else 512
     jobs = [
@@ -144,4 +125,12 @@ def _submit_all(worker: subprocess.Popen[bytes], log_path: Path, tiny: bool) -> 
         print(describe(job.to_dict()))
         failed += job.status != "succeeded"
     print(f"\n{len(jobs) - failed} of {len(jobs)} jobs succeeded; files are under {client.settings.storage_url}")
+    print(next_steps())
     return 1 if failed else 0
+
+
+def next_steps() -> str:
+    """How to run `visionq` from the user's own shell: the demo may run from an environment not on PATH."""
+    bin_dir = Path(sys.executable).parent
+    return ("\nnext: `visionq --help` (reference: docs/cli.md). Its environment's bin folder is "
+            f"{bin_dir}; to put it on PATH in this shell:\n  export PATH=\"{bin_dir}:$PATH\"")

@@ -1,17 +1,53 @@
-"""`Job`: a handle on one submitted job, refreshed from the job store."""
+"""`Job`: a handle on one submitted job, and the small `JobSource` interface it reads through.
+
+A `Job` never sees the `Client`: it asks a `JobSource` for its record. The Redis
+job store is one source (producer/redis_source.py); the HTTP gateway's client
+is another, so `Job` behaves the same whichever way the jobs travel.
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+import logging
+import time
+from typing import Any, Callable, Protocol
 
 from tasks.record import JobRecord
 
-if TYPE_CHECKING:
-    from producer.client import Client
+log = logging.getLogger("visionq")
+
+# How long a job may sit queued before `wait` checks whether any worker serves its kind.
+NO_WORKER_CHECK_AFTER_S = 5.0
+
+
+class JobSource(Protocol):
+    """Where a `Job` reads and changes its record."""
+
+    @property
+    def address(self) -> str:
+        """Where the jobs live, for messages (a Redis URL without its password, or the gateway's URL)."""
+        ...
+
+    def get(self, job_id: str) -> JobRecord:
+        """The current record; raises JobNotFound for an unknown id."""
+        ...
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel (see `Client.cancel`) and return the record after."""
+        ...
+
+    def wait(
+        self, job_id: str, timeout_s: float | None, on_change: Callable[[JobRecord], None] | None = None,
+    ) -> JobRecord:
+        """Block until the job is final; TimeoutError after `timeout_s` (None: no limit)."""
+        ...
+
+    def serving_kinds(self) -> set[str]:
+        """The job kinds some live worker consumes now."""
+        ...
 
 
 class Job:
-    def __init__(self, client: Client, record: JobRecord) -> None:
-        self._client = client
+    def __init__(self, source: JobSource, record: JobRecord) -> None:
+        self._source = source
         self._record = record
 
     @property
@@ -43,7 +79,7 @@ class Job:
         return self._record.is_final
 
     def refresh(self) -> Job:
-        self._record = self._client.store.get(self.id)
+        self._record = self._source.get(self.id)
         return self
 
     def wait(self, timeout: float | None = None, on_change: Callable[[Job], None] | None = None) -> Job:
@@ -51,21 +87,48 @@ class Job:
 
         Woken by the job's events, not a sleep loop. Raises TimeoutError when it is
         not final within `timeout` seconds (None: wait forever). The job itself keeps
-        running after a timeout.
+        running after a timeout. A job still queued after a few seconds with no live
+        worker for its kind is logged once (the `visionq` logger, stderr by default),
+        and the wait goes on: a worker may be starting.
         """
         def changed(record: JobRecord) -> None:
             self._record = record
             if on_change is not None:
                 on_change(self)
 
-        self._record = self._client.store.wait_for_final(self.id, timeout, on_change=changed)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        first = NO_WORKER_CHECK_AFTER_S if timeout is None else min(timeout, NO_WORKER_CHECK_AFTER_S)
+        try:
+            self._record = self._source.wait(self.id, first, on_change=changed)
+            return self
+        except TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+        self._say_if_no_worker()
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            self._record = self._source.wait(self.id, remaining, on_change=changed)
+        except TimeoutError:
+            raise TimeoutError(f"job {self.id} is still {self.status} after {timeout} s") from None
         return self
 
     def cancel(self) -> Job:
-        return self._client.cancel(self.id)
+        self._record = self._source.cancel(self.id)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self._record.to_dict()
+
+    def _say_if_no_worker(self) -> None:
+        if self.status != "queued":
+            return
+        try:
+            serving = self._source.serving_kinds()
+        except Exception:  # noqa: BLE001 - only a hint; the wait itself reports real failures
+            return
+        if self.kind not in serving:
+            log.warning("no live worker serves %s: is `visionq worker` running against %s? (still waiting)",
+                        self.kind, self._source.address)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.kind} {self.status}>"

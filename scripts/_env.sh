@@ -3,20 +3,37 @@
 # The environment lives outside the clone, keyed by the hash of pyproject.toml, so
 # a second clone (or CI) reuses it instead of reinstalling torch. VISIONQ_VENV
 # overrides the location; VISIONQ_PYTHON the interpreter used to create it.
+# It also leaves ./visionq in the clone: the CLI of that environment, runnable
+# without activating anything.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${VISIONQ_PYTHON:-python3}"
 key="$(sha256sum "$repo/pyproject.toml" | cut -c1-16)"
 venv="${VISIONQ_VENV:-$HOME/.cache/visionq/venvs/$key}"
+# Quiet means quiet: no version nag, no root-user warning, no script-location notes.
+pip_install() {
+  PIP_ROOT_USER_ACTION=ignore "$venv/bin/python" -m pip --quiet --disable-pip-version-check \
+    install --no-warn-script-location "$@"
+}
 
 if [ ! -f "$venv/.installed" ]; then
   echo "visionq: creating the environment in $venv (once per pyproject.toml; torch is large)" >&2
   "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip "setuptools>=77" wheel
-  "$venv/bin/python" -m pip install --quiet -e "$repo[dev]"
+  pip_install --upgrade pip "setuptools>=77" wheel
+  pip_install -e "$repo[dev]"
+  echo "$repo" > "$venv/.visionq-repo"
   touch "$venv/.installed"
 fi
-# The environment may have been built from another clone: point it at this one.
-"$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$repo" >/dev/null
+# The editable install points at one clone; repoint it only when this is another one.
+if [ "$(cat "$venv/.visionq-repo" 2>/dev/null)" != "$repo" ]; then
+  pip_install --no-deps --no-build-isolation -e "$repo"
+  echo "$repo" > "$venv/.visionq-repo"
+fi
+launcher="$repo/visionq"
+if [ ! -x "$launcher" ] || ! grep -qF "$venv/bin/visionq" "$launcher"; then
+  printf '#!/bin/sh\n# Written by scripts/_env.sh (not versioned): the visionq CLI of %s\nexec "%s/bin/visionq" "$@"\n' \
+    "$venv" "$venv" > "$launcher"
+  chmod +x "$launcher"
+fi
 export PATH="$venv/bin:$PATH"
 cd "$repo"

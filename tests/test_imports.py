@@ -10,8 +10,10 @@ import tasks
 
 def test_producer_and_tasks_do_not_import_torch() -> None:
     code = (
-        "import sys, producer, producer.client, producer.cli, producer.demo, tasks.app, tasks.store, "
-        "tasks.storage, tasks.schemas, tasks.ssrf, tasks.settings\n"
+        "import sys, producer, producer.client, producer.cli, producer.demo, producer.launch, tasks.app, "
+        "tasks.store, tasks.storage, tasks.schemas, tasks.ssrf, tasks.settings, tasks.heartbeats, tasks.queues, "
+        "tasks.preflight\n"
+        "producer.cli.build_parser().parse_args(['submit', 'caption', 'x.png', '--wait'])\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'diffusers', 'worker') if m in sys.modules)\n"
         "print(','.join(heavy))"
     )
@@ -21,7 +23,7 @@ def test_producer_and_tasks_do_not_import_torch() -> None:
 
 def test_webhook_delivery_worker_is_light() -> None:
     code = (
-        "import sys, worker.webhooks, worker.cli, producer.webhooks\n"
+        "import sys, worker.webhooks, worker.commands, producer.webhooks\n"
         "print(','.join(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -30,7 +32,7 @@ def test_webhook_delivery_worker_is_light() -> None:
 
 def test_receivers_verify_through_the_producer_package() -> None:
     from producer.webhooks import WebhookVerificationError, verify
-    from tasks.signing import generate_secret, signature_headers
+    from tasks.webhooks import generate_secret, signature_headers
 
     secret = generate_secret()
     verify(secret, signature_headers(secret, "msg_1", b"{}"), b"{}")

@@ -1,5 +1,10 @@
+"""`python -m worker ...`: the `visionq` command under another name (the fleet starts its children this way).
+
+An entry point sits above the packages, so it may reach the CLI in producer/;
+library code in worker/ never imports producer.
+"""
 import sys
 
-from worker.cli import main
+from producer.cli import main
 
 sys.exit(main())

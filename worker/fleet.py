@@ -1,7 +1,8 @@
 """`visionq worker --gpus … | --replicas N`: one pinned worker process per GPU (or replica).
 
-The supervisor never imports torch: each child is a fresh `python -m worker worker`
-process whose device is pinned (CUDA_VISIBLE_DEVICES) before its own torch import,
+The supervisor never imports torch: each child is a fresh `python -P -m worker worker`
+process (`-P`: nothing is imported from the working folder, where a user's own
+`tasks.py` would shadow ours) whose device is pinned (CUDA_VISIBLE_DEVICES) before its own torch import,
 so CUDA is never initialised in a process that forks. A child that dies is
 restarted with exponential backoff; SIGTERM/SIGINT are forwarded so every child
 drains (finishes the job in hand) before the supervisor exits.
@@ -56,10 +57,15 @@ def parse_gpus(text: str, count_gpus: object = None) -> list[int]:
 def visible_gpu_count() -> int:
     # In a child process: counting GPUs must not initialise CUDA in the supervisor.
     result = subprocess.run(
-        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+        [sys.executable, "-P", "-c", "import torch; print(torch.cuda.device_count())"],
         capture_output=True, text=True, check=False,
     )
     return int(result.stdout.strip() or 0)
+
+
+def child_argv(args: list[str]) -> list[str]:
+    """`visionq ARGS` as a child of this interpreter (`python -m worker` is the CLI's alias)."""
+    return [sys.executable, "-P", "-m", "worker", *args]
 
 
 def plan_slots(gpus: list[int] | None, replicas: int, device: str, passthrough: list[str]) -> list[Slot]:
@@ -93,7 +99,7 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         env = {**os.environ, "VISIONQ_WORKER_RESTARTS": str(slot.restarts)}
-        slot.process = subprocess.Popen([sys.executable, "-m", "worker", *slot.args], env=env)
+        slot.process = subprocess.Popen(child_argv(slot.args), env=env)
         slot.started_at = time.monotonic()
         slot.restart_at = None
         log.info("started %s (pid %d, device %s)", slot.name, slot.process.pid, slot.device)

@@ -13,7 +13,7 @@ import redis
 from celery import signals
 
 from tasks.record import utc_now
-from tasks.workers import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S, worker_key
+from tasks.heartbeats import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S, worker_key
 
 LAZY_WRITE_S = 1.0  # how late a lazy update may reach Redis
 

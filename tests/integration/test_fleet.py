@@ -18,7 +18,7 @@ import pytest
 
 from producer import Client
 from tasks.settings import Settings
-from tasks.workers import list_workers
+from tasks.heartbeats import list_workers
 from tests.support.cli import run_visionq
 from tests.support.images import scene
 from tests.support.waiting import wait_until

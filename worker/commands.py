@@ -1,0 +1,113 @@
+"""What `visionq worker`, `visionq webhooks` and `visionq models tiny` do (the worker side of the CLI).
+
+The one parser lives in producer/cli.py; its handlers import this module only
+when one of these commands runs, so `visionq submit` and friends never import torch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tasks.kinds import parse_kinds
+from tasks.preflight import Unreachable, check_services
+from tasks.settings import Settings
+
+EXIT_UNREACHABLE = 5  # the CLI's exit code for Redis (or storage) unreachable
+
+
+def serve(args: argparse.Namespace) -> int:
+    """`visionq worker`: one worker process, or a supervised fleet with --gpus / --replicas."""
+    _log_to_stderr()
+    if args.gpus or args.replicas:
+        return _supervise(args)
+    from worker.device import pin_device
+
+    try:
+        kinds = parse_kinds(args.kinds)
+        settings = Settings.from_env(device=args.device)
+        if args.models:
+            if not Path(args.models).is_dir():
+                raise ValueError(f"--models {args.models}: no such folder")
+            settings = settings.with_models_dir(args.models)
+        device = pin_device(settings.device)  # before anything imports torch
+    except ValueError as exc:
+        print(f"visionq worker: {exc}", file=sys.stderr)
+        return 2
+    if (code := _check_services(settings)) != 0:
+        return code
+    from tasks.errors import VisionqError
+    from worker.process import default_worker_name, run_worker
+
+    try:
+        run_worker(settings, kinds, device, args.name or default_worker_name(device), args.loglevel)
+    except VisionqError as exc:  # a model that cannot load: fatal, with the reason and a way out
+        print(f"visionq worker: {exc.message}\n(offline? build tiny models with `visionq models tiny DIR` "
+              "and pass --models DIR)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def deliver_webhooks(concurrency: int, loglevel: str) -> int:
+    """`visionq webhooks`: the delivery worker (no torch)."""
+    _log_to_stderr()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"visionq webhooks: {exc}", file=sys.stderr)
+        return 2
+    if (code := _check_services(settings)) != 0:
+        return code
+    from worker.webhooks import run_webhook_worker
+
+    run_webhook_worker(settings, concurrency, loglevel)
+    return 0
+
+
+def build_tiny(dest: Path) -> int:
+    """`visionq models tiny DIR`."""
+    from worker.tiny import build_tiny_models
+
+    paths = build_tiny_models(dest)
+    for role, path in paths.items():
+        print(f"{role:18} {path}")
+    print(f"tiny random-weight models written to {dest} (outputs are meaningless; the code paths are real)")
+    return 0
+
+
+def _check_services(settings: Settings) -> int:
+    try:
+        check_services(settings)
+    except Unreachable as exc:
+        print(f"visionq: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return 0
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    from worker.fleet import Supervisor, parse_gpus, plan_slots
+
+    try:
+        if args.replicas is not None and args.replicas < 1:
+            raise ValueError("--replicas must be at least 1")
+        gpus = parse_gpus(args.gpus) if args.gpus else None
+        settings = Settings.from_env()
+        device = args.device or settings.device
+        if gpus is None and device == "auto":
+            device = "cpu"  # replicas without --gpus: say cuda:N to put them on one GPU
+        passthrough = ["--kinds", args.kinds, "--loglevel", args.loglevel]
+        if args.models:
+            passthrough += ["--models", args.models]
+        slots = plan_slots(gpus, args.replicas or 1, device, passthrough)
+    except ValueError as exc:
+        print(f"visionq worker: {exc}", file=sys.stderr)
+        return 2
+    # Once here, rather than as every child failing and being restarted with backoff.
+    if (code := _check_services(settings)) != 0:
+        return code
+    return Supervisor(slots).run()
