@@ -28,6 +28,9 @@ IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# The ports image URLs may name unless the allow-list admits the host: anything else
+# is a probe of some other service (ssh, smtp, Redis) through our workers.
+WEB_PORTS = frozenset(_DEFAULT_PORTS.values())
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
@@ -81,6 +84,7 @@ _IPV6_DENIED = _table(
 # Every routable IPv6 unicast address is in 2000::/3; the translation prefixes below
 # sit outside it and are judged by the IPv4 address they carry.
 _IPV6_GLOBAL_UNICAST = ip_network("2000::/3")
+_LOOPBACK = IPv4Address("127.0.0.1")
 _LOW32_PREFIXES = tuple(
     ip_network(prefix)
     for prefix in (
@@ -185,17 +189,24 @@ class CheckedUrl:
     addresses: list[IPAddress]
 
 
-def check_url(url: str, allow: AllowList = AllowList(), *, resolve: bool = True) -> list[IPAddress]:
+def check_url(
+    url: str, allow: AllowList = AllowList(), *, resolve: bool = True, ports: frozenset[int] | None = None
+) -> list[IPAddress]:
     """Refuse `url` (UrlRefused) unless every address its host resolves to may be contacted.
 
     With ``resolve=False`` no DNS query is made: only a host that is an IP literal,
-    in any form the resolver accepts, is checked (submit time fails fast on those;
-    the worker checks again with DNS). Returns the addresses checked.
+    in any form the resolver accepts, or a name that is loopback by definition
+    (``localhost``, ``*.localhost``: RFC 6761) is checked (submit time fails fast on
+    those; the worker checks again with DNS). With `ports`, a port outside it is
+    refused unless the allow-list admits the host (by name, or every address of it).
+    Returns the addresses checked.
     """
-    return checked_url(url, allow, resolve=resolve).addresses
+    return checked_url(url, allow, resolve=resolve, ports=ports).addresses
 
 
-def checked_url(url: str, allow: AllowList, *, resolve: bool = True) -> CheckedUrl:
+def checked_url(
+    url: str, allow: AllowList, *, resolve: bool = True, ports: frozenset[int] | None = None
+) -> CheckedUrl:
     """The URL split into what a connection needs, every address checked (see check_url)."""
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         raise UrlRefused(f"{url[:80]!r} contains whitespace or control characters")
@@ -209,13 +220,29 @@ def checked_url(url: str, allow: AllowList, *, resolve: bool = True) -> CheckedU
     if not host:
         raise UrlRefused(f"{url[:80]!r} has no host")
     port = _port(parts, host)
+    if _is_loopback_name(host) and not allow.allows_host(host) and not allow.allows_address(_LOOPBACK):
+        # RFC 6761: resolvers may answer these from anywhere, but they mean this machine.
+        raise UrlRefused("the name is loopback by definition (RFC 6761)", host)
     addresses = _resolve(host, port, resolve=resolve)
     if not allow.allows_host(host):
         for address in addresses:
             reason = _refusal(address, allow)
             if reason:
                 raise UrlRefused(reason, host)
+    if ports is not None and port not in ports and not _opens_every_port(host, addresses, allow):
+        allowed = " and ".join(str(p) for p in sorted(ports))
+        raise UrlRefused(f"port {port} is not allowed (only {allowed}, unless the allow-list names the host)", host)
     return CheckedUrl(scheme, host, port, _request_target(parts), addresses)
+
+
+def _is_loopback_name(host: str) -> bool:
+    name = _normalize_host(host)
+    return name == "localhost" or name.endswith(".localhost")
+
+
+def _opens_every_port(host: str, addresses: list[IPAddress], allow: AllowList) -> bool:
+    """An allow-listed host name, or addresses all inside allow-listed networks."""
+    return allow.allows_host(host) or bool(addresses) and all(allow.allows_address(a) for a in addresses)
 
 
 def _request_target(parts: SplitResult) -> str:

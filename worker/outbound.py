@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 from types import TracebackType
 
 from tasks.errors import InvalidInput
-from tasks.ssrf import AllowList, CheckedUrl, IPAddress, UrlRefused, checked_url
+from tasks.ssrf import WEB_PORTS, AllowList, CheckedUrl, IPAddress, UrlRefused, checked_url
 from tasks.webhooks import clean_text, mask_url
 
 __all__ = ["PostResult", "fetch", "post"]
@@ -41,7 +41,7 @@ def fetch(
     refused; another non-2xx, a body over `max_bytes`, a connection failure or an
     exchange not finished within `timeout_s` (VISIONQ_FETCH_TIMEOUT_S) is InvalidInput.
     """
-    target = checked_url(url, allow)
+    target = checked_url(url, allow, ports=WEB_PORTS)
     shown = mask_url(url)
     with _Deadline(timeout_s) as deadline:
         connection = _connection(target, deadline)
@@ -62,7 +62,9 @@ def fetch(
                 raise
             if isinstance(exc, ssl.SSLError):
                 raise InvalidInput(f"TLS with {shown!r} failed: {clean_text(str(exc))}") from exc
-            raise InvalidInput(f"fetching {shown!r} failed: {clean_text(repr(exc))}") from exc
+            # One message for refused, reset and non-HTTP answers alike: the error
+            # must not tell a producer which ports are open behind the address.
+            raise InvalidInput(f"fetching {shown!r} failed: no HTTP answer") from exc
         finally:
             if response is not None:
                 response.close()

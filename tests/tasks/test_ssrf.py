@@ -16,7 +16,7 @@ import pytest
 
 from tasks.errors import ErrorCode, InvalidInput
 from worker.outbound import fetch
-from tasks.ssrf import AllowList, UrlRefused, check_url
+from tasks.ssrf import WEB_PORTS, AllowList, UrlRefused, check_url
 
 LOOPBACK = AllowList.parse("127.0.0.0/8")
 
@@ -152,8 +152,63 @@ def test_localhost_is_refused_by_what_it_resolves_to() -> None:
 
 
 def test_without_resolution_host_names_are_left_for_the_worker() -> None:
-    assert check_url("http://localhost/", resolve=False) == []
     assert check_url("https://images.example/a.png", resolve=False) == []
+    assert check_url("https://localhost.example/a.png", resolve=False) == []
+
+
+@pytest.mark.parametrize("resolve", [True, False])
+@pytest.mark.parametrize(
+    "url", ["http://localhost/", "http://LocalHost./x", "https://api.localhost/", "http://a.b.localhost.:8080/"]
+)
+def test_loopback_names_are_refused_without_asking_dns(url: str, resolve: bool, fake_dns) -> None:
+    # RFC 6761: these names mean this machine whatever a resolver says.
+    fake_dns(**{name: [["93.184.216.34"]] for name in ("api.localhost", "a.b.localhost")})
+    with pytest.raises(UrlRefused, match="loopback by definition"):
+        check_url(url, resolve=resolve)
+
+
+@pytest.mark.parametrize("url", ["http://localhost:8000/cb", "http://localhost./cb", "https://hooks.localhost/cb"])
+def test_webhooks_to_loopback_names_are_refused_at_submit(url: str) -> None:
+    from tasks.limits import Limits
+    from tasks.webhooks import validate_webhook
+
+    with pytest.raises(UrlRefused, match="loopback by definition"):
+        validate_webhook(url, None, Limits(), AllowList())
+    assert validate_webhook(url, None, Limits(), AllowList.parse("localhost, hooks.localhost"))["url"] == url
+
+
+def test_loopback_names_pass_when_allow_listed() -> None:
+    assert check_url("http://localhost:9000/", AllowList.parse("localhost"), resolve=False) == []
+    assert check_url("http://localhost:9000/", AllowList.parse("127.0.0.1"), resolve=False) == []
+    with pytest.raises(UrlRefused, match="loopback by definition"):
+        check_url("http://api.localhost/", AllowList.parse("localhost"), resolve=False)
+
+
+# --- ports ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://93.184.216.34/", "https://93.184.216.34/", "http://93.184.216.34:443/",
+                                 "https://[2606:2800:220:1::]:80/"])
+def test_web_ports_pass(url: str) -> None:
+    assert check_url(url, ports=WEB_PORTS)
+
+
+@pytest.mark.parametrize("port", [22, 25, 6379, 8080, 1])
+def test_other_ports_are_refused_before_connecting(port: int) -> None:
+    with pytest.raises(UrlRefused, match=f"port {port} is not allowed"):
+        check_url(f"http://93.184.216.34:{port}/", ports=WEB_PORTS)
+    assert check_url(f"http://93.184.216.34:{port}/")  # webhooks: no port rule
+
+
+def test_allow_listed_addresses_and_hosts_open_every_port(fake_dns) -> None:
+    fake_dns(**{"images.internal": [["10.1.2.3"]], "mixed.internal": [["10.1.2.3", "93.184.216.34"]]})
+    network = AllowList.parse("10.0.0.0/8")
+    assert check_url("http://10.1.2.3:6379/", network, ports=WEB_PORTS)
+    assert check_url("http://images.internal:8080/", network, ports=WEB_PORTS)
+    assert check_url("http://images.internal:8080/", AllowList.parse("images.internal"), ports=WEB_PORTS)
+    # One address outside the allowed network keeps the port rule for the name.
+    with pytest.raises(UrlRefused, match="port 8080"):
+        check_url("http://mixed.internal:8080/", network, ports=WEB_PORTS)
 
 
 # --- resolved names, with a fake resolver -----------------------------------------
@@ -472,17 +527,17 @@ def test_fetch_times_out_on_a_server_that_never_answers() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         port = listener.getsockname()[1]
-        with pytest.raises(InvalidInput, match="timed out after 0.2 s"):
+        with pytest.raises(InvalidInput, match="did not finish within the 0.2 s limit"):
             fetch(f"http://127.0.0.1:{port}/", max_bytes=1000, timeout_s=0.2, allow=LOOPBACK)
 
 
 def test_fetch_times_out_on_a_body_that_stalls(server: Server) -> None:
-    with pytest.raises(InvalidInput, match="timed out"):
+    with pytest.raises(InvalidInput, match="did not finish within the 0.2 s limit"):
         fetch(server.url("/stall"), max_bytes=1000, timeout_s=0.2, allow=LOOPBACK)
 
 
 def test_fetch_times_out_on_a_body_that_drips(server: Server) -> None:
-    with pytest.raises(InvalidInput, match="timed out after 0.3 s"):
+    with pytest.raises(InvalidInput, match="did not finish within the 0.3 s limit"):
         fetch(server.url("/drip"), max_bytes=1000, timeout_s=0.3, allow=LOOPBACK)
 
 
@@ -490,8 +545,32 @@ def test_fetch_reports_a_refused_connection() -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    with pytest.raises(InvalidInput, match="fetching from '127.0.0.1' failed: ConnectionRefusedError"):
+    with pytest.raises(InvalidInput, match=r"fetching 'http://127.0.0.1:\d+/' failed: no HTTP answer$"):
         fetch(f"http://127.0.0.1:{port}/", max_bytes=1000, timeout_s=2, allow=LOOPBACK)
+
+
+def test_fetch_tells_a_closed_port_from_a_non_http_service_by_nothing() -> None:
+    """A port with something listening that is not HTTP fails with the closed port's words."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+        connection.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    with pytest.raises(InvalidInput) as caught:
+        fetch(url, max_bytes=1000, timeout_s=2, allow=LOOPBACK)
+    listener.close()
+    assert caught.value.message == f"fetching {url!r} failed: no HTTP answer"
+
+
+def test_fetch_refuses_other_ports_unless_allow_listed() -> None:
+    with pytest.raises(UrlRefused, match="port 6379 is not allowed"):
+        fetch("http://93.184.216.34:6379/", max_bytes=1000, timeout_s=2)
 
 
 # --- https: connect to the checked IP, verify the certificate against the host name ---
@@ -557,6 +636,6 @@ def test_https_verifies_the_certificate_for_the_host_name_not_the_ip(tls_server:
 
 
 def test_https_refuses_a_certificate_for_another_name(tls_server: Server) -> None:
-    with pytest.raises(InvalidInput, match="TLS with 'other.test' failed: .*certificate verify failed"):
+    with pytest.raises(InvalidInput, match=r"TLS with 'https://other.test:\d+/ok' failed: .*certificate verify failed"):
         fetch(tls_server.url("/ok", host="other.test", scheme="https"), max_bytes=1000, allow=LOOPBACK)
     assert tls_server.requests == []
