@@ -248,8 +248,10 @@ def _webhooks_dead(args: argparse.Namespace) -> int:
         return 0
     if not dead:
         print("no dead deliveries")
+    from producer.render import describe_dead
+
     for d in dead:
-        print(f"{d['id']}  {d['type']:14} {d['url']}  {len(d['attempts'])} attempts  {d['reason'] or ''}")
+        print(describe_dead(d))  # control characters from receivers stripped
     return 0
 
 

@@ -4,6 +4,15 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 
+def printable(value: Any) -> str:
+    """`value` as text that cannot drive the terminal: line breaks and tabs become
+    spaces, every other control or format character (ESC, CSI, bidi overrides) is
+    dropped. Records and dead deliveries carry text from remote servers (an HTTP
+    reason phrase) and from whoever can write to Redis."""
+    text = str(value)
+    return "".join(c if c.isprintable() else " " if c in "\t\n\r" else "" for c in text)
+
+
 class ProgressLine:
     """One status line rewritten in place on a terminal; one line per change elsewhere."""
 
@@ -13,7 +22,7 @@ class ProgressLine:
         self._last = ""
 
     def update(self, job: Any) -> None:
-        text = f"{job.id} {job.kind} {job.status} {job.progress * 100:5.1f}%"
+        text = printable(f"{job.id} {job.kind} {job.status} {job.progress * 100:5.1f}%")
         if text == self._last:
             return
         self._last = text
@@ -51,7 +60,15 @@ def describe(record: dict[str, Any]) -> str:
             "  timings (ms): " + ", ".join(f"{k[:-3]} {v:.0f}" for k, v in metrics.items()
                                           if k.endswith("_ms") and v is not None)
         )
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
+
+
+def describe_dead(delivery: dict[str, Any]) -> str:
+    """One line per dead webhook delivery (`visionq webhooks dead`)."""
+    return printable(
+        f"{delivery['id']}  {delivery['type']:14} {delivery['url']}  {len(delivery['attempts'])} attempts  "
+        f"{delivery['reason'] or ''}"
+    )
 
 
 def _where(ref: dict[str, Any]) -> str:
