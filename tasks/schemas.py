@@ -167,7 +167,7 @@ class GenerateRequest:
     def from_dict(cls, data: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> GenerateRequest:
         _reject_unknown(cls, data)
         seed = data.get("seed")
-        return cls(
+        request = cls(
             prompt=_require_text("prompt", data.get("prompt"), limits.max_prompt_chars),
             negative_prompt=_optional_text(
                 "negative_prompt", data.get("negative_prompt"), limits.max_prompt_chars
@@ -181,6 +181,34 @@ class GenerateRequest:
             seed=None if seed is None else _require_int("seed", seed, 0, limits.max_seed),
             num_images=_require_int("num_images", data.get("num_images", 1), 1, limits.max_num_images),
         )
+        _check_generate_work(request, limits)
+        return request
+
+
+def _check_generate_work(request: GenerateRequest, limits: Limits) -> None:
+    """Each limit alone allows 8 images x 100 steps x 2048^2; their product is capped."""
+    work = request.width * request.height * request.steps * request.num_images
+    if work > limits.max_generate_work:
+        raise InvalidInput(
+            f"{request.width}x{request.height} x {request.steps} steps x {request.num_images} images = "
+            f"{work} pixel-steps exceeds the per-job limit {limits.max_generate_work}; "
+            "ask for fewer pixels, steps or images (or split the job)"
+        )
+
+
+def check_image_work(request: JobRequest, size: tuple[int, int], limits: Limits) -> None:
+    """The caps that need the decoded image's size: checked on the worker, before the model.
+
+    Segment with labels makes one full-size mask per label, so its cost is labels x pixels.
+    """
+    if isinstance(request, SegmentRequest) and request.labels:
+        width, height = size
+        work = len(request.labels) * width * height
+        if work > limits.max_segment_mask_pixels:
+            raise InvalidInput(
+                f"{len(request.labels)} labels on a {width}x{height} image = {work} mask pixels exceeds "
+                f"the per-job limit {limits.max_segment_mask_pixels}; use fewer labels or a smaller image"
+            )
 
 
 def _require_side(name: str, value: Any, limits: Limits) -> int:

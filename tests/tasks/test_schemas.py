@@ -7,7 +7,7 @@ import pytest
 from tasks.errors import ErrorCode, InvalidInput
 from tasks.limits import Limits
 from tasks.schemas import (
-    CaptionRequest, GenerateRequest, SegmentRequest, parse_request, request_to_record,
+    CaptionRequest, GenerateRequest, SegmentRequest, check_image_work, parse_request, request_to_record,
 )
 
 IMAGE = "s3://bucket/inputs/abc.png"
@@ -101,3 +101,54 @@ def test_parse_request_unknown_kind() -> None:
         parse_request("paint", {})
     with pytest.raises(InvalidInput, match="must be an object"):
         parse_request("caption", ["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+# --- work per job -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "side, steps, images",
+    [(512, 100, 1), (1024, 50, 4), (2048, 4, 1), (2048, 16, 4), (64, 100, 8)],
+)
+def test_documented_generate_jobs_fit_the_work_cap(side: int, steps: int, images: int) -> None:
+    request = GenerateRequest.from_dict({"prompt": "a fox", "width": side, "height": side,
+                                         "steps": steps, "num_images": images})
+    assert request.num_images == images
+
+
+@pytest.mark.parametrize("side, steps, images", [(2048, 100, 8), (2048, 100, 1), (1024, 100, 4)])
+def test_generate_work_over_the_cap_is_refused_naming_its_factors(side: int, steps: int, images: int) -> None:
+    work = side * side * steps * images
+    with pytest.raises(InvalidInput, match=(
+        f"{side}x{side} x {steps} steps x {images} images = {work} pixel-steps exceeds the per-job limit 268435456"
+    )):
+        GenerateRequest.from_dict({"prompt": "a fox", "width": side, "height": side,
+                                   "steps": steps, "num_images": images})
+
+
+def test_generate_work_cap_is_the_limits() -> None:
+    params = {"prompt": "a fox", "width": 64, "height": 64, "steps": 2}
+    GenerateRequest.from_dict(params, Limits(max_generate_work=64 * 64 * 2))
+    with pytest.raises(InvalidInput, match="exceeds the per-job limit 8191"):
+        GenerateRequest.from_dict(params, Limits(max_generate_work=64 * 64 * 2 - 1))
+
+
+def segment(labels: int) -> SegmentRequest:
+    return SegmentRequest.from_dict({"image": IMAGE, "labels": [f"thing {n}" for n in range(labels)]})
+
+
+def test_sixteen_labels_on_four_megapixels_fit() -> None:
+    check_image_work(segment(16), (2048, 2048), Limits())
+    check_image_work(segment(1), (6000, 6000), Limits())  # 36 Mpx, one mask
+
+
+def test_sixteen_labels_on_forty_megapixels_are_refused_after_decoding() -> None:
+    with pytest.raises(InvalidInput, match=(
+        "16 labels on a 8000x5000 image = 640000000 mask pixels exceeds the per-job limit 134217728"
+    )):
+        check_image_work(segment(16), (8000, 5000), Limits())
+
+
+def test_image_work_ignores_kinds_without_per_label_masks() -> None:
+    check_image_work(SegmentRequest.from_dict({"image": IMAGE}), (8000, 5000), Limits())
+    check_image_work(CaptionRequest.from_dict({"image": IMAGE}), (8000, 5000), Limits())
