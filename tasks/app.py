@@ -26,15 +26,24 @@ def make_celery(settings: Settings) -> Celery:
         # message to be redelivered (after the visibility timeout) instead of lost.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        # One message reserved at a time: a job never waits behind a long one on a
-        # busy worker while another worker idles.
+        # A worker reserves at most one message per task slot (its --concurrency, which
+        # is the kinds' largest max_batch, worker/process.py) and never more than it has
+        # free slots: jobs beyond that stay in Redis for other workers to take.
         worker_prefetch_multiplier=1,
-        # Redis only: never reserve more messages than free slots, so jobs queued
-        # behind a long generation stay in Redis for other workers to take.
         worker_disable_prefetch=True,
         broker_transport_options={
-            # Unacked messages come back after this; it must exceed the longest job.
+            # A message unacknowledged this long is delivered again. A live worker
+            # renews the messages it holds (worker/leases.py), so this is how long
+            # after a worker dies its jobs come back, not a bound on job length.
             "visibility_timeout": settings.visibility_timeout_s,
+            # kombu looks for such messages every `interval` x `throttle` seconds
+            # (10 x 10 by default: up to 100 s late). Here on every tick, at most 10 s
+            # apart: redelivery within the visibility timeout + 10 s.
+            "unacked_restore_interval": min(10, max(1, settings.visibility_timeout_s // 2)),
+            "unacked_restore_throttle": 1,
+            # The lock around that search; a worker killed while holding it would
+            # otherwise stall redelivery for kombu's default 5 minutes.
+            "unacked_mutex_expire": 10,
             # One Redis list per priority level, popped in this order (see Priority).
             "priority_steps": PRIORITY_STEPS,
             # Queues, unacked sets and bindings all under our prefix: several

@@ -19,8 +19,9 @@ from tasks.kinds import JobKind
 from tasks.record import JobRecord, new_job_id, utc_now
 from tasks.status import FINAL_STATUSES, JobStatus, allowed_sources
 
-# KEYS[1] job hash. ARGV: new status, allowed current statuses (space separated),
-# ttl seconds, event channel, attempt increment, then field/value pairs (JSON).
+# KEYS[1] job hash, KEYS[2] the queued index. ARGV: new status, allowed current
+# statuses (space separated), ttl seconds, event channel, attempt increment, job id,
+# then field/value pairs (JSON).
 _TRANSITION = """
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw then return {'missing', ''} end
@@ -31,7 +32,11 @@ for s in string.gmatch(ARGV[2], '%S+') do
 end
 if not allowed then return {'refused', current} end
 redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]))
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if current == 'queued' and ARGV[1] ~= 'queued' then
+  redis.call('ZREM', KEYS[2], ARGV[6])
+  redis.call('HDEL', KEYS[1], 'message')
+end
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[1], 'attempt', ARGV[5]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[1])
@@ -55,6 +60,8 @@ if not raw then return 'missing' end
 local current = cjson.decode(raw)
 if current == 'queued' then
   redis.call('HSET', KEYS[1], 'status', cjson.encode('canceled'), 'completed_at', ARGV[1], 'error', ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  redis.call('HDEL', KEYS[1], 'message')
   redis.call('PUBLISH', ARGV[3], 'canceled')
   return 'canceled now'
 end
@@ -85,31 +92,47 @@ class JobStore:
     def events_channel(self, job_id: str) -> str:
         return f"{self.prefix}:events:{job_id}"
 
-    def _idempotency_key(self, key: str) -> str:
-        return f"{self.prefix}:idem:{key}"
+    @property
+    def queued_key(self) -> str:
+        """Sorted set of queued job ids, scored by when their message was last known to exist."""
+        return f"{self.prefix}:queued"
+
+    def _idempotency_key(self, key: str, tenant: str | None = None) -> str:
+        # A gateway tenant's keys live apart: two tenants may pick the same key.
+        return f"{self.prefix}:idem:{key}" if tenant is None else f"{self.prefix}:tenant:{tenant}:idem:{key}"
 
     def create(
         self, kind: JobKind, input_record: dict[str, Any], idempotency_key: str | None = None,
         webhook: dict[str, Any] | None = None, priority: str = "normal",
+        message: dict[str, Any] | None = None, tenant: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """Store a new queued job. With an idempotency key already used within the
-        TTL, returns the existing job and False instead (nothing new is stored)."""
+        TTL, returns the existing job and False instead (nothing new is stored).
+
+        `message` is the request as the queue message carries it, kept while the job
+        is queued when it differs from `input_record` (inline image data), so that
+        the sweeper can publish a lost message again (`queued_message`)."""
         record = JobRecord(
             id=new_job_id(), kind=kind, status=JobStatus.QUEUED, created_at=utc_now(),
             input=input_record, idempotency_key=idempotency_key, webhook=webhook, priority=priority,
+            tenant=tenant,
         )
         if idempotency_key is not None:
             claimed = self.redis.set(
-                self._idempotency_key(idempotency_key), record.id, nx=True, ex=self.ttl_s
+                self._idempotency_key(idempotency_key, tenant), record.id, nx=True, ex=self.ttl_s
             )
             if not claimed:
-                existing_id = self.redis.get(self._idempotency_key(idempotency_key))
+                existing_id = self.redis.get(self._idempotency_key(idempotency_key, tenant))
                 if existing_id is not None:
                     return self.get(existing_id.decode()), False
         key = self.job_key(record.id)
+        fields = _encode(record.to_dict())
+        if message is not None and message != input_record:
+            fields["message"] = json.dumps(message)
         with self.redis.pipeline() as pipe:
-            pipe.hset(key, mapping=_encode(record.to_dict()))
+            pipe.hset(key, mapping=fields)
             pipe.expire(key, self.ttl_s)
+            pipe.zadd(self.queued_key, {record.id: time.time()})
             pipe.execute()
         return record, True
 
@@ -117,7 +140,27 @@ class JobStore:
         raw = self.redis.hgetall(self.job_key(job_id))
         if not raw:
             raise JobNotFound(f"no job {job_id!r} (never submitted, or older than its TTL)")
-        return JobRecord.from_dict({k.decode(): json.loads(v) for k, v in raw.items()})
+        return JobRecord.from_dict({k.decode(): json.loads(v) for k, v in raw.items() if k != b"message"})
+
+    def queued_message(self, record: JobRecord) -> dict[str, Any]:
+        """The request of a queued job as its queue message carries it."""
+        raw = self.redis.hget(self.job_key(record.id), "message")
+        return dict(record.input) if raw is None else json.loads(raw)
+
+    def queued_since(self, cutoff: float, limit: int = 500) -> list[str]:
+        """Queued jobs whose message was last known to exist before `cutoff` (epoch seconds)."""
+        ids = self.redis.zrangebyscore(self.queued_key, "-inf", cutoff, start=0, num=limit)
+        return [i.decode() for i in ids]
+
+    def mark_queued_seen(self, job_ids: list[str]) -> None:
+        """Their messages were found (or published again) now."""
+        if job_ids:
+            self.redis.zadd(self.queued_key, {i: time.time() for i in job_ids}, xx=True)
+
+    def forget_queued(self, job_ids: list[str]) -> None:
+        """Ids whose records are gone (expired) or no longer queued."""
+        if job_ids:
+            self.redis.zrem(self.queued_key, *job_ids)
 
     def transition(
         self, job_id: str, new: JobStatus, *, attempt_increment: int = 0, **fields: Any
@@ -128,10 +171,12 @@ class JobStore:
         JobNotFound when the record is gone.
         """
         sources = " ".join(s.value for s in allowed_sources(new))
-        args: list[Any] = [new.value, sources, self.ttl_s, self.events_channel(job_id), attempt_increment]
+        args: list[Any] = [
+            new.value, sources, self.ttl_s, self.events_channel(job_id), attempt_increment, job_id,
+        ]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
-        outcome, _current = self._transition(keys=[self.job_key(job_id)], args=args)
+        outcome, _current = self._transition(keys=[self.job_key(job_id), self.queued_key], args=args)
         if outcome == b"missing":
             raise JobNotFound(f"no job {job_id!r}")
         return outcome == b"ok"
@@ -146,17 +191,14 @@ class JobStore:
         Returns the status after, and whether this call canceled the job."""
         error = json.dumps({"code": "canceled", "message": "canceled before it started"})
         result = self._cancel(
-            keys=[self.job_key(job_id)], args=[json.dumps(utc_now()), error, self.events_channel(job_id)]
+            keys=[self.job_key(job_id), self.queued_key],
+            args=[json.dumps(utc_now()), error, self.events_channel(job_id), job_id],
         )
         if result == b"missing":
             raise JobNotFound(f"no job {job_id!r}")
         if result == b"canceled now":
             return JobStatus.CANCELED, True
         return JobStatus(result.decode()), False
-
-    def next_event_sequence(self, job_id: str) -> int:
-        """1, 2, 3 ... per job: lets a receiver drop an event older than one it has."""
-        return int(self.redis.hincrby(self.job_key(job_id), "event_sequence", 1))
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.redis.hget(self.job_key(job_id), "cancel_requested") == b"true"

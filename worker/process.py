@@ -12,24 +12,30 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from typing import Any, Callable
 
 import redis
+from celery import signals
 
 from tasks.app import make_celery
-from tasks.deliveries import DeliveryStore
-from tasks.events import EventPublisher
+from tasks.deliveries import DeliveryStore, EventPublisher
 from tasks.kinds import JobKind
 from tasks.settings import Settings
-from tasks.ssrf import AllowList
+from tasks.ssrf import BucketAllowList
 from tasks.storage import open_storage
 from tasks.store import JobStore
 from worker.heartbeat import Heartbeat
 from worker.inputs import InputReader
 from worker.pipelines.base import Pipeline
+from worker.leases import Leases, keep_unacked_on_close
 from worker.runtime import JobRunner
+from worker.sweeper import Sweeper, celery_publisher
+from worker.time_limits import Watchdog
 
 log = logging.getLogger("visionq.worker")
+
+EXIT_UNEXPECTED_STOP = 70  # EX_SOFTWARE: the worker stopped on its own
 
 
 def default_worker_name(device: str) -> str:
@@ -89,13 +95,22 @@ def serve(
             settings=settings,
             store=store,
             storage=storage,
-            inputs=InputReader(storage, settings.limits, AllowList.parse(settings.fetch_allow)),
+            inputs=InputReader(
+                storage, settings.limits, settings.fetch_allow, fetch_timeout_s=settings.fetch_timeout_s,
+                input_buckets=BucketAllowList.parse(settings.input_buckets),
+            ),
             pipelines=pipelines,
             worker_name=name,
             events=EventPublisher(store, deliveries, app),
+            watchdog=Watchdog(store),
         )
-        register_tasks(app, runner, kinds)
+        leases = Leases(client, settings.redis_prefix, settings.visibility_timeout_s)
+        keep_unacked_on_close()
+        register_tasks(app, runner, kinds, leases)
         heartbeat.follow_celery(jobs_done=lambda: runner.jobs_done)
+        Sweeper(store, celery_publisher(app), settings.sweep_grace_s).start()
+        asked_to_stop = threading.Event()
+        signals.worker_shutting_down.connect(lambda **_: asked_to_stop.set(), weak=False)
         # One task thread per job that may share a batch; the model itself runs on
         # one thread (worker/batching.py). A worker serving generate next to a
         # batched kind may therefore hold up to max_batch generations reserved.
@@ -105,20 +120,25 @@ def serve(
             "--concurrency", str(slots), "--hostname", name, "--loglevel", loglevel,
             "--without-gossip", "--without-mingle",
         ])
+        if not asked_to_stop.is_set():
+            # Celery returns normally (exit 0) after an "Unrecoverable error": say it
+            # with the exit status, so a supervisor or compose restarts this worker.
+            log.critical("worker %s stopped without being asked to; exiting %d", name, EXIT_UNEXPECTED_STOP)
+            raise SystemExit(EXIT_UNEXPECTED_STOP)
     finally:
         heartbeat.stop()
 
 
-def register_tasks(app: Any, runner: JobRunner, kinds: list[JobKind]) -> None:
+def register_tasks(app: Any, runner: JobRunner, kinds: list[JobKind], leases: Leases) -> None:
     for kind in kinds:
-        def run_job(job_id: str, request: dict[str, Any], _kind: JobKind = kind) -> None:
-            runner.run(_kind, job_id, request)
+        def run_job(task: Any, job_id: str, request: dict[str, Any], _kind: JobKind = kind) -> None:
+            # No Celery retry: a retry republishes through the broker that just failed,
+            # and the task's failure would acknowledge (delete) the message. The runner
+            # waits for Redis in place instead; every job failure is on its record.
+            with leases.hold((task.request.delivery_info or {}).get("delivery_tag")):
+                runner.run(_kind, job_id, request)
 
         app.task(
-            name=kind.task_name, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-            # Redis unreachable mid-job: retry the whole message with backoff; the job
-            # record makes the retry safe (a final job is never run again).
-            autoretry_for=(redis.ConnectionError, redis.TimeoutError), retry_backoff=True,
-            retry_jitter=True, max_retries=5,
+            name=kind.task_name, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
         )(run_job)
 

@@ -7,20 +7,22 @@ process, its models and other jobs are untouched.
 from __future__ import annotations
 
 import logging
-import os
-import threading
+import random
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+import redis
+from kombu.exceptions import OperationalError
 
 from tasks.errors import (
-    InternalError, InvalidInput, JobCanceled, JobNotFound, JobTimeout, VisionqError,
+    InternalError, InvalidInput, JobCanceled, JobNotFound, VisionqError, WorkerLost,
 )
 from tasks.deliveries import EventPublisher
 from tasks.kinds import JobKind, Priority
 from tasks.record import JobRecord, check_job_id, ms_between, utc_now
-from tasks.schemas import parse_request
+from tasks.schemas import check_image_work, parse_request
 from tasks.settings import Settings
 from tasks.status import JobStatus
 from tasks.storage import Storage
@@ -31,8 +33,10 @@ from worker.images import decode_image
 from worker.inputs import InputReader
 from worker.outputs import publish_outputs, publish_record
 from worker.pipelines.base import Pipeline
+from worker.time_limits import JobClock, Watchdog
 
 log = logging.getLogger("visionq.worker")
+T = TypeVar("T")
 
 CANCELED_WHILE_RUNNING = "canceled while running; partial outputs were discarded"
 
@@ -48,7 +52,10 @@ class JobRunner:
         pipelines: dict[JobKind, Pipeline],
         worker_name: str,
         events: EventPublisher | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
+        """`watchdog`: the hard time limit, which ends the process; worker processes
+        pass one, tests running jobs in their own process do not."""
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -57,15 +64,23 @@ class JobRunner:
         self.worker_name = worker_name
         self.events = events
         self.jobs_done = 0
-        self.watchdog = Watchdog(store)
-        self.executor = ModelExecutor(
-            {JobKind(k): n for k, n in settings.max_batch.items()}, settings.max_wait_ms, self.watchdog
-        )
+        self.watchdog = watchdog
+        self.executor = ModelExecutor({JobKind(k): n for k, n in settings.max_batch.items()}, settings.max_wait_ms)
 
     def run(self, kind: JobKind, job_id: str, request_data: dict[str, Any]) -> None:
+        clock = JobClock(self.settings.time_limit_s(kind))  # from pickup: fetch and decode count
+        if self.watchdog is not None:
+            self.watchdog.watch(job_id, clock)
+        try:
+            self._run(kind, job_id, request_data, clock)
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.release(job_id)
+
+    def _run(self, kind: JobKind, job_id: str, request_data: dict[str, Any], clock: JobClock) -> None:
         try:
             # A forged message or record ("../../x") is dropped before anything is written.
-            record = self.store.get(check_job_id(job_id))  # from_dict checks the record's id
+            record = until_redis_answers(lambda: self.store.get(check_job_id(job_id)))  # from_dict checks the id
             if record.id != job_id:
                 raise InvalidInput(f"the record of job {job_id} carries another id, {record.id!r}")
         except JobNotFound:
@@ -78,9 +93,17 @@ class JobRunner:
             # A redelivery of a job that already ended (or was canceled while queued).
             log.info("job %s is already %s; not running it again", job_id, record.status.value)
             return
-        pipeline = self.pipelines[kind]
         metrics: dict[str, Any] = {"batch_size": 1}
-        limit_s = self.settings.time_limit_s(kind)
+        if record.status is JobStatus.RUNNING and record.attempt >= self.settings.max_attempts:
+            # Every run so far ended with its worker gone: the job is the likely cause.
+            error = WorkerLost(
+                f"job {job_id} lost its worker on each of its {record.attempt} attempts "
+                f"(VISIONQ_MAX_ATTEMPTS is {self.settings.max_attempts}); not running it again"
+            )
+            log.error("%s", error.message)
+            self._finish(record, JobStatus.FAILED, metrics, error=error.to_dict())
+            return
+        pipeline = self.pipelines[kind]
         self.executor.expect()
         handed_over = False
         try:
@@ -90,18 +113,22 @@ class JobRunner:
             if image_uri is not None:
                 with _timed(metrics, "input_ms"):
                     image = decode_image(self.inputs.read(image_uri), self.settings.limits)
-            progress = _ProgressReporter(self.store, record, self._publish, limit_s)
+                check_image_work(request, image.size, self.settings.limits)
+            clock.check()
+            progress = _ProgressReporter(self.store, record, self._publish, clock)
 
             def start() -> None:  # on the model thread, right before this job's inference
+                clock.resume()
                 self._start(record, pipeline)
-                progress.start_clock()
                 progress.check_cancel()
 
             handed_over = True
+            clock.pause()  # waiting behind this worker's other jobs is not this job's time
             result, metrics["batch_size"], metrics["run_ms"] = self.executor.run(
-                kind, pipeline, request, image, progress, job_id, limit_s, start,
+                kind, pipeline, request, image, progress, job_id, clock.limit_s, start,
                 Priority(record.priority).level,
             )
+            clock.resume()
             progress.check_cancel()
             with _timed(metrics, "publish_ms"):
                 output, publish_timings = publish_outputs(
@@ -132,10 +159,10 @@ class JobRunner:
 
         Until then the job counts as queued, so a cancel still stops it outright."""
         started_at = utc_now()
-        if not self.store.transition(
+        if not until_redis_answers(lambda: self.store.transition(
             record.id, JobStatus.RUNNING, attempt_increment=1, started_at=started_at,
             worker=self.worker_name, model=pipeline.model_label, progress=0.0,
-        ):
+        )):
             raise _NotStarted(record.id)
         record.status, record.started_at, record.worker = JobStatus.RUNNING, started_at, self.worker_name
         record.model, record.attempt = pipeline.model_label, record.attempt + 1
@@ -170,20 +197,29 @@ class JobRunner:
             fields["progress"] = 1.0
         if not started:
             fields["worker"] = final.worker
-        if self.store.transition(record.id, final.status, attempt_increment=0 if started else 1, **fields):
+        if until_redis_answers(
+            lambda: self.store.transition(record.id, final.status, attempt_increment=0 if started else 1, **fields)
+        ):
             self._publish(final, None)
         else:
             log.warning("job %s was already final; its %s result is not recorded", record.id, status.value)
         self.jobs_done += 1
 
     def _publish(self, record: JobRecord, event: EventType | None) -> None:
-        """event None: the final event matching the record's status."""
+        """event None: the final event matching the record's status.
+
+        Waits for Redis if it is away; any other failure to queue an event is
+        logged and never fails the job."""
         if self.events is None or not record.webhook:
             return
-        if event is None:
-            self.events.publish_final(record)
-        else:
-            self.events.publish(record, event)
+        events = self.events
+        try:
+            if event is None:
+                until_redis_answers(lambda: events.publish_final(record))
+            else:
+                until_redis_answers(lambda: events.publish(record, event))
+        except Exception:  # noqa: BLE001 - a webhook event never fails its job
+            log.exception("job %s: could not queue its %s event", record.id, event.value if event else "final")
 
 
 class _ProgressReporter:
@@ -193,81 +229,56 @@ class _ProgressReporter:
 
     def __init__(
         self, store: JobStore, record: JobRecord, publish: Callable[[JobRecord, EventType], None],
-        limit_s: float,
+        clock: JobClock,
     ) -> None:
         self.store = store
         self.record = record
         self.publish = publish
-        self.limit_s = limit_s
-        self.deadline = float("inf")
+        self.clock = clock
         self._last_write = 0.0
 
-    def start_clock(self) -> None:
-        """The time limit counts from the model's start, not from the queue."""
-        self.deadline = time.monotonic() + self.limit_s
-
     def __call__(self, fraction: float) -> None:
+        """Inside the model call: a Redis outage here waits (until_redis_answers) rather
+        than raise, so it never becomes the model's error."""
         now = time.monotonic()
         if now - self._last_write >= self.min_interval_s or fraction >= 1.0:
             self._last_write = now
-            self.store.set_progress(self.record.id, fraction)
+            until_redis_answers(lambda: self.store.set_progress(self.record.id, fraction))
             self.record.progress = round(fraction, 4)
             self.publish(self.record, EventType.PROGRESS)
         self.check_cancel()
 
     def check_cancel(self) -> None:
         """The checkpoint: canceled by a client, or past the kind's time limit."""
-        if self.store.cancel_requested(self.record.id):
+        if until_redis_answers(lambda: self.store.cancel_requested(self.record.id)):
             raise JobCanceled(CANCELED_WHILE_RUNNING)
-        if time.monotonic() > self.deadline:
-            raise JobTimeout(f"the job ran past its time limit of {self.limit_s:g} s")
+        self.clock.check()
 
 
 class _NotStarted(Exception):
     """The job was canceled (or ended) before the model took it."""
 
 
-class Watchdog:
-    """The hard time limit, for a model stuck between two checkpoints.
+# Redis restarting, failing over or briefly unreachable. kombu's OperationalError is
+# what a publish (a webhook event) raises for the same.
+REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OperationalError)
 
-    Celery's time limits need the prefork pool, which we do not use (see
-    worker/process.py). A job still running at its limit x 1.1 + 5 s is recorded as
-    `timeout`, then the process exits: its supervisor (or the operator's process
-    manager) restarts it with fresh memory, and the job's message, redelivered
-    later, finds the job final and is dropped.
-    """
 
-    grace_factor = 1.1
-    grace_s = 5.0
-    exit_code = 75
+def until_redis_answers(call: Callable[[], T], max_delay_s: float = 5.0) -> T:
+    """`call()`, retried in place with backoff while Redis is away.
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
-        self._lock = threading.Lock()
-        self._jobs: tuple[list[str], float, float] | None = None
-        self._thread = threading.Thread(target=self._loop, name="visionq-watchdog", daemon=True)
-        self._thread.start()
-
-    def arm(self, job_ids: list[str], limit_s: float) -> None:
-        with self._lock:
-            self._jobs = (job_ids, time.monotonic() + limit_s * self.grace_factor + self.grace_s, limit_s)
-
-    def disarm(self) -> None:
-        with self._lock:
-            self._jobs = None
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(0.5)
-            with self._lock:
-                jobs = self._jobs
-            if jobs is not None and time.monotonic() > jobs[1]:
-                job_ids, _, limit_s = jobs
-                log.error("jobs %s stuck past the time limit of %g s; restarting this worker", job_ids, limit_s)
-                error = JobTimeout(f"the job ran past its time limit of {limit_s:g} s; its worker was restarted")
-                for job_id in job_ids:
-                    self.store.transition(job_id, JobStatus.FAILED, completed_at=utc_now(), error=error.to_dict())
-                os._exit(self.exit_code)
+    A Redis failure is never the job's error and never a reason to give up its
+    message: the job simply waits. The wait is bounded by the job's clock: a worker
+    still waiting at the hard time limit is ended by its watchdog, and the message,
+    unacknowledged in Redis, is delivered again."""
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except REDIS_OUTAGE as exc:
+            log.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)
+            time.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, max_delay_s)
 
 
 @contextmanager

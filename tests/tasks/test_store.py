@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
@@ -123,3 +124,39 @@ def test_wait_times_out(store: JobStore) -> None:
     record, _ = store.create(JobKind.CAPTION, {})
     with pytest.raises(TimeoutError, match="still queued"):
         store.wait_for_final(record.id, timeout_s=0.3, poll_s=0.1)
+
+
+def test_queued_index_follows_the_status(store: JobStore) -> None:
+    """The sweeper's list of queued jobs: in while queued, out on any other status."""
+    running, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
+    canceled, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
+    failed, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
+    waiting, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
+    assert set(store.queued_since(time.time() + 1)) == {running.id, canceled.id, failed.id, waiting.id}
+    store.transition(running.id, JobStatus.RUNNING, attempt_increment=1)
+    store.request_cancel(canceled.id)
+    store.transition(failed.id, JobStatus.FAILED, error={"code": "internal", "message": "x"})
+    assert store.queued_since(time.time() + 1) == [waiting.id]
+    assert store.queued_since(time.time() - 60) == []  # not older than the cutoff
+
+
+def test_queued_message_keeps_inline_data_until_the_job_leaves_queued(store: JobStore) -> None:
+    inline = "data:image/png;base64,iVBORw0KGgo="
+    record, _ = store.create(JobKind.CAPTION, {"image": "inline:sha256:ab"}, message={"image": inline})
+    plain, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"}, message={"image": "s3://b/k"})
+    assert store.queued_message(record) == {"image": inline}
+    assert store.queued_message(plain) == {"image": "s3://b/k"}
+    assert not store.redis.hexists(store.job_key(plain.id), "message")  # no second copy
+    assert store.get(record.id).input == {"image": "inline:sha256:ab"}
+    store.transition(record.id, JobStatus.RUNNING, attempt_increment=1)
+    assert not store.redis.hexists(store.job_key(record.id), "message")
+
+
+def test_mark_queued_seen_moves_only_queued_jobs(store: JobStore) -> None:
+    record, _ = store.create(JobKind.CAPTION, {})
+    done, _ = store.create(JobKind.CAPTION, {})
+    store.transition(done.id, JobStatus.FAILED, error={"code": "internal", "message": "x"})
+    store.redis.zadd(store.queued_key, {record.id: 1.0})
+    store.mark_queued_seen([record.id, done.id])
+    assert store.queued_since(2.0) == []
+    assert store.redis.zscore(store.queued_key, done.id) is None  # XX: not added back

@@ -39,8 +39,11 @@ class StandIn:
     def warm_up(self) -> None:
         pass
 
-    def run(self, request: Any, image: Any, progress: Any) -> PipelineResult:
-        return self.behaviour(request, image, progress)
+    def batch_key(self, request: Any) -> None:
+        return None
+
+    def run_batch(self, requests: list[Any], images: list[Any], progress: Any) -> list[PipelineResult]:
+        return [self.behaviour(requests[0], images[0], progress)]
 
 
 def succeed(request: Any, image: Any, progress: Any) -> PipelineResult:
@@ -179,8 +182,18 @@ def test_cancel_while_running_discards_outputs(harness) -> None:
 
 
 def test_missing_record_drops_the_message(harness) -> None:
-    make, _, _, _ = harness
-    make(raise_(AssertionError("must not run"))).run(JobKind.GENERATE, "gone", {"prompt": "x"})
+    make, _, store, _ = harness
+    calls: list[int] = []
+
+    def counting(*args: Any) -> PipelineResult:
+        calls.append(1)
+        return succeed(*args)
+
+    runner = make(counting)
+    gone = "0" * 32
+    runner.run(JobKind.GENERATE, gone, {"prompt": "x"})
+    assert calls == [] and runner.jobs_done == 0
+    assert not store.redis.exists(store.job_key(gone))  # nothing was written for it
 
 
 def test_time_limit_ends_the_job_with_timeout(harness) -> None:
@@ -202,3 +215,166 @@ def test_time_limit_ends_the_job_with_timeout(harness) -> None:
     record = store.get(job_id)
     assert record.status is JobStatus.FAILED and record.error["code"] == "timeout"
     assert "0.5 s" in record.error["message"]
+
+
+def test_a_job_whose_worker_was_lost_max_attempts_times_fails_worker_lost(harness) -> None:
+    make, submit, store, _ = harness
+    calls: list[int] = []
+
+    def counting(*args: Any) -> PipelineResult:
+        calls.append(1)
+        return succeed(*args)
+
+    job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
+    for _ in range(3):  # three runs started, each time its worker died (VISIONQ_MAX_ATTEMPTS=3)
+        store.transition(job_id, JobStatus.RUNNING, attempt_increment=1, worker="died")
+    make(counting).run(JobKind.GENERATE, job_id, message)
+    record = store.get(job_id)
+    assert calls == []
+    assert record.status is JobStatus.FAILED and record.error["code"] == "worker_lost"
+    assert "3 attempts" in record.error["message"] and "VISIONQ_MAX_ATTEMPTS is 3" in record.error["message"]
+
+
+def test_a_redelivered_job_below_max_attempts_runs(harness) -> None:
+    make, submit, store, _ = harness
+    job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
+    for _ in range(2):
+        store.transition(job_id, JobStatus.RUNNING, attempt_increment=1, worker="died")
+    make(succeed).run(JobKind.GENERATE, job_id, message)
+    record = store.get(job_id)
+    assert record.status is JobStatus.SUCCEEDED and record.attempt == 3
+
+
+class SlowInputs:
+    """An input source that takes `delay_s` (a dripping server, a scan-padded JPEG)."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def read(self, uri: str) -> bytes:
+        import time
+
+        time.sleep(self.delay_s)
+        return encode(scene())
+
+
+def test_time_limit_counts_from_pickup_so_a_slow_input_fails_timeout(harness) -> None:
+    make, submit, store, storage = harness
+    calls: list[int] = []
+
+    def counting(*args: Any) -> PipelineResult:
+        calls.append(1)
+        return succeed(*args)
+
+    runner = make(counting, JobKind.CAPTION)
+    runner.settings = Settings(redis_url="redis://unused", storage_url=runner.settings.storage_url,
+                               time_limits_s={"caption": 0.3, "segment": 1, "generate": 1})
+    runner.inputs = SlowInputs(0.6)
+    ref = storage.put("inputs/ok.png", encode(scene()), "image/png")
+    job_id, message = submit(JobKind.CAPTION, {"image": ref.uri})
+    runner.run(JobKind.CAPTION, job_id, message)
+    record = store.get(job_id)
+    assert calls == []  # the model never started
+    assert record.status is JobStatus.FAILED and record.error["code"] == "timeout"
+    assert "0.3 s" in record.error["message"]
+
+
+def test_redis_outage_inside_the_model_call_is_waited_out_never_model_error(harness, monkeypatch) -> None:
+    make, submit, store, _ = harness
+    failures = {"set_progress": 2, "cancel_requested": 2}
+
+    def flaky(name: str) -> Any:
+        real = getattr(store, name)
+
+        def call(*args: Any) -> Any:
+            if failures[name]:
+                failures[name] -= 1
+                raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+            return real(*args)
+        return call
+
+    for name in failures:
+        monkeypatch.setattr(store, name, flaky(name))
+
+    def reports(request: Any, image: Any, progress: Any) -> PipelineResult:
+        progress(0.5)
+        return succeed(request, image, progress)
+
+    job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
+    make(reports).run(JobKind.GENERATE, job_id, message)
+    record = store.get(job_id)
+    assert failures == {"set_progress": 0, "cancel_requested": 0}
+    assert record.status is JobStatus.SUCCEEDED, record.error
+
+
+class FlakyEvents:
+    """Queues webhook events; the first fails as if Redis were away, the second for another reason."""
+
+    def __init__(self) -> None:
+        from kombu.exceptions import OperationalError
+
+        self.failures: list[Exception] = [OperationalError("Error 111 connecting"), RuntimeError("broken")]
+        self.published: list[str] = []
+
+    def publish(self, record: Any, event: Any) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.published.append(event.value)
+
+    def publish_final(self, record: Any) -> None:
+        self.published.append(record.status.value)
+
+
+def test_failing_webhook_events_never_fail_the_job(harness) -> None:
+    make, _, store, _ = harness
+    request = parse_request(JobKind.GENERATE, {"prompt": "a fox"})
+    record, _ = store.create(JobKind.GENERATE, request_to_record(request),
+                             webhook={"url": "https://example.com/hook", "events": ["job.progress"]})
+    runner = make(succeed)
+    runner.events = events = FlakyEvents()
+    runner.run(JobKind.GENERATE, record.id, request_to_message(request))
+    assert store.get(record.id).status is JobStatus.SUCCEEDED
+    assert events.failures == [] and events.published[-1] == "succeeded"
+
+
+def test_runner_in_this_process_has_no_exiting_watchdog(harness) -> None:
+    make, _, _, _ = harness
+    assert make(succeed).watchdog is None
+
+
+def test_job_clock_pauses_while_the_job_waits_for_the_model() -> None:
+    from worker.time_limits import JobClock
+
+    now = [0.0]
+    clock = JobClock(10, now=lambda: now[0])
+    now[0] = 4.0
+    clock.pause()
+    now[0] = 100.0  # behind other jobs of this worker
+    assert clock.overdue_s() < 0
+    clock.resume()
+    now[0] = 105.0
+    assert clock.overdue_s() == pytest.approx(-1.0)
+    now[0] = 107.0
+    with pytest.raises(Exception, match="time limit of 10 s"):
+        clock.check()
+
+
+def test_watchdog_fails_a_stuck_job_then_ends_the_process(harness) -> None:
+    import time
+
+    from worker.time_limits import JobClock, Watchdog
+
+    _, submit, store, _ = harness
+    job_id, _ = submit(JobKind.GENERATE, {"prompt": "a fox"})
+    exits: list[int] = []
+    watchdog = Watchdog(store, exit=exits.append)  # a recording exit: this process stays
+    now = [0.0]
+    watchdog.watch(job_id, JobClock(1, now=lambda: now[0]))
+    now[0] = 7.0  # past 1 s x 1.1 + 5 s
+    deadline = time.monotonic() + 10
+    while not exits and time.monotonic() < deadline:
+        time.sleep(0.1)
+    watchdog.release(job_id)
+    assert exits and exits[0] == Watchdog.exit_code
+    record = store.get(job_id)
+    assert record.status is JobStatus.FAILED and record.error["code"] == "timeout"

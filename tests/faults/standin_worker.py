@@ -1,0 +1,74 @@
+"""A worker process for the fault suite: the real runtime, a stand-in model.
+
+    python -m tests.faults.standin_worker --cost-ms 300 --runs-file runs.txt
+
+Serves generate jobs through `worker.process.serve` exactly as `visionq worker`
+does (heartbeat, Celery consumer, leases, sweeper, watchdog, storage), with a
+model that takes `--cost-ms` in five progress steps and returns one small PNG.
+Every finished run appends the job's prompt to `--runs-file`, so a test can count
+jobs whose model ran to the end more than once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Hashable
+
+from PIL import Image
+
+STEPS = 5
+
+
+class StandInGenerate:
+    model_label = "stand-in generate"
+
+    def __init__(self, cost_s: float, runs_file: Path | None) -> None:
+        self.cost_s = cost_s
+        self.runs_file = runs_file
+        self.image = Image.new("RGB", (16, 16), (40, 120, 200))
+
+    def warm_up(self) -> None:
+        pass
+
+    def batch_key(self, request: Any) -> Hashable | None:
+        return None
+
+    def run_batch(self, requests: list[Any], images: list[Any], progress: Any) -> list[Any]:
+        from worker.pipelines.base import FileSlot, PipelineResult
+
+        for step in range(STEPS):
+            time.sleep(self.cost_s / STEPS)
+            progress((step + 1) / (STEPS + 1))
+        if self.runs_file is not None:
+            with open(self.runs_file, "a") as runs:  # one short line per write: appends do not interleave
+                runs.write(f"{requests[0].prompt}\n")
+        return [PipelineResult(output={"images": [FileSlot("output-0.png")], "seed": 1},
+                               images={"output-0.png": self.image})]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.faults.standin_worker")
+    parser.add_argument("--cost-ms", type=float, default=200.0)
+    parser.add_argument("--runs-file", type=Path)
+    parser.add_argument("--loglevel", default="INFO")
+    args = parser.parse_args(argv)
+
+    import logging
+
+    from tasks.kinds import JobKind
+    from tasks.settings import Settings
+    from worker.process import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pipelines = {JobKind.GENERATE: StandInGenerate(args.cost_ms / 1000, args.runs_file)}
+    serve(Settings.from_env(), lambda: pipelines, f"standin-{os.getpid()}@{socket.gethostname()}", "cpu",
+          args.loglevel)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

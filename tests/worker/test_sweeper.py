@@ -1,0 +1,93 @@
+"""The sweeper against a real Redis: a message lost between BRPOP and kombu's
+unacked bookkeeping is published again; a message anywhere in Redis is left alone."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tasks.app import make_celery
+from tasks.kinds import JobKind, Priority, queue_list_key
+from tasks.settings import Settings
+from tasks.store import JobStore
+from worker.sweeper import Sweeper, celery_publisher, unacked_key
+
+pytestmark = pytest.mark.integration  # a real redis-server
+
+
+@pytest.fixture
+def setup(redis_server: Any, redis_client: redis.Redis, key_prefix: str, tmp_path: Path):
+    settings = Settings(redis_url=redis_server.url, redis_prefix=key_prefix, storage_url=tmp_path.as_uri())
+    app = make_celery(settings)
+    store = JobStore(redis_client, ttl_s=60, prefix=key_prefix)
+    publish = celery_publisher(app)
+    queue = queue_list_key(JobKind.GENERATE, Priority.NORMAL, key_prefix)
+
+    def submit(prompt: str) -> str:
+        request = {"prompt": prompt}
+        record, _ = store.create(JobKind.GENERATE, request, message=request)
+        publish(JobKind.GENERATE, record.id, request, Priority.NORMAL)
+        store.redis.zadd(store.queued_key, {record.id: time.time() - 100})  # queued for a while
+        return record.id
+
+    yield store, publish, queue, submit
+    app.close()
+
+
+def message_ids(client: redis.Redis, key: str) -> list[str]:
+    return [json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1)]
+
+
+def test_a_message_taken_but_never_recorded_is_published_again(setup) -> None:
+    store, publish, queue, submit = setup
+    lost = submit("lost")
+    store.redis.rpop(queue)  # what BRPOP does; the worker is killed before kombu records it as unacked
+    assert message_ids(store.redis, queue) == []
+    republished = Sweeper(store, publish, grace_s=15, sleep=lambda s: None).sweep()
+    assert republished == [lost]
+    raw = json.loads(store.redis.lrange(queue, 0, -1)[0])
+    assert raw["headers"]["id"] == lost
+    _args, kwargs, _embed = json.loads(base64.b64decode(raw["body"]))
+    assert kwargs == {"job_id": lost, "request": {"prompt": "lost"}}
+    assert store.queued_since(time.time() - 5) == []  # seen again now: not swept before another grace
+
+
+def test_messages_in_a_queue_or_reserved_by_a_worker_are_left_alone(setup) -> None:
+    store, publish, queue, submit = setup
+    waiting = submit("waiting")
+    reserved = submit("reserved")
+    raw = store.redis.rpop(queue)  # the oldest is taken by a worker and recorded, as kombu does
+    assert json.loads(raw)["headers"]["id"] == waiting
+    store.redis.hset(unacked_key(store.prefix), "tag-1", json.dumps([json.loads(raw), "", "visionq.generate"]))
+    assert Sweeper(store, publish, grace_s=15, sleep=lambda s: None).sweep() == []
+    assert message_ids(store.redis, queue) == [reserved]
+    assert store.queued_since(time.time() - 5) == []  # both seen now
+
+
+def test_a_hand_over_in_progress_is_not_mistaken_for_a_loss(setup) -> None:
+    store, publish, queue, submit = setup
+    submit("in hand")
+    raw = store.redis.rpop(queue)  # taken by a live worker, which records it a moment later
+
+    def worker_records_it(_: float) -> None:
+        store.redis.hset(unacked_key(store.prefix), "tag-2", json.dumps([json.loads(raw), "", "visionq.generate"]))
+
+    assert Sweeper(store, publish, grace_s=15, sleep=worker_records_it).sweep() == []
+    assert message_ids(store.redis, queue) == []
+
+
+def test_a_job_no_longer_queued_is_not_published(setup) -> None:
+    store, publish, queue, submit = setup
+    job_id = submit("done")
+    store.redis.rpop(queue)
+
+    def it_finishes(_: float) -> None:
+        store.request_cancel(job_id)
+
+    assert Sweeper(store, publish, grace_s=15, sleep=it_finishes).sweep() == []
+    assert message_ids(store.redis, queue) == []

@@ -1,0 +1,141 @@
+"""The sweeper: publishes again the message of a queued job that Redis no longer holds.
+
+kombu's Redis transport takes a message with BRPOP and only then records it in
+its unacked hash; a worker killed between the two loses the message, and its job
+would stay `queued` forever. The job store is the source of truth: every worker
+runs this sweeper, which looks at jobs queued for longer than
+VISIONQ_SWEEP_GRACE_S, searches every priority list of their queue and the
+unacked hash for their message, and publishes the message again for those found
+nowhere (twice, a second apart, so a live worker's hand-over of a few
+milliseconds is not mistaken for a loss). This is safe because a job's status
+only moves by check-and-set: a second copy of a message finds the job running or
+final and does nothing harmful. A republish is not an attempt (only a run that
+starts counts toward VISIONQ_MAX_ATTEMPTS).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import redis
+
+from tasks.errors import JobNotFound
+from tasks.kinds import JobKind, Priority, queue_list_key
+from tasks.status import JobStatus
+from tasks.store import JobStore
+
+log = logging.getLogger("visionq.sweeper")
+
+# KEYS: the queue lists to search, then kombu's unacked hash. ARGV: job ids.
+# Returns the ids whose message is in none of them. A message's first `"id": "`
+# is Celery's task id header, which is the job id (the producer sets it so).
+_ABSENT = """
+local wanted, left = {}, 0
+for i = 1, #ARGV do wanted[ARGV[i]] = true; left = left + 1 end
+local function strike(raw)
+  local id = string.match(raw, '"id": ?"([^"]+)"')
+  if id and wanted[id] then wanted[id] = nil; left = left - 1 end
+end
+for k = 1, #KEYS - 1 do
+  local length = redis.call('LLEN', KEYS[k])
+  local start = 0
+  while start < length and left > 0 do
+    for _, raw in ipairs(redis.call('LRANGE', KEYS[k], start, start + 999)) do strike(raw) end
+    start = start + 1000
+  end
+end
+if left > 0 then
+  for _, raw in ipairs(redis.call('HVALS', KEYS[#KEYS])) do strike(raw) end
+end
+local absent = {}
+for id, _ in pairs(wanted) do table.insert(absent, id) end
+return absent
+"""
+
+
+def unacked_key(prefix: str) -> str:
+    """kombu's hash of messages taken by a worker and not yet acknowledged (under our prefix)."""
+    return f"{prefix}:unacked"
+
+
+class Sweeper:
+    confirm_s = 1.0  # a message must be missing twice, this far apart
+
+    def __init__(
+        self, store: JobStore, publish: Callable[[JobKind, str, dict[str, Any], Priority], None],
+        grace_s: float, *, sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.publish = publish
+        self.grace_s = grace_s
+        self.sleep = sleep
+        self.interval_s = max(1.0, grace_s / 3)
+        self._absent = store.redis.register_script(_ABSENT)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="visionq-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if self._take_turn():
+                    self.sweep()
+            except redis.RedisError as exc:
+                log.info("sweep skipped, Redis unavailable: %s", exc)
+            except Exception:  # noqa: BLE001 - the sweeper must outlive any one bad record
+                log.exception("sweep failed")
+
+    def _take_turn(self) -> bool:
+        """One worker of the deployment sweeps per interval."""
+        key = f"{self.store.prefix}:sweeper"
+        return bool(self.store.redis.set(key, "1", nx=True, px=int(self.interval_s * 1000)))
+
+    def sweep(self) -> list[str]:
+        """Publish again the messages of queued jobs found nowhere; returns their ids."""
+        candidates = self.store.queued_since(time.time() - self.grace_s)
+        if not candidates:
+            return []
+        absent = self._find_absent(candidates)
+        self.store.mark_queued_seen([i for i in candidates if i not in absent])
+        if not absent:
+            return []
+        self.sleep(self.confirm_s)
+        republished = []
+        for job_id in self._find_absent(absent):
+            try:
+                record = self.store.get(job_id)
+            except JobNotFound:
+                self.store.forget_queued([job_id])
+                continue
+            if record.status is not JobStatus.QUEUED:
+                self.store.forget_queued([job_id])
+                continue
+            message = self.store.queued_message(record)
+            log.warning("job %s is queued but its message is nowhere in Redis; publishing it again", job_id)
+            self.publish(record.kind, job_id, message, Priority(record.priority))
+            self.store.mark_queued_seen([job_id])
+            republished.append(job_id)
+        return republished
+
+    def _find_absent(self, job_ids: list[str]) -> set[str]:
+        prefix = self.store.prefix
+        lists = [queue_list_key(kind, priority, prefix) for kind in JobKind for priority in Priority]
+        absent = self._absent(keys=[*lists, unacked_key(prefix)], args=job_ids)
+        return {i.decode() for i in absent}
+
+
+def celery_publisher(app: Any) -> Callable[[JobKind, str, dict[str, Any], Priority], None]:
+    """Publish a job's message exactly as the producer does (worker's Celery app)."""
+    def publish(kind: JobKind, job_id: str, request: dict[str, Any], priority: Priority) -> None:
+        app.send_task(
+            kind.task_name, kwargs={"job_id": job_id, "request": request},
+            queue=kind.queue, task_id=job_id, priority=priority.level,
+        )
+    return publish
