@@ -1,19 +1,25 @@
 """Signed webhooks end to end: worker events -> visionq.webhooks -> delivery worker -> a real receiver."""
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import socket
 import threading
+import uuid
 from typing import Iterator
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from producer import Client, InvalidInput
-from producer.redis_server import free_port
+from tasks.deliveries import enqueue_delivery
+from tasks.record import utc_now
+from tasks.webhooks import DeliveryStatus, EventType, event_body
 from tests.conftest import WEBHOOK_SECRET
 from tests.support.cli import run_visionq
 from tests.support.images import scene
-from tests.support.receiver import Receiver
+from tests.support.receiver import Answer, Receiver
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerProcess
 
@@ -31,6 +37,15 @@ def receiver() -> Iterator[Receiver]:
 
 def delivered(client: Client, job_id: str) -> list[dict]:
     return client.get(job_id).to_dict()["webhook_attempts"]
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port held bound but not listening: connections to it are refused
+    and nobody else takes it until the block ends (then a receiver binds it)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 def test_events_are_signed_standard_webhooks(client: Client, deliverer, receiver: Receiver) -> None:
@@ -80,13 +95,12 @@ def test_500_then_200_is_retried_with_the_same_id(client: Client, deliverer, rec
 
 
 def test_receiver_down_then_up_loses_nothing(client: Client, deliverer) -> None:
-    port = free_port()
-    late = Receiver(port=port)
-    jobs = [client.caption(scene(seed=i), webhook=f"http://localhost:{port}/late") for i in range(3)]
-    for job in jobs:
-        job.wait(timeout=TIMEOUT)
-    wait_until(lambda: all(len(delivered(client, j.id)) >= 2 for j in jobs), what="failed attempts")
-    late.start()
+    with refusing_port() as port:
+        jobs = [client.caption(scene(seed=i), webhook=f"http://localhost:{port}/late") for i in range(3)]
+        for job in jobs:
+            job.wait(timeout=TIMEOUT)
+        wait_until(lambda: all(len(delivered(client, j.id)) >= 2 for j in jobs), what="failed attempts")
+    late = Receiver(port=port).start()
     try:
         wait_until(lambda: len(late.on("/late")) >= 3, what="deliveries after the receiver came up")
         ids = [d.headers["webhook-id"] for d in late.on("/late")]
@@ -100,10 +114,12 @@ def test_receiver_down_then_up_loses_nothing(client: Client, deliverer) -> None:
 
 def test_hanging_receiver_does_not_hold_the_gpu_worker(client: Client, deliverer, receiver: Receiver) -> None:
     hanging = threading.Event()
+    answered: list[int] = []
 
     def hang(delivery, nth) -> int:
         hanging.set()
         receiver.release.wait(30)
+        answered.append(nth)
         return 200
 
     receiver.behaviour["/hang"] = hang
@@ -111,7 +127,12 @@ def test_hanging_receiver_does_not_hold_the_gpu_worker(client: Client, deliverer
     others = [client.caption(scene(seed=10 + i)) for i in range(5)]
     for job in slow_receivers + others:
         assert job.wait(timeout=TIMEOUT).status == "succeeded"
-    assert hanging.is_set() and not receiver.release.is_set()  # jobs all finished while receivers hung
+    wait_until(hanging.is_set, what="a delivery reaching the hanging receiver")
+    # Every job is done and no hanging receiver has answered yet (each hangs for 30 s):
+    # the GPU worker never waited on one. The delivery worker cut them at its deadline.
+    assert not answered
+    wait_until(lambda: delivered(client, slow_receivers[0].id), what="the first attempt's end")
+    assert "within the 2 s deadline" in delivered(client, slow_receivers[0].id)[0]["error"]
     receiver.release.set()
 
 
@@ -143,11 +164,15 @@ def test_ssrf_refusals(client: Client, deliverer, receiver: Receiver) -> None:
                 "http://user@localhost/cb"):
         with pytest.raises(InvalidInput, match="refused"):
             client.caption(scene(), webhook=url)
-    # "vm" resolves to 127.0.0.1 on these machines: refused after resolution, at delivery.
-    job = client.caption(scene(), webhook=f"http://vm:{receiver.port}/dns").wait(timeout=TIMEOUT)
-    wait_until(lambda: delivered(client, job.id), what="refused attempt")
-    attempt = delivered(client, job.id)[0]
-    assert attempt["status"] is None and "loopback" in attempt["error"]
+    # The deliverer checks the address again: a delivery stored around the submit check
+    # (as a host name whose DNS answer changed after submit would be) is refused, not sent.
+    delivery_id = f"msg_dns_{uuid.uuid4().hex}"
+    body = event_body(EventType.SUCCEEDED, utc_now(), 1, {"id": "dns-check"})
+    client.deliveries.create(delivery_id, "dns-check", "job.succeeded", f"http://127.0.0.2:{receiver.port}/dns", body)
+    enqueue_delivery(client.celery, delivery_id)
+    wait_until(lambda: client.deliveries.get(delivery_id).status is DeliveryStatus.DEAD, what="refused attempt")
+    (attempt,) = client.deliveries.get(delivery_id).attempts
+    assert attempt.status is None and "loopback" in attempt.error
     assert not receiver.on("/dns")
 
 
@@ -158,6 +183,9 @@ def test_webhook_options_are_validated(client: Client, receiver: Receiver) -> No
         client.caption(scene(), webhook_events=["job.started"])
     with pytest.raises(InvalidInput, match="whsec_"):
         client.caption(scene(), webhook=receiver.url("/x"), webhook_secret="whsec_not base64!")
+    for weak in ("whsec_", "whsec_" + base64.b64encode(b"abc").decode()):
+        with pytest.raises(InvalidInput, match="webhook_secret: .* must be at least 24 random bytes"):
+            client.caption(scene(), webhook=receiver.url("/x"), webhook_secret=weak)
 
 
 def test_per_job_secret(client: Client, deliverer, receiver: Receiver) -> None:
@@ -174,21 +202,62 @@ def test_per_job_secret(client: Client, deliverer, receiver: Receiver) -> None:
 def test_retries_survive_a_restart_of_the_delivery_worker(
     client: Client, service_env: dict, tmp_path, deliverer
 ) -> None:
-    port = free_port()
     # A private deliverer whose retries wait long enough for the restart to land in between.
     env = {**service_env, "VISIONQ_WEBHOOK_SCHEDULE": "0,1.5,1.5,1.5,1.5,1.5,1.5,1.5"}
     deliverer.stop()
     mine = WorkerProcess(env, tmp_path, ["webhooks"]).start()
-    late = Receiver(port=port)
+    late: Receiver | None = None
     try:
-        job = client.caption(scene(), webhook=f"http://localhost:{port}/restart").wait(timeout=TIMEOUT)
-        wait_until(lambda: delivered(client, job.id), what="first failed attempt")
-        mine.stop()  # the retry is now only in Redis
-        late.start()
+        with refusing_port() as port:
+            job = client.caption(scene(), webhook=f"http://localhost:{port}/restart").wait(timeout=TIMEOUT)
+            wait_until(lambda: delivered(client, job.id), what="first failed attempt")
+            mine.stop()  # the retry is now only in Redis
+        late = Receiver(port=port).start()
         mine = WorkerProcess(env, tmp_path, ["webhooks"]).start()
         wait_until(lambda: late.on("/restart"), what="delivery after restart")
         assert late.on("/restart")[0].event["data"]["id"] == job.id
     finally:
         mine.stop()
-        late.stop()
+        if late is not None:
+            late.stop()
         deliverer.start()
+
+
+def test_receiver_down_longer_than_the_schedule_is_dead_then_replayed_once(
+    client: Client, deliverer, service_env: dict
+) -> None:
+    with refusing_port() as port:
+        job = client.caption(scene(), webhook=f"http://localhost:{port}/down").wait(timeout=TIMEOUT)
+
+        def dead_letter() -> dict | None:
+            dead = json.loads(run_visionq("webhooks", "dead", "--json", env=service_env).stdout)
+            return next((d for d in dead if d["job_id"] == job.id), None)
+
+        wait_until(dead_letter, what="the dead letter of an exhausted schedule")
+        dead = dead_letter()
+    schedule_length = len(service_env["VISIONQ_WEBHOOK_SCHEDULE"].split(","))
+    assert dead["reason"].startswith(f"gave up after {schedule_length} attempts")
+    assert len(dead["attempts"]) == schedule_length and all(a["status"] is None for a in dead["attempts"])
+    receiver = Receiver(port=port).start()
+    try:
+        replay = run_visionq("webhooks", "replay", dead["id"], env=service_env)
+        assert replay.returncode == 0, replay.stderr
+        wait_until(lambda: client.deliveries.get(dead["id"]).status.value == "delivered", what="replayed delivery")
+        (received,) = receiver.on("/down")  # delivered once
+        event = Webhook(WEBHOOK_SECRET).verify(received.body, received.headers)  # the independent library
+        assert received.headers["webhook-id"] == dead["id"]
+        assert event["type"] == "job.succeeded" and event["data"]["id"] == job.id
+        assert dead_letter() is None
+    finally:
+        receiver.stop()
+
+
+def test_huge_retry_after_is_capped_and_remote_text_cleaned(client: Client, deliverer, receiver: Receiver) -> None:
+    busy = Answer(503, {"Retry-After": "1e300"}, reason="Busy\x1b[2J\x07")
+    receiver.behaviour["/busy"] = lambda delivery, nth: busy if nth == 1 else 200
+    job = client.caption(scene(), webhook=receiver.url("/busy")).wait(timeout=TIMEOUT)
+    # Capped at the schedule's longest delay (0.4 s here) instead of 1e300 s: the retry comes.
+    wait_until(lambda: len(receiver.on("/busy")) == 2, what="the retry after Retry-After: 1e300")
+    wait_until(lambda: len(delivered(client, job.id)) == 2, what="second attempt recorded")
+    first, second = delivered(client, job.id)
+    assert (first["status"], first["error"], second["status"]) == (503, "HTTP 503 Busy[2J", 200)

@@ -20,11 +20,20 @@ class Delivery:
 
 
 @dataclass
+class Answer:
+    """What the receiver sends back when a bare status is not enough."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None
+
+
+@dataclass
 class Receiver:
-    """`behaviour[path](delivery, nth_try_of_this_webhook_id) -> status`; default 200."""
+    """`behaviour[path](delivery, nth_try_of_this_webhook_id) -> status | Answer`; default 200."""
 
     port: int = 0
-    behaviour: dict[str, Callable[[Delivery, int], int]] = field(default_factory=dict)
+    behaviour: dict[str, Callable[[Delivery, int], int | Answer]] = field(default_factory=dict)
     received: list[Delivery] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -37,10 +46,14 @@ class Receiver:
                 delivery = Delivery(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 tries = sum(1 for d in receiver.received if d.headers["webhook-id"] == delivery.headers["webhook-id"])
                 receiver.received.append(delivery)
-                status = receiver.behaviour.get(self.path, lambda d, n: 200)(delivery, tries + 1)
-                self.send_response(status)
-                if status in (301, 302):
+                answer = receiver.behaviour.get(self.path, lambda d, n: 200)(delivery, tries + 1)
+                if isinstance(answer, int):
+                    answer = Answer(answer)
+                self.send_response(answer.status, answer.reason)
+                if answer.status in (301, 302):
                     self.send_header("Location", "http://169.254.169.254/")
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
