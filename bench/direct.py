@@ -16,7 +16,7 @@ from tasks.schemas import JobRequest
 from tasks.settings import Settings
 from worker.images import decode_image
 from worker.outputs import encode_png
-from worker.pipelines.base import Pipeline
+from worker.pipelines.base import Pipeline, run_one
 
 
 @dataclass
@@ -55,7 +55,7 @@ def time_direct(pipeline: Pipeline, request: JobRequest, image_bytes: bytes | No
         started = time.perf_counter()
         image = None if image_bytes is None else decode_image(image_bytes, settings.limits)
         decoded = time.perf_counter()
-        result = pipeline.run(request, image, _ignore_progress)
+        result = run_one(pipeline, request, image, _ignore_progress)
         ran = time.perf_counter()
         for output in result.images.values():
             encode_png(output, settings.png_compress_level)

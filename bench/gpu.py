@@ -33,6 +33,7 @@ from producer.client import Client
 from producer.job import Job
 from tasks.kinds import JobKind
 from tasks.settings import Settings
+from worker.pipelines.base import no_progress, run_one
 
 NAME = "gpu"
 DEFAULT_JSON = Path(__file__).resolve().parent / "gpu-results.json"
@@ -222,11 +223,10 @@ def _direct_call(pipeline: Any, spec: JobSpec, batch: int, image: Any, settings:
     """One model call doing `batch` images' work; returns the images the worker would encode."""
     if spec.kind is JobKind.GENERATE:
         request = replace(spec, params={**spec.params, "num_images": batch}).request("", settings.limits)
-        return lambda: list(pipeline.run(request, None, lambda _: None).images.values())
+        return lambda: list(run_one(pipeline, request, None, no_progress).images.values())
     request = spec.request("file:///bench.jpg", settings.limits)
-    if batch == 1:
-        return lambda: list(pipeline.run(request, image, lambda _: None).images.values())
-    return lambda: [i for r in pipeline.run_batch([request] * batch, [image] * batch) for i in r.images.values()]
+    return lambda: [i for r in pipeline.run_batch([request] * batch, [image] * batch, no_progress)
+                    for i in r.images.values()]
 
 
 def _measure_service(

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tasks.kinds import JobKind
 from tasks.settings import Settings
-from worker.pipelines.base import FileSlot, ModelSpec, Pipeline, PipelineResult, ProgressCallback
+from worker.pipelines.base import FileSlot, Pipeline, PipelineResult, ProgressCallback
 
 # The stand-in answers segment jobs: an image in, a small image out, so the job
 # goes through input fetch and decode, encode and upload like a real one.
@@ -31,12 +31,18 @@ class FixedCostPipeline:
     def warm_up(self) -> None:
         pass
 
-    def run(self, request: Any, image: Image.Image | None, progress: ProgressCallback) -> PipelineResult:
-        time.sleep(self.cost_s)
-        progress(1.0)
-        return PipelineResult(
-            output={"segments": [], "overlay": FileSlot("overlay.png")}, images={"overlay.png": self.output}
-        )
+    def batch_key(self, request: Any) -> None:
+        return None  # a fixed cost per job: batching would hide what is measured
+
+    def run_batch(self, requests: list[Any], images: list[Image.Image | None],
+                  progress: ProgressCallback) -> list[PipelineResult]:
+        time.sleep(self.cost_s * len(requests))
+        return [
+            PipelineResult(
+                output={"segments": [], "overlay": FileSlot("overlay.png")}, images={"overlay.png": self.output}
+            )
+            for _ in requests
+        ]
 
 
 class LoadPerTaskPipeline:
@@ -51,24 +57,15 @@ class LoadPerTaskPipeline:
     def warm_up(self) -> None:
         pass  # nothing is loaded ahead: that is the point
 
-    def run(self, request: Any, image: Image.Image | None, progress: ProgressCallback) -> PipelineResult:
-        return self.load().run(request, image, progress)
+    def batch_key(self, request: Any) -> None:
+        return None  # one load per job is the point
+
+    def run_batch(self, requests: list[Any], images: list[Image.Image | None],
+                  progress: ProgressCallback) -> list[PipelineResult]:
+        return [self.load().run_batch([request], [image], progress)[0] for request, image in zip(requests, images)]
 
     def load(self) -> Pipeline:
+        from worker.loader import load_default_pipeline
         from worker.loading import pick_dtype
 
-        dtype = pick_dtype(self.device)
-        if self.kind is JobKind.CAPTION:
-            from worker.pipelines.caption import CaptionPipeline
-
-            return CaptionPipeline.load(self._spec("caption"), self.device, dtype)
-        if self.kind is JobKind.SEGMENT:
-            from worker.pipelines.segment import SegmentPipeline
-
-            return SegmentPipeline.load(self._spec("segment"), self._spec("semantic"), self.device, dtype)
-        from worker.pipelines.generate import GeneratePipeline
-
-        return GeneratePipeline.load(self._spec("generate"), self.device, dtype)
-
-    def _spec(self, role: str) -> ModelSpec:
-        return ModelSpec(*self.settings.model_for(role))
+        return load_default_pipeline(self.kind, self.settings, self.device, pick_dtype(self.device))

@@ -23,7 +23,7 @@ from typing import Any, Callable, Hashable
 
 from tasks.errors import ModelError, OutOfMemory, VisionqError
 from tasks.kinds import JobKind
-from worker.pipelines.base import Pipeline, PipelineResult
+from worker.pipelines.base import Pipeline, PipelineResult, no_progress
 
 log = logging.getLogger("visionq.worker")
 
@@ -77,8 +77,9 @@ class ModelExecutor:
     ) -> tuple[PipelineResult, int, float]:
         """(result, batch size, model milliseconds) for this job; blocks until done."""
         key = None
-        if self.max_batch.get(kind, 1) > 1 and hasattr(pipeline, "batch_key"):
-            key = (kind, pipeline.batch_key(request))
+        if self.max_batch.get(kind, 1) > 1:
+            own_key = pipeline.batch_key(request)
+            key = None if own_key is None else (kind, own_key)
         item = _Item(kind, pipeline, request, image, progress, job_id, limit_s, start, key, priority)
         with self._arriving_lock:
             self._queue.put(item)
@@ -153,27 +154,34 @@ class ModelExecutor:
 
     def _run(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
-        if len(batch) == 1:
-            item = batch[0]
-            try:
-                result = call_pipeline(lambda: item.pipeline.run(item.request, item.image, item.progress))
-                item.future.set_result((result, 1, _ms_since(started)))
-            except BaseException as exc:  # noqa: BLE001 - delivered to the job's own thread
-                item.future.set_exception(exc)
-            return
         pipeline = batch[0].pipeline
+        # A job alone reports its own progress (and may be canceled midway); in a
+        # batch of several, each job's checkpoint comes once the batch is done.
+        progress = batch[0].progress if len(batch) == 1 else no_progress
         try:
-            results = call_pipeline(lambda: pipeline.run_batch([i.request for i in batch], [i.image for i in batch]))
-        except OutOfMemory:
+            results = call_pipeline(
+                lambda: pipeline.run_batch([i.request for i in batch], [i.image for i in batch], progress)
+            )
+        except OutOfMemory as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
             log.warning("batch of %d ran out of memory; retrying in halves", len(batch))
             half = len(batch) // 2
             self._run(batch[:half])
             self._run(batch[half:])
             return
-        except VisionqError:
+        except VisionqError as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
             log.warning("batch of %d failed; running its jobs one by one", len(batch))
             for item in batch:
                 self._run([item])
+            return
+        except BaseException as exc:  # noqa: BLE001 - JobCanceled and the like, delivered to the jobs' threads
+            for item in batch:
+                item.future.set_exception(exc)
             return
         run_ms = _ms_since(started)
         for item, result in zip(batch, results):

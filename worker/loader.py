@@ -19,7 +19,7 @@ def load_pipelines(settings: Settings, kinds: list[JobKind], device: str) -> dic
     pipelines: dict[JobKind, Pipeline] = {}
     for kind in kinds:
         started = time.perf_counter()
-        pipelines[kind] = _load(kind, settings, device, dtype)
+        pipelines[kind] = load_default_pipeline(kind, settings, device, dtype)
         loaded = time.perf_counter()
         pipelines[kind].warm_up()
         log.info(
@@ -34,15 +34,29 @@ def _spec(settings: Settings, role: str) -> ModelSpec:
     return ModelSpec(model_id, revision)
 
 
-def _load(kind: JobKind, settings: Settings, device: str, dtype: object) -> Pipeline:
-    if kind is JobKind.CAPTION:
-        from worker.pipelines.caption import CaptionPipeline
-
-        return CaptionPipeline.load(_spec(settings, "caption"), device, dtype)
+def load_default_pipeline(kind: JobKind, settings: Settings, device: str, dtype: object) -> Pipeline:
+    """The kind's default pipeline, from the models the settings name per role; not warmed up."""
     if kind is JobKind.SEGMENT:
         from worker.pipelines.segment import SegmentPipeline
 
+        # Segment's default serves labels (CLIPSeg) and no labels (the semantic model) alike.
         return SegmentPipeline.load(_spec(settings, "segment"), _spec(settings, "semantic"), device, dtype)
+    return load_pipeline(kind, _spec(settings, kind.value), device, dtype)
+
+
+def load_pipeline(kind: JobKind, spec: ModelSpec, device: str, dtype: object) -> Pipeline:
+    """The pipeline of `kind` for one model, whatever its family (read from its config), not warmed up.
+
+    A worker may hold several of a kind, keyed by the model's name (tasks.models).
+    """
+    if kind is JobKind.CAPTION:
+        from worker.pipelines.caption import CaptionPipeline
+
+        return CaptionPipeline.load(spec, device, dtype)
+    if kind is JobKind.SEGMENT:
+        from worker.pipelines.segment import SegmentPipeline
+
+        return SegmentPipeline.load_one(spec, device, dtype)
     from worker.pipelines.generate import GeneratePipeline
 
-    return GeneratePipeline.load(_spec(settings, "generate"), device, dtype)
+    return GeneratePipeline.load(spec, device, dtype)

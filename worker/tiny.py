@@ -1,10 +1,11 @@
-"""`visionq models tiny DIR`: tiny random-weight models of the default classes, offline.
+"""`visionq models tiny DIR`: a tiny random-weight model of every family in the catalogue, offline.
 
-Same model classes, processors and folder layout as the real defaults, saved with
-save_pretrained (safetensors), so a worker loads them through exactly the code path
-it uses for Hugging Face ids. Tokenizers are built here from a few words; no hub is
-contacted. Outputs are noise; sizes make every model load and run in milliseconds.
-Seeded: the same seed writes the same bytes.
+Same model classes, processors and folder layout as the real models (tasks.models:
+one sub-folder per model name), saved with save_pretrained (safetensors), so a worker
+loads them through exactly the code path it uses for Hugging Face ids. Tokenizers are
+built here from a few words; no hub is contacted. Outputs are noise (though each caption
+family speaks its own words, see worker/tiny_captioners.py); sizes make every model load
+and run in milliseconds. Seeded: the same seed writes the same bytes.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import torch
 import transformers.utils.logging as transformers_logging
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import (
-    BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor, CLIPSegConfig,
-    CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, SegformerConfig,
-    SegformerForSemanticSegmentation, SegformerImageProcessor, ViTImageProcessor,
+    CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer,
+    SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor, ViTImageProcessor,
 )
 
-from tasks.settings import MODEL_DIR_NAMES
+from tasks.models import CATALOGUE
+from worker.tiny_captioners import build_blip, build_vit_gpt2, build_vlm
 
 MARKER = "VISIONQ_TINY.txt"
 SEMANTIC_CLASSES = ["sky", "tree", "road", "person", "car"]
@@ -35,7 +36,6 @@ _LETTERS = sorted({letter for word in _WORDS for letter in word})
 # Text limits in tokens, special tokens included. CLIP's is 77, but at 16 a label within
 # the label character cap can exceed it, so the refusal is testable end to end.
 _CLIP_POSITIONS = 16
-_BLIP_POSITIONS = 512  # real BLIP's: max_new_tokens is refused only where the real model refuses it
 
 
 def is_tiny_dir(path: str | Path) -> bool:
@@ -45,39 +45,33 @@ def is_tiny_dir(path: str | Path) -> bool:
 
 
 def build_tiny_models(dest: Path, seed: int = 0) -> dict[str, Path]:
-    """Write the four tiny models under `dest` (laid out as tasks.settings.MODEL_DIR_NAMES); returns role -> folder."""
+    """Write one tiny model per catalogue entry under `dest`; returns model name (``kind/name``) -> folder."""
     transformers_logging.disable_progress_bar()
     diffusers_logging.disable_progress_bar()
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    paths = {role: dest / name for role, name in MODEL_DIR_NAMES.items()}
+    # Each model's weights depend on the seed and its place here only, not on what else is built.
     builders = {
-        "caption": _build_caption,
-        "segment": _build_prompted_segmenter,
-        "semantic": _build_semantic_segmenter,
-        "generate": _build_generator,
+        "caption/blip": build_blip,
+        "segment/clipseg": _build_prompted_segmenter,
+        "segment/segformer": _build_semantic_segmenter,
+        "generate/sd": _build_generator,
+        "caption/vit-gpt2": build_vit_gpt2,
+        "caption/vlm": build_vlm,
     }
-    for offset, (role, build) in enumerate(builders.items()):
-        torch.manual_seed(seed + offset)  # each model's weights depend on the seed only, not on build order
-        build(paths[role])
+    folders = {entry.full_name: dest / entry.folder for entry in CATALOGUE}
+    for offset, (name, build) in enumerate(builders.items()):
+        torch.manual_seed(seed + offset)
+        build(folders[name])
     (dest / MARKER).write_text(
         "Tiny RANDOM-WEIGHT models built by `visionq models tiny` for tests and offline demos.\n"
         "Their outputs are noise. The folders load like the real models, through the same code.\n"
     )
-    return paths
+    return folders
 
 
 def _ordered(tokens: set[str], specials: list[str]) -> dict[str, int]:
     return {token: i for i, token in enumerate(specials + sorted(tokens, key=lambda t: (len(t), t)))}
-
-
-def _bert_tokenizer() -> BertTokenizer:
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-    # WordPiece needs whole words and single letters, at a word's start and inside one ("##").
-    tokens = {*_WORDS, *_LETTERS, *(f"##{letter}" for letter in _LETTERS)}
-    # BLIP starts decoding at its [DEC] token (its bos) and stops at [SEP].
-    return BertTokenizer(vocab=_ordered(tokens, specials), do_lower_case=True, bos_token="[DEC]",
-                         model_max_length=_BLIP_POSITIONS)
 
 
 def _clip_tokenizer() -> CLIPTokenizer:
@@ -102,24 +96,6 @@ def _clip_text_config(tokenizer: CLIPTokenizer) -> dict:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-
-
-def _build_caption(path: Path) -> None:
-    tokenizer = _bert_tokenizer()
-    layers = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  initializer_range=0.2)  # at the default 0.02 the caption barely depends on the image
-    config = BlipConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), max_position_embeddings=_BLIP_POSITIONS,
-            bos_token_id=tokenizer.bos_token_id, sep_token_id=tokenizer.sep_token_id,
-            eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id, **layers,
-        ),
-        vision_config=dict(image_size=32, patch_size=8, **layers),
-        projection_dim=16,
-    )
-    BlipForConditionalGeneration(config).save_pretrained(path)
-    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
-    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
 
 
 def _build_prompted_segmenter(path: Path) -> None:

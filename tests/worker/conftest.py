@@ -10,6 +10,7 @@ from worker.pipelines.base import ModelSpec
 from worker.pipelines.caption import CaptionPipeline
 from worker.pipelines.generate import GeneratePipeline
 from worker.pipelines.segment import SegmentPipeline
+from tasks.models import models_of
 from tasks.settings import MODEL_DIR_NAMES
 
 
@@ -26,13 +27,6 @@ def tiny_specs(tiny_models: Path) -> dict[str, ModelSpec]:
 
 
 @pytest.fixture(scope="session")
-def caption_pipeline(tiny_specs: dict[str, ModelSpec]) -> CaptionPipeline:
-    pipeline = CaptionPipeline.load(tiny_specs["caption"], "cpu", torch.float32)
-    pipeline.warm_up()
-    return pipeline
-
-
-@pytest.fixture(scope="session")
 def segment_pipeline(tiny_specs: dict[str, ModelSpec]) -> SegmentPipeline:
     pipeline = SegmentPipeline.load(tiny_specs["segment"], tiny_specs["semantic"], "cpu", torch.float32)
     pipeline.warm_up()
@@ -44,3 +38,14 @@ def generate_pipeline(tiny_specs: dict[str, ModelSpec]) -> GeneratePipeline:
     pipeline = GeneratePipeline.load(tiny_specs["generate"], "cpu", torch.float32)
     pipeline.warm_up()
     return pipeline
+
+
+@pytest.fixture(scope="session")
+def captioners(tiny_models: Path) -> dict[str, CaptionPipeline]:
+    """Model name -> caption pipeline of every caption family, loaded by name like a worker would."""
+    pipelines = {}
+    for entry in models_of("caption"):
+        pipelines[entry.full_name] = CaptionPipeline.load(ModelSpec(str(tiny_models / entry.folder)), "cpu",
+                                                          torch.float32)
+        pipelines[entry.full_name].warm_up()
+    return pipelines

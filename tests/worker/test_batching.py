@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tasks.errors import InvalidInput, ModelError, OutOfMemory
+from tasks.errors import InvalidInput, JobCanceled, ModelError, OutOfMemory
 from tasks.kinds import JobKind
 from worker.batching import ModelExecutor
 from worker.pipelines.base import PipelineResult
@@ -25,10 +25,7 @@ class Recorder:
     def batch_key(self, request: Any) -> Any:
         return "odd" if isinstance(request, int) and request % 2 else "even"
 
-    def run(self, request: Any, image: Any, progress: Any) -> PipelineResult:
-        return self.run_batch([request], [image])[0]
-
-    def run_batch(self, requests: list[Any], images: list[Any]) -> list[PipelineResult]:
+    def run_batch(self, requests: list[Any], images: list[Any], progress: Any) -> list[PipelineResult]:
         self.gate.wait(5)
         if "bad" in requests:
             raise InvalidInput("bad request")
@@ -112,8 +109,72 @@ def test_higher_priority_runs_first_among_reserved_jobs() -> None:
 
 def test_model_exceptions_become_model_error() -> None:
     class Broken(Recorder):
-        def run(self, request: Any, image: Any, progress: Any) -> PipelineResult:
+        def run_batch(self, requests: list[Any], images: list[Any], progress: Any) -> list[PipelineResult]:
             raise IndexError("tuple index out of range")
 
     with pytest.raises(ModelError, match="IndexError"):
         ModelExecutor({}, 0).run(JobKind.CAPTION, Broken(), 1, None, lambda f: None, "j", 60, lambda: None)
+
+
+def test_a_job_alone_reports_its_own_progress_and_a_batch_checkpoints_each_job() -> None:
+    class Reporting(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered = threading.Event()
+
+        def run_batch(self, requests: list[Any], images: list[Any], progress: Any) -> list[PipelineResult]:
+            self.entered.set()
+            progress(0.5)  # the job's own callback alone, a no-op in a batch of several
+            return super().run_batch(requests, images, progress)
+
+    pipeline = Reporting()
+    seen: dict[str, list[float]] = {"first": [], "a": [], "b": []}
+    executor = ModelExecutor({JobKind.CAPTION: 4}, max_wait_ms=0)
+
+    def run(request: int, job: str) -> threading.Thread:
+        thread = threading.Thread(target=executor.run, args=(JobKind.CAPTION, pipeline, request, None,
+                                                              seen[job].append, job, 60, lambda: None))
+        thread.start()
+        return thread
+
+    threads = [run(1, "first")]
+    assert pipeline.entered.wait(5)  # the first job holds the model; the next two wait together
+    threads += [run(0, "a"), run(2, "b")]
+    while executor._queue.qsize() < 2:
+        threading.Event().wait(0.01)
+    pipeline.gate.set()
+    for t in threads:
+        t.join()
+    assert [sorted(b) for b in pipeline.batches] == [[1], [0, 2]]
+    assert seen == {"first": [0.5, 1.0], "a": [1.0], "b": [1.0]}
+
+
+def test_a_job_whose_key_is_none_runs_alone() -> None:
+    class Alone(Recorder):
+        def batch_key(self, request: Any) -> None:
+            return None
+
+    pipeline = Alone()
+    executor = ModelExecutor({JobKind.CAPTION: 8}, max_wait_ms=200)
+    threads, results = submit_all(executor, pipeline, [2, 4, 6, 8])
+    pipeline.gate.set()
+    for t in threads:
+        t.join()
+    assert [len(b) for b in pipeline.batches] == [1, 1, 1, 1]
+    assert all(results[i][1] == 1 for i in results)
+
+
+def test_canceled_midway_alone_fails_that_job() -> None:
+    class Cancels(Recorder):
+        def run_batch(self, requests: list[Any], images: list[Any], progress: Any) -> list[PipelineResult]:
+            progress(0.5)
+            return super().run_batch(requests, images, progress)
+
+    def cancel(fraction: float) -> None:
+        raise JobCanceled("canceled")
+
+    pipeline = Cancels()
+    pipeline.gate.set()
+    with pytest.raises(JobCanceled):
+        ModelExecutor({JobKind.CAPTION: 4}, 0).run(JobKind.CAPTION, pipeline, 1, None, cancel, "j", 60, lambda: None)
+    assert pipeline.batches == []

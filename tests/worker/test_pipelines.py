@@ -1,4 +1,5 @@
-"""The three pipelines on the tiny random-weight models, loaded through the same code as real ids.
+"""Loading, segment and generate on the tiny random-weight models, through the same code as real ids
+(caption's families: test_caption_families.py).
 
 The models are random, so these tests check structure, sizes, determinism, limits and
 failure handling, never what a caption says or where a mask lies.
@@ -18,21 +19,20 @@ from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
 from tasks.errors import InvalidInput, JobCanceled, ModelError
-from tasks.schemas import CaptionRequest, GenerateRequest, SegmentRequest
+from tasks.kinds import JobKind
+from tasks.models import CATALOGUE
+from tasks.schemas import GenerateRequest, SegmentRequest
 from tasks.settings import MODEL_DIR_NAMES
 from tests.support.images import scene
+from worker.loader import load_pipeline
 from worker.loading import pick_dtype
-from worker.pipelines.base import FileSlot, ModelSpec
+from worker.pipelines.base import FileSlot, ModelSpec, no_progress, run_one
 from worker.pipelines.caption import CaptionPipeline
 from worker.pipelines.generate import GeneratePipeline
 from worker.pipelines.segment import SegmentPipeline, palette_colour
 from worker.tiny import MARKER, SEMANTIC_CLASSES, build_tiny_models, is_tiny_dir
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def no_progress(fraction: float) -> None:
-    pass
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -55,7 +55,7 @@ def test_build_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     first = build_tiny_models(tmp_path / "first", seed=0)
     again = build_tiny_models(tmp_path / "again", seed=0)
     other = build_tiny_models(tmp_path / "other", seed=1)
-    assert first.keys() == MODEL_DIR_NAMES.keys()
+    assert set(first) == {entry.full_name for entry in CATALOGUE}
     for role, folder in first.items():
         files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
         assert files and files == sorted(p.relative_to(again[role]) for p in again[role].rglob("*") if p.is_file())
@@ -84,10 +84,11 @@ from worker.pipelines.segment import SegmentPipeline
 from worker.tiny import build_tiny_models
 
 torch.set_num_threads(1)
-paths = {{role: ModelSpec(str(path)) for role, path in build_tiny_models({str(tmp_path)!r}).items()}}
-CaptionPipeline.load(paths["caption"], "cpu", torch.float32).warm_up()
-SegmentPipeline.load(paths["segment"], paths["semantic"], "cpu", torch.float32).warm_up()
-GeneratePipeline.load(paths["generate"], "cpu", torch.float32).warm_up()
+paths = {{name: ModelSpec(str(path)) for name, path in build_tiny_models({str(tmp_path)!r}).items()}}
+for name in ("caption/blip", "caption/vit-gpt2", "caption/vlm"):
+    CaptionPipeline.load(paths[name], "cpu", torch.float32).warm_up()
+SegmentPipeline.load(paths["segment/clipseg"], paths["segment/segformer"], "cpu", torch.float32).warm_up()
+GeneratePipeline.load(paths["generate/sd"], "cpu", torch.float32).warm_up()
 print("ok")
 """
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
@@ -135,50 +136,6 @@ def test_a_tokenizer_that_does_not_match_the_model_is_refused(tiny_models: Path,
         GeneratePipeline.load(ModelSpec(str(folder)), "cpu", torch.float32)
 
 
-# --- caption -------------------------------------------------------------------------------------
-
-
-def test_caption_returns_text(caption_pipeline: CaptionPipeline) -> None:
-    calls: list[float] = []
-    result = caption_pipeline.run(CaptionRequest(image="x", max_new_tokens=8), scene(), calls.append)
-    assert set(result.output) == {"text"} and isinstance(result.output["text"], str)
-    assert result.images == {}
-    assert calls[-1] == 1.0
-
-
-def test_caption_continues_the_prompt(caption_pipeline: CaptionPipeline) -> None:
-    for num_beams in (1, 2):
-        request = CaptionRequest(image="x", prompt="a picture of", max_new_tokens=6, num_beams=num_beams)
-        assert caption_pipeline.run(request, scene(), no_progress).output["text"].startswith("a picture of")
-
-
-def test_caption_depends_on_the_image(caption_pipeline: CaptionPipeline) -> None:
-    captions = {
-        caption_pipeline.run(CaptionRequest(image="x", max_new_tokens=8), scene(seed=seed), no_progress).output["text"]
-        for seed in range(4)
-    }
-    assert len(captions) > 1
-
-
-def test_caption_honours_max_new_tokens(caption_pipeline: CaptionPipeline) -> None:
-    inputs = caption_pipeline.prepare([scene()], None)
-    for max_new_tokens in (1, 3):
-        tokens = caption_pipeline.generate(inputs, max_new_tokens=max_new_tokens, num_beams=1)
-        assert tokens.shape[-1] <= 1 + max_new_tokens  # the start token, then at most max_new_tokens
-
-
-def test_caption_refuses_what_the_decoder_cannot_hold(caption_pipeline: CaptionPipeline) -> None:
-    positions = caption_pipeline.max_positions
-    with pytest.raises(InvalidInput, match="exceed the text decoder's limit"):
-        caption_pipeline.run(CaptionRequest(image="x", prompt="a " * positions), scene(), no_progress)
-    fits = "a picture of"  # 3 tokens after the start token
-    with pytest.raises(InvalidInput, match="exceed"):
-        caption_pipeline.run(
-            CaptionRequest(image="x", prompt=fits, max_new_tokens=positions - 3), scene(), no_progress
-        )
-    caption_pipeline.check_inputs(CaptionRequest(image="x", prompt=fits, max_new_tokens=positions - 4))
-
-
 # --- segment -------------------------------------------------------------------------------------
 
 
@@ -197,7 +154,7 @@ def test_segment_with_labels(segment_pipeline: SegmentPipeline) -> None:
     image = scene(96, 64)
     calls: list[float] = []
     labels = ["sun", "a red house", "sky"]
-    result = segment_pipeline.run(SegmentRequest(image="x", labels=labels, threshold=0.5), image, calls.append)
+    result = run_one(segment_pipeline, SegmentRequest(image="x", labels=labels, threshold=0.5), image, calls.append)
     segments = result.output["segments"]
     assert [s["label"] for s in segments] == labels
     check_masks(result.images, segments, image.size)
@@ -210,22 +167,22 @@ def test_segment_with_labels(segment_pipeline: SegmentPipeline) -> None:
 
 def test_segment_one_label(segment_pipeline: SegmentPipeline) -> None:
     image = scene(50, 70)
-    result = segment_pipeline.run(SegmentRequest(image="x", labels=["sun"]), image, no_progress)
+    result = run_one(segment_pipeline, SegmentRequest(image="x", labels=["sun"]), image, no_progress)
     check_masks(result.images, result.output["segments"], image.size)
 
 
 def test_segment_threshold_bounds_the_masks(segment_pipeline: SegmentPipeline) -> None:
     # A sigmoid is never below 0 nor above 1: threshold 0 keeps every pixel, 1 none.
     labels = ["sun", "car"]
-    everything = segment_pipeline.run(SegmentRequest(image="x", labels=labels, threshold=0.0), scene(), no_progress)
-    nothing = segment_pipeline.run(SegmentRequest(image="x", labels=labels, threshold=1.0), scene(), no_progress)
+    everything = run_one(segment_pipeline, SegmentRequest(image="x", labels=labels, threshold=0.0), scene(), no_progress)
+    nothing = run_one(segment_pipeline, SegmentRequest(image="x", labels=labels, threshold=1.0), scene(), no_progress)
     assert [s["area"] for s in everything.output["segments"]] == [1.0, 1.0]
     assert [s["area"] for s in nothing.output["segments"]] == [0.0, 0.0]
 
 
 def test_overlay_tints_masked_pixels_only(segment_pipeline: SegmentPipeline) -> None:
     image = scene(96, 64)
-    result = segment_pipeline.run(SegmentRequest(image="x", labels=["sun"], threshold=0.5), image, no_progress)
+    result = run_one(segment_pipeline, SegmentRequest(image="x", labels=["sun"], threshold=0.5), image, no_progress)
     mask = pixels(result.images["mask-0.png"]) == 255
     assert 0 < mask.mean() < 1, "the tiny model should mask part of the scene at 0.5"
     overlay, original = pixels(result.images["overlay.png"]).astype(int), pixels(image).astype(int)
@@ -243,7 +200,7 @@ def test_palette_is_deterministic_and_distinct() -> None:
 @pytest.mark.parametrize("size", [(96, 64), (1100, 60)])  # the second is wider than the work side
 def test_segment_semantic_classes(segment_pipeline: SegmentPipeline, size: tuple[int, int]) -> None:
     image = scene(*size)
-    result = segment_pipeline.run(SegmentRequest(image="x"), image, no_progress)
+    result = run_one(segment_pipeline, SegmentRequest(image="x"), image, no_progress)
     segments = result.output["segments"]
     assert segments and {s["label"] for s in segments} <= set(SEMANTIC_CLASSES)
     assert len({s["label"] for s in segments}) == len(segments)
@@ -260,7 +217,44 @@ def test_segment_semantic_classes(segment_pipeline: SegmentPipeline, size: tuple
 def test_segment_refuses_a_label_longer_than_the_text_encoder_takes(segment_pipeline: SegmentPipeline) -> None:
     too_long = " ".join(["sky"] * segment_pipeline.max_label_tokens)  # plus start and end tokens
     with pytest.raises(InvalidInput, match=r"labels\[1\] has \d+ tokens"):
-        segment_pipeline.run(SegmentRequest(image="x", labels=["sun", too_long]), scene(), no_progress)
+        run_one(segment_pipeline, SegmentRequest(image="x", labels=["sun", too_long]), scene(), no_progress)
+
+
+def test_segment_batched_equals_unbatched(segment_pipeline: SegmentPipeline) -> None:
+    images = [scene(96, 64, seed=0), scene(70, 50, seed=4)]
+    prompted = [SegmentRequest(image="x", labels=["sun"]), SegmentRequest(image="x", labels=["sky", "a red car"])]
+    for requests in (prompted, [SegmentRequest(image="x")] * 2):
+        alone = [run_one(segment_pipeline, r, i, no_progress) for r, i in zip(requests, images)]
+        together = segment_pipeline.run_batch(requests, images, no_progress)
+        for one, batched in zip(alone, together):
+            assert batched.output == one.output
+            assert batched.images.keys() == one.images.keys()
+            for name, image in one.images.items():
+                assert (pixels(batched.images[name]) == pixels(image)).all(), name
+
+
+def test_one_segment_model_alone_serves_its_own_jobs(tiny_models: Path) -> None:
+    clipseg = load_pipeline(JobKind.SEGMENT, ModelSpec(str(tiny_models / "segment-prompted")), "cpu", torch.float32)
+    segformer = load_pipeline(JobKind.SEGMENT, ModelSpec(str(tiny_models / "segment-semantic")), "cpu",
+                              torch.float32)
+    clipseg.warm_up()
+    segformer.warm_up()
+    labelled, plain = SegmentRequest(image="x", labels=["sun"]), SegmentRequest(image="x")
+    assert run_one(clipseg, labelled, scene(), no_progress).output["segments"][0]["label"] == "sun"
+    assert {s["label"] for s in run_one(segformer, plain, scene(), no_progress).output["segments"]} <= set(
+        SEMANTIC_CLASSES)
+    with pytest.raises(InvalidInput, match="needs labels"):
+        run_one(clipseg, plain, scene(), no_progress)
+    with pytest.raises(InvalidInput, match="takes no labels"):
+        run_one(segformer, labelled, scene(), no_progress)
+    assert clipseg.model_label.endswith("segment-prompted") and segformer.model_label.endswith("segment-semantic")
+
+
+def test_load_pipeline_serves_every_catalogue_model(tiny_models: Path) -> None:
+    for entry in CATALOGUE:
+        pipeline = load_pipeline(JobKind(entry.kind), ModelSpec(str(tiny_models / entry.folder)), "cpu",
+                                 torch.float32)
+        assert pipeline.model_label == str(tiny_models / entry.folder), entry.full_name
 
 
 # --- generate ------------------------------------------------------------------------------------
@@ -268,7 +262,7 @@ def test_segment_refuses_a_label_longer_than_the_text_encoder_takes(segment_pipe
 
 def generate(pipeline: GeneratePipeline, progress=no_progress, **params) -> tuple[list[np.ndarray], int]:
     request = GenerateRequest(**{"prompt": "a watercolor fox", "width": 64, "height": 48, "steps": 2, **params})
-    result = pipeline.run(request, None, progress)
+    result = run_one(pipeline, request, None, progress)
     slots = result.output["images"]
     assert slots == [FileSlot(f"output-{i}.png") for i in range(request.num_images)]
     assert set(result.images) == {slot.name for slot in slots}

@@ -1,14 +1,16 @@
 """The shape every pipeline shares, and the pieces they hand back to the runtime.
 
 A pipeline is loaded once per worker process (`load`), warmed up with one real
-inference (`warm_up`), then called once per job (`run`). It never touches Redis
-or storage: it returns a `PipelineResult` whose images the runtime encodes and
-uploads, so I/O stays in one place and can overlap with the next inference.
+inference (`warm_up`), then called with batches of jobs (`run_batch`); a single
+job is a batch of one (`run_one`, the one place that says so). It never touches
+Redis or storage: it returns a `PipelineResult` per job whose images the runtime
+encodes and uploads, so I/O stays in one place and can overlap with the next
+inference.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Hashable, Protocol
 
 from PIL import Image
 
@@ -52,4 +54,22 @@ class Pipeline(Protocol):
 
     def warm_up(self) -> None: ...
 
-    def run(self, request: Any, image: Image.Image | None, progress: ProgressCallback) -> PipelineResult: ...
+    def batch_key(self, request: Any) -> Hashable | None:
+        """Jobs with equal keys may share one `run_batch` call; None: this job runs alone."""
+
+    def run_batch(self, requests: list[Any], images: list[Image.Image | None],
+                  progress: ProgressCallback) -> list[PipelineResult]:
+        """One result per request, in order. `progress` reports the batch's advance below 1.0
+        (it may raise JobCanceled to stop); the finishing 1.0 is the caller's checkpoint."""
+
+
+def run_one(pipeline: Pipeline, request: Any, image: Image.Image | None,
+            progress: ProgressCallback) -> PipelineResult:
+    """One job: a batch of one, then the job's final checkpoint (1.0 may raise JobCanceled)."""
+    result = pipeline.run_batch([request], [image], progress)[0]
+    progress(1.0)
+    return result
+
+
+def no_progress(fraction: float) -> None:
+    """For batches of several jobs: each job's checkpoint comes after the batch."""

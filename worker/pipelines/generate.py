@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, Hashable
 
 import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from tasks.schemas import GenerateRequest
 from worker.loading import check_token_limit, check_tokenizer, load_model, load_processor, text_token_limit
-from worker.pipelines.base import FileSlot, ModelSpec, PipelineResult, ProgressCallback
+from worker.pipelines.base import FileSlot, ModelSpec, PipelineResult, ProgressCallback, no_progress, run_one
 
 SEED_RANGE = 2**32
 
@@ -40,10 +40,18 @@ class GeneratePipeline:
         return cls(pipe.to(device), spec, device)
 
     def warm_up(self) -> None:
-        self.run(GenerateRequest(prompt="a watercolor fox", width=64, height=64, steps=1, seed=0), None,
-                 lambda _: None)
+        run_one(self, GenerateRequest(prompt="a watercolor fox", width=64, height=64, steps=1, seed=0), None,
+                no_progress)
 
-    def run(self, request: GenerateRequest, image: Image.Image | None, progress: ProgressCallback) -> PipelineResult:
+    def batch_key(self, request: GenerateRequest) -> Hashable | None:
+        """None: each generation runs alone (its own size, steps and seeds; num_images batches within it)."""
+        return None
+
+    def run_batch(self, requests: list[GenerateRequest], images: list[Image.Image | None],
+                  progress: ProgressCallback) -> list[PipelineResult]:
+        return [self._run(request, progress) for request in requests]
+
+    def _run(self, request: GenerateRequest, progress: ProgressCallback) -> PipelineResult:
         self.check_inputs(request)
         seed = secrets.randbelow(SEED_RANGE) if request.seed is None else request.seed
         images = self.generate(request, seed, progress)
@@ -67,7 +75,8 @@ class GeneratePipeline:
         negative = request.negative_prompt if request.guidance_scale > 1 else None
 
         def on_step_end(pipe: DiffusionPipeline, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            progress((step + 1) / pipe.num_timesteps)  # raises JobCanceled to stop here
+            if step + 1 < pipe.num_timesteps:  # the last step's 1.0 is the caller's checkpoint (run_one)
+                progress((step + 1) / pipe.num_timesteps)  # raises JobCanceled to stop here
             return tensors
 
         with torch.inference_mode():

@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import colorsys
+from typing import Hashable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import (
-    AutoImageProcessor, AutoModelForSemanticSegmentation, AutoProcessor, CLIPSegForImageSegmentation,
+    AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, AutoProcessor, CLIPSegForImageSegmentation,
     BaseImageProcessor, PreTrainedModel, ProcessorMixin,
 )
 
 from tasks.errors import InvalidInput
 from tasks.schemas import SegmentRequest
 from worker.loading import check_token_limit, check_tokenizer, load_model, load_processor, text_token_limit
-from worker.pipelines.base import FileSlot, ModelSpec, PipelineResult, ProgressCallback
+from worker.pipelines.base import FileSlot, ModelSpec, PipelineResult, ProgressCallback, no_progress, run_one
 
 OVERLAY_OPACITY = 0.5
 # Semantic logits are upsampled to at most this side before the argmax, then the class
@@ -26,65 +27,76 @@ SEMANTIC_WORK_SIDE = 512
 
 
 class SegmentPipeline:
-    def __init__(self, prompted: CLIPSegForImageSegmentation, prompted_processor: ProcessorMixin,
-                 semantic: PreTrainedModel, semantic_processor: BaseImageProcessor, prompted_spec: ModelSpec,
-                 semantic_spec: ModelSpec, device: str, dtype: torch.dtype) -> None:
+    """Masks for text labels (CLIPSeg) and, without labels, one per class present (a semantic model).
+
+    The kind's default holds both; a pipeline loaded for one model (`load_one`) holds
+    one, and refuses the jobs it cannot serve as invalid input.
+    """
+
+    def __init__(self, prompted: CLIPSegForImageSegmentation | None, prompted_processor: ProcessorMixin | None,
+                 semantic: PreTrainedModel | None, semantic_processor: BaseImageProcessor | None,
+                 prompted_spec: ModelSpec | None, semantic_spec: ModelSpec | None, device: str,
+                 dtype: torch.dtype) -> None:
         self.prompted = prompted
         self.prompted_processor = prompted_processor
         self.semantic = semantic
         self.semantic_processor = semantic_processor
-        self.prompted_label = prompted_spec.label
-        self.semantic_label = semantic_spec.label
-        self.model_label = f"{prompted_spec.label} + {semantic_spec.label}"
+        self.prompted_label = prompted_spec.label if prompted_spec else None
+        self.semantic_label = semantic_spec.label if semantic_spec else None
+        self.model_label = " + ".join(label for label in (self.prompted_label, self.semantic_label) if label)
         self.device = device
         self.dtype = dtype
-        self.max_label_tokens = text_token_limit(
+        self.max_label_tokens = 0 if prompted is None else text_token_limit(
             prompted_processor.tokenizer, prompted.config.text_config.max_position_embeddings
         )
 
     @classmethod
-    def load(cls, prompted: ModelSpec, semantic: ModelSpec, device: str, dtype: torch.dtype) -> SegmentPipeline:
-        prompted_processor = load_processor(AutoProcessor, prompted)
-        prompted_model = load_model(CLIPSegForImageSegmentation, prompted, dtype=dtype)
-        check_tokenizer(prompted_processor.tokenizer, prompted_model.config.text_config.vocab_size, prompted)
-        semantic_processor = load_processor(AutoImageProcessor, semantic)
-        semantic_model = load_model(AutoModelForSemanticSegmentation, semantic, dtype=dtype)
-        return cls(
-            prompted_model.to(device).eval(), prompted_processor, semantic_model.to(device).eval(),
-            semantic_processor, prompted, semantic, device, dtype,
-        )
+    def load(cls, prompted: ModelSpec | None, semantic: ModelSpec | None, device: str,
+             dtype: torch.dtype) -> SegmentPipeline:
+        prompted_model = prompted_processor = semantic_model = semantic_processor = None
+        if prompted is not None:
+            prompted_processor = load_processor(AutoProcessor, prompted)
+            prompted_model = load_model(CLIPSegForImageSegmentation, prompted, dtype=dtype).to(device).eval()
+            check_tokenizer(prompted_processor.tokenizer, prompted_model.config.text_config.vocab_size, prompted)
+        if semantic is not None:
+            semantic_processor = load_processor(AutoImageProcessor, semantic)
+            semantic_model = load_model(AutoModelForSemanticSegmentation, semantic, dtype=dtype).to(device).eval()
+        return cls(prompted_model, prompted_processor, semantic_model, semantic_processor, prompted, semantic,
+                   device, dtype)
+
+    @classmethod
+    def load_one(cls, spec: ModelSpec, device: str, dtype: torch.dtype) -> SegmentPipeline:
+        """One model, prompted (CLIPSeg) or semantic (anything else), by its config's model_type."""
+        if load_processor(AutoConfig, spec).model_type == "clipseg":
+            return cls.load(spec, None, device, dtype)
+        return cls.load(None, spec, device, dtype)
 
     def warm_up(self) -> None:
         image = Image.new("RGB", (64, 48), (120, 160, 200))
-        self.run(SegmentRequest(image="warm-up", labels=["sky", "a red car"]), image, lambda _: None)
-        self.run(SegmentRequest(image="warm-up"), image, lambda _: None)
+        if self.prompted is not None:
+            run_one(self, SegmentRequest(image="warm-up", labels=["sky", "a red car"]), image, no_progress)
+        if self.semantic is not None:
+            run_one(self, SegmentRequest(image="warm-up"), image, no_progress)
 
-    def run(self, request: SegmentRequest, image: Image.Image | None, progress: ProgressCallback) -> PipelineResult:
-        if image is None:
-            raise InvalidInput("segment needs an image")
-        if request.labels is None:
-            named_masks = self.semantic_masks(image)
-            model = self.semantic_label
-        else:
-            self.check_labels(request.labels)
-            logits = self.prompted_logits(image, request.labels)
-            named_masks = list(zip(request.labels, _threshold_masks(logits, image.size, request.threshold)))
-            model = self.prompted_label
-        progress(1.0)
-        return _result(image, named_masks, model)
-
-    def batch_key(self, request: SegmentRequest) -> str:
+    def batch_key(self, request: SegmentRequest) -> Hashable:
         """Prompted jobs batch with prompted ones, semantic with semantic."""
         return "semantic" if request.labels is None else "prompted"
 
-    def run_batch(self, requests: list[SegmentRequest], images: list[Image.Image]) -> list[PipelineResult]:
+    def run_batch(self, requests: list[SegmentRequest], images: list[Image.Image | None],
+                  progress: ProgressCallback) -> list[PipelineResult]:
         """Jobs with one batch_key, as one forward pass (all image/label pairs together)."""
+        if any(image is None for image in images):
+            raise InvalidInput("segment needs an image")
         if requests[0].labels is None:
+            if self.semantic is None:
+                raise InvalidInput(f"segment model {self.model_label!r} needs labels: it segments by text")
             inputs = self.semantic_processor(images=images, return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 logits = self.semantic(pixel_values=inputs["pixel_values"].to(self.dtype)).logits
             return [_result(image, self._present_classes(_class_map(l, image.size)), self.semantic_label)
                     for image, l in zip(images, logits)]
+        if self.prompted is None:
+            raise InvalidInput(f"segment model {self.model_label!r} takes no labels: it finds its own classes")
         for request in requests:
             self.check_labels(request.labels)
         pairs = [(image, label) for request, image in zip(requests, images) for label in request.labels]
@@ -107,23 +119,6 @@ class SegmentPipeline:
     def check_labels(self, labels: list[str]) -> None:
         for n, label in enumerate(labels):
             check_token_limit(self.prompted_processor.tokenizer, label, self.max_label_tokens, f"labels[{n}]")
-
-    def prompted_logits(self, image: Image.Image, labels: list[str]) -> torch.Tensor:
-        """CLIPSeg logits, one (h, w) map per label, at the model's own resolution."""
-        inputs = self.prompted_processor(
-            text=labels, images=[image] * len(labels), padding=True, return_tensors="pt"
-        ).to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        with torch.inference_mode():
-            logits = self.prompted(**inputs).logits
-        return logits.reshape(len(labels), *logits.shape[-2:])
-
-    def semantic_masks(self, image: Image.Image) -> list[tuple[str, np.ndarray]]:
-        """(class name, mask) for every class present, largest first."""
-        inputs = self.semantic_processor(images=image, return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            logits = self.semantic(pixel_values=inputs["pixel_values"].to(self.dtype)).logits
-        return self._present_classes(_class_map(logits[0], image.size))
 
     def _present_classes(self, classes: np.ndarray) -> list[tuple[str, np.ndarray]]:
         id2label = self.semantic.config.id2label
