@@ -1,0 +1,66 @@
+"""Leases and kombu's unacked messages, against a real Redis."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Queue
+
+from tasks.app import make_celery
+from tasks.settings import Settings
+from worker.leases import Leases, keep_unacked_on_close, unacked_index_key
+
+pytestmark = pytest.mark.integration  # a real redis-server
+
+
+def test_a_held_message_is_renewed_and_a_released_one_is_not(redis_client: redis.Redis, key_prefix: str) -> None:
+    key = unacked_index_key(key_prefix)
+    redis_client.zadd(key, {"held": 1.0, "released": 1.0})
+    leases = Leases(redis_client, key_prefix, visibility_timeout_s=3600)
+    with leases.hold("held"):
+        with leases.hold("released"):
+            pass
+        leases.renew()
+    assert redis_client.zscore(key, "held") > time.time() - 60  # kombu will not see it as abandoned
+    assert redis_client.zscore(key, "released") == 1.0
+    redis_client.zrem(key, "held")  # acknowledged meanwhile
+    with leases.hold("held"):
+        leases.renew()
+    assert redis_client.zscore(key, "held") is None  # an acknowledged message is not brought back
+
+
+def test_a_channel_closed_after_its_connection_keeps_its_messages_unacked(
+    redis_server: Any, redis_client: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a Redis restart does to a consuming worker: kombu closes the channel after
+    the connection is torn down. It used to restore the messages then, and crashed
+    with AttributeError("'NoneType' object has no attribute 'hostname'")."""
+    from kombu.transport import redis as kombu_redis
+
+    monkeypatch.setattr(kombu_redis.QoS, "restore_at_shutdown", kombu_redis.QoS.restore_at_shutdown)
+    keep_unacked_on_close()
+    options = {"global_keyprefix": f"{key_prefix}:"}
+    queue = Queue("visionq.generate")
+    with Connection(redis_server.url, transport_options=options) as producer:
+        producer.Producer().publish({"job": 1}, routing_key=queue.name, declare=[queue])
+    connection = Connection(redis_server.url, transport_options=options)
+    channel = connection.channel()
+    received: list[Any] = []
+    connection.Consumer(queue, channel=channel, callbacks=[lambda body, message: received.append(message)]).consume()
+    connection.drain_events(timeout=5)
+    assert len(received) == 1
+    channel._pool = None  # as after the reconnect attempt: the next command needs a new pool
+    connection._do_close_transport()  # the connection's client is gone (None)
+    channel.close()  # raised AttributeError before keep_unacked_on_close
+    assert redis_client.hlen(f"{key_prefix}:unacked") == 1  # still there, for the visibility timeout
+    assert redis_client.llen(f"{key_prefix}:visionq.generate") == 0  # not pushed back while it runs
+
+
+def test_redelivery_is_looked_for_on_every_tick_at_most_10_s_apart(tmp_path: Any) -> None:
+    for timeout_s, interval_s in [(3600, 10), (4, 2), (1, 1)]:
+        app = make_celery(Settings(storage_url=tmp_path.as_uri(), visibility_timeout_s=timeout_s))
+        options = app.conf.broker_transport_options
+        assert options["unacked_restore_throttle"] == 1  # kombu's default 10 made it up to 100 s
+        assert options["unacked_restore_interval"] == interval_s
