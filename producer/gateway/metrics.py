@@ -1,0 +1,76 @@
+"""The gateway's `/metrics`: the fleet as Redis sees it, read at scrape time.
+
+Only gauges of shared state (queue depths, the oldest queued job's age, live
+workers by state), so several gateway replicas scraped together never double-count;
+per-job counters and histograms come from the workers themselves.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Iterator
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tasks.heartbeats import list_workers
+from tasks.kinds import JobKind, Priority, queue_list_key
+from tasks.queues import queue_depths
+from tasks.record import parse_time
+
+WORKER_STATES = ("loading", "ready", "busy", "draining")
+
+
+def oldest_queued_age_s(client: redis.Redis, prefix: str, now: float | None = None) -> dict[str, float]:
+    """Per kind, how long its oldest queued job has waited (0 when none waits).
+
+    kombu pushes on the left and workers pop on the right, so each priority list's
+    last element is its oldest message; its task id is the job id."""
+    now = time.time() if now is None else now
+    ages: dict[str, float] = {}
+    for kind in JobKind:
+        with client.pipeline() as pipe:
+            for priority in Priority:
+                pipe.lindex(queue_list_key(kind, priority, prefix), -1)
+            tails = [t for t in pipe.execute() if t is not None]
+        created = []
+        for tail in tails:
+            job_id = json.loads(tail).get("headers", {}).get("id")
+            raw = client.hget(f"{prefix}:job:{job_id}", "created_at") if job_id else None
+            if raw is not None:
+                created.append(parse_time(json.loads(raw)).timestamp())
+        ages[kind.value] = max(0.0, now - min(created)) if created else 0.0
+    return ages
+
+
+class FleetCollector(Collector):
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("visionq_queue_depth", "Jobs waiting in a queue", labels=["kind", "priority"])
+        for kind, per_priority in queue_depths(self.client, self.prefix).items():
+            for priority in Priority:
+                depth.add_metric([kind, priority.value], per_priority[priority.value])
+        yield depth
+        oldest = GaugeMetricFamily(
+            "visionq_queue_oldest_age_seconds", "How long the oldest queued job of a kind has waited", labels=["kind"],
+        )
+        for kind, age in oldest_queued_age_s(self.client, self.prefix).items():
+            oldest.add_metric([kind], age)
+        yield oldest
+        workers = GaugeMetricFamily("visionq_workers", "Live workers by state", labels=["state"])
+        states = Counter(w.get("state", "unknown") for w in list_workers(self.client, self.prefix))
+        for state in sorted(set(WORKER_STATES) | set(states)):
+            workers.add_metric([state], states.get(state, 0))
+        yield workers
+
+
+def render_metrics(client: redis.Redis, prefix: str) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(client, prefix))
+    return generate_latest(registry)

@@ -1,0 +1,139 @@
+"""The gateway's bodies as OpenAPI describes them.
+
+These models only document: `tasks.schemas` stays the one validator (the SDK and
+the workers use it too), so a body is checked by exactly the same rules whichever
+way it arrives. The documented bounds are the default `Limits`; where a rule spans
+fields (a generate job's total work, a webhook host the SSRF guard refuses) only
+the validator knows it, and a body the schema allows may still be answered
+`400 invalid_input`.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.limits import DEFAULT_LIMITS as L
+
+Text = Annotated[str, Field(max_length=L.max_prompt_chars, pattern=r"^[^\x00]*$")]
+Image = Annotated[str, Field(
+    min_length=6, max_length=L.max_inline_image_bytes, pattern=r"^(https?://|s3://|data:)",
+    description="`data:<mime>;base64,<data>` (at most 7 MB of base64), an `https://` URL the workers fetch, "
+                "or an `s3://` object under this tenant's prefix of the deployment's bucket "
+                "(`s3://<bucket>/<prefix>/tenants/<tenant>/...`). With multipart/form-data, send the "
+                "image as the `image` file part instead.",
+)]
+EventName = Literal["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CaptionInput(_Strict):
+    image: Image
+    prompt: Text | None = Field(None, description="conditional captioning: the caption continues this text")
+    max_new_tokens: int = Field(30, ge=1, le=L.max_new_tokens)
+    num_beams: int = Field(1, ge=1, le=L.max_num_beams)
+
+
+class SegmentInput(_Strict):
+    image: Image
+    labels: list[Annotated[str, Field(min_length=1, max_length=L.max_label_chars, pattern=r"^[^\x00]*$")]] | None = \
+        Field(None, min_length=1, max_length=L.max_labels, description="one mask per label; none: the model's classes")
+    threshold: float = Field(0.4, ge=0.0, le=1.0)
+
+
+class GenerateInput(_Strict):
+    prompt: Text = Field(min_length=1)
+    negative_prompt: Text | None = None
+    width: int = Field(512, ge=L.min_side, le=L.max_side, multiple_of=L.side_multiple)
+    height: int = Field(512, ge=L.min_side, le=L.max_side, multiple_of=L.side_multiple)
+    steps: int = Field(4, ge=1, le=L.max_steps)
+    guidance_scale: float = Field(0.0, ge=0.0, le=L.max_guidance_scale)
+    seed: int | None = Field(None, ge=0, le=L.max_seed)
+    num_images: int = Field(1, ge=1, le=L.max_num_images)
+
+
+class _JobOptions(_Strict):
+    webhook: Annotated[str, Field(max_length=L.max_url_chars, pattern=r"^https?://")] | None = Field(
+        None, description="called back with events signed with this tenant's webhook secret (Standard Webhooks)")
+    webhook_events: list[EventName] | None = Field(
+        None, min_length=1, description="default: job.succeeded, job.failed, job.canceled")
+    priority: Literal["high", "normal", "low"] = "normal"
+
+
+class CaptionJob(_JobOptions):
+    kind: Literal["caption"]
+    input: CaptionInput
+
+
+class SegmentJob(_JobOptions):
+    kind: Literal["segment"]
+    input: SegmentInput
+
+
+class GenerateJob(_JobOptions):
+    kind: Literal["generate"]
+    input: GenerateInput
+
+
+JobBody = Annotated[Union[CaptionJob, SegmentJob, GenerateJob], Field(discriminator="kind")]
+
+
+class BatchBody(_Strict):
+    jobs: list[JobBody] = Field(min_length=1, max_length=100)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="invalid_input, unauthorized, forbidden, not_found, conflict, "
+                                  "payload_too_large, unsupported_media_type, rate_limited, unavailable, internal")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class FileRef(BaseModel):
+    uri: str
+    url: str | None
+    content_type: str
+    bytes: int
+    sha256: str
+
+
+class JobRecord(BaseModel):
+    """The job record, exactly as the SDK's `Job.to_dict()` and the webhooks' `data`."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    kind: Literal["caption", "segment", "generate"]
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    progress: float
+    input: dict[str, Any]
+    output: dict[str, Any] | None = Field(description="per kind; every file is a FileRef")
+    error: ErrorDetail | None
+    metrics: dict[str, Any]
+    worker: str | None
+    model: str | None
+    attempt: int
+    priority: str
+    webhook: dict[str, Any] | None
+    tenant: str | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobRecord]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page; null: no more")
+
+
+class BatchResult(BaseModel):
+    jobs: list[Union[JobRecord, ErrorBody]] = Field(description="in the order of the request: a record, or an error")
+
+
+class Health(BaseModel):
+    status: str

@@ -1,0 +1,38 @@
+"""`visionq gateway`: run the HTTP gateway under uvicorn."""
+from __future__ import annotations
+
+import ipaddress
+
+from tasks.settings import Settings
+
+
+class GatewayRefused(ValueError):
+    """The gateway would start unsafe (no keys, or --no-auth off loopback)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, *, no_auth: bool = False, settings: Settings | None = None) -> int:
+    import uvicorn
+
+    from producer.gateway.app import create_app
+    from producer.gateway.keys import KeyStore
+
+    settings = settings or Settings.from_env()
+    if no_auth and not is_loopback(host):
+        raise GatewayRefused(f"--no-auth is refused on {host}: only a loopback host (127.0.0.1, ::1) may run without keys")
+    app = create_app(settings, no_auth=no_auth)
+    if not no_auth and not KeyStore(app.state.services.redis, settings.redis_prefix).any_keys():
+        raise GatewayRefused(
+            "no API keys exist: create one with `visionq keys create TENANT` (or use --no-auth on loopback)"
+        )
+    # Behind a load balancer, X-Forwarded-* from it are trusted (uvicorn's --forwarded-allow-ips).
+    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+    return 0

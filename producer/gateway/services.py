@@ -1,0 +1,53 @@
+"""What one gateway process holds: connections to Redis, storage and Celery, built once from Settings.
+
+Nothing here is state of its own: every replica reads and writes the same Redis,
+so any number of them can run behind a load balancer.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+import redis
+import redis.asyncio
+
+from producer.gateway.files import FileLinks
+from producer.gateway.keys import KeyStore
+from producer.gateway.ratelimit import RateLimiter
+from producer.gateway.tenants import TenantJobs
+from tasks.app import make_celery
+from tasks.deliveries import DeliveryStore, EventPublisher
+from tasks.settings import Settings
+from tasks.storage import Storage, open_storage
+from tasks.store import JobStore
+
+
+class Services:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        prefix = settings.redis_prefix
+        self.store = JobStore(self.redis, ttl_s=settings.job_ttl_s, prefix=prefix)
+        self.deliveries = DeliveryStore(self.redis, prefix=prefix, ttl_s=settings.job_ttl_s)
+        self.keys = KeyStore(self.redis, prefix)
+        self.tenant_jobs = TenantJobs(self.redis, prefix=prefix, ttl_s=settings.job_ttl_s)
+        self.rate_limiter = RateLimiter(self.redis, prefix)
+        self.celery = make_celery(settings)
+        self.async_redis: redis.asyncio.Redis | None = None
+        self.events = EventPublisher(self.store, self.deliveries, self.celery)  # the cancel of a queued job
+
+    async def open_async(self) -> None:
+        """For the routes that wait (server-sent events, `Prefer: wait`): no thread is held while
+        they do. Made on the server's event loop (at start-up), which its connections belong to."""
+        self.async_redis = redis.asyncio.Redis.from_url(self.settings.redis_url)
+
+    async def close_async(self) -> None:
+        if self.async_redis is not None:
+            await self.async_redis.aclose()
+
+    @cached_property
+    def storage(self) -> Storage:
+        return open_storage(self.settings.storage_url, presign_expiry_s=self.settings.presign_expiry_s)
+
+    @cached_property
+    def file_links(self) -> FileLinks:
+        return FileLinks.for_deployment(self.settings, self.storage, self.redis)

@@ -1,0 +1,162 @@
+"""Turning one HTTP job body into a queued job of a tenant.
+
+The same checks as the SDK (`tasks.schemas`, `tasks.webhooks`), plus what only a
+gateway needs: the tenant's own idempotency keys (a reused key with another body
+is a conflict), its quotas, its webhook secret, and inputs confined to what the
+tenant may read: no `file://`, and `s3://` only under the tenant's own prefix.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from producer.gateway.keys import ApiKey
+from producer.gateway.services import Services
+from producer.http_errors import Conflict, Unavailable
+from tasks.errors import InternalError, InvalidInput
+from tasks.images import image_extension
+from tasks.kinds import JobKind, Priority
+from tasks.record import JobRecord
+from tasks.schemas import JobRequest, parse_request, request_to_message, request_to_record
+from tasks.status import JobStatus
+from tasks.storage import S3Storage, input_key
+from tasks.webhooks import validate_webhook
+
+# The top-level fields of a job body; the method's parameters are in `input`.
+JOB_FIELDS = frozenset({"kind", "input", "webhook", "webhook_events", "priority"})
+MAX_BATCH_JOBS = 100
+_CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class Submission:
+    record: JobRecord
+    created: bool  # False: an earlier job with the same Idempotency-Key and body
+
+
+class Submitter:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+
+    def submit(
+        self, caller: ApiKey, body: Any, *, image: bytes | None = None, idempotency_key: str | None = None,
+    ) -> Submission:
+        request, priority, webhook = self._parse(caller.tenant, body, image)
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= self.settings.limits.max_key_chars:
+            raise InvalidInput(
+                f"Idempotency-Key has {len(idempotency_key)} characters; it must have 1..{self.settings.limits.max_key_chars}"
+            )
+        services = self.services
+        services.rate_limiter.take(caller.key_id, caller.rate)
+        token = services.tenant_jobs.admit(caller.tenant, caller.max_queued)
+        try:
+            record, created = services.store.create(
+                request.kind, request_to_record(request), idempotency_key, webhook, priority.value,
+                message=request_to_message(request), tenant=caller.tenant,
+            )
+            if not created:
+                services.tenant_jobs.release(caller.tenant, token)
+                if _fingerprint(record) != (request.kind.value, request_to_record(request), priority.value, webhook):
+                    raise Conflict(
+                        f"Idempotency-Key {idempotency_key!r} was used for job {record.id} with another body"
+                    )
+                return Submission(record, created=False)
+            if webhook is not None:
+                services.deliveries.set_job_secret(record.id, services.keys.tenant_secret(caller.tenant))
+            services.tenant_jobs.register(caller.tenant, record.id, token)
+        except BaseException:
+            services.tenant_jobs.release(caller.tenant, token)
+            raise
+        self._enqueue(record, request, priority)
+        return Submission(record, created=True)
+
+    def _parse(
+        self, tenant: str, body: Any, image: bytes | None,
+    ) -> tuple[JobRequest, Priority, dict[str, Any] | None]:
+        if not isinstance(body, dict):
+            raise InvalidInput(f"a job must be a JSON object, got {type(body).__name__}")
+        unknown = set(body) - JOB_FIELDS
+        if unknown:
+            raise InvalidInput(
+                f"unknown job field(s): {', '.join(sorted(unknown))}; the method's parameters go in \"input\""
+            )
+        kind = body.get("kind")
+        try:
+            job_kind = JobKind(kind)
+        except ValueError:
+            known = ", ".join(k.value for k in JobKind)
+            raise InvalidInput(f"kind {kind!r} is not one of {known}") from None
+        params = body.get("input", {})
+        if not isinstance(params, dict):
+            raise InvalidInput(f"input must be an object, got {type(params).__name__}")
+        params = dict(params)
+        if image is not None:
+            if job_kind is JobKind.GENERATE:
+                raise InvalidInput("a generate job takes no image")
+            if params.get("image") is not None:
+                raise InvalidInput("the image is given twice: as a file part and as input.image")
+            params["image"] = self._store_image(image)
+        elif isinstance(params.get("image"), str):
+            self._check_image_reference(tenant, params["image"])
+        request = parse_request(job_kind, params, self.settings.limits)
+        priority_name = body.get("priority", "normal")
+        try:
+            priority = Priority(priority_name)
+        except ValueError:
+            raise InvalidInput(f"priority {priority_name!r} must be one of high, normal, low") from None
+        url, events = body.get("webhook"), body.get("webhook_events")
+        if url is None and events is not None:
+            raise InvalidInput("webhook_events needs a webhook URL")
+        webhook = None if url is None else validate_webhook(url, events, self.settings.limits, self.settings.webhook_allow)
+        return request, priority, webhook
+
+    def tenant_prefix(self, tenant: str) -> str | None:
+        """The s3:// prefix whose objects this tenant may name as inputs (None with local storage)."""
+        storage = self.services.storage
+        if not isinstance(storage, S3Storage):
+            return None
+        base = f"{storage.prefix}/" if storage.prefix else ""
+        return f"s3://{storage.bucket}/{base}tenants/{tenant}/"
+
+    def _check_image_reference(self, tenant: str, uri: str) -> None:
+        if uri.startswith("file://"):
+            raise InvalidInput("file:// images are not accepted over HTTP: send the file as a multipart part")
+        if uri.startswith("s3://"):
+            allowed = self.tenant_prefix(tenant)
+            if allowed is None:
+                raise InvalidInput(f"image {uri[:200]!r}: this deployment stores files locally, not in S3")
+            if not uri.startswith(allowed) or "/../" in uri or len(uri) == len(allowed):
+                raise InvalidInput(f"image {uri[:200]!r} is outside this tenant's storage prefix {allowed}")
+
+    def _store_image(self, data: bytes) -> str:
+        limit = self.settings.limits.max_image_bytes
+        if len(data) > limit:
+            raise InvalidInput(f"image has {len(data)} bytes, more than the limit {limit}")
+        extension = image_extension(data)
+        if extension is None:
+            raise InvalidInput("image is not a JPEG, PNG or WebP file")
+        key = input_key(hashlib.sha256(data).hexdigest(), extension)
+        storage = self.services.storage
+        # Content-addressed like the SDK's uploads: the same image is stored once.
+        if storage.exists(key):
+            return storage.ref(key, data, _CONTENT_TYPES[extension]).uri
+        return storage.put(key, data, _CONTENT_TYPES[extension]).uri
+
+    def _enqueue(self, record: JobRecord, request: JobRequest, priority: Priority) -> None:
+        try:
+            self.services.celery.send_task(
+                request.kind.task_name, kwargs={"job_id": record.id, "request": request_to_message(request)},
+                queue=request.kind.queue, task_id=record.id, priority=priority.level,
+            )
+        except Exception as exc:
+            # Never leave a record that says queued for a message that was never sent.
+            error = InternalError(f"could not enqueue the job: {exc}").to_dict()
+            self.services.store.transition(record.id, JobStatus.FAILED, error=error)
+            raise Unavailable(f"could not enqueue job {record.id}: {exc}") from exc
+
+
+def _fingerprint(record: JobRecord) -> tuple[str, dict[str, Any], str, dict[str, Any] | None]:
+    """What makes two submits the same job (for Idempotency-Key repeats)."""
+    return record.kind.value, record.input, record.priority, record.webhook
