@@ -1,0 +1,317 @@
+"""The HTTP gateway end to end: a real `visionq gateway` (uvicorn), a real worker with tiny
+models, local storage (the default setup: outputs are served by the gateway's signed links)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from producer.gateway.keys import KeyStore, NewKey
+from producer.redis_server import RedisServer
+from tests.support.gateway import GatewayProcess
+from tests.support.images import encode, scene
+from tests.support.receiver import Receiver
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+WAIT = {"Prefer": "wait=60"}
+
+
+@pytest.fixture(scope="module")
+def local_env(redis_server: RedisServer, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {
+        "VISIONQ_REDIS_URL": redis_server.url,
+        "VISIONQ_STORAGE_URL": (tmp_path_factory.mktemp("gateway-storage")).as_uri(),
+        "VISIONQ_REDIS_PREFIX": f"vqgw-{uuid.uuid4().hex[:8]}",
+        "VISIONQ_MODELS_DIR": str(tiny_models),
+        "VISIONQ_TORCH_THREADS": "1",
+        "VISIONQ_WEBHOOK_ALLOW": "localhost",
+        "VISIONQ_WEBHOOK_SCHEDULE": "0,0.4,0.4,0.4",
+        "VISIONQ_WEBHOOK_TIMEOUT_S": "2",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def keys(local_env: dict[str, str], redis_server: RedisServer) -> KeyStore:
+    import redis
+
+    return KeyStore(redis.Redis.from_url(redis_server.url), local_env["VISIONQ_REDIS_PREFIX"])
+
+
+@pytest.fixture(scope="module")
+def acme(keys: KeyStore) -> NewKey:
+    return keys.create("acme")
+
+
+@pytest.fixture(scope="module")
+def beta(keys: KeyStore) -> NewKey:
+    return keys.create("beta")
+
+
+@pytest.fixture(scope="module")
+def local_worker(local_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(local_env, log_dir=tmp_path_factory.mktemp("gateway-worker"))
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(local_env: dict[str, str], acme: NewKey, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    with GatewayProcess(local_env, tmp_path_factory.mktemp("gateway")) as process:
+        yield process
+
+
+def api(gateway: GatewayProcess, key: NewKey | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key.key}"} if key is not None else {}
+    return httpx.Client(base_url=gateway.url, headers=headers, timeout=90)
+
+
+def data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def error_code(response: httpx.Response) -> str:
+    return response.json()["error"]["code"]
+
+
+def read_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    events, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[len("event: "):]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[len("data: "):])))
+    return events
+
+
+def test_caption_submitted_and_waited_for_over_http(gateway: GatewayProcess, acme: NewKey, local_worker: WorkerProcess) -> None:
+    with api(gateway, acme) as http:
+        answer = http.post("/v1/jobs", json={"kind": "caption", "input": {"image": data_uri(encode(scene()))}},
+                           headers=WAIT)
+        assert answer.status_code == 201, answer.text
+        record = answer.json()
+        assert answer.headers["Location"] == f"/v1/jobs/{record['id']}"
+        assert answer.headers["Preference-Applied"] == "wait=60"
+        assert record["status"] == "succeeded" and record["tenant"] == "acme"
+        assert isinstance(record["output"]["text"], str)
+        assert http.get(answer.headers["Location"]).json() == record
+
+
+def test_server_sent_events_follow_a_job_until_final(gateway: GatewayProcess, acme: NewKey, local_worker: WorkerProcess) -> None:
+    with api(gateway, acme) as http:
+        job = http.post("/v1/jobs", json={"kind": "generate", "input": {
+            "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 6, "seed": 3}}).json()
+        with http.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            events = read_events(stream)  # returns only because the server closes the stream
+    names = [name for name, _ in events]
+    assert names[0] == "job.snapshot" and events[0][1]["id"] == job["id"]
+    assert names[-1] == "job.succeeded" and events[-1][1]["status"] == "succeeded"
+    if events[0][1]["status"] != "running":
+        assert "job.started" in names[1:-1]
+    assert all(name in ("job.started", "job.progress") for name in names[1:-1])
+
+
+def test_multipart_image_and_signed_output_links(gateway: GatewayProcess, acme: NewKey, local_worker: WorkerProcess) -> None:
+    with api(gateway, acme) as http:
+        answer = http.post(
+            "/v1/jobs", headers=WAIT,
+            files={"image": ("scene.png", encode(scene(seed=2)), "image/png")},
+            data={"request": json.dumps({"kind": "segment", "input": {"labels": ["sun", "roof"]}})},
+        )
+    assert answer.status_code == 201, answer.text
+    record = answer.json()
+    assert record["status"] == "succeeded", record
+    overlay = record["output"]["overlay"]
+    assert overlay["url"].startswith(f"{gateway.url}/v1/files/{record['id']}/")
+    with httpx.Client(timeout=30) as browser:  # no key: the link carries its own signature
+        image = browser.get(overlay["url"])
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+        assert hashlib.sha256(image.content).hexdigest() == overlay["sha256"]
+        tampered = browser.get(overlay["url"].replace("sig=", "sig=A"))
+        assert tampered.status_code in (400, 403)
+        forged = overlay["url"].split("?")[0] + "?expires=99999999999&sig=" + "A" * 43
+        assert browser.get(forged).status_code == 403 and error_code(browser.get(forged)) == "forbidden"
+        expired = overlay["url"].split("?")[0] + "?expires=1&sig=" + "A" * 43
+        assert browser.get(expired).status_code == 403
+
+
+def test_idempotency_key_is_per_tenant_and_per_body(gateway: GatewayProcess, acme: NewKey, beta: NewKey) -> None:
+    body = {"kind": "generate", "input": {"prompt": "a kite", "width": 64, "height": 64, "steps": 1}}
+    key = {"Idempotency-Key": f"order-{uuid.uuid4().hex}"}
+    with api(gateway, acme) as http:
+        first = http.post("/v1/jobs", json=body, headers=key)
+        again = http.post("/v1/jobs", json=body, headers=key)
+        other = http.post("/v1/jobs", json={**body, "priority": "high"}, headers=key)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert other.status_code == 409 and error_code(other) == "conflict"
+    with api(gateway, beta) as http:
+        theirs = http.post("/v1/jobs", json=body, headers=key)
+    assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
+
+
+def test_tenants_see_only_their_own_jobs(gateway: GatewayProcess, acme: NewKey, beta: NewKey) -> None:
+    with api(gateway, acme) as http:
+        mine = http.post("/v1/jobs", json={"kind": "generate", "input": {"prompt": "a boat", "width": 64,
+                                                                           "height": 64, "steps": 1}}).json()
+    with api(gateway, beta) as http:
+        for method, path in (("GET", f"/v1/jobs/{mine['id']}"), ("POST", f"/v1/jobs/{mine['id']}/cancel"),
+                             ("GET", f"/v1/jobs/{mine['id']}/events"), ("GET", f"/v1/jobs/{mine['id']}/input")):
+            answer = http.request(method, path)
+            assert answer.status_code == 404 and error_code(answer) == "not_found", (method, path)
+        unknown = http.get(f"/v1/jobs/{uuid.uuid4().hex}")
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+        assert mine["id"] not in [j["id"] for j in http.get("/v1/jobs?limit=100").json()["jobs"]]
+    with api(gateway, acme) as http:
+        assert mine["id"] in [j["id"] for j in http.get("/v1/jobs?limit=100").json()["jobs"]]
+
+
+def test_inputs_a_tenant_may_not_name(gateway: GatewayProcess, acme: NewKey) -> None:
+    with api(gateway, acme) as http:
+        for image in ("file:///etc/passwd", "s3://any-bucket/tenants/acme/x.png"):
+            answer = http.post("/v1/jobs", json={"kind": "caption", "input": {"image": image}})
+            assert answer.status_code == 400 and error_code(answer) == "invalid_input", image
+
+
+def test_listing_pages_newest_first_with_filters(gateway: GatewayProcess, keys: KeyStore) -> None:
+    lister = keys.create(f"lister-{uuid.uuid4().hex[:6]}")
+    with api(gateway, lister) as http:
+        ids = [http.post("/v1/jobs", json={"kind": kind, "input": {"prompt": "p", "width": 64, "height": 64, "steps": 1}}
+                         if kind == "generate" else {"kind": kind, "input": {"image": data_uri(encode(scene()))}}).json()["id"]
+               for kind in ("generate", "caption", "generate")]
+        first = http.get("/v1/jobs", params={"limit": 2}).json()
+        assert [j["id"] for j in first["jobs"]] == ids[:0:-1]
+        rest = http.get("/v1/jobs", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+        assert [j["id"] for j in rest["jobs"]] == ids[:1] and rest["next_cursor"] is None
+        captions = http.get("/v1/jobs", params={"kind": "caption"}).json()["jobs"]
+        assert [j["id"] for j in captions] == [ids[1]]
+        assert http.get("/v1/jobs", params={"limit": 0}).status_code == 400
+        assert http.get("/v1/jobs", params={"cursor": "x"}).status_code == 400
+
+
+def test_batch_answers_in_order_with_errors_inline(gateway: GatewayProcess, acme: NewKey) -> None:
+    with api(gateway, acme) as http:
+        answer = http.post("/v1/jobs/batch", json={"jobs": [
+            {"kind": "generate", "input": {"prompt": "one", "width": 64, "height": 64, "steps": 1}},
+            {"kind": "generate", "input": {"prompt": "two", "width": 65}},
+            {"kind": "caption", "input": {"image": data_uri(encode(scene()))}},
+        ]})
+    assert answer.status_code == 200, answer.text
+    jobs = answer.json()["jobs"]
+    assert jobs[0]["kind"] == "generate" and jobs[0]["input"]["prompt"] == "one"
+    assert jobs[1]["error"]["code"] == "invalid_input" and "width" in jobs[1]["error"]["message"]
+    assert jobs[2]["kind"] == "caption" and jobs[2]["tenant"] == "acme"
+
+
+def test_error_codes_and_bodies(gateway: GatewayProcess, acme: NewKey, keys: KeyStore) -> None:
+    with api(gateway, None) as anonymous:
+        assert error_code(anonymous.get("/v1/jobs")) == "unauthorized"
+        assert anonymous.get("/v1/jobs", headers={"Authorization": "Bearer vq_nope"}).status_code == 401
+    revoked = keys.create("acme")
+    keys.revoke(revoked.key_id)
+    with api(gateway, revoked) as http:
+        assert http.get("/v1/queues").status_code == 401
+    limited = keys.create("acme", rate=0.001)  # one submit, then the bucket refills in ~17 minutes
+    with api(gateway, limited) as http:
+        body = {"kind": "generate", "input": {"prompt": "x", "width": 64, "height": 64, "steps": 1}}
+        assert http.post("/v1/jobs", json=body).status_code == 201
+        refused = http.post("/v1/jobs", json=body)
+        assert refused.status_code == 429 and error_code(refused) == "rate_limited"
+        assert int(refused.headers["Retry-After"]) >= 1
+    with api(gateway, acme) as http:
+        cases = [
+            (http.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"}), 400, "invalid_input"),
+            (http.post("/v1/jobs", json={"kind": "caption", "input": {"image": "ftp://x"}}), 400, "invalid_input"),
+            (http.post("/v1/jobs", json={"kind": "generate", "input": {"prompt": "x"}, "extra": 1}), 400, "invalid_input"),
+            (http.get("/v1/jobs/not-an-id"), 400, "invalid_input"),
+            (http.get(f"/v1/jobs/{uuid.uuid4().hex}"), 404, "not_found"),
+            (http.get("/v1/nothing-here"), 404, "not_found"),
+            (http.post("/v1/jobs", content=b"x", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
+        ]
+        for answer, status, code in cases:
+            assert (answer.status_code, error_code(answer)) == (status, code), answer.text
+    # A body declared over the cap is refused before a byte of it is sent (chunked bodies: tests/producer).
+    status, body = raw_post(gateway.url, "/v1/jobs", {"Content-Type": "application/json",
+                                                     "Content-Length": str(500 * 2**20)})
+    assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def raw_post(base_url: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """Headers only: what a server that reads the body first would wait on forever."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_unreachable_redis_is_503(local_env: dict[str, str], tmp_path: Path) -> None:
+    with RedisServer(directory=tmp_path / "redis") as private:
+        env = {**local_env, "VISIONQ_REDIS_URL": private.url}
+        with GatewayProcess(env, tmp_path, "--no-auth") as process:
+            private.stop()
+            with httpx.Client(base_url=process.url, timeout=30) as http:
+                ready = http.get("/readyz")
+                assert ready.status_code == 503 and error_code(ready) == "unavailable"
+                listing = http.get("/v1/jobs")
+                assert listing.status_code == 503 and error_code(listing) == "unavailable"
+                assert http.get("/healthz").status_code == 200  # the process itself is fine
+
+
+def test_fleet_routes_and_metrics(gateway: GatewayProcess, acme: NewKey, local_worker: WorkerProcess) -> None:
+    with api(gateway, acme) as http:
+        workers = http.get("/v1/workers").json()
+        assert any(w["pid"] == local_worker.pid for w in workers)
+        queues = http.get("/v1/queues").json()
+        assert set(queues) == {"caption", "segment", "generate"} and "total" in queues["caption"]
+        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/readyz").json() == {"status": "ready"}
+    with httpx.Client(base_url=gateway.url) as scraper:  # no key, like /healthz
+        text = scraper.get("/metrics").text
+    assert 'visionq_queue_depth{kind="caption",priority="high"}' in text
+    assert 'visionq_queue_oldest_age_seconds{kind="segment"}' in text
+    assert any(line.startswith('visionq_workers{state="ready"}') or line.startswith('visionq_workers{state="busy"}')
+               for line in text.splitlines() if not line.endswith(" 0.0"))
+
+
+def test_webhooks_are_signed_with_the_tenant_secret(
+    gateway: GatewayProcess, acme: NewKey, local_env: dict[str, str], local_worker: WorkerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    receiver = Receiver().start()
+    deliverer = WorkerProcess(local_env, tmp_path_factory.mktemp("gateway-deliverer"), ["webhooks", "--concurrency", "4"])
+    deliverer.start()
+    try:
+        with api(gateway, acme) as http:
+            job = http.post("/v1/jobs", headers=WAIT, json={
+                "kind": "generate", "input": {"prompt": "a bell", "width": 64, "height": 64, "steps": 1},
+                "webhook": receiver.url("/hook"),
+            }).json()
+        assert job["status"] == "succeeded"
+        wait_until(lambda: receiver.on("/hook"), what="the webhook delivery")
+        event = Webhook(acme.webhook_secret).verify(receiver.on("/hook")[0].body, receiver.on("/hook")[0].headers)
+        assert event["type"] == "job.succeeded" and event["data"]["id"] == job["id"]
+        assert event["data"]["tenant"] == "acme"
+    finally:
+        deliverer.stop()
+        receiver.stop()
