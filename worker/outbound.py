@@ -14,7 +14,6 @@ import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from types import TracebackType
 
 from tasks.errors import InvalidInput
 from tasks.ssrf import WEB_PORTS, AllowList, CheckedUrl, IPAddress, UrlRefused, checked_url
@@ -154,7 +153,7 @@ class _Deadline:
         self._timer.start()
         return self
 
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._timer.cancel()
         with self._lock:
             for sock in self._watched:
