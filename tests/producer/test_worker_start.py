@@ -1,0 +1,77 @@
+"""A worker checks Redis and storage before it loads models, and says which one it cannot reach."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.cli import run_visionq
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound by us, never listening, held for the test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def empty_models(tmp_path: Path) -> Path:
+    # A models folder with no models: a worker that loaded before checking would fail
+    # with a model error (exit 1) instead of the unreachable service (exit 5).
+    folder = tmp_path / "no-models"
+    folder.mkdir()
+    return folder
+
+
+def plain_env(tmp_path: Path, **variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VISIONQ_", "AWS_"))}
+    return {**env, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
+            "VISIONQ_STORAGE_URL": (tmp_path / "storage").as_uri(), **variables}
+
+
+@pytest.mark.parametrize("command", [
+    ["worker", "--device", "cpu"],
+    ["worker", "--device", "cpu", "--replicas", "2"],  # the supervisor checks once, instead of restarting children
+    ["webhooks"],
+])
+def test_unreachable_redis_exits_5_before_loading(command: list[str], closed_port: int, empty_models: Path,
+                                                  tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{closed_port}/0"
+    if command[0] == "worker":
+        command = [*command, "--models", str(empty_models)]
+    result = run_visionq(*command, env=plain_env(tmp_path, VISIONQ_REDIS_URL=url), inherit=False)
+    assert result.returncode == 5, result.stderr
+    assert f"cannot reach Redis at {url} (VISIONQ_REDIS_URL)" in result.stderr
+
+
+@pytest.mark.integration
+def test_missing_bucket_exits_5_before_loading(service_env: dict[str, str], empty_models: Path) -> None:
+    env = {**service_env, "VISIONQ_STORAGE_URL": "s3://no-such-bucket/x"}
+    result = run_visionq("worker", "--device", "cpu", "--models", str(empty_models), env=env)
+    assert result.returncode == 5, result.stderr
+    assert "storage bucket 'no-such-bucket' does not exist at http://127.0.0.1:" in result.stderr
+
+
+@pytest.mark.integration
+def test_unreachable_s3_endpoint_exits_5_before_loading(service_env: dict[str, str], closed_port: int,
+                                                        empty_models: Path) -> None:
+    env = {**service_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port}"}
+    result = run_visionq("worker", "--device", "cpu", "--models", str(empty_models), env=env)
+    assert result.returncode == 5, result.stderr
+    assert f"cannot reach the S3 endpoint http://127.0.0.1:{closed_port}" in result.stderr
+
+
+@pytest.mark.integration
+def test_unwritable_storage_folder_exits_5_before_loading(service_env: dict[str, str], empty_models: Path,
+                                                          tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**service_env, "VISIONQ_STORAGE_URL": (blocker / "storage").as_uri()}
+    result = run_visionq("worker", "--device", "cpu", "--models", str(empty_models), env=env)
+    assert result.returncode == 5, result.stderr
+    assert f"storage folder {blocker / 'storage'} is not writable" in result.stderr
