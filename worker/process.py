@@ -87,7 +87,9 @@ def serve(
             kinds=[k.value for k in kinds], model_loads=len(pipelines),
             models={k.value: p.model_label for k, p in pipelines.items()},
         )
-        storage = open_storage(settings.storage_url, presign_expiry_s=settings.presign_expiry_s)
+        storage = open_storage(
+            settings.storage_url, presign_expiry_s=settings.presign_expiry_s, retry_s=settings.storage_retry_s
+        )
         store = JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix)
         app = make_celery(settings)
         deliveries = DeliveryStore(client, prefix=settings.redis_prefix, ttl_s=settings.job_ttl_s)

@@ -50,12 +50,30 @@ class StandInGenerate:
                                images={"output-0.png": self.image})]
 
 
+def _break_consumer() -> None:
+    """The consumer loop's first read raises what kombu raised; later reads (the
+    channel's close) work, so Celery stops as it did then."""
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.Channel._brpop_read
+
+    def broken_once(self: Any, **options: Any) -> Any:
+        kombu_redis.Channel._brpop_read = original
+        raise AttributeError("'NoneType' object has no attribute 'hostname'")
+
+    kombu_redis.Channel._brpop_read = broken_once
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.faults.standin_worker")
     parser.add_argument("--cost-ms", type=float, default=200.0)
     parser.add_argument("--runs-file", type=Path)
     parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument("--break-consumer", action="store_true",
+                        help="fail inside kombu's consumer loop as its Redis transport did on a Redis restart")
     args = parser.parse_args(argv)
+    if args.break_consumer:
+        _break_consumer()
 
     import logging
 
