@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,8 @@ def test_demo_runs_every_kind_on_embedded_defaults(tmp_path) -> None:
     assert "started a private redis-server" in out
     assert "TINY random-weight models" in out
     assert "4 of 4 jobs succeeded" in out
+    bin_dir = Path(sys.executable).parent
+    assert f'export PATH="{bin_dir}:$PATH"' in out  # how to run `visionq` from the user's own shell
     storage = tmp_path / ".visionq" / "demo" / "storage" / "jobs"
     assert len(list(storage.glob("*/result.json"))) == 4
     assert list(storage.glob("*/output-0.png")) and list(storage.glob("*/overlay.png"))
