@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,7 +24,8 @@ from tasks.kinds import JobKind
 from tasks.limits import Limits
 # The model tables (role -> default Hugging Face id / models-dir sub-folder) live in the catalogue.
 from tasks.models import DEFAULT_MODELS, MODEL_DIR_NAMES  # noqa: F401 - re-exported
-from tasks.ssrf import AllowList
+from tasks.ssrf import AllowList, BucketAllowList
+from tasks.webhooks import secret_key
 
 DAY_S = 24 * 3600
 MAX_PRESIGN_EXPIRY_S = 7 * DAY_S  # S3 refuses SigV4 URLs valid longer than 7 days
@@ -42,6 +44,7 @@ DEFAULT_WEBHOOK_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 3
 # known, so that the typo check does not refuse them.
 OTHER_VARIABLES = frozenset({
     "VISIONQ_VENV", "VISIONQ_PYTHON", "VISIONQ_API_URL", "VISIONQ_API_KEY", "VISIONQ_LOG_FORMAT",
+    "VISIONQ_WORKER_RESTARTS",  # set by the fleet supervisor in its children (worker/fleet.py)
 })
 
 
@@ -62,6 +65,9 @@ class Settings(BaseModel):
     job_ttl_s: int = Field(7 * DAY_S, gt=0)
     visibility_timeout_s: int = Field(3600, gt=0)
     presign_expiry_s: int = Field(DAY_S, gt=0, le=MAX_PRESIGN_EXPIRY_S)
+    # The S3 endpoint as the gateway's clients reach it (http://localhost:9000 in compose), when the
+    # workers' AWS_ENDPOINT_URL is an internal host name: the gateway presigns output URLs for it.
+    storage_public_url: str | None = None
     # Level 6 costs ~4x the encode time of level 1 for 15-40 % smaller files.
     png_compress_level: int = Field(1, ge=0, le=9)
     models: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
@@ -69,9 +75,11 @@ class Settings(BaseModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     torch_threads: int | None = Field(None, ge=1)
     fetch_allow: AllowList = AllowList()  # CIDRs/hosts that image URLs may reach despite the SSRF guard
+    # Wall-clock limit on fetching an image URL: connect, TLS, headers and body together.
+    fetch_timeout_s: float = Field(15.0, gt=0)
     # s3:// inputs outside the storage bucket/prefix a worker may read: "bucket" or "bucket/prefix",
     # comma-separated (tasks.ssrf.BucketAllowList parses it; docs/security.md).
-    input_buckets: str = ""
+    input_buckets: BucketAllowList = BucketAllowList()
     webhook_secret: str | None = Field(None, repr=False)  # whsec_<base64>; a job may bring its own
     webhook_allow: AllowList = AllowList()  # CIDRs/hosts webhooks may reach despite the SSRF guard
     webhook_schedule: tuple[float, ...] = DEFAULT_WEBHOOK_SCHEDULE_S  # seconds before each attempt
@@ -85,8 +93,9 @@ class Settings(BaseModel):
     # A `queued` job whose message is in no queue list and not reserved by any worker
     # for this long is published again by the sweeper (docs/reliability.md).
     sweep_grace_s: float = Field(15.0, gt=0)
-    # How long a job waits out a storage outage before failing `storage_error`.
-    storage_retry_s: float = Field(180.0, ge=0)
+    # How long a job waits out a storage outage before failing `storage_error`: more
+    # than the 3 minutes an outage must be survived (docs/reliability.md).
+    storage_retry_s: float = Field(300.0, ge=0)
     # Runs that started (not sweeper republishes) before a redelivered job fails `worker_lost`.
     max_attempts: int = Field(3, ge=1)
 
@@ -94,6 +103,18 @@ class Settings(BaseModel):
     @classmethod
     def _parse_allow_list(cls, value: Any) -> Any:
         return AllowList.parse(value) if isinstance(value, str) or value is None else value
+
+    @field_validator("input_buckets", mode="before")
+    @classmethod
+    def _parse_bucket_list(cls, value: Any) -> Any:
+        return BucketAllowList.parse(value) if isinstance(value, str) or value is None else value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_secret(cls, value: str | None) -> str | None:
+        if value is not None:
+            secret_key(value)  # ValueError unless whsec_<base64> of at least 24 bytes
+        return value
 
     @field_validator("webhook_schedule", mode="before")
     @classmethod
@@ -105,8 +126,8 @@ class Settings(BaseModel):
     @field_validator("webhook_schedule")
     @classmethod
     def _check_schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if not value or any(delay < 0 for delay in value):
-            raise ValueError("needs at least one delay in seconds, none negative (e.g. 0,5,300)")
+        if not value or any(not math.isfinite(delay) or delay < 0 for delay in value):
+            raise ValueError("needs at least one delay in seconds, none negative or infinite (e.g. 0,5,300)")
         return value
 
     @field_validator("storage_url")
@@ -263,6 +284,6 @@ def _describe(exc: ValidationError, explicit: set[str]) -> str:
         message = error["msg"].removeprefix("Value error, ")
         given = error.get("input")
         secret = field in ("webhook_secret", "redis_url")  # the message says what is wrong without it
-        shown = "" if secret or isinstance(given, (dict, AllowList)) else f" (got {given!r})"
+        shown = "" if secret or isinstance(given, (dict, AllowList, BucketAllowList)) else f" (got {given!r})"
         lines.append(f"{name}: {message}{shown}" if field else message)
     return "; ".join(lines)

@@ -22,7 +22,6 @@ from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
 from tasks.kinds import JobKind
 from tasks.settings import Settings
-from tasks.ssrf import BucketAllowList
 from tasks.storage import open_storage
 from tasks.store import JobStore
 from worker.heartbeat import Heartbeat
@@ -99,7 +98,7 @@ def serve(
             storage=storage,
             inputs=InputReader(
                 storage, settings.limits, settings.fetch_allow, fetch_timeout_s=settings.fetch_timeout_s,
-                input_buckets=BucketAllowList.parse(settings.input_buckets),
+                input_buckets=settings.input_buckets,
             ),
             pipelines=pipelines,
             worker_name=name,
