@@ -14,8 +14,8 @@ import importlib.util
 import json
 import logging
 import sys
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import redis

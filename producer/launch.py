@@ -8,6 +8,7 @@ packages are found where this process found them.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import site
 import subprocess
@@ -85,7 +86,7 @@ class WorkerProcess:
         """True once the heartbeat says ready; raises WorkerExited if the process has ended."""
         if self.process is None or self.process.poll() is not None:
             code = None if self.process is None else self.process.returncode
-            raise WorkerExited(f"{' '.join(self.argv[3:])} exited with {code}:\n{self.log_tail()}")
+            raise WorkerExited(f"{shlex.join(self.argv)} exited with {code}:\n{self.log_tail()}")
         beat = self.heartbeat()
         return beat is not None and beat.get("state") == "ready"
 
@@ -139,6 +140,6 @@ def wait_all_ready(workers: list[WorkerProcess], timeout_s: float, poll_s: float
             return
         if time.monotonic() > deadline:
             first = pending[0]
-            raise WorkerNotReady(f"{' '.join(first.argv[3:])} not ready within {timeout_s:g} s "
+            raise WorkerNotReady(f"{shlex.join(first.argv)} not ready within {timeout_s:g} s "
                                  f"(log {first.log_path}):\n{first.log_tail()}")
         time.sleep(poll_s)
