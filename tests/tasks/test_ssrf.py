@@ -16,7 +16,7 @@ import pytest
 
 from tasks.errors import ErrorCode, InvalidInput
 from worker.outbound import fetch
-from tasks.ssrf import WEB_PORTS, AllowList, UrlRefused, check_url
+from tasks.ssrf import WEB_PORTS, AllowList, BucketAllowList, UrlRefused, check_url
 
 LOOPBACK = AllowList.parse("127.0.0.0/8")
 
@@ -182,6 +182,27 @@ def test_loopback_names_pass_when_allow_listed() -> None:
     assert check_url("http://localhost:9000/", AllowList.parse("127.0.0.1"), resolve=False) == []
     with pytest.raises(UrlRefused, match="loopback by definition"):
         check_url("http://api.localhost/", AllowList.parse("localhost"), resolve=False)
+
+
+# --- s3:// input locations (read against moto in tests/worker/test_inputs.py) ------
+
+
+def test_bucket_allow_list_matches_buckets_and_whole_prefix_segments() -> None:
+    allow = BucketAllowList.parse(" shared-inputs/public/ , s3://team-b ,, ").with_location("own", "svc")
+    assert allow.allows("shared-inputs", "public/a.png")
+    assert not allow.allows("shared-inputs", "public-not/a.png")
+    assert not allow.allows("shared-inputs", "private/a.png")
+    assert allow.allows("team-b", "any/key.png")
+    assert allow.allows("own", "svc/inputs/a.png")
+    assert not allow.allows("own", "svcx/a.png")
+    assert not allow.allows("other-team", "hr/passport.png")
+    assert not BucketAllowList().allows("own", "svc/a.png")
+
+
+@pytest.mark.parametrize("text", ["Bad_Bucket", "b", "bucket/../x", "a" * 64])
+def test_bucket_allow_list_refuses_malformed_entries(text: str) -> None:
+    with pytest.raises(ValueError, match="input bucket entry"):
+        BucketAllowList.parse(text)
 
 
 # --- ports ------------------------------------------------------------------------

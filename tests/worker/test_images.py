@@ -15,6 +15,7 @@ from PIL import Image, ImageFile
 from tasks.errors import InvalidInput
 from tasks.images import image_extension
 from tasks.limits import Limits
+from tests.support.corpus import SUCCEEDED, UPLOAD, Case, cases
 from tests.support.images import scan_padded_jpeg
 from worker.images import count_jpeg_scans, decode_image
 
@@ -319,3 +320,19 @@ def test_scan_limit_is_the_callers() -> None:
     assert decode_image(data, Limits(max_jpeg_scans=scans)).size == (64, 64)
     with pytest.raises(InvalidInput, match=f"JPEG has {scans} scans, over the limit of {scans - 1}"):
         decode_image(data, Limits(max_jpeg_scans=scans - 1))
+
+
+# The corpus's image files (tests/support/corpus.py), decoded here without a worker.
+# The integration test sends the same files through a real one.
+CORPUS_FILES = [c for c in cases() if c.name.startswith("file/") and c.name != "file/over-byte-cap"]
+
+
+@pytest.mark.parametrize("case", CORPUS_FILES, ids=lambda case: case.name)
+def test_corpus_files_reach_their_documented_outcome(case: Case) -> None:
+    assert case.request == {"image": UPLOAD} and case.upload is not None
+    if case.expect == SUCCEEDED:
+        assert decode_image(case.upload).mode == "RGB"
+        return
+    with pytest.raises(InvalidInput) as caught:
+        decode_image(case.upload)
+    assert case.fragment.lower() in caught.value.message.lower()
