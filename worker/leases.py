@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import redis
 
@@ -67,19 +67,43 @@ class Leases:
                 log.info("leases not renewed, Redis unavailable: %s", exc)
 
 
-def keep_unacked_on_close() -> None:
-    """Leave a closed channel's unacknowledged messages where they are, in Redis.
+def survive_reconnects(client: redis.Redis, prefix: str) -> None:
+    """Make kombu's Redis transport outlive a Redis restart in a consuming worker.
 
-    On a lost connection (a Redis restart), kombu closes the consumer's channel and
-    pushes every message it delivered back onto its queue, while their tasks are
-    still running here: a second worker may then run them too. And if the
-    connection object is already torn down at that moment, kombu fails with
-    `AttributeError: 'NoneType' object has no attribute 'hostname'`, which Celery
-    treats as unrecoverable (the worker stopped, 4 restarts in 5). Without the
-    restore, the messages stay in the unacked hash: the running tasks acknowledge
-    them when they finish, and those of a worker that died come back through the
-    visibility timeout like any other.
+    On a lost connection kombu closes the consumer's channel, but messages taken on
+    it are still being worked on here. Two things then went wrong:
+
+    - closing the channel pushed every such message back onto its queue while its
+      task was still running (a second worker could run it too), and, when the
+      connection object was already torn down, failed with `AttributeError:
+      'NoneType' object has no attribute 'hostname'`;
+    - a task finishing after the reconnect acknowledged its message on the closed
+      channel: `AttributeError: 'NoneType' object has no attribute 'client'`.
+
+    Celery treats both as unrecoverable and stops the worker. Instead the messages
+    stay in kombu's unacked hash: a task that finishes removes its message there
+    with this process's own client, and the messages of a worker that died come
+    back through the visibility timeout like any other.
     """
     from kombu.transport import redis as kombu_redis
+    from kombu.transport import virtual
 
     kombu_redis.QoS.restore_at_shutdown = False
+    if getattr(kombu_redis.QoS.ack, "survives_reconnects", False):
+        return
+    ack_on_open_channel = kombu_redis.QoS.ack
+    index_key, hash_key = unacked_index_key(prefix), f"{prefix}:unacked"
+
+    def ack(qos: Any, delivery_tag: str) -> None:
+        connection = qos.channel.connection
+        if connection is not None and connection.client is not None:
+            ack_on_open_channel(qos, delivery_tag)
+            return
+        try:
+            client.pipeline().zrem(index_key, delivery_tag).hdel(hash_key, delivery_tag).execute()
+        except redis.RedisError as exc:  # it comes back after the visibility timeout, finds its job final
+            log.warning("message %s not acknowledged, Redis unavailable: %s", delivery_tag, exc)
+        virtual.QoS.ack(qos, delivery_tag)
+
+    ack.survives_reconnects = True  # type: ignore[attr-defined]
+    kombu_redis.QoS.ack = ack

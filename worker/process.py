@@ -27,7 +27,7 @@ from tasks.store import JobStore
 from worker.heartbeat import Heartbeat
 from worker.inputs import InputReader
 from worker.pipelines.base import Pipeline
-from worker.leases import Leases, keep_unacked_on_close
+from worker.leases import Leases, survive_reconnects
 from worker.runtime import JobRunner
 from worker.sweeper import Sweeper, celery_publisher
 from worker.time_limits import Watchdog
@@ -106,7 +106,7 @@ def serve(
             watchdog=Watchdog(store),
         )
         leases = Leases(client, settings.redis_prefix, settings.visibility_timeout_s)
-        keep_unacked_on_close()
+        survive_reconnects(client, settings.redis_prefix)
         register_tasks(app, runner, kinds, leases)
         heartbeat.follow_celery(jobs_done=lambda: runner.jobs_done)
         Sweeper(store, celery_publisher(app), settings.sweep_grace_s).start()

@@ -10,7 +10,7 @@ from kombu import Connection, Queue
 
 from tasks.app import make_celery
 from tasks.settings import Settings
-from worker.leases import Leases, keep_unacked_on_close, unacked_index_key
+from worker.leases import Leases, survive_reconnects, unacked_index_key
 
 pytestmark = pytest.mark.integration  # a real redis-server
 
@@ -31,16 +31,18 @@ def test_a_held_message_is_renewed_and_a_released_one_is_not(redis_client: redis
     assert redis_client.zscore(key, "held") is None  # an acknowledged message is not brought back
 
 
-def test_a_channel_closed_after_its_connection_keeps_its_messages_unacked(
+def test_a_channel_closed_by_a_reconnect_keeps_its_messages_and_still_acknowledges(
     redis_server: Any, redis_client: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What a Redis restart does to a consuming worker: kombu closes the channel after
-    the connection is torn down. It used to restore the messages then, and crashed
-    with AttributeError("'NoneType' object has no attribute 'hostname'")."""
+    the connection is torn down, while the message's task still runs. kombu used to
+    restore the message then (AttributeError ... 'hostname'), and the task's ack on
+    the closed channel failed (AttributeError ... 'client'): Celery stopped the worker."""
     from kombu.transport import redis as kombu_redis
 
     monkeypatch.setattr(kombu_redis.QoS, "restore_at_shutdown", kombu_redis.QoS.restore_at_shutdown)
-    keep_unacked_on_close()
+    monkeypatch.setattr(kombu_redis.QoS, "ack", kombu_redis.QoS.ack)
+    survive_reconnects(redis_client, key_prefix)
     options = {"global_keyprefix": f"{key_prefix}:"}
     queue = Queue("visionq.generate")
     with Connection(redis_server.url, transport_options=options) as producer:
@@ -53,9 +55,12 @@ def test_a_channel_closed_after_its_connection_keeps_its_messages_unacked(
     assert len(received) == 1
     channel._pool = None  # as after the reconnect attempt: the next command needs a new pool
     connection._do_close_transport()  # the connection's client is gone (None)
-    channel.close()  # raised AttributeError before keep_unacked_on_close
+    channel.close()
     assert redis_client.hlen(f"{key_prefix}:unacked") == 1  # still there, for the visibility timeout
     assert redis_client.llen(f"{key_prefix}:visionq.generate") == 0  # not pushed back while it runs
+    received[0].ack()  # the task finished after the reconnect
+    assert redis_client.hlen(f"{key_prefix}:unacked") == 0
+    assert redis_client.zcard(unacked_index_key(key_prefix)) == 0
 
 
 def test_redelivery_is_looked_for_on_every_tick_at_most_10_s_apart(tmp_path: Any) -> None:
