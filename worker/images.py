@@ -18,7 +18,7 @@ from tasks.errors import InvalidInput
 from tasks.images import image_extension
 from tasks.limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["count_jpeg_scans", "decode_image"]
+__all__ = ["MAX_JPEG_SEGMENTS", "count_jpeg_scans", "decode_image"]
 
 _EXTENSION_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # Refused formats we can still name, told apart by magic number only: opening them
@@ -41,6 +41,9 @@ _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 # JPEG markers that stand alone (no length field): TEM, RST0-7, SOI.
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8), 0xD8})
 _SOS, _EOI = 0xDA, 0xD9
+# Real JPEGs have tens of marker segments. Walking millions (a 20 MB file of empty
+# comments) would cost seconds of Python, so the walk itself is bounded.
+MAX_JPEG_SEGMENTS = 100_000
 # Inside entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or RST0-7;
 # any other byte after it (fill bytes 0xFF aside) is the next marker.
 _NEXT_MARKER = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
@@ -82,15 +85,19 @@ def _check_scans(data: bytes, limits: Limits) -> None:
         raise InvalidInput(f"JPEG has {scans} scans, over the limit of {limits.max_jpeg_scans}")
 
 
-def count_jpeg_scans(data: bytes) -> int:
+def count_jpeg_scans(data: bytes, max_segments: int = MAX_JPEG_SEGMENTS) -> int:
     """Start-of-scan markers in the first picture of a JPEG (up to its EOI).
 
     Walks the marker segments by their lengths and jumps over each scan's
     entropy-coded data to the next real marker, so bytes inside compressed data
-    or inside a segment (EXIF thumbnails) are never mistaken for markers.
+    or inside a segment (EXIF thumbnails) are never mistaken for markers. More
+    than `max_segments` segments is InvalidInput.
     """
-    scans, position, size = 0, 2, len(data)  # after SOI
+    scans, segments, position, size = 0, 0, 2, len(data)  # after SOI
     while position < size:
+        segments += 1
+        if segments > max_segments:
+            raise InvalidInput(f"JPEG has more than {max_segments} marker segments; real images have tens")
         if data[position] != 0xFF:
             break  # not a marker where one must be: the decoder will call it corrupt
         while position < size and data[position] == 0xFF:  # fill bytes

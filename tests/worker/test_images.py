@@ -314,6 +314,14 @@ def test_scan_padded_jpeg_is_a_jpeg_the_decoder_would_work_through() -> None:
     assert decode_image(data, Limits(max_jpeg_scans=10_000)).size == (64, 64)
 
 
+def test_a_flood_of_marker_segments_is_refused_without_walking_it_all(no_pixel_decoding: None) -> None:
+    data = encode(noise((16, 16)), "JPEG")
+    flood = data[:2] + b"\xff\xfe\x00\x02" * 1_000_000 + data[2:]  # a million empty comments, 4 MB
+    with pytest.raises(InvalidInput, match="JPEG has more than 100000 marker segments"):
+        decode_image(flood)
+    assert count_jpeg_scans(data[:2] + b"\xff\xfe\x00\x02" * 100 + data[2:]) == 1
+
+
 def test_scan_limit_is_the_callers() -> None:
     data = encode(noise((64, 64)), "JPEG", progressive=True)
     scans = count_jpeg_scans(data)
