@@ -21,11 +21,14 @@ import transformers.utils.logging as transformers_logging
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import (
     BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor, CLIPSegConfig,
-    CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, SegformerConfig,
-    SegformerForSemanticSegmentation, SegformerImageProcessor, ViTImageProcessor,
+    CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, GPT2Config,
+    GPT2Tokenizer, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor,
+    SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor, ViTConfig, ViTImageProcessor,
+    VisionEncoderDecoderConfig, VisionEncoderDecoderModel,
 )
 
-from tasks.settings import MODEL_DIR_NAMES
+from tasks.models import model_entry
+from worker.tiny_captioners import VLM_CHAT_TEMPLATE, VLM_SPECIALS, byte_level_tokenizer
 
 # Parameters of the published checkpoints. BLIP's is as its model page rounds it (247M):
 # its checkpoint stores the output embedding tied to the input one as a second tensor.
@@ -37,9 +40,19 @@ PUBLISHED_PARAMETERS: dict[str, int] = {
     "sd-turbo vae": 83_653_863,
     "sd-turbo text_encoder": 340_387_840,
 }
+_TIED_STORED_ONCE = {"vit-gpt2-image-captioning"}
+# As the model pages round them (to a million): checked to 0.5 %.
+MODEL_CARD_PARAMETERS: dict[str, int] = {
+    "vit-gpt2-image-captioning": 239_000_000,
+    "SmolVLM-256M-Instruct": 256_000_000,
+}
 
 BLIP_VOCAB = 30524  # BERT's 30522 plus BLIP's [DEC] and [ENC]
 CLIP_VOCAB = 49408
+GPT2_VOCAB = 50257
+SMOLLM_VOCAB = 49280
+_SMOLVLM_IMAGE = 512
+_SMOLVLM_SCALE = 4
 CLIP_POSITIONS = 77
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -69,6 +82,17 @@ def clip_tokenizer() -> CLIPTokenizer:
     ranked = sorted(merges, key=lambda merge: (len(merge[0]) + len(merge[1]), merge))
     return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=ranked,
                          model_max_length=CLIP_POSITIONS, pad_token="<|endoftext|>")
+
+
+def gpt2_tokenizer() -> GPT2Tokenizer:
+    """Byte-level BPE with GPT-2's vocabulary size and 1024-token limit."""
+    # GPT-2 has no pad token; one filler slot holds ours, so the vocabulary keeps GPT-2's size.
+    return byte_level_tokenizer(_WORDS, ["<|endoftext|>", "<pad>"], 1024, vocab_size=GPT2_VOCAB)
+
+
+def smollm_tokenizer() -> GPT2Tokenizer:
+    """Byte-level BPE with SmolLM2's vocabulary size and SmolVLM's image and chat tokens."""
+    return byte_level_tokenizer(_WORDS, VLM_SPECIALS, 8192, vocab_size=SMOLLM_VOCAB)
 
 
 # ---------------------------------------------------------------------------- configs
@@ -117,6 +141,35 @@ def segformer_config() -> SegformerConfig:
     )
 
 
+def vit_gpt2_config(tokenizer: GPT2Tokenizer) -> VisionEncoderDecoderConfig:
+    """nlpconnect/vit-gpt2-image-captioning: ViT-B/16 at 224 px, GPT-2 (124M) with cross-attention."""
+    end = tokenizer.eos_token_id
+    encoder = ViTConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                        image_size=224, patch_size=16)
+    decoder = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                         add_cross_attention=True, is_decoder=True, bos_token_id=end, eos_token_id=end)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = config.bos_token_id = config.eos_token_id = config.pad_token_id = end
+    return config
+
+
+def smolvlm_config(tokenizer: GPT2Tokenizer) -> Idefics3Config:
+    """HuggingFaceTB/SmolVLM-256M-Instruct: SigLIP-B/16 at 512 px, pixel shuffle x4, SmolLM2-135M."""
+    return Idefics3Config(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+            num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+            rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+            bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+            eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"), pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=_SMOLVLM_IMAGE, patch_size=16),
+        scale_factor=_SMOLVLM_SCALE, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+
+
 def sd_turbo_text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
     """stabilityai/sd-turbo's text encoder: OpenCLIP ViT-H/14's text tower, 23 of its 24 layers."""
     return CLIPTextConfig(**_clip_text(tokenizer, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
@@ -145,7 +198,8 @@ SD_TURBO_SCHEDULER: dict[str, Any] = dict(
 def parameter_counts(device: str = "meta") -> dict[str, int]:
     """Each architecture's parameter count, built on `device` ("meta": no memory, no time).
 
-    Tied tensors count once per place they are stored, as in the checkpoints."""
+    Tied tensors count as the checkpoints store them: BLIP's twice (its output embedding
+    is saved as a second tensor), GPT-2's once."""
     bert, clip = bert_tokenizer(), clip_tokenizer()
     with torch.device(device):
         models = {
@@ -155,18 +209,23 @@ def parameter_counts(device: str = "meta") -> dict[str, int]:
             "sd-turbo unet": UNet2DConditionModel(**SD_TURBO_UNET),
             "sd-turbo vae": AutoencoderKL(**SD_TURBO_VAE),
             "sd-turbo text_encoder": CLIPTextModel(sd_turbo_text_config(clip)),
+            "vit-gpt2-image-captioning": VisionEncoderDecoderModel(config=vit_gpt2_config(gpt2_tokenizer())),
+            "SmolVLM-256M-Instruct": Idefics3ForConditionalGeneration(smolvlm_config(smollm_tokenizer())),
         }
-    return {name: sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+    return {name: sum(p.numel() for _, p in model.named_parameters(remove_duplicate=name in _TIED_STORED_ONCE))
             for name, model in models.items()}
 
 
 def build_full_size_models(dest: Path, device: str = "cuda", dtype: torch.dtype = torch.float16) -> dict[str, Path]:
-    """Write every default model under `dest` (MODEL_DIR_NAMES layout); returns role -> folder.
+    """Write every catalogue model under `dest` (the tiny models' layout); returns role -> folder.
 
     Weights are initialised on `device` (seconds on a GPU, minutes on a CPU) and saved in `dtype`."""
     transformers_logging.disable_progress_bar()
     diffusers_logging.disable_progress_bar()
-    paths = {role: Path(dest) / name for role, name in MODEL_DIR_NAMES.items()}
+    names = {"caption": "caption/blip", "segment": "segment/clipseg", "semantic": "segment/segformer",
+             "generate": "generate/sd", "caption-vit-gpt2": "caption/vit-gpt2", "caption-vlm": "caption/vlm"}
+    paths = {role: Path(dest) / model_entry(name).folder for role, name in names.items()}
+    gpt2, smollm = gpt2_tokenizer(), smollm_tokenizer()
     bert, clip = bert_tokenizer(), clip_tokenizer()
     torch.manual_seed(0)
     with torch.device(device):
@@ -181,6 +240,23 @@ def build_full_size_models(dest: Path, device: str = "cuda", dtype: torch.dtype 
             requires_safety_checker=False,
         )
         pipe.save_pretrained(paths["generate"])
+        captioner = VisionEncoderDecoderModel(config=vit_gpt2_config(gpt2)).to(dtype)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            setattr(captioner.generation_config, name, gpt2.eos_token_id)
+        captioner.save_pretrained(paths["caption-vit-gpt2"])
+        vlm = Idefics3ForConditionalGeneration(smolvlm_config(smollm)).to(dtype)
+        vlm.generation_config.eos_token_id = vlm.config.text_config.eos_token_id
+        vlm.generation_config.pad_token_id = smollm.pad_token_id
+        vlm.save_pretrained(paths["caption-vlm"])
+    gpt2.save_pretrained(paths["caption-vit-gpt2"])
+    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        paths["caption-vit-gpt2"])
+    image_seq_len = (_SMOLVLM_IMAGE // 16) ** 2 // _SMOLVLM_SCALE**2
+    Idefics3Processor(
+        image_processor=Idefics3ImageProcessor(do_image_splitting=True, size={"longest_edge": 4 * _SMOLVLM_IMAGE},
+                                               max_image_size={"longest_edge": _SMOLVLM_IMAGE}),
+        tokenizer=smollm, image_seq_len=image_seq_len, chat_template=VLM_CHAT_TEMPLATE,
+    ).save_pretrained(paths["caption-vlm"])
     BlipProcessor(
         image_processor=BlipImageProcessor(size={"height": 384, "width": 384}, image_mean=OPENAI_CLIP_MEAN,
                                            image_std=OPENAI_CLIP_STD),

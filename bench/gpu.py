@@ -1,4 +1,4 @@
-"""GPU benchmark: the default models' full-size architectures (random weights) in fp16.
+"""GPU benchmark: every model family's full-size architecture (random weights) in fp16.
 
     python -m bench.gpu             # where CUDA exists; under 8 minutes on one H200-class GPU
     python -m bench.gpu --smoke     # anywhere: the same steps on the CPU with the tiny models
@@ -8,7 +8,9 @@ directly in this process vs the same work through the service (SDK -> Redis ->
 one `visionq worker --device cuda:0` -> local storage -> record), and the GPU
 memory each worker holds. Caption and segment batch through the worker's
 micro-batching (VISIONQ_MAX_BATCH_<KIND> = the batch size); generate batches
-as num_images in one job. Without CUDA it says so and exits 0.
+as num_images in one job. The caption families that are no kind's default
+(ViT + GPT-2, the SmolVLM instruction VLM) are measured directly, batch N
+against batch 1. Without CUDA it says so and exits 0.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from bench.report import Row, ScenarioResult, Table, fmt, main_table, median
 from producer.client import Client
 from producer.job import Job
 from tasks.kinds import JobKind
+from tasks.models import model_entry
 from tasks.settings import Settings
 from worker.pipelines.base import no_progress, run_one
 
@@ -45,6 +48,15 @@ CASES = (
             {"prompt": "a watercolor fox", "width": 512, "height": 512, "steps": 4, "seed": 7}),
 )
 SMOKE_CASES = (CAPTION, SEGMENT, GENERATE)
+# The other caption families, measured directly (a worker serves the kinds' defaults), by models-dir folder.
+OTHER_FAMILIES = (
+    (replace(CAPTION, case="caption (ViT-B/16 + GPT-2, 224 px)"), model_entry("caption/vit-gpt2").folder),
+    (replace(CAPTION, case="caption (SmolVLM-256M, 512 px tiles)"), model_entry("caption/vlm").folder),
+)
+SMOKE_OTHER_FAMILIES = (
+    (replace(CAPTION, case="caption (tiny ViT + GPT-2)"), model_entry("caption/vit-gpt2").folder),
+    (replace(CAPTION, case="caption (tiny SmolVLM-style VLM)"), model_entry("caption/vlm").folder),
+)
 
 
 @dataclass(frozen=True)
@@ -105,28 +117,32 @@ def _run(workdir: Path, plan: GpuPlan, smoke: bool, started: float) -> ScenarioR
         build_tiny_models(models)
         notes.append("SMOKE: tiny models on the CPU; the numbers only show that every step runs.")
     else:
-        from bench.fullsize import PUBLISHED_PARAMETERS, build_full_size_models, parameter_counts
+        from bench.fullsize import MODEL_CARD_PARAMETERS, PUBLISHED_PARAMETERS, build_full_size_models, parameter_counts
 
         _progress("building full-size random-weight models (fp16)")
         models = workdir / "models"
         build_full_size_models(models, device="cuda")
         counts = parameter_counts()
+        published = {**PUBLISHED_PARAMETERS, **MODEL_CARD_PARAMETERS}
         notes.append("architectures (parameters built / published): " + ", ".join(
-            f"{name} {counts[name] / 1e6:.1f}M / {PUBLISHED_PARAMETERS[name] / 1e6:.1f}M" for name in counts))
+            f"{name} {counts[name] / 1e6:.1f}M / {published[name] / 1e6:.1f}M" for name in counts))
     image = bench_image()
     _progress("direct: pipelines in this process")
     direct = _measure_direct(models, plan, cases, image)
+    _progress("direct: the other caption families")
+    others = _measure_other_families(models, plan, SMOKE_OTHER_FAMILIES if smoke else OTHER_FAMILIES, image)
+    other_rows = _direct_rows(others, plan)
     rows: list[Row] = []
     memory = Table("GPU memory (MiB)", ["measured", "batch", "allocated", "reserved", "process (nvidia-smi)"])
-    data: dict[str, Any] = {"direct": direct, "service": {}}
-    for spec in cases:
-        for batch, measured in direct[spec.case].items():
-            memory.rows.append([f"direct {spec.case}", str(batch), fmt(measured["peak_allocated_mib"]), "-", "-"])
+    data: dict[str, Any] = {"direct": direct, "other_families": others, "service": {}}
+    for case, by_batch in [*((spec.case, direct[spec.case]) for spec in cases), *others.items()]:
+        for batch, measured in by_batch.items():
+            memory.rows.append([f"direct {case}", str(batch), fmt(measured["peak_allocated_mib"]), "-", "-"])
     try:
         stack = Stack(workdir / "stack")
     except RuntimeError as exc:  # no redis-server on this machine
         notes.append(f"service not measured: {exc}")
-        return ScenarioResult(NAME, _direct_rows(direct, plan), notes, [memory], data)
+        return ScenarioResult(NAME, _direct_rows(direct, plan) + other_rows, notes, [memory], data)
     try:
         uri = stack.put_input(image)
         for batch in plan.batch_sizes:
@@ -166,10 +182,11 @@ def _run(workdir: Path, plan: GpuPlan, smoke: bool, started: float) -> ScenarioR
         f"_SEGMENT = the batch size; bursts of {plan.batches_per_burst} batches of jobs (generate: "
         f"{plan.batches_per_burst} jobs of num_images = batch), median of {plan.repeats}; images/s = images / "
         "(first submit -> last Job.wait returned). 'p50 batch' is the batch size the worker's records show.",
-        "random weights: BLIP's captions run to max_new_tokens (30) unless a random token ends them early; "
-        "everything else does the same work as the real weights.",
+        "random weights: captions run to max_new_tokens (30) unless a random token ends them early; "
+        "everything else does the same work as the real weights. The SmolVLM processor tiles a 512 px image "
+        "into 4x4 crops plus the whole (17 x 64 image tokens), as the real one does.",
     ]
-    return ScenarioResult(NAME, rows or _direct_rows(direct, plan), notes, [memory], data)
+    return ScenarioResult(NAME, (rows or _direct_rows(direct, plan)) + other_rows, notes, [memory], data)
 
 
 def _measure_direct(models: Path, plan: GpuPlan, cases: tuple[JobSpec, ...], image: bytes) -> dict[str, Any]:
@@ -177,7 +194,6 @@ def _measure_direct(models: Path, plan: GpuPlan, cases: tuple[JobSpec, ...], ima
 
     from worker.images import decode_image
     from worker.loader import load_pipelines
-    from worker.outputs import encode_png
 
     settings = Settings().with_models_dir(models)
     cuda = plan.device.startswith("cuda")
@@ -189,33 +205,65 @@ def _measure_direct(models: Path, plan: GpuPlan, cases: tuple[JobSpec, ...], ima
     decoded = decode_image(image, settings.limits)
     results: dict[str, Any] = {"loaded_mib": loaded_mib}
     for spec in cases:
-        results[spec.case] = {}
-        pipeline = pipelines[spec.kind]
-        for batch in plan.batch_sizes:
-            call = _direct_call(pipeline, spec, batch, decoded, settings)
-            call()
-            call()
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            calls, model_s, encode_s = 0, 0.0, 0.0
-            while calls < 3 or model_s < plan.direct_s:
-                started = time.perf_counter()
-                outputs = call()
-                ran = time.perf_counter()  # outputs are PIL images on the host: the GPU is done
-                for output in outputs:
-                    encode_png(output, settings.png_compress_level)
-                model_s += ran - started
-                encode_s += time.perf_counter() - ran
-                calls += 1
-            results[spec.case][batch] = {
-                "calls": calls, "model_images_per_s": batch * calls / model_s,
-                "full_images_per_s": batch * calls / (model_s + encode_s),
-                "peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-            }
+        results[spec.case] = _measure_pipeline(pipelines[spec.kind], spec, plan, decoded, settings)
     del pipelines
     if cuda:
         torch.cuda.empty_cache()
+    return results
+
+
+def _measure_other_families(models: Path, plan: GpuPlan, cases: tuple[tuple[JobSpec, str], ...],
+                            image: bytes) -> dict[str, Any]:
+    """The catalogue's other models (not a kind's default), each loaded alone, directly."""
+    import torch
+
+    from worker.images import decode_image
+    from worker.loader import load_pipeline
+    from worker.loading import pick_dtype
+    from worker.pipelines.base import ModelSpec
+
+    settings = Settings()
+    decoded = decode_image(image, settings.limits)
+    results: dict[str, Any] = {}
+    for spec, folder in cases:
+        pipeline = load_pipeline(spec.kind, ModelSpec(str(models / folder)), plan.device, pick_dtype(plan.device))
+        pipeline.warm_up()
+        results[spec.case] = _measure_pipeline(pipeline, spec, plan, decoded, settings)
+        del pipeline
+        if plan.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return results
+
+
+def _measure_pipeline(pipeline: Any, spec: JobSpec, plan: GpuPlan, image: Any, settings: Settings) -> dict[int, Any]:
+    import torch
+
+    from worker.outputs import encode_png
+
+    cuda = plan.device.startswith("cuda")
+    results: dict[int, Any] = {}
+    for batch in plan.batch_sizes:
+        call = _direct_call(pipeline, spec, batch, image, settings)
+        call()
+        call()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        calls, model_s, encode_s = 0, 0.0, 0.0
+        while calls < 3 or model_s < plan.direct_s:
+            started = time.perf_counter()
+            outputs = call()
+            ran = time.perf_counter()  # outputs are PIL images on the host: the GPU is done
+            for output in outputs:
+                encode_png(output, settings.png_compress_level)
+            model_s += ran - started
+            encode_s += time.perf_counter() - ran
+            calls += 1
+        results[batch] = {
+            "calls": calls, "model_images_per_s": batch * calls / model_s,
+            "full_images_per_s": batch * calls / (model_s + encode_s),
+            "peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        }
     return results
 
 

@@ -34,10 +34,10 @@ _VLM_WIDE = 0.5  # the image is a few tokens among the chat template's: wider st
 
 # Idefics3's image tokens. They must be in the vocabulary before the model is sized:
 # the processor adds whatever is missing, and the tokenizer then outgrows the model.
-_VLM_SPECIALS = ["<|endoftext|>", "<pad>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
+VLM_SPECIALS = ["<|endoftext|>", "<pad>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
                  "<image>", "<global-img>"] + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 # SmolVLM's chat template, shortened: "User:<image>instruction<end_of_utterance>\nAssistant:".
-_VLM_CHAT_TEMPLATE = (
+VLM_CHAT_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
     "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
     "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
@@ -90,7 +90,7 @@ def build_vit_gpt2(path: Path) -> None:
 
 
 def build_vlm(path: Path) -> None:
-    tokenizer = byte_level_tokenizer(VLM_WORDS, _VLM_SPECIALS, _VLM_POSITIONS)
+    tokenizer = byte_level_tokenizer(VLM_WORDS, VLM_SPECIALS, _VLM_POSITIONS)
     patch, scale = 4, 2
     image_seq_len = (_IMAGE_SIDE // patch) ** 2 // scale**2  # what the connector leaves of one image
     text_config = dict(
@@ -114,7 +114,7 @@ def build_vlm(path: Path) -> None:
     side = {"longest_edge": _IMAGE_SIDE}
     image_processor = Idefics3ImageProcessor(do_image_splitting=False, size=side, max_image_size=side)
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=image_seq_len, chat_template=_VLM_CHAT_TEMPLATE)
+                                  image_seq_len=image_seq_len, chat_template=VLM_CHAT_TEMPLATE)
     if len(processor.tokenizer) != len(tokenizer.get_vocab()) or len(processor.tokenizer) != text_config["vocab_size"]:
         raise RuntimeError(f"the VLM processor grew the tokenizer to {len(processor.tokenizer)} tokens")
     model.save_pretrained(path)
@@ -131,13 +131,15 @@ def _bert_tokenizer() -> BertTokenizer:
     return BertTokenizer(vocab=vocab, do_lower_case=True, bos_token="[DEC]", model_max_length=_BLIP_POSITIONS)
 
 
-def byte_level_tokenizer(words: list[str], specials: list[str], max_length: int) -> GPT2Tokenizer:
+def byte_level_tokenizer(words: list[str], specials: list[str], max_length: int,
+                         vocab_size: int | None = None) -> GPT2Tokenizer:
     """GPT-2-style byte-level BPE: all 256 byte symbols, plus each word (space-prefixed) as one token.
 
     Merges are trained here, deterministically: most frequent pair first, ties broken
     alphabetically. Hand-chained merges split words badly, since BPE applies the
     lowest-ranked listed merge anywhere in a word. Left padding (decoders generate after
     the last token) is a constructor argument: set afterwards, it is not saved.
+    `vocab_size` pads the vocabulary with filler tokens to a real model's size.
     """
     pieces = [list("Ġ" + word) for word in words]  # "Ġ" is byte-level BPE's space
     merges: list[tuple[str, str]] = []
@@ -148,8 +150,11 @@ def byte_level_tokenizer(words: list[str], specials: list[str], max_length: int)
         best = min(pairs, key=lambda pair: (-pairs[pair], pair))
         merges.append(best)  # tuples: tokenizers 0.23 fails on "a b" strings
         pieces = [_merge(word, best) for word in pieces]
-    tokens = specials + sorted(pre_tokenizers.ByteLevel.alphabet()) + [left + right for left, right in merges]
-    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    tokens = list(dict.fromkeys(
+        specials + sorted(pre_tokenizers.ByteLevel.alphabet()) + [left + right for left, right in merges]
+    ))
+    tokens += [f"<unused{n}>" for n in range((vocab_size or len(tokens)) - len(tokens))]
+    vocab = {token: i for i, token in enumerate(tokens)}
     end = specials[0]
     return GPT2Tokenizer(
         vocab=vocab, merges=merges, unk_token=end, bos_token=end, eos_token=end, pad_token="<pad>",

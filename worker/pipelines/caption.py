@@ -194,9 +194,9 @@ class VlmCaptioner(CaptionPipeline):
         super().__init__(model, processor.tokenizer, spec, device, dtype,
                          model.config.text_config.max_position_embeddings)
         self.processor = processor
-        if processor.tokenizer.padding_side != "left":
-            # Rows of a batch end where generation starts: padding must go before them.
-            raise ModelError(f"the tokenizer of {spec.label!r} pads on the right; a decoder batch needs left")
+        # Rows of a batch end where generation starts: padding goes before them, whatever
+        # the tokenizer's saved side (the model takes positions from the attention mask).
+        processor.tokenizer.padding_side = "left"
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str, dtype: torch.dtype) -> VlmCaptioner:
