@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 
+from tasks.errors import ModelError
 from tasks.kinds import JobKind
 from tasks.settings import Settings
 from worker.pipelines.base import ModelSpec, Pipeline
@@ -16,6 +17,7 @@ def load_pipelines(settings: Settings, kinds: list[JobKind], device: str) -> dic
     from worker.loading import pick_dtype
 
     dtype = pick_dtype(device)
+    check_memory(settings, kinds, device)
     pipelines: dict[JobKind, Pipeline] = {}
     for kind in kinds:
         started = time.perf_counter()
@@ -27,6 +29,30 @@ def load_pipelines(settings: Settings, kinds: list[JobKind], device: str) -> dic
             loaded - started, time.perf_counter() - loaded,
         )
     return pipelines
+
+
+def check_memory(settings: Settings, kinds: list[JobKind], device: str) -> dict[str, int]:
+    """Model label -> weights bytes of what `kinds` load, from the safetensors headers; ModelError,
+    before any loading, if together they exceed the worker's budget. No budget (the CPU without
+    VISIONQ_MEMORY_BUDGET_MB): nothing to check, nothing read."""
+    from worker.loading import pick_dtype
+    from worker.model_memory import check_fits, memory_budget, weights_bytes
+
+    budget, budget_name = memory_budget(device, settings.gpu_memory_fraction, settings.memory_budget_mb)
+    if budget is None:
+        return {}
+    float_bytes = pick_dtype(device).itemsize
+    roles = [role for kind in kinds for role in ((kind.value, "semantic") if kind is JobKind.SEGMENT else (kind.value,))]
+    estimates = {}
+    for role in roles:
+        spec = _spec(settings, role)
+        try:
+            estimates[spec.label] = weights_bytes(spec, float_bytes)
+        except ModelError as exc:
+            # Unsized is not refused: loading it says what is wrong (missing, offline, pickles).
+            log.warning("%s: not sized before loading: %s", spec.label, exc.message)
+    check_fits(estimates, budget, budget_name)
+    return estimates
 
 
 def _spec(settings: Settings, role: str) -> ModelSpec:
