@@ -111,8 +111,10 @@ def build_vlm(path: Path) -> None:
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(model.generation_config, name, text_config[name])
     _speak_only(model.get_output_embeddings(), tokenizer, [f" {w}" for w in VLM_WORDS])
-    side = {"longest_edge": _IMAGE_SIDE}
-    image_processor = Idefics3ImageProcessor(do_image_splitting=False, size=side, max_image_size=side)
+    # Like SmolVLM, a large image is split into crops of the encoder's side plus the whole:
+    # a wide and a tall image get different numbers of image tokens, so batches pad.
+    image_processor = Idefics3ImageProcessor(do_image_splitting=True, size={"longest_edge": 2 * _IMAGE_SIDE},
+                                             max_image_size={"longest_edge": _IMAGE_SIDE})
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
                                   image_seq_len=image_seq_len, chat_template=VLM_CHAT_TEMPLATE)
     if len(processor.tokenizer) != len(tokenizer.get_vocab()) or len(processor.tokenizer) != text_config["vocab_size"]:
