@@ -60,8 +60,9 @@ class Heartbeat:
         except redis.RedisError:
             pass
 
-    def follow_celery(self, jobs_done: Callable[[], int] | None = None) -> None:
-        """ready once Celery consumes, draining on warm shutdown, jobs_done after each task."""
+    def follow_celery(self, counters: Callable[[], dict[str, int]] | None = None) -> None:
+        """ready once Celery consumes, draining on warm shutdown, `counters` (e.g. jobs_done,
+        model_loads) read again after each task."""
         def ready(**_: Any) -> None:
             self.update(state="ready")
 
@@ -83,8 +84,8 @@ class Heartbeat:
                 changes: dict[str, Any] = {"jobs_in_hand": in_flight[0]}
                 if self.state["state"] != "draining":
                     changes["state"] = "busy" if in_flight[0] else "ready"
-                if jobs_done is not None:
-                    changes["jobs_done"] = jobs_done()
+                if counters is not None:
+                    changes.update(counters())
                 self.update(lazy=True, **changes)
 
         # weak=False: these closures have no other reference and would be collected.

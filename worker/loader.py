@@ -11,6 +11,12 @@ from worker.pipelines.base import ModelSpec, Pipeline
 
 log = logging.getLogger("visionq.worker")
 
+_loads = 0  # models loaded by this process, counted where they load (the heartbeat's model_loads)
+
+
+def model_loads() -> int:
+    return _loads
+
 
 def load_pipelines(settings: Settings, kinds: list[JobKind], device: str) -> dict[JobKind, Pipeline]:
     """Every pipeline loaded on `device` and warmed up with one real inference."""
@@ -65,6 +71,8 @@ def load_default_pipeline(kind: JobKind, settings: Settings, device: str, dtype:
     if kind is JobKind.SEGMENT:
         from worker.pipelines.segment import SegmentPipeline
 
+        global _loads
+        _loads += 1
         # Segment's default serves labels (CLIPSeg) and no labels (the semantic model) alike.
         return SegmentPipeline.load(_spec(settings, "segment"), _spec(settings, "semantic"), device, dtype)
     return load_pipeline(kind, _spec(settings, kind.value), device, dtype)
@@ -75,6 +83,8 @@ def load_pipeline(kind: JobKind, spec: ModelSpec, device: str, dtype: object) ->
 
     A worker may hold several of a kind, keyed by the model's name (tasks.models).
     """
+    global _loads
+    _loads += 1
     if kind is JobKind.CAPTION:
         from worker.pipelines.caption import CaptionPipeline
 

@@ -24,10 +24,12 @@ from tasks.kinds import JobKind
 from tasks.settings import Settings
 from tasks.storage import open_storage
 from tasks.store import JobStore
+from worker import loader
 from worker.heartbeat import Heartbeat
 from worker.inputs import InputReader
 from worker.pipelines.base import Pipeline
 from worker.leases import Leases, survive_reconnects
+from worker.observe import JobFailed, Observer
 from worker.runtime import JobRunner
 from worker.sweeper import Sweeper, celery_publisher
 from worker.time_limits import Watchdog
@@ -45,8 +47,12 @@ def default_worker_name(device: str) -> str:
     return f"visionq-{label}-{os.getpid()}@{socket.gethostname()}"
 
 
-def run_worker(settings: Settings, kinds: list[JobKind], device: str, name: str, loglevel: str = "INFO") -> None:
-    """Load and warm up the models of `kinds` on `device`, then serve them."""
+def run_worker(
+    settings: Settings, kinds: list[JobKind], device: str, name: str, loglevel: str = "INFO",
+    metrics_address: tuple[str, int] | None = None,
+) -> None:
+    """Load and warm up the models of `kinds` on `device`, then serve them
+    (and /metrics on `metrics_address`, (host, port), when given)."""
     import torch
 
     from worker.device import check_device
@@ -60,12 +66,12 @@ def run_worker(settings: Settings, kinds: list[JobKind], device: str, name: str,
         torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, 0)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    serve(settings, lambda: load_pipelines(settings, kinds, device), name, device, loglevel)
+    serve(settings, lambda: load_pipelines(settings, kinds, device), name, device, loglevel, metrics_address)
 
 
 def serve(
     settings: Settings, load: Callable[[], dict[JobKind, Pipeline]], name: str, device: str,
-    loglevel: str = "INFO",
+    loglevel: str = "INFO", metrics_address: tuple[str, int] | None = None,
 ) -> None:
     """Announce `loading`, run `load`, then consume the queues of the kinds it returned.
 
@@ -80,10 +86,11 @@ def serve(
     )
     heartbeat.start()
     try:
-        pipelines = load()
+        observer = Observer(lambda: heartbeat.state["state"], metrics_address)  # metrics, logs, Celery's view
+        pipelines = observer.timed_load(load)
         kinds = list(pipelines)
         heartbeat.update(
-            kinds=[k.value for k in kinds], model_loads=len(pipelines),
+            kinds=[k.value for k in kinds], model_loads=loader.model_loads(),
             models={k.value: p.model_label for k, p in pipelines.items()},
         )
         storage = open_storage(
@@ -107,8 +114,9 @@ def serve(
         )
         leases = Leases(client, settings.redis_prefix, settings.visibility_timeout_s)
         survive_reconnects(client, settings.redis_prefix)
-        register_tasks(app, runner, kinds, leases)
-        heartbeat.follow_celery(jobs_done=lambda: runner.jobs_done)
+        observer.attach(store, runner.events, runner.on_final)
+        register_tasks(app, runner, kinds, leases, observer)
+        heartbeat.follow_celery(lambda: {"jobs_done": runner.jobs_done, "model_loads": loader.model_loads()})
         Sweeper(store, celery_publisher(app), settings.sweep_grace_s).start()
         asked_to_stop = threading.Event()
         signals.worker_shutting_down.connect(lambda **_: asked_to_stop.set(), weak=False)
@@ -116,8 +124,10 @@ def serve(
         # one thread (worker/batching.py). A worker serving generate next to a
         # batched kind may therefore hold up to max_batch generations reserved.
         slots = max(settings.max_batch.get(k.value, 1) for k in kinds)
+        # JSON logs (VISIONQ_LOG_FORMAT=json): no banner, so every line is a JSON object.
+        quiet = ["--quiet"] if settings.log_format == "json" else []
         app.worker_main([
-            "worker", "--queues", ",".join(k.queue for k in kinds), "--pool", "threads",
+            *quiet, "worker", "--queues", ",".join(k.queue for k in kinds), "--pool", "threads",
             "--concurrency", str(slots), "--hostname", name, "--loglevel", loglevel,
             "--without-gossip", "--without-mingle",
         ])
@@ -130,16 +140,20 @@ def serve(
         heartbeat.stop()
 
 
-def register_tasks(app: Any, runner: JobRunner, kinds: list[JobKind], leases: Leases) -> None:
+def register_tasks(app: Any, runner: JobRunner, kinds: list[JobKind], leases: Leases, observer: Observer) -> None:
     for kind in kinds:
         def run_job(task: Any, job_id: str, request: dict[str, Any], _kind: JobKind = kind) -> None:
             # No Celery retry: a retry republishes through the broker that just failed,
             # and the task's failure would acknowledge (delete) the message. The runner
             # waits for Redis in place instead; every job failure is on its record.
-            with leases.hold((task.request.delivery_info or {}).get("delivery_tag")):
+            with leases.hold((task.request.delivery_info or {}).get("delivery_tag")), observer.in_progress(_kind):
                 runner.run(_kind, job_id, request)
+            # The job is recorded (and its message will be acknowledged either way): Celery's
+            # tools now see it end as it did, FAILURE or REVOKED (worker/observe.py).
+            observer.report_to_celery(task, job_id)
 
         app.task(
             name=kind.task_name, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+            throws=(JobFailed,),  # an expected outcome: logged as one line, no traceback
         )(run_job)
 

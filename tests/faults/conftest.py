@@ -157,7 +157,7 @@ class Fleet:
 
     def standin(self, cost_ms: float = 200, *extra: str, wait: bool = True) -> WorkerProcess:
         argv = visionq_argv("--cost-ms", str(cost_ms), "--runs-file", str(self.runs_file), *extra,
-                            module="tests.faults.standin_worker")
+                            module="tests.support.standin_worker")
         worker = self._process(argv, "standin")
         if wait:
             wait_all_ready([worker], 120)

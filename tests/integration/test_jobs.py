@@ -4,6 +4,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -152,27 +156,55 @@ def test_bad_parameters_are_refused_before_enqueue(client: Client, redis_client)
     assert redis_client.llen(queue) == before
 
 
-def test_cancel_queued_job_never_runs(client: Client) -> None:
-    # One slot per worker: while this generation runs, the caption below stays queued.
-    blocker = client.generate("slow", width=256, height=256, steps=30, seed=1)
-    queued = client.caption(scene())
+@pytest.fixture
+def gated(service_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Client, Path, Path]]:
+    """A worker (one slot) whose model runs `gate:NAME` jobs until the test creates
+    gates/NAME: (its client, the gates folder, the file logging finished runs)."""
+    from producer.launch import WorkerProcess, visionq_argv, wait_all_ready
+    from tasks.settings import Settings
+
+    env = {**os.environ, **service_env, "VISIONQ_REDIS_PREFIX": f"vqgate-{uuid.uuid4().hex[:6]}"}
+    gates, runs = tmp_path / "gates", tmp_path / "runs.txt"
+    gates.mkdir()
+    worker = WorkerProcess(
+        visionq_argv("--cost-ms", "10", "--gates", str(gates), "--runs-file", str(runs),
+                     module="tests.support.standin_worker"),
+        env=env, log_path=tmp_path / "worker.log", redis_url=env["VISIONQ_REDIS_URL"],
+        prefix=env["VISIONQ_REDIS_PREFIX"], cwd=Path(__file__).resolve().parents[2],
+    ).start()
+    try:
+        wait_all_ready([worker], 60)
+        yield Client(settings=Settings.from_env(env)), gates, runs
+    finally:
+        worker.stop()
+
+
+def test_cancel_queued_job_never_runs(gated: tuple[Client, Path, Path]) -> None:
+    client, gates, runs = gated
+    blocker = client.generate("gate:blocker")
+    wait_until(lambda: blocker.refresh().status == "running", what="blocker running")
+    queued = client.generate("canceled-while-queued")  # one slot, taken: it stays queued
     assert client.cancel(queued.id).status == "canceled"
-    blocker.wait(timeout=TIMEOUT)
+    (gates / "blocker").touch()
+    assert blocker.wait(timeout=TIMEOUT).status == "succeeded"
     record = queued.refresh().to_dict()
     assert record["status"] == "canceled"
     assert record["error"]["code"] == "canceled"
     assert record["started_at"] is None and record["worker"] is None and record["attempt"] == 0
     # the worker took and dropped the message: a later job runs normally
-    assert client.caption(scene()).wait(timeout=TIMEOUT).status == "succeeded"
+    assert client.generate("after").wait(timeout=TIMEOUT).status == "succeeded"
+    assert "canceled-while-queued" not in runs.read_text().split()
 
 
-def test_cancel_running_generation_stops_and_publishes_nothing(client: Client, s3: object) -> None:
-    job = client.generate("long", width=512, height=512, steps=100, seed=2, num_images=2)
+def test_cancel_running_generation_stops_and_publishes_nothing(gated: tuple[Client, Path, Path], s3: object) -> None:
+    client, _gates, runs = gated
+    job = client.generate("gate:never")
     wait_until(lambda: job.refresh().progress > 0.0 or job.is_final)
     assert job.status == "running", job.to_dict()
     client.cancel(job.id)
     job.wait(timeout=TIMEOUT)
     assert job.status == "canceled"
+    assert not runs.exists() or "gate:never" not in runs.read_text().split()
     assert job.output is None
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"svc/jobs/{job.id}/")
     names = [o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", [])]
