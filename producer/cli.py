@@ -25,7 +25,12 @@ from tasks.kinds import ALL_KINDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["celery"]:
+        # Everything after `celery` is Celery's own command line, options included.
+        args = argparse.Namespace(handler=_celery, celery_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except JobNotFound as exc:
@@ -58,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker processes per device (with --gpus: per GPU), supervised")
     worker.add_argument("--name", help="worker name (default: visionq-<device>-<pid>@<host>)")
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus /metrics on PORT (a fleet's children: PORT + index); default off")
+    worker.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS",
+                        help="address /metrics listens on (default 0.0.0.0, for Prometheus in the cluster)")
     worker.set_defaults(handler=_worker)
 
     models = commands.add_parser("models", help="`visionq models tiny DIR`: build tiny offline models")
@@ -90,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     for kind_parser in (caption, segment, generate):
         kind_parser.add_argument("--idempotency-key")
         kind_parser.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
+        kind_parser.add_argument("--queue-timeout", type=float, metavar="SECONDS",
+                                 help="fail `expired` if no worker starts it within SECONDS "
+                                      "(default VISIONQ_QUEUE_TIMEOUT_<KIND>_S)")
         _add_wait_options(kind_parser)
         kind_parser.set_defaults(handler=_submit)
 
@@ -114,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay = webhook_commands.add_parser("replay", help="send a dead delivery again")
     replay.add_argument("delivery_id")
     replay.set_defaults(handler=_webhooks_replay)
+
+    purge = commands.add_parser("purge", help="cancel every queued job of a kind (and drop its messages)")
+    purge.add_argument("kind", choices=[k.value for k in ALL_KINDS])
+    purge.set_defaults(handler=_purge)
+
+    celery = commands.add_parser(
+        "celery", add_help=False,
+        help="Celery's own CLI with visionq's app: inspect, control revoke, status, events, flower",
+    )
+    celery.set_defaults(handler=_celery)  # main() hands it every argument after `celery`
 
     queues = commands.add_parser("queues", help="queued jobs per kind and priority (autoscaler signal)")
     queues.add_argument("--json", action="store_true")
@@ -144,7 +166,8 @@ def _client() -> Any:
 
 def _submit(args: argparse.Namespace) -> int:
     client = _client()
-    common = {"idempotency_key": args.idempotency_key, "priority": args.priority}
+    common = {"idempotency_key": args.idempotency_key, "priority": args.priority,
+              "queue_timeout_s": args.queue_timeout}
     if args.kind == "caption":
         job = client.caption(args.image, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                              num_beams=args.num_beams, **common)
@@ -228,17 +251,39 @@ def _workers(args: argparse.Namespace) -> int:
 
 
 def _queues(args: argparse.Namespace) -> int:
-    from tasks.queues import queue_depths
+    from tasks.queues import oldest_queued_age_s, queue_depths
 
     client = _client()
     depths = queue_depths(client.store.redis, client.settings.redis_prefix)
+    ages = oldest_queued_age_s(client.store.redis, client.settings.redis_prefix)
+    for kind, d in depths.items():
+        d["oldest_age_s"] = round(ages[kind], 3)
     if args.json:
         print(json.dumps(depths, indent=2))
         return 0
-    print(f"{'kind':10} {'high':>6} {'normal':>6} {'low':>6} {'total':>6}")
+    print(f"{'kind':10} {'high':>6} {'normal':>6} {'low':>6} {'total':>6} {'oldest_s':>9}")
     for kind, d in depths.items():
-        print(f"{kind:10} {d['high']:6} {d['normal']:6} {d['low']:6} {d['total']:6}")
+        print(f"{kind:10} {d['high']:6} {d['normal']:6} {d['low']:6} {d['total']:6} {d['oldest_age_s']:9.1f}")
     return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from tasks.expiry import QueueEnds
+    from tasks.kinds import JobKind
+
+    client = _client()
+    kind = JobKind(args.kind)
+    ended = QueueEnds(client.store).purge(kind, f"canceled while queued by `visionq purge {kind.value}`")
+    for record in ended:
+        client.events.publish_final(record)  # job.canceled, as for `visionq cancel`
+    print(f"canceled {len(ended)} queued {kind.value} job{'' if len(ended) == 1 else 's'}")
+    return 0
+
+
+def _celery(args: argparse.Namespace) -> int:
+    from tasks.celery_app import run_celery_cli
+
+    return run_celery_cli(args.celery_args)
 
 
 def _webhooks_dead(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
+from tasks.expiry import check_queue_timeout
 from tasks.errors import InternalError, InvalidInput
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
@@ -100,17 +101,20 @@ class Client:
     def _submit(
         self, kind: JobKind, params: dict[str, Any], *, idempotency_key: str | None = None,
         webhook: str | None = None, webhook_events: list[str] | None = None,
-        webhook_secret: str | None = None, priority: str = "normal",
+        webhook_secret: str | None = None, priority: str = "normal", queue_timeout_s: float | None = None,
     ) -> Job:
         """Options every kind takes: `idempotency_key` (the same key within the TTL
         returns the same job), `webhook` (URL called back with signed events),
         `webhook_events` (default: the final ones) and `webhook_secret` (whsec_...;
-        default VISIONQ_WEBHOOK_SECRET), `priority` (high | normal | low)."""
+        default VISIONQ_WEBHOOK_SECRET), `priority` (high | normal | low), `queue_timeout_s`
+        (seconds it may wait for a worker to start it before it fails `expired`; default
+        VISIONQ_QUEUE_TIMEOUT_<KIND>_S)."""
         try:
             job_priority = Priority(priority)
         except ValueError:
             raise InvalidInput(f"priority {priority!r} must be one of high, normal, low") from None
         webhook_spec = self._webhook(webhook, webhook_events, webhook_secret)
+        timeout_s = check_queue_timeout(queue_timeout_s, kind, self.settings)
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= self.settings.limits.max_key_chars:
                 raise InvalidInput(
@@ -120,7 +124,9 @@ class Client:
             params["image"] = self._image_uri(params["image"])
         request = parse_request(kind, params, self.settings.limits)
         record, created = self.store.create(
-            kind, request_to_record(request), idempotency_key, webhook_spec, job_priority.value
+            kind, request_to_record(request), idempotency_key, webhook_spec, job_priority.value,
+            message=request_to_message(request),  # the sweeper republishes a lost message from it
+            queue_timeout_s=timeout_s,
         )
         if created:
             if webhook_secret is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
@@ -11,8 +12,8 @@ from tasks.kinds import PRIORITY_STEPS, WEBHOOKS_QUEUE, JobKind
 from tasks.settings import Settings
 
 
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("visionq", broker=settings.redis_url, set_as_current=False)
+def make_celery(settings: Settings, app_class: type[Celery] = Celery) -> Celery:
+    app = app_class("visionq", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
         # JSON only, everywhere: a pickle payload from the queue would be code execution.
         task_serializer="json",
@@ -56,8 +57,10 @@ def make_celery(settings: Settings) -> Celery:
         task_queues=[Queue(kind.queue) for kind in JobKind] + [Queue(WEBHOOKS_QUEUE)],
         task_routes={kind.task_name: {"queue": kind.queue} for kind in JobKind},
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        task_send_sent_event=False,
+        # Task events (sent, received, started, succeeded, failed, revoked) feed Flower and
+        # `celery events`: one small PUBLISH each (VISIONQ_TASK_EVENTS=false turns them off).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
     )
     return app
 
@@ -83,3 +86,13 @@ def broker_ssl_options(redis_url: str) -> dict[str, object] | None:
     options: dict[str, object] = {"ssl_cert_reqs": _CERT_REQS[reqs]}
     options.update({key: query[key] for key in _SSL_QUERY_KEYS if key in query})
     return options
+
+
+def __getattr__(name: str) -> Any:
+    # `tasks.app:app`, what `celery -A tasks.app inspect|status|events|flower` loads: built
+    # from the environment on first access (tasks/celery_app.py), never at import.
+    if name == "app":
+        from tasks.celery_app import operator_app
+
+        return operator_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

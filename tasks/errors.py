@@ -18,6 +18,8 @@ class ErrorCode(str, Enum):
     # Its worker was lost (killed, crashed, restarted) on every one of VISIONQ_MAX_ATTEMPTS
     # runs: the job itself is the likely cause, so it is not delivered again.
     WORKER_LOST = "worker_lost"
+    # No worker started it within its queue timeout (queue_timeout_s, VISIONQ_QUEUE_TIMEOUT_<KIND>_S).
+    EXPIRED = "expired"
     INTERNAL = "internal"  # a bug or an infrastructure failure of ours
     # The HTTP gateway's answers (producer/gateway), shared with the SDK's HTTP mode.
     UNAUTHORIZED = "unauthorized"  # no API key, or one that is unknown or revoked (401)
@@ -80,6 +82,10 @@ class JobNotFound(VisionqError, KeyError):
 
 class WorkerLost(VisionqError):
     code = ErrorCode.WORKER_LOST
+
+
+class JobExpired(VisionqError):
+    code = ErrorCode.EXPIRED
 
 
 class InternalError(VisionqError):

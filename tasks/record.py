@@ -78,6 +78,8 @@ class JobRecord:
     webhook: dict[str, Any] | None = None  # {"url", "events"}; the secret is never here
     webhook_attempts: list[dict[str, Any]] = field(default_factory=list)  # every delivery attempt
     tenant: str | None = None  # the gateway tenant that submitted it; None from the direct-Redis SDK
+    # Seconds it may wait queued before it fails `expired` (from created_at); None: no deadline.
+    queue_timeout_s: float | None = None
 
     @property
     def is_final(self) -> bool:

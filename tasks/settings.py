@@ -37,13 +37,17 @@ DEFAULT_MAX_BATCH: dict[str, int] = {"caption": 8, "segment": 8, "generate": 1}
 # Per-kind wall-clock limits; the visibility timeout must exceed the longest.
 DEFAULT_TIME_LIMITS_S: dict[str, float] = {"caption": 120.0, "segment": 120.0, "generate": 600.0}
 
+# How long a job may wait for a worker to start it before it fails `expired`: well above a
+# cold start (pulling an image, loading models), so only a kind nobody serves expires.
+DEFAULT_QUEUE_TIMEOUTS_S: dict[str, float] = {"caption": 3600.0, "segment": 3600.0, "generate": 3600.0}
+
 # Seconds to wait before each webhook attempt: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 DEFAULT_WEBHOOK_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 
 # VISIONQ_* variables read outside Settings (scripts, the SDK's HTTP mode, logging):
 # known, so that the typo check does not refuse them.
 OTHER_VARIABLES = frozenset({
-    "VISIONQ_VENV", "VISIONQ_PYTHON", "VISIONQ_API_URL", "VISIONQ_API_KEY", "VISIONQ_LOG_FORMAT",
+    "VISIONQ_VENV", "VISIONQ_PYTHON", "VISIONQ_API_URL", "VISIONQ_API_KEY",
     "VISIONQ_WORKER_RESTARTS",  # set by the fleet supervisor in its children (worker/fleet.py)
 })
 
@@ -86,9 +90,18 @@ class Settings(BaseModel):
     webhook_timeout_s: float = Field(10.0, gt=0)  # per attempt, the whole exchange
     limits: Limits = Field(default_factory=Limits)
     time_limits_s: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TIME_LIMITS_S))
+    # Per kind, the default time-to-start deadline of a job submitted here (a submit's
+    # queue_timeout_s wins); past it a job nobody started fails `expired` (docs/observability.md).
+    queue_timeouts_s: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_QUEUE_TIMEOUTS_S))
+    # Celery task events (task-sent/received/started/succeeded/failed/revoked): what Flower
+    # and `celery events` show. One small Redis PUBLISH per event; off saves that.
+    task_events: bool = True
+    log_format: str = Field("text", pattern=r"^(text|json)$")  # json: one JSON object per line
     max_batch: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MAX_BATCH))
     # Cap of this worker's share of its GPU (several workers per GPU).
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
+    # On the CPU: the MiB a worker's model weights may take (worker/model_memory.py); unset, no check.
+    memory_budget_mb: float | None = Field(None, gt=0)
     max_wait_ms: float = Field(5.0, ge=0)  # how long a batch waits to fill once its first job arrived
     # A `queued` job whose message is in no queue list and not reserved by any worker
     # for this long is published again by the sweeper (docs/reliability.md).
@@ -152,6 +165,9 @@ class Settings(BaseModel):
         for kind, limit in self.time_limits_s.items():
             if limit <= 0:
                 raise ValueError(f"VISIONQ_TIME_LIMIT_{kind.upper()}_S must be positive, got {limit:g}")
+        for kind, timeout in self.queue_timeouts_s.items():
+            if timeout <= 0:
+                raise ValueError(f"VISIONQ_QUEUE_TIMEOUT_{kind.upper()}_S must be positive, got {timeout:g}")
         return self
 
     def __repr_args__(self) -> Any:
@@ -174,6 +190,7 @@ class Settings(BaseModel):
         values["limits"] = _limits_from_env(env)
         values["time_limits_s"] = _per_kind(env, "VISIONQ_TIME_LIMIT_{}_S", DEFAULT_TIME_LIMITS_S, float)
         values["max_batch"] = _per_kind(env, "VISIONQ_MAX_BATCH_{}", DEFAULT_MAX_BATCH, int)
+        values["queue_timeouts_s"] = _per_kind(env, "VISIONQ_QUEUE_TIMEOUT_{}_S", DEFAULT_QUEUE_TIMEOUTS_S, float)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**values)
@@ -189,6 +206,9 @@ class Settings(BaseModel):
 
     def time_limit_s(self, kind: JobKind) -> float:
         return self.time_limits_s[kind.value]
+
+    def queue_timeout_s(self, kind: JobKind) -> float:
+        return self.queue_timeouts_s[kind.value]
 
 
 def models_in(models_dir: str | Path) -> dict[str, str]:
@@ -211,7 +231,7 @@ def redacted_url(url: str) -> str:
 _SCALAR_VARIABLES: dict[str, str] = {
     name: f"VISIONQ_{name.upper()}"
     for name in Settings.model_fields
-    if name not in ("models", "revisions", "limits", "time_limits_s", "max_batch")
+    if name not in ("models", "revisions", "limits", "time_limits_s", "max_batch", "queue_timeouts_s")
 }
 _SCALAR_VARIABLES["visibility_timeout_s"] = "VISIONQ_VISIBILITY_TIMEOUT"
 
@@ -221,7 +241,8 @@ def _known_variables() -> set[str]:
     for role in DEFAULT_MODELS:
         known |= {f"VISIONQ_{role.upper()}_MODEL", f"VISIONQ_{role.upper()}_REVISION"}
     for kind in JobKind:
-        known |= {f"VISIONQ_TIME_LIMIT_{kind.name}_S", f"VISIONQ_MAX_BATCH_{kind.name}"}
+        known |= {f"VISIONQ_TIME_LIMIT_{kind.name}_S", f"VISIONQ_MAX_BATCH_{kind.name}",
+                  f"VISIONQ_QUEUE_TIMEOUT_{kind.name}_S"}
     known |= {f"VISIONQ_{f.name.upper()}" for f in dataclasses.fields(Limits)}
     return known
 

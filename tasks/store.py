@@ -19,7 +19,7 @@ from tasks.kinds import JobKind
 from tasks.record import JobRecord, new_job_id, utc_now
 from tasks.status import FINAL_STATUSES, JobStatus, allowed_sources
 
-# KEYS[1] job hash, KEYS[2] the queued index. ARGV: new status, allowed current
+# KEYS[1] job hash, KEYS[2] the queued index, KEYS[3] the start deadlines. ARGV: new status, allowed current
 # statuses (space separated), ttl seconds, event channel, attempt increment, job id,
 # then field/value pairs (JSON).
 _TRANSITION = """
@@ -34,6 +34,7 @@ if not allowed then return {'refused', current} end
 redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]))
 if current == 'queued' and ARGV[1] ~= 'queued' then
   redis.call('ZREM', KEYS[2], ARGV[6])
+  redis.call('ZREM', KEYS[3], ARGV[6])
   redis.call('HDEL', KEYS[1], 'message')
 end
 for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -61,6 +62,7 @@ local current = cjson.decode(raw)
 if current == 'queued' then
   redis.call('HSET', KEYS[1], 'status', cjson.encode('canceled'), 'completed_at', ARGV[1], 'error', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[4])
+  redis.call('ZREM', KEYS[3], ARGV[4])
   redis.call('HDEL', KEYS[1], 'message')
   redis.call('PUBLISH', ARGV[3], 'canceled')
   return 'canceled now'
@@ -97,6 +99,11 @@ class JobStore:
         """Sorted set of queued job ids, scored by when their message was last known to exist."""
         return f"{self.prefix}:queued"
 
+    @property
+    def deadlines_key(self) -> str:
+        """Sorted set of queued job ids scored by their start deadline (tasks/expiry.py)."""
+        return f"{self.prefix}:deadlines"
+
     def _idempotency_key(self, key: str, tenant: str | None = None) -> str:
         # A gateway tenant's keys live apart: two tenants may pick the same key.
         return f"{self.prefix}:idem:{key}" if tenant is None else f"{self.prefix}:tenant:{tenant}:idem:{key}"
@@ -105,17 +112,19 @@ class JobStore:
         self, kind: JobKind, input_record: dict[str, Any], idempotency_key: str | None = None,
         webhook: dict[str, Any] | None = None, priority: str = "normal",
         message: dict[str, Any] | None = None, tenant: str | None = None,
+        queue_timeout_s: float | None = None,
     ) -> tuple[JobRecord, bool]:
         """Store a new queued job. With an idempotency key already used within the
         TTL, returns the existing job and False instead (nothing new is stored).
 
         `message` is the request as the queue message carries it, kept while the job
         is queued when it differs from `input_record` (inline image data), so that
-        the sweeper can publish a lost message again (`queued_message`)."""
+        the sweeper can publish a lost message again (`queued_message`).
+        `queue_timeout_s`: past it, unstarted, the job fails `expired` (tasks/expiry.py)."""
         record = JobRecord(
             id=new_job_id(), kind=kind, status=JobStatus.QUEUED, created_at=utc_now(),
             input=input_record, idempotency_key=idempotency_key, webhook=webhook, priority=priority,
-            tenant=tenant,
+            tenant=tenant, queue_timeout_s=queue_timeout_s,
         )
         if idempotency_key is not None:
             claimed = self.redis.set(
@@ -132,7 +141,10 @@ class JobStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, self.ttl_s)
-            pipe.zadd(self.queued_key, {record.id: time.time()})
+            now = time.time()
+            pipe.zadd(self.queued_key, {record.id: now})
+            if queue_timeout_s is not None:
+                pipe.zadd(self.deadlines_key, {record.id: now + queue_timeout_s})
             pipe.execute()
         return record, True
 
@@ -176,7 +188,7 @@ class JobStore:
         ]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
-        outcome, _current = self._transition(keys=[self.job_key(job_id), self.queued_key], args=args)
+        outcome, _current = self._transition(keys=[self.job_key(job_id), self.queued_key, self.deadlines_key], args=args)
         if outcome == b"missing":
             raise JobNotFound(f"no job {job_id!r}")
         return outcome == b"ok"
@@ -191,7 +203,7 @@ class JobStore:
         Returns the status after, and whether this call canceled the job."""
         error = json.dumps({"code": "canceled", "message": "canceled before it started"})
         result = self._cancel(
-            keys=[self.job_key(job_id), self.queued_key],
+            keys=[self.job_key(job_id), self.queued_key, self.deadlines_key],
             args=[json.dumps(utc_now()), error, self.events_channel(job_id), job_id],
         )
         if result == b"missing":

@@ -6,7 +6,7 @@ when one of these commands runs, so `visionq submit` and friends never import to
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +19,6 @@ EXIT_UNREACHABLE = 5  # the CLI's exit code for Redis (or storage) unreachable
 
 def serve(args: argparse.Namespace) -> int:
     """`visionq worker`: one worker process, or a supervised fleet with --gpus / --replicas."""
-    _log_to_stderr()
     if args.gpus or args.replicas:
         return _supervise(args)
     from worker.device import pin_device
@@ -35,13 +34,15 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"visionq worker: {exc}", file=sys.stderr)
         return 2
+    _log_to_stderr(settings)
     if (code := _check_services(settings)) != 0:
         return code
     from tasks.errors import VisionqError
     from worker.process import default_worker_name, run_worker
 
     try:
-        run_worker(settings, kinds, device, args.name or default_worker_name(device), args.loglevel)
+        metrics_address = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
+        run_worker(settings, kinds, device, args.name or default_worker_name(device), args.loglevel, metrics_address)
     except VisionqError as exc:  # a model that cannot load: fatal, with the reason and a way out
         print(f"visionq worker: {exc.message}\n(offline? build tiny models with `visionq models tiny DIR` "
               "and pass --models DIR)", file=sys.stderr)
@@ -51,12 +52,12 @@ def serve(args: argparse.Namespace) -> int:
 
 def deliver_webhooks(concurrency: int, loglevel: str) -> int:
     """`visionq webhooks`: the delivery worker (no torch)."""
-    _log_to_stderr()
     try:
         settings = Settings.from_env()
     except ValueError as exc:
         print(f"visionq webhooks: {exc}", file=sys.stderr)
         return 2
+    _log_to_stderr(settings)
     if (code := _check_services(settings)) != 0:
         return code
     from worker.webhooks import run_webhook_worker
@@ -85,8 +86,11 @@ def _check_services(settings: Settings) -> int:
     return 0
 
 
-def _log_to_stderr() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _log_to_stderr(settings: Settings) -> None:
+    """Text or JSON lines (VISIONQ_LOG_FORMAT), secrets masked (tasks/logs.py)."""
+    from tasks.logs import configure_logging
+
+    configure_logging(settings, os.environ)
 
 
 def _supervise(args: argparse.Namespace) -> int:
@@ -100,13 +104,14 @@ def _supervise(args: argparse.Namespace) -> int:
         device = args.device or settings.device
         if gpus is None and device == "auto":
             device = "cpu"  # replicas without --gpus: say cuda:N to put them on one GPU
-        passthrough = ["--kinds", args.kinds, "--loglevel", args.loglevel]
+        passthrough = ["--kinds", args.kinds, "--loglevel", args.loglevel, "--metrics-host", args.metrics_host]
         if args.models:
             passthrough += ["--models", args.models]
-        slots = plan_slots(gpus, args.replicas or 1, device, passthrough)
+        slots = plan_slots(gpus, args.replicas or 1, device, passthrough, metrics_port=args.metrics_port)
     except ValueError as exc:
         print(f"visionq worker: {exc}", file=sys.stderr)
         return 2
+    _log_to_stderr(settings)
     # Once here, rather than as every child failing and being restarted with backoff.
     if (code := _check_services(settings)) != 0:
         return code

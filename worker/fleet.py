@@ -68,8 +68,12 @@ def child_argv(args: list[str]) -> list[str]:
     return [sys.executable, "-P", "-m", "worker", *args]
 
 
-def plan_slots(gpus: list[int] | None, replicas: int, device: str, passthrough: list[str]) -> list[Slot]:
-    """One slot per GPU x replica, or `replicas` slots on `device` without GPUs."""
+def plan_slots(
+    gpus: list[int] | None, replicas: int, device: str, passthrough: list[str], metrics_port: int | None = None,
+) -> list[Slot]:
+    """One slot per GPU x replica, or `replicas` slots on `device` without GPUs.
+
+    With `metrics_port`, slot i serves /metrics on metrics_port + i (in plan order)."""
     host = socket.gethostname()
     slots = []
     targets = [(f"gpu{g}", f"cuda:{g}") for g in gpus] if gpus else [(device.replace(":", ""), device)]
@@ -78,6 +82,8 @@ def plan_slots(gpus: list[int] | None, replicas: int, device: str, passthrough: 
             suffix = f"-{replica}" if replicas > 1 else ""
             name = f"visionq-{label}{suffix}@{host}"
             args = ["worker", "--device", slot_device, "--name", name, *passthrough]
+            if metrics_port is not None:
+                args += ["--metrics-port", str(metrics_port + len(slots))]
             slots.append(Slot(name=name, device=slot_device, args=args))
     return slots
 

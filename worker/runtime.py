@@ -65,6 +65,8 @@ class JobRunner:
         self.events = events
         self.jobs_done = 0
         self.watchdog = watchdog
+        # Called with each record this runner made final (worker/observe.py: metrics, logs, Celery's view).
+        self.on_final: list[Callable[[JobRecord], None]] = []
         self.executor = ModelExecutor({JobKind(k): n for k, n in settings.max_batch.items()}, settings.max_wait_ms)
 
     def run(self, kind: JobKind, job_id: str, request_data: dict[str, Any]) -> None:
@@ -201,6 +203,8 @@ class JobRunner:
             lambda: self.store.transition(record.id, final.status, attempt_increment=0 if started else 1, **fields)
         ):
             self._publish(final, None)
+            for callback in self.on_final:
+                callback(final)
         else:
             log.warning("job %s was already final; its %s result is not recorded", record.id, status.value)
         self.jobs_done += 1

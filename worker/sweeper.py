@@ -22,6 +22,7 @@ from typing import Any, Callable
 import redis
 
 from tasks.errors import JobNotFound
+from tasks.expiry import past_start_deadline
 from tasks.kinds import JobKind, Priority, queue_list_key
 from tasks.status import JobStatus
 from tasks.store import JobStore
@@ -117,6 +118,8 @@ class Sweeper:
             if record.status is not JobStatus.QUEUED:
                 self.store.forget_queued([job_id])
                 continue
+            if past_start_deadline(record):
+                continue  # the expirer ends it `expired` (worker/expiry.py); republishing would only feed a dead job
             message = self.store.queued_message(record)
             log.warning("job %s is queued but its message is nowhere in Redis; publishing it again", job_id)
             self.publish(record.kind, job_id, message, Priority(record.priority))

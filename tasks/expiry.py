@@ -1,0 +1,168 @@
+"""Jobs that leave the queue without running: past their start deadline (`expired`) or purged.
+
+A job carries a time-to-start deadline (`queue_timeout_s` from its `created_at`,
+indexed in the store's deadlines set). A job still `queued` past it fails with
+error code `expired`: every worker runs an expirer (worker/expiry.py) over every
+kind, so a kind that no worker serves still ends its jobs. `visionq purge KIND`
+cancels a kind's queued jobs. Both end a job only while it is still `queued` (one
+Lua check-and-set: a worker that starts it first wins), then take its message out
+of the queue lists, so queue depths (the autoscaler's signal) count live jobs only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Iterator
+
+import redis
+
+from tasks.errors import InvalidInput, JobCanceled, JobExpired, VisionqError
+from tasks.kinds import JobKind, Priority, queue_list_key
+from tasks.record import JobRecord, parse_time, utc_now
+from tasks.settings import Settings
+from tasks.status import JobStatus
+from tasks.store import JobStore
+
+# KEYS[1] job hash, KEYS[2] queued index, KEYS[3] deadlines. ARGV: error JSON,
+# completed_at JSON, ttl, event channel, job id. Ends the job `failed`/`canceled`
+# (ARGV[6]) only while it is queued.
+_END_QUEUED = """
+local raw = redis.call('HGET', KEYS[1], 'status')
+redis.call('ZREM', KEYS[3], ARGV[5])
+if raw ~= cjson.encode('queued') then return 0 end
+redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[6]), 'error', ARGV[1], 'completed_at', ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[5])
+redis.call('HDEL', KEYS[1], 'message')
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[6])
+return 1
+"""
+
+# KEYS: queue lists. ARGV: job ids. Removes their messages; returns how many.
+# A message's first `"id": "` is Celery's task id header, the job id.
+_REMOVE_MESSAGES = """
+local doomed, removed = {}, 0
+for i = 1, #ARGV do doomed[ARGV[i]] = true end
+for k = 1, #KEYS do
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[k], 0, -1)) do
+    local id = string.match(raw, '"id": ?"([^"]+)"')
+    if id and doomed[id] then removed = removed + redis.call('LREM', KEYS[k], 1, raw) end
+  end
+end
+return removed
+"""
+
+
+def check_queue_timeout(value: object, kind: JobKind, settings: Settings) -> float:
+    """A submit's `queue_timeout_s`, or the kind's default; InvalidInput naming the value and the range.
+
+    At most the record's TTL: a deadline must fall while the record still exists."""
+    if value is None:
+        return min(settings.queue_timeout_s(kind), settings.job_ttl_s)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInput(f"queue_timeout_s {value!r} must be a number of seconds")
+    if not 0 < value <= settings.job_ttl_s:
+        raise InvalidInput(f"queue_timeout_s {value:g} must be above 0 and at most {settings.job_ttl_s} (the job TTL)")
+    return float(value)
+
+
+def start_deadline(record: JobRecord) -> float | None:
+    """Epoch seconds by which a worker must start the job; None: no deadline."""
+    if record.queue_timeout_s is None:
+        return None
+    return parse_time(record.created_at).timestamp() + record.queue_timeout_s
+
+
+def past_start_deadline(record: JobRecord, now: float | None = None) -> bool:
+    deadline = start_deadline(record)
+    return deadline is not None and (time.time() if now is None else now) >= deadline
+
+
+def expired_error(record: JobRecord, now: float) -> JobExpired:
+    waited_s = now - parse_time(record.created_at).timestamp()
+    return JobExpired(
+        f"job {record.id} waited {waited_s:.0f} s in the {record.kind.value} queue and no worker started it "
+        f"within its queue timeout of {record.queue_timeout_s:g} s (queue_timeout_s, default "
+        f"VISIONQ_QUEUE_TIMEOUT_{record.kind.name}_S); is a worker serving {record.kind.value} running?"
+    )
+
+
+class QueueEnds:
+    """Expire and purge queued jobs in one job store."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._end = store.redis.register_script(_END_QUEUED)
+        self._remove = store.redis.register_script(_REMOVE_MESSAGES)
+
+    def expire_due(self, now: float | None = None, limit: int = 200) -> list[JobRecord]:
+        """Fail `expired` the queued jobs past their deadline; returns the records this call ended."""
+        now = time.time() if now is None else now
+        due = [i.decode() for i in self.store.redis.zrangebyscore(
+            self.store.deadlines_key, "-inf", now, start=0, num=limit)]
+        ended = []
+        for job_id in due:
+            try:
+                record = self.store.get(job_id)
+            except VisionqError:  # gone (TTL) or a forged id: nothing to end
+                self.store.redis.zrem(self.store.deadlines_key, job_id)
+                continue
+            final = self._end_queued(record, JobStatus.FAILED, expired_error(record, now))
+            if final is not None:
+                ended.append(final)
+        self._remove_messages(ended)
+        return ended
+
+    def purge(self, kind: JobKind, reason: str) -> list[JobRecord]:
+        """Cancel every queued job of `kind`; returns the records this call ended."""
+        ended = []
+        for record in self._queued_of(kind):
+            final = self._end_queued(record, JobStatus.CANCELED, JobCanceled(reason))
+            if final is not None:
+                ended.append(final)
+        self._remove_messages(ended)
+        return ended
+
+    def _queued_of(self, kind: JobKind) -> Iterator[JobRecord]:
+        for chunk in _chunks((i.decode() for i, _ in self.store.redis.zscan_iter(self.store.queued_key)), 500):
+            with self.store.redis.pipeline(transaction=False) as pipe:
+                for job_id in chunk:
+                    pipe.hget(self.store.job_key(job_id), "kind")
+                kinds = pipe.execute()
+            for job_id, raw in zip(chunk, kinds):
+                if raw is not None and json.loads(raw) == kind.value:
+                    try:
+                        yield self.store.get(job_id)
+                    except VisionqError:
+                        continue
+
+    def _end_queued(self, record: JobRecord, status: JobStatus, error: VisionqError) -> JobRecord | None:
+        completed_at = utc_now()
+        ended = self._end(
+            keys=[self.store.job_key(record.id), self.store.queued_key, self.store.deadlines_key],
+            args=[json.dumps(error.to_dict()), json.dumps(completed_at), self.store.ttl_s,
+                  self.store.events_channel(record.id), record.id, status.value],
+        )
+        if not ended:
+            return None  # a worker started it, or it ended otherwise, first
+        record.status, record.error, record.completed_at = status, error.to_dict(), completed_at
+        return record
+
+    def _remove_messages(self, records: list[JobRecord]) -> None:
+        for kind in JobKind:
+            ids = [r.id for r in records if r.kind is kind]
+            if ids:
+                lists = [queue_list_key(kind, priority, self.store.prefix) for priority in Priority]
+                self._remove(keys=lists, args=ids)
+
+
+def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,167 @@
+"""What a worker tells the outside about its jobs, in one layer around the runner.
+
+- Celery's view matches the job's: a job that ended `failed` is a Celery task
+  failure whose exception carries its error code and message; one that ended
+  `canceled` is reported `REVOKED` (Flower, `celery events`). The record stays
+  the truth: this only chooses how the task ends once the record is final.
+- `celery control revoke ID` (with or without `--terminate`) cancels the job as
+  `visionq cancel` does, queued or running: every worker that receives the
+  broadcast writes the cancel to the job store (a check-and-set, so the first one
+  wins and the others change nothing). A running job stops at its next checkpoint;
+  no thread is ever killed.
+- Prometheus metrics (worker/metrics.py) and one log line per final job.
+- The expirer (worker/expiry.py): jobs of every kind past their start deadline.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+from celery.exceptions import Ignore
+from kombu.utils.functional import maybe_list
+
+from tasks.deliveries import EventPublisher
+from tasks.errors import VisionqError
+from tasks.kinds import JobKind
+from tasks.record import JobRecord, check_job_id
+from tasks.status import JobStatus
+from tasks.store import JobStore
+from worker.expiry import Expirer
+from worker.metrics import WorkerMetrics
+
+log = logging.getLogger("visionq.worker")
+T = TypeVar("T")
+
+
+class JobFailed(Exception):
+    """How Celery sees a job that ended `failed` (Flower's FAILURE shows this text)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class Observer:
+    def __init__(self, state: Callable[[], str], metrics_address: tuple[str, int] | None = None) -> None:
+        """`state()`: the worker's heartbeat state; `metrics_address`: (host, port) to serve /metrics on."""
+        self.metrics = WorkerMetrics(state) if metrics_address is not None else None
+        if self.metrics is not None and metrics_address is not None:
+            self.metrics.serve(*metrics_address)
+        self._finals: dict[str, JobRecord] = {}  # ended by this worker, until its task reports to Celery
+        self._lock = threading.Lock()
+        self.store: JobStore | None = None
+
+    def timed_load(self, load: Callable[[], T]) -> T:
+        started = time.monotonic()
+        loaded = load()
+        if self.metrics is not None:
+            self.metrics.model_load.set(time.monotonic() - started)
+        return loaded
+
+    def attach(self, store: JobStore, events: EventPublisher | None, on_final: list[Callable[[JobRecord], None]]) -> None:
+        """Follow the runner's final jobs (`on_final`), take revokes, start the expirer."""
+        self.store = store
+        on_final.append(self.job_ended)
+        install_revoke(store, events)
+
+        def expired(record: JobRecord) -> None:
+            if events is not None:
+                events.publish_final(record)
+            self.account(record)
+
+        Expirer(store, expired).start()
+
+    def job_ended(self, record: JobRecord) -> None:
+        with self._lock:
+            self._finals[record.id] = record
+        self.account(record)
+
+    def account(self, record: JobRecord) -> None:
+        """Metrics and the log line of one job this worker ended."""
+        if self.metrics is not None:
+            self.metrics.observe_final(record)
+        log_final(record)
+
+    @contextmanager
+    def in_progress(self, kind: JobKind) -> Iterator[None]:
+        if self.metrics is None:
+            yield
+            return
+        gauge = self.metrics.in_progress.labels(kind.value)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
+    def report_to_celery(self, task: Any, job_id: str) -> None:
+        """End the Celery task as the job ended: raises JobFailed, or Ignore after a revoked event."""
+        with self._lock:
+            record = self._finals.pop(job_id, None)
+        if record is None and self.store is not None:
+            try:  # ended elsewhere (canceled while queued, expired, a duplicate delivery)
+                record = self.store.get(check_job_id(job_id))
+            except VisionqError:
+                return  # a forged or expired message: nothing to report
+        if record is None or not record.is_final:
+            return
+        if record.status is JobStatus.FAILED:
+            error = record.error or {}
+            raise JobFailed(error.get("code", "internal"), error.get("message", ""))
+        if record.status is JobStatus.CANCELED:
+            # Celery has no "canceled": REVOKED is what its tools show for it. Ignore acknowledges
+            # the message without a success or failure event that would replace that state.
+            task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+            raise Ignore()
+
+
+def log_final(record: JobRecord) -> None:
+    error = record.error or {}
+    fields: dict[str, Any] = {
+        "job_id": record.id, "kind": record.kind.value, "status": record.status.value,
+        "error_code": error.get("code"), "attempt": record.attempt, "worker": record.worker,
+    }
+    for name in ("queue_ms", "run_ms", "encode_ms", "upload_ms", "total_ms", "batch_size"):
+        if record.metrics.get(name) is not None:
+            fields[name] = record.metrics[name]
+    durations = " ".join(f"{k}={v}" for k, v in fields.items() if k.endswith("_ms") or k == "batch_size")
+    code = f" {fields['error_code']}" if fields["error_code"] else ""
+    log.info("job %s %s %s%s %s", record.id, record.kind.value, record.status.value, code, durations, extra=fields)
+
+
+def install_revoke(store: JobStore, events: EventPublisher | None) -> None:
+    """Wrap Celery's `revoke` remote-control command so that it also cancels the jobs."""
+    from celery.worker.control import Panel
+
+    celery_revoke = Panel.data["revoke"]
+    if getattr(celery_revoke, "cancels_jobs", False):
+        return
+
+    def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **kwargs: Any) -> Any:
+        for job_id in maybe_list(task_id) or []:
+            cancel_job(store, events, job_id)
+        if terminate:
+            log.info("revoke --terminate of %s: jobs are canceled cooperatively "
+                     "(a running one stops at its next checkpoint)", task_id)
+        # Celery's own bookkeeping (its revoked set drops the message if it arrives here
+        # later); never its terminate: it would kill a thread that holds a model.
+        return celery_revoke(state, task_id, terminate=False, signal=signal, **kwargs)
+
+    revoke.cancels_jobs = True  # type: ignore[attr-defined]
+    Panel.data["revoke"] = revoke
+
+
+def cancel_job(store: JobStore, events: EventPublisher | None, job_id: Any) -> None:
+    try:
+        status, canceled_now = store.request_cancel(check_job_id(job_id))
+    except VisionqError:
+        return  # not a job of this deployment (or expired): Celery's revoke alone
+    except Exception:  # noqa: BLE001 - remote control must answer even when Redis does not
+        log.exception("revoke of %s: could not write the cancel", job_id)
+        return
+    log.info("job %s: revoked through Celery; now %s", job_id, status.value)
+    if canceled_now and events is not None:
+        events.publish_final(store.get(job_id))  # a queued job never reaches a worker: its final event
