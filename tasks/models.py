@@ -18,6 +18,7 @@ class ModelEntry:
     family: str  # which pipeline code serves it (see docs/models.md)
     hf_id: str  # the default weights: a public Hugging Face id (any can be replaced by a folder)
     folder: str  # sub-folder in a models directory
+    second_id: str | None = None  # a second model the family needs (owlv2-sam: SAM beside the detector)
 
     @property
     def full_name(self) -> str:
@@ -32,6 +33,8 @@ CATALOGUE: tuple[ModelEntry, ...] = (
     ModelEntry("segment", "clipseg", "clipseg", "CIDAS/clipseg-rd64-refined", "segment-prompted"),
     ModelEntry("segment", "segformer", "segformer", "nvidia/segformer-b0-finetuned-ade-512-512",
                "segment-semantic"),
+    ModelEntry("segment", "owlv2-sam", "detect-segment", "google/owlv2-base-patch16-ensemble", "segment-owlv2-sam",
+               second_id="facebook/sam-vit-base"),
     ModelEntry("generate", "sd", "stable-diffusion", "stabilityai/sd-turbo", "generate"),
 )
 

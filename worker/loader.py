@@ -90,8 +90,11 @@ def load_pipeline(kind: JobKind, spec: ModelSpec, device: str, dtype: object) ->
 
         return CaptionPipeline.load(spec, device, dtype)
     if kind is JobKind.SEGMENT:
+        from worker.pipelines.detect_segment import DetectSegmentPipeline, is_detect_segment_folder
         from worker.pipelines.segment import SegmentPipeline
 
+        if is_detect_segment_folder(spec):
+            return DetectSegmentPipeline.load_folder(spec, device, dtype)
         return SegmentPipeline.load_one(spec, device, dtype)
     from worker.pipelines.generate import GeneratePipeline
 

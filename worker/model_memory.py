@@ -91,7 +91,7 @@ def loaded_files(folder: Path) -> list[Path]:
     """The safetensors files a from_pretrained of `folder` reads.
 
     A diffusers pipeline (model_index.json) reads its components' sub-folders, not a
-    single-file checkpoint beside them; a `name.fp16.safetensors` variant is read only
+    single-file checkpoint beside them, and a two-model family its models' sub-folders; a `name.fp16.safetensors` variant is read only
     when asked for, which the worker never does.
     """
     if (folder / "model_index.json").is_file():
@@ -99,7 +99,8 @@ def loaded_files(folder: Path) -> list[Path]:
         files = [path for name in components if (folder / name).is_dir()
                  for path in sorted((folder / name).glob("*.safetensors"))]
     else:
-        files = sorted(folder.glob("*.safetensors"))
+        # A family of two models keeps them in sub-folders (owlv2-sam: detector/ and segmenter/).
+        files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*/*.safetensors"))
     names = {str(path.relative_to(folder)) for path in files}
     return [path for path in files if not _is_variant(str(path.relative_to(folder)), names)]
 

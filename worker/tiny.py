@@ -17,10 +17,12 @@ import transformers.utils.logging as transformers_logging
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import (
     CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer,
-    SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor, ViTImageProcessor,
+    Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor, SamConfig, SamImageProcessor, SamModel,
+    SamProcessor, SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor, ViTImageProcessor,
 )
 
 from tasks.models import CATALOGUE
+from worker.pipelines.detect_segment import DETECTOR_FOLDER, SEGMENTER_FOLDER
 from worker.tiny_captioners import build_blip, build_vit_gpt2, build_vlm
 
 MARKER = "VISIONQ_TINY.txt"
@@ -58,6 +60,7 @@ def build_tiny_models(dest: Path, seed: int = 0) -> dict[str, Path]:
         "generate/sd": _build_generator,
         "caption/vit-gpt2": build_vit_gpt2,
         "caption/vlm": build_vlm,
+        "segment/owlv2-sam": _build_detect_segmenter,
     }
     folders = {entry.full_name: dest / entry.folder for entry in CATALOGUE}
     for offset, (name, build) in enumerate(builders.items()):
@@ -74,7 +77,7 @@ def _ordered(tokens: set[str], specials: list[str]) -> dict[str, int]:
     return {token: i for i, token in enumerate(specials + sorted(tokens, key=lambda t: (len(t), t)))}
 
 
-def _clip_tokenizer() -> CLIPTokenizer:
+def _clip_tokenizer(pad_first: bool = False) -> CLIPTokenizer:
     # BPE merges that join each word letter by letter, its last letter marked "</w>".
     merges = {
         (word[:i], word[i] + ("</w>" if i == len(word) - 1 else "")) for word in _WORDS for i in range(1, len(word))
@@ -84,6 +87,10 @@ def _clip_tokenizer() -> CLIPTokenizer:
     # Tuples, not "a b" strings: tokenizers 0.23 fails on those ("failed to extract enum PyMerges").
     ranked = sorted(merges, key=lambda merge: (len(merge[0]) + len(merge[1]), merge))
     # model_max_length unset overflows in Stable Diffusion; it must not exceed the positions.
+    if pad_first:
+        # OWLv2 takes a query whose first id is 0 for padding: id 0 must be the pad, never the start token.
+        return CLIPTokenizer(vocab=_ordered(tokens, ["!", "<|startoftext|>", "<|endoftext|>"]), merges=ranked,
+                             model_max_length=_CLIP_POSITIONS, pad_token="!")
     return CLIPTokenizer(vocab=_ordered(tokens, ["<|startoftext|>", "<|endoftext|>"]), merges=ranked,
                          model_max_length=_CLIP_POSITIONS, pad_token="<|endoftext|>")
 
@@ -124,6 +131,35 @@ def _build_semantic_segmenter(path: Path) -> None:
     )
     SegformerForSemanticSegmentation(config).save_pretrained(path)
     SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+
+
+def _build_detect_segmenter(path: Path) -> None:
+    """OWLv2 (boxes for text labels) beside SAM (a mask per box), in detector/ and segmenter/."""
+    tokenizer = _clip_tokenizer(pad_first=True)
+    layers = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  initializer_range=0.2)
+    text = _clip_text_config(tokenizer)
+    text.update(layers, pad_token_id=0)
+    detector = Owlv2Config(text_config=text, vision_config=dict(image_size=32, patch_size=8, **layers),
+                           projection_dim=16)
+    Owlv2ForObjectDetection(detector).save_pretrained(path / DETECTOR_FOLDER)
+    # The image processor's square must be the vision encoder's image_size.
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}),
+                   tokenizer=tokenizer).save_pretrained(path / DETECTOR_FOLDER)
+    # SAM: 2 x num_pos_feats = the prompt encoder's and mask decoder's hidden size = the
+    # vision neck's output channels; the processor pads to the vision image_size.
+    segmenter = SamConfig(
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8, output_channels=8, num_pos_feats=4, global_attn_indexes=[0],
+                           window_size=2, mlp_dim=32),
+        prompt_encoder_config=dict(hidden_size=8, image_size=32, patch_size=8, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, mlp_dim=16,
+                                 iou_head_hidden_dim=8),
+        initializer_range=0.2,
+    )
+    SamModel(segmenter).save_pretrained(path / SEGMENTER_FOLDER)
+    SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 32}, pad_size={"height": 32, "width": 32})
+                 ).save_pretrained(path / SEGMENTER_FOLDER)
 
 
 def _build_generator(path: Path) -> None:

@@ -28,6 +28,7 @@ from worker.loader import load_pipeline
 from worker.loading import pick_dtype
 from worker.pipelines.base import FileSlot, ModelSpec, no_progress, run_one
 from worker.pipelines.caption import CaptionPipeline
+from worker.pipelines.detect_segment import DetectSegmentPipeline
 from worker.pipelines.generate import GeneratePipeline
 from worker.pipelines.segment import SegmentPipeline, palette_colour
 from worker.tiny import MARKER, SEMANTIC_CLASSES, build_tiny_models, is_tiny_dir
@@ -79,6 +80,7 @@ socket.getaddrinfo = refuse
 import torch
 from worker.pipelines.base import ModelSpec
 from worker.pipelines.caption import CaptionPipeline
+from worker.pipelines.detect_segment import DetectSegmentPipeline
 from worker.pipelines.generate import GeneratePipeline
 from worker.pipelines.segment import SegmentPipeline
 from worker.tiny import build_tiny_models
@@ -254,7 +256,36 @@ def test_load_pipeline_serves_every_catalogue_model(tiny_models: Path) -> None:
     for entry in CATALOGUE:
         pipeline = load_pipeline(JobKind(entry.kind), ModelSpec(str(tiny_models / entry.folder)), "cpu",
                                  torch.float32)
-        assert pipeline.model_label == str(tiny_models / entry.folder), entry.full_name
+        assert pipeline.model_label.startswith(str(tiny_models / entry.folder)), entry.full_name
+
+
+def test_detect_segment_returns_a_box_and_score_per_label(tiny_models: Path) -> None:
+    pipeline = load_pipeline(JobKind.SEGMENT, ModelSpec(str(tiny_models / "segment-owlv2-sam")), "cpu",
+                             torch.float32)
+    assert isinstance(pipeline, DetectSegmentPipeline)
+    pipeline.warm_up()
+    images = [scene(96, 64, seed=0), scene(50, 90, seed=4)]
+    requests = [SegmentRequest(image="x", labels=["sun", "a red house", "sky"]),
+                SegmentRequest(image="x", labels=["car"], threshold=0.5)]
+    alone = [run_one(pipeline, r, i, no_progress) for r, i in zip(requests, images)]
+    for request, image, result in zip(requests, images, alone):
+        segments = result.output["segments"]
+        assert [s["label"] for s in segments] == request.labels
+        check_masks(result.images, segments, image.size)
+        for segment in segments:
+            x0, y0, x1, y1 = segment["box"]
+            assert all(isinstance(v, float) for v in segment["box"])
+            assert 0 <= x0 <= x1 <= image.width and 0 <= y0 <= y1 <= image.height, segment["box"]
+            assert 0.0 <= segment["score"] <= 1.0
+    together = pipeline.run_batch(requests, images, no_progress)
+    for one, batched in zip(alone, together):
+        assert batched.output == one.output
+        for name, image in one.images.items():
+            assert (pixels(batched.images[name]) == pixels(image)).all(), name
+    with pytest.raises(InvalidInput, match="needs labels"):
+        run_one(pipeline, SegmentRequest(image="x"), scene(), no_progress)
+    with pytest.raises(InvalidInput, match=r"labels\[0\] has \d+ tokens"):
+        run_one(pipeline, SegmentRequest(image="x", labels=["sky " * 20]), scene(), no_progress)
 
 
 # --- generate ------------------------------------------------------------------------------------

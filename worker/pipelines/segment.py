@@ -93,7 +93,7 @@ class SegmentPipeline:
             inputs = self.semantic_processor(images=images, return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 logits = self.semantic(pixel_values=inputs["pixel_values"].to(self.dtype)).logits
-            return [_result(image, self._present_classes(_class_map(l, image.size)), self.semantic_label)
+            return [segment_result(image, self._present_classes(_class_map(l, image.size)), self.semantic_label)
                     for image, l in zip(images, logits)]
         if self.prompted is None:
             raise InvalidInput(f"segment model {self.model_label!r} takes no labels: it finds its own classes")
@@ -112,8 +112,8 @@ class SegmentPipeline:
         for request, image in zip(requests, images):
             own = logits[offset:offset + len(request.labels)]
             offset += len(request.labels)
-            masks = _threshold_masks(own, image.size, request.threshold)
-            results.append(_result(image, list(zip(request.labels, masks)), self.prompted_label))
+            masks = threshold_masks(own, image.size, request.threshold)
+            results.append(segment_result(image, list(zip(request.labels, masks)), self.prompted_label))
         return results
 
     def check_labels(self, labels: list[str]) -> None:
@@ -126,7 +126,7 @@ class SegmentPipeline:
         return sorted(present, key=lambda item: -int(item[1].sum()))
 
 
-def _threshold_masks(logits: torch.Tensor, size: tuple[int, int], threshold: float) -> list[np.ndarray]:
+def threshold_masks(logits: torch.Tensor, size: tuple[int, int], threshold: float) -> list[np.ndarray]:
     width, height = size
     masks = []
     for label_logits in logits:  # one label at a time: a full-size float map each, not all at once
@@ -148,12 +148,15 @@ def _class_map(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return classes
 
 
-def _result(image: Image.Image, named_masks: list[tuple[str, np.ndarray]], model: str) -> PipelineResult:
+def segment_result(image: Image.Image, named_masks: list[tuple[str, np.ndarray]], model: str,
+                   extras: list[dict] | None = None) -> PipelineResult:
+    """The segment output: per mask its label, file and area (plus `extras`, e.g. box and score), and the overlay."""
     segments, images = [], {}
     for n, (label, mask) in enumerate(named_masks):
         name = f"mask-{n}.png"
         images[name] = Image.fromarray(mask.astype(np.uint8) * 255)  # mode "L"
-        segments.append({"label": label, "mask": FileSlot(name), "area": float(mask.mean())})
+        segments.append({"label": label, "mask": FileSlot(name), "area": float(mask.mean()),
+                         **(extras[n] if extras else {})})
     images["overlay.png"] = _overlay(image, [images[f"mask-{n}.png"] for n in range(len(named_masks))])
     return PipelineResult(
         output={"segments": segments, "overlay": FileSlot("overlay.png")}, images=images, model=model
