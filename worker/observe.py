@@ -133,7 +133,10 @@ def log_final(record: JobRecord) -> None:
 
 
 def install_revoke(store: JobStore, events: EventPublisher | None) -> None:
-    """Wrap Celery's `revoke` remote-control command so that it also cancels the jobs."""
+    """Wrap Celery's `revoke` and `terminate` remote-control commands so that they cancel the jobs.
+
+    `celery control revoke ID`, `celery control terminate SIGNAL ID`, `app.control.revoke(ID,
+    terminate=True)` and Flower's revoke/terminate buttons all arrive as one of these two."""
     from celery.worker.control import Panel
 
     celery_revoke = Panel.data["revoke"]
@@ -144,14 +147,18 @@ def install_revoke(store: JobStore, events: EventPublisher | None) -> None:
         for job_id in maybe_list(task_id) or []:
             cancel_job(store, events, job_id)
         if terminate:
-            log.info("revoke --terminate of %s: jobs are canceled cooperatively "
+            log.info("terminate of %s: jobs are canceled cooperatively "
                      "(a running one stops at its next checkpoint)", task_id)
         # Celery's own bookkeeping (its revoked set drops the message if it arrives here
         # later); never its terminate: it would kill a thread that holds a model.
         return celery_revoke(state, task_id, terminate=False, signal=signal, **kwargs)
 
+    def terminate(state: Any, signal: Any, task_id: Any, **kwargs: Any) -> Any:
+        return revoke(state, task_id, terminate=True, signal=signal, **kwargs)
+
     revoke.cancels_jobs = True  # type: ignore[attr-defined]
     Panel.data["revoke"] = revoke
+    Panel.data["terminate"] = terminate
 
 
 def cancel_job(store: JobStore, events: EventPublisher | None, job_id: Any) -> None:
