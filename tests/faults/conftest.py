@@ -264,13 +264,15 @@ def figures(
     return result
 
 
-def submit(client: Any, n: int, tag: str, receiver: Receiver | None = None) -> tuple[list[str], dict[str, str]]:
+def submit(
+    client: Any, n: int, tag: str, receiver: Receiver | None = None, steps: int = 2,
+) -> tuple[list[str], dict[str, str]]:
     """`n` generate jobs whose prompts name them (the stand-in model logs each run by prompt)."""
     job_ids, prompts = [], {}
     for i in range(n):
         prompt = f"{tag}-{i}-{uuid.uuid4().hex[:6]}"
         options = {"webhook": receiver.url("/hook")} if receiver is not None else {}
-        job = client.generate(prompt=prompt, width=64, height=64, steps=2, **options)
+        job = client.generate(prompt=prompt, width=64, height=64, steps=steps, **options)
         job_ids.append(job.id)
         prompts[job.id] = prompt
     return job_ids, prompts

@@ -82,7 +82,9 @@ def test_redis_kill9_and_aof_restart_under_load(fleet, client, aof_redis) -> Non
 @pytest.mark.parametrize("cut_s", [30, 180])
 def test_storage_outage_is_waited_out(fleet, client, s3_proxy, cut_s: int) -> None:
     """Outputs cannot be stored for `cut_s`: jobs wait, none fails, none runs twice
-    (their wait is far beyond the 20 s visibility timeout)."""
+    (their wait is far beyond the 20 s visibility timeout, and an idle worker would
+    take a message that came back)."""
+    fleet.standin(100)
     fleet.standin(100)
     job_ids, prompts = submit(client, 5, "before-cut")
     settle(client, job_ids, timeout_s=60)
@@ -149,7 +151,7 @@ def test_sigkill_storm_on_a_replicas_fleet_with_webhooks(fleet, client, receiver
     rng = random.Random(9)
     storm_until = time.monotonic() + 90
     while time.monotonic() < storm_until:
-        more, more_prompts = submit(client, 6, "storm", receiver)
+        more, more_prompts = submit(client, 6, "storm", receiver, steps=20)  # long enough to be killed mid-run
         job_ids += more
         prompts.update(more_prompts)
         time.sleep(rng.uniform(4, 9))

@@ -53,6 +53,7 @@ def test_a_channel_closed_by_a_reconnect_keeps_its_messages_and_still_acknowledg
     connection.Consumer(queue, channel=channel, callbacks=[lambda body, message: received.append(message)]).consume()
     connection.drain_events(timeout=5)
     assert len(received) == 1
+    assert redis_client.zcard(unacked_index_key(key_prefix)) == 1  # the index Leases renews is kombu's
     channel._pool = None  # as after the reconnect attempt: the next command needs a new pool
     connection._do_close_transport()  # the connection's client is gone (None)
     channel.close()
