@@ -115,12 +115,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _methods_on(app: FastAPI, request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in [*app.router.routes, *router.routes]:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    matching = [route for route in [*app.router.routes, *router.routes]
+                if route.matches(request.scope)[0] is not Match.NONE]
+    # /v1/jobs/batch also matches /v1/jobs/{job_id}; a path without parameters wins.
+    exact = [route for route in matching if getattr(route, "path", None) == request.url.path]
+    return sorted({method for route in exact or matching for method in getattr(route, "methods", None) or ()})
 
 
 def _error(status: int, code: ErrorCode, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.convertors import Convertor, register_url_convertor
 
 from producer.gateway import schemas
 from producer.gateway.events import AsyncJobs, event_stream
@@ -30,6 +31,20 @@ from tasks.queues import queue_depths
 from tasks.record import JobRecord
 from tasks.settings import redacted_url
 
+class _JobIdConvertor(Convertor[str]):
+    """Path segments that are job ids: `/v1/jobs/batch` is then never a job, and any other
+    segment is simply a path that does not exist (404), like an unknown id."""
+
+    regex = "[0-9a-f]{32}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("job_id", _JobIdConvertor())
 router = APIRouter()
 bearer = HTTPBearer(auto_error=False, description="an API key from `visionq keys create TENANT`")
 
@@ -107,6 +122,17 @@ async def _after_wait(request: Request, record: JobRecord, prefer: str | None) -
     return await jobs.wait(record.id, seconds), {"Preference-Applied": f"wait={seconds}"}
 
 
+# One server-sent event (the schema applies to each event of the stream).
+_SSE_EVENT = {
+    "type": "object", "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["job.snapshot", "job.started", "job.progress",
+                                              "job.succeeded", "job.failed", "job.canceled"]},
+        "data": {"type": "string", "contentMediaType": JSON_TYPE,
+                 "contentSchema": {"$ref": "#/components/schemas/JobRecord"}},
+    },
+}
+
 _JOB_BODY = {
     "required": True,
     "content": {
@@ -161,10 +187,18 @@ async def submit_batch(request: Request, who: Caller) -> JSONResponse:
 
     def submit_all() -> list[dict[str, Any]]:
         submitter = Submitter(services_of(request))
-        results: list[dict[str, Any]] = []
-        for job in jobs:
+        # Every body is checked before any is queued: a bad one fails the whole batch (400,
+        # naming it); what only queueing can tell (quotas, conflicts) is answered per job.
+        checked = []
+        for index, job in enumerate(jobs):
             try:
-                results.append(render(request, submitter.submit(who, job).record))
+                checked.append(submitter.check(who, job))
+            except InvalidInput as exc:
+                raise InvalidInput(f"jobs[{index}]: {exc.message}") from None
+        results: list[dict[str, Any]] = []
+        for job in checked:
+            try:
+                results.append(render(request, submitter.submit_checked(who, job).record))
             except VisionqError as exc:
                 results.append(error_body(exc))
         return results
@@ -190,7 +224,7 @@ def list_jobs(
 
 
 @router.get(
-    "/v1/jobs/{job_id}", tags=["jobs"], summary="A job",
+    "/v1/jobs/{job_id:job_id}", tags=["jobs"], summary="A job",
     response_model=schemas.JobRecord, responses=_errors(*JOB_ERRORS),
 )
 async def get_job(
@@ -202,7 +236,7 @@ async def get_job(
 
 
 @router.post(
-    "/v1/jobs/{job_id}/cancel", tags=["jobs"], summary="Cancel a job",
+    "/v1/jobs/{job_id:job_id}/cancel", tags=["jobs"], summary="Cancel a job",
     description="A queued job ends canceled at once; a running one stops at its next checkpoint. "
                 "A final job is returned as it is.",
     response_model=schemas.JobRecord, responses=_errors(*JOB_ERRORS),
@@ -215,11 +249,11 @@ def cancel_job(request: Request, who: Caller, job_id: Annotated[str, JOB_ID]) ->
 
 
 @router.get(
-    "/v1/jobs/{job_id}/events", tags=["jobs"], summary="Follow a job (server-sent events)",
+    "/v1/jobs/{job_id:job_id}/events", tags=["jobs"], summary="Follow a job (server-sent events)",
     description="`event: job.snapshot` with the current record, then one event per change named like the "
                 "webhook events (`job.started` before the final one, `job.progress`), each with the record "
                 "as `data`; the stream closes after the final event.",
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+    responses={200: {"content": {"text/event-stream": {"schema": _SSE_EVENT}},
                      "description": "the event stream"}, **_errors(*JOB_ERRORS)},
     response_class=StreamingResponse,
 )
@@ -234,25 +268,7 @@ async def job_events(request: Request, who: Caller, job_id: Annotated[str, JOB_I
 
 
 @router.get(
-    "/v1/jobs/{job_id}/input", tags=["jobs"], summary="The job's input image, when it is in this deployment's storage",
-    responses={200: {"content": {t: {"schema": {"type": "string", "format": "binary"}}
-                                 for t in ("image/png", "image/jpeg", "image/webp")}, "description": "the image"},
-               **_errors(*JOB_ERRORS)},
-    response_class=Response,
-)
-def job_input(request: Request, who: Caller, job_id: Annotated[str, JOB_ID]) -> Response:
-    services = services_of(request)
-    record = owned(services.store.get(job_id), who)
-    uri = record.input.get("image")
-    if not isinstance(uri, str) or not uri.startswith(("s3://", "file://")):
-        raise JobNotFound(f"job {job_id} has no input image in storage (its image is {str(uri)[:100]!r})")
-    data = services.storage.read(uri, services.settings.limits.max_image_bytes)
-    media = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
-    return Response(data, media_type=media.get(uri.rsplit(".", 1)[-1].lower(), "application/octet-stream"))
-
-
-@router.get(
-    "/v1/files/{job_id}/{name}", tags=["files"], summary="An output file (local storage), by signed link",
+    "/v1/files/{job_id:job_id}/{name}", tags=["files"], summary="An output file (local storage), by signed link",
     description="The `url` of a FileRef when the deployment stores files locally; needs no key "
                 "(an `<img>` cannot send one), only the link's unexpired signature.",
     responses={200: {"content": {t: {"schema": {"type": "string", "format": "binary"}}

@@ -30,6 +30,15 @@ _CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
 @dataclass(frozen=True)
+class Checked:
+    """A job body that passed every check, ready to be queued."""
+
+    request: JobRequest
+    priority: Priority
+    webhook: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class Submission:
     record: JobRecord
     created: bool  # False: an earlier job with the same Idempotency-Key and body
@@ -43,7 +52,14 @@ class Submitter:
     def submit(
         self, caller: ApiKey, body: Any, *, image: bytes | None = None, idempotency_key: str | None = None,
     ) -> Submission:
-        request, priority, webhook = self._parse(caller.tenant, body, image)
+        return self.submit_checked(caller, self.check(caller, body, image=image), idempotency_key=idempotency_key)
+
+    def check(self, caller: ApiKey, body: Any, *, image: bytes | None = None) -> Checked:
+        """The body validated (and a multipart image stored): nothing is queued yet."""
+        return Checked(*self._parse(caller.tenant, body, image))
+
+    def submit_checked(self, caller: ApiKey, checked: Checked, *, idempotency_key: str | None = None) -> Submission:
+        request, priority, webhook = checked.request, checked.priority, checked.webhook
         if idempotency_key is not None and not 0 < len(idempotency_key) <= self.settings.limits.max_key_chars:
             raise InvalidInput(
                 f"Idempotency-Key has {len(idempotency_key)} characters; it must have 1..{self.settings.limits.max_key_chars}"

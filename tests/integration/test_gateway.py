@@ -172,7 +172,7 @@ def test_tenants_see_only_their_own_jobs(gateway: GatewayProcess, acme: NewKey, 
                                                                            "height": 64, "steps": 1}}).json()
     with api(gateway, beta) as http:
         for method, path in (("GET", f"/v1/jobs/{mine['id']}"), ("POST", f"/v1/jobs/{mine['id']}/cancel"),
-                             ("GET", f"/v1/jobs/{mine['id']}/events"), ("GET", f"/v1/jobs/{mine['id']}/input")):
+                             ("GET", f"/v1/jobs/{mine['id']}/events")):
             answer = http.request(method, path)
             assert answer.status_code == 404 and error_code(answer) == "not_found", (method, path)
         unknown = http.get(f"/v1/jobs/{uuid.uuid4().hex}")
@@ -205,18 +205,20 @@ def test_listing_pages_newest_first_with_filters(gateway: GatewayProcess, keys: 
         assert http.get("/v1/jobs", params={"cursor": "x"}).status_code == 400
 
 
-def test_batch_answers_in_order_with_errors_inline(gateway: GatewayProcess, acme: NewKey) -> None:
+def test_batch_is_checked_whole_then_answered_in_order(gateway: GatewayProcess, acme: NewKey) -> None:
+    jobs = [
+        {"kind": "generate", "input": {"prompt": "one", "width": 64, "height": 64, "steps": 1}},
+        {"kind": "caption", "input": {"image": data_uri(encode(scene()))}},
+    ]
     with api(gateway, acme) as http:
-        answer = http.post("/v1/jobs/batch", json={"jobs": [
-            {"kind": "generate", "input": {"prompt": "one", "width": 64, "height": 64, "steps": 1}},
-            {"kind": "generate", "input": {"prompt": "two", "width": 65}},
-            {"kind": "caption", "input": {"image": data_uri(encode(scene()))}},
-        ]})
+        bad = http.post("/v1/jobs/batch", json={"jobs": [*jobs, {"kind": "generate", "input": {"prompt": "x", "width": 65}}]})
+        assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("jobs[2]: width 65")
+        assert not [j for j in http.get("/v1/jobs?limit=100").json()["jobs"] if j["input"].get("prompt") == "one"]
+        answer = http.post("/v1/jobs/batch", json={"jobs": jobs})
     assert answer.status_code == 200, answer.text
-    jobs = answer.json()["jobs"]
-    assert jobs[0]["kind"] == "generate" and jobs[0]["input"]["prompt"] == "one"
-    assert jobs[1]["error"]["code"] == "invalid_input" and "width" in jobs[1]["error"]["message"]
-    assert jobs[2]["kind"] == "caption" and jobs[2]["tenant"] == "acme"
+    records = answer.json()["jobs"]
+    assert [r["kind"] for r in records] == ["generate", "caption"] and records[0]["input"]["prompt"] == "one"
+    assert all(r["tenant"] == "acme" and r["status"] in ("queued", "running", "succeeded") for r in records)
 
 
 def test_error_codes_and_bodies(gateway: GatewayProcess, acme: NewKey, keys: KeyStore) -> None:
@@ -239,7 +241,7 @@ def test_error_codes_and_bodies(gateway: GatewayProcess, acme: NewKey, keys: Key
             (http.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"}), 400, "invalid_input"),
             (http.post("/v1/jobs", json={"kind": "caption", "input": {"image": "ftp://x"}}), 400, "invalid_input"),
             (http.post("/v1/jobs", json={"kind": "generate", "input": {"prompt": "x"}, "extra": 1}), 400, "invalid_input"),
-            (http.get("/v1/jobs/not-an-id"), 400, "invalid_input"),
+            (http.get("/v1/jobs/not-an-id"), 404, "not_found"),
             (http.get(f"/v1/jobs/{uuid.uuid4().hex}"), 404, "not_found"),
             (http.get("/v1/nothing-here"), 404, "not_found"),
             (http.post("/v1/jobs", content=b"x", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
