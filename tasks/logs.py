@@ -75,3 +75,4 @@ def configure_logging(settings: Settings, env: Mapping[str, str], level: int | s
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings too become lines of this format, not raw stderr text

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from tasks.app import make_celery
-from tasks.deliveries import DELIVER_TASK, DeliveryStore, enqueue_delivery
+from tasks.deliveries import DELIVER_TASK, DeliveryStore, EventPublisher, enqueue_delivery
 from tasks.kinds import WEBHOOKS_QUEUE
 from tasks.record import utc_now
 from tasks.settings import Settings
@@ -27,6 +27,7 @@ from tasks.webhooks import (
     Attempt, DeliveryStatus, clean_text, is_retryable, mask_url, retry_delay_s,
     secret_key, signature_headers,
 )
+from worker.expiry import Expirer
 from worker.heartbeat import Heartbeat
 from worker.outbound import PostResult, post
 
@@ -113,13 +114,17 @@ def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "IN
     app.task(name=DELIVER_TASK, acks_late=True, ignore_result=True)(deliverer.attempt)
     scheduler = RetryScheduler(deliveries, app)
     scheduler.start()
+    # This worker ends expired jobs too: a deployment scaled to zero GPU workers still does.
+    store = JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix)
+    Expirer(store, EventPublisher(store, deliveries, app).publish_final).start()
     name = f"visionq-webhooks-{os.getpid()}@{socket.gethostname()}"
     heartbeat = Heartbeat(client, settings.redis_prefix, name, {"kinds": ["webhooks"], "device": None})
     heartbeat.start()
     heartbeat.follow_celery()
     try:
+        quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner among JSON lines
         app.worker_main([
-            "worker", "--queues", WEBHOOKS_QUEUE, "--pool", "threads", "--concurrency", str(concurrency),
+            *quiet, "worker", "--queues", WEBHOOKS_QUEUE, "--pool", "threads", "--concurrency", str(concurrency),
             "--hostname", name, "--loglevel", loglevel, "--without-gossip", "--without-mingle",
         ])
     finally:

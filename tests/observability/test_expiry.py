@@ -1,0 +1,104 @@
+"""No job waits forever: a time-to-start deadline, `visionq purge KIND`, and the oldest queued age.
+
+generate has no worker in this deployment: the caption/segment worker must still
+end generate jobs past their deadline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+import pytest
+
+from producer.launch import child_env, visionq_argv
+from tasks.kinds import JobKind, Priority, queue_list_key
+from tasks.settings import Settings
+from tests.observability.conftest import scrape
+from tests.support.waiting import wait_until
+from tests.support.workers import REPO
+
+
+def _visionq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(visionq_argv(*args), env=child_env({**os.environ, **env}), cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _queued_messages(client: Any, kind: JobKind) -> int:
+    prefix = client.settings.redis_prefix
+    return sum(client.store.redis.llen(queue_list_key(kind, p, prefix)) for p in Priority)
+
+
+@pytest.mark.integration
+def test_a_job_no_worker_starts_fails_expired_with_its_final_event(obs_client: Any, metrics_url: str) -> None:
+    before = scrape(metrics_url)
+    job = obs_client.generate("nobody serves generate here", queue_timeout_s=1.5)
+    assert job.to_dict()["queue_timeout_s"] == 1.5
+    job.wait(timeout=60)  # returns: the job did not wait forever
+    assert job.status == "failed" and job.error["code"] == "expired"
+    assert "1.5 s" in job.error["message"] and "VISIONQ_QUEUE_TIMEOUT_GENERATE_S" in job.error["message"]
+    assert job.to_dict()["started_at"] is None
+    assert _queued_messages(obs_client, JobKind.GENERATE) == 0  # its message left the queue too
+    key = 'visionq_jobs_total{error_code="expired",kind="generate",status="failed"}'
+    wait_until(lambda: scrape(metrics_url).get(key, 0) - before.get(key, 0) == 1, 30, "the expiry counted once")
+
+
+@pytest.mark.integration
+def test_expiry_sends_job_failed_to_the_webhook(obs_client: Any) -> None:
+    job = obs_client.generate("expiring with a webhook", queue_timeout_s=1.0, webhook="http://localhost:9/hook",
+                               webhook_events=["job.failed"])
+    assert job.wait(timeout=60).error["code"] == "expired"
+    delivery = obs_client.deliveries.get(f"msg_{job.id}_1")  # the job's first and only event
+    assert delivery is not None and delivery.type == "job.failed"
+    assert json.loads(delivery.body)["data"]["error"]["code"] == "expired"
+
+
+@pytest.mark.integration
+def test_default_queue_timeout_comes_from_the_kind_setting(obs_env: dict[str, str], obs_worker: Any) -> None:
+    from producer.client import Client
+
+    client = Client(settings=Settings.from_env({**obs_env, "VISIONQ_QUEUE_TIMEOUT_GENERATE_S": "1"}))
+    job = client.generate("default deadline")
+    assert job.to_dict()["queue_timeout_s"] == 1.0
+    assert job.wait(timeout=60).error["code"] == "expired"
+    assert Settings.from_env({}).queue_timeouts_s == {"caption": 3600.0, "segment": 3600.0, "generate": 3600.0}
+
+
+@pytest.mark.integration
+def test_a_started_job_never_expires(obs_client: Any) -> None:
+    from tests.support.images import encode, scene
+
+    job = obs_client.caption(encode(scene()), queue_timeout_s=600)
+    assert job.wait(timeout=120).status == "succeeded"
+
+
+@pytest.mark.integration
+def test_purge_cancels_a_kinds_queued_jobs_and_drops_their_messages(
+    obs_env: dict[str, str], obs_client: Any, obs_worker: Any,
+) -> None:
+    jobs = [obs_client.generate(f"purged {i}", priority=p) for i, p in enumerate(["high", "normal", "low"])]
+    assert _queued_messages(obs_client, JobKind.GENERATE) == 3
+    queues = json.loads(_visionq(obs_env, "queues", "--json").stdout)
+    assert queues["generate"]["total"] == 3 and queues["generate"]["oldest_age_s"] > 0
+
+    result = _visionq(obs_env, "purge", "generate")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "canceled 3 queued generate jobs"
+    for job in jobs:
+        assert job.wait(timeout=10).status == "canceled"
+        assert "visionq purge generate" in job.error["message"]
+    assert _queued_messages(obs_client, JobKind.GENERATE) == 0
+    queues = json.loads(_visionq(obs_env, "queues", "--json").stdout)
+    assert queues["generate"] == {"high": 0, "normal": 0, "low": 0, "total": 0, "oldest_age_s": 0.0}
+    assert _visionq(obs_env, "purge", "generate").stdout.strip() == "canceled 0 queued generate jobs"
+
+
+@pytest.mark.integration
+def test_submit_takes_queue_timeout_on_the_command_line(obs_env: dict[str, str], obs_worker: Any) -> None:
+    result = _visionq(obs_env, "submit", "generate", "a prompt", "--queue-timeout", "1", "--wait", "--json",
+                      "--timeout", "60")
+    assert result.returncode == 1  # the job ended failed
+    assert json.loads(result.stdout)["error"]["code"] == "expired"
+    bad = _visionq(obs_env, "submit", "generate", "a prompt", "--queue-timeout", "0")
+    assert bad.returncode == 2 and "queue_timeout_s 0 must be above 0" in bad.stderr
