@@ -114,7 +114,7 @@ class JobRunner:
             image_uri = getattr(request, "image", None)
             if image_uri is not None:
                 with _timed(metrics, "input_ms"):
-                    image = decode_image(self.inputs.read(image_uri), self.settings.limits)
+                    image = decode_image(self._read_input(image_uri, clock), self.settings.limits)
                 check_image_work(request, image.size, self.settings.limits)
             clock.check()
             progress = _ProgressReporter(self.store, record, self._publish, clock)
@@ -130,7 +130,7 @@ class JobRunner:
                 kind, pipeline, request, image, progress, job_id, clock.limit_s, start,
                 Priority(record.priority).level,
             )
-            clock.resume()
+            clock.pause()  # the model is done; storing its outputs waits on storage, not on the job
             progress.check_cancel()
             with _timed(metrics, "publish_ms"):
                 output, publish_timings = publish_outputs(
@@ -155,6 +155,13 @@ class JobRunner:
         finally:
             if not handed_over:
                 self.executor.cancel_expect()
+
+    def _read_input(self, uri: str, clock: JobClock) -> bytes:
+        """Our own storage's outages are waited out, off the clock; a URL's fetch is on it."""
+        if uri.startswith(("s3://", "file://")):
+            with clock.paused():
+                return self.inputs.read(uri)
+        return self.inputs.read(uri)
 
     def _start(self, record: JobRecord, pipeline: Pipeline) -> None:
         """queued -> running (running -> running on a redelivery), when the model takes it.

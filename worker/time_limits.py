@@ -1,10 +1,11 @@
 """Time limits: each job's clock, and the watchdog that ends a process stuck past one.
 
-A job's clock starts when its task is picked up, so fetching and decoding the
-input count (a server dripping one byte at a time, or a JPEG padded with
-thousands of scans, cannot hold a worker outside the limit). It is paused while
-the job waits for the model thread behind other jobs of this worker: that time
-is theirs, and their own clocks count it.
+A job's clock starts when its task is picked up, so fetching an image URL and
+decoding the input count (a server dripping one byte at a time, or a JPEG padded
+with thousands of scans, cannot hold a worker outside the limit). It is paused
+while the job waits: for the model thread behind other jobs of this worker (their
+own clocks count that time), and for storage, whose outages are waited out up to
+VISIONQ_STORAGE_RETRY_S (tasks/storage.py) rather than ended as a timeout.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import logging
 import os
 import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import redis
 
@@ -40,6 +42,14 @@ class JobClock:
         if self._left is not None:
             self._deadline = self._now() + self._left
             self._left = None
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
 
     def overdue_s(self) -> float:
         """Seconds past the limit (negative while within it)."""

@@ -270,8 +270,7 @@ def test_time_limit_counts_from_pickup_so_a_slow_input_fails_timeout(harness) ->
     runner.settings = Settings(redis_url="redis://unused", storage_url=runner.settings.storage_url,
                                time_limits_s={"caption": 0.3, "segment": 1, "generate": 1})
     runner.inputs = SlowInputs(0.6)
-    ref = storage.put("inputs/ok.png", encode(scene()), "image/png")
-    job_id, message = submit(JobKind.CAPTION, {"image": ref.uri})
+    job_id, message = submit(JobKind.CAPTION, {"image": "https://images.example.com/drip.png"})
     runner.run(JobKind.CAPTION, job_id, message)
     record = store.get(job_id)
     assert calls == []  # the model never started
@@ -378,3 +377,16 @@ def test_watchdog_fails_a_stuck_job_then_ends_the_process(harness) -> None:
     assert exits and exits[0] == Watchdog.exit_code
     record = store.get(job_id)
     assert record.status is JobStatus.FAILED and record.error["code"] == "timeout"
+
+
+def test_waiting_for_storage_is_off_the_clock(harness) -> None:
+    """A storage outage is waited out (VISIONQ_STORAGE_RETRY_S), not ended as a timeout."""
+    make, submit, store, storage = harness
+    runner = make(succeed, JobKind.CAPTION)
+    runner.settings = Settings(redis_url="redis://unused", storage_url=runner.settings.storage_url,
+                               time_limits_s={"caption": 0.3, "segment": 1, "generate": 1})
+    runner.inputs = SlowInputs(0.6)
+    ref = storage.put("inputs/ok.png", encode(scene()), "image/png")
+    job_id, message = submit(JobKind.CAPTION, {"image": ref.uri})
+    runner.run(JobKind.CAPTION, job_id, message)
+    assert store.get(job_id).status is JobStatus.SUCCEEDED
