@@ -67,7 +67,7 @@ def obs_worker(obs_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         process.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="package")
 def metrics_url(obs_worker: WorkerProcess) -> str:
     return f"http://127.0.0.1:{obs_worker.metrics_port}/metrics"  # type: ignore[attr-defined]
 
