@@ -61,6 +61,9 @@ class _JobOptions(_Strict):
     webhook_events: list[EventName] | None = Field(
         None, min_length=1, description="default: job.succeeded, job.failed, job.canceled")
     priority: Literal["high", "normal", "low"] = "normal"
+    queue_timeout_s: float | None = Field(
+        None, gt=0, description="seconds it may wait for a worker to start it before it fails `expired` "
+        "(default VISIONQ_QUEUE_TIMEOUT_<KIND>_S; at most the job TTL)")
 
 
 class CaptionJob(_JobOptions):

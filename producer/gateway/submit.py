@@ -15,6 +15,7 @@ from producer.gateway.keys import ApiKey
 from producer.gateway.services import Services
 from producer.http_errors import Conflict, Unavailable
 from tasks.errors import InternalError, InvalidInput
+from tasks.expiry import check_queue_timeout
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
 from tasks.record import JobRecord
@@ -24,7 +25,7 @@ from tasks.storage import S3Storage, input_key
 from tasks.webhooks import validate_webhook
 
 # The top-level fields of a job body; the method's parameters are in `input`.
-JOB_FIELDS = frozenset({"kind", "input", "webhook", "webhook_events", "priority"})
+JOB_FIELDS = frozenset({"kind", "input", "webhook", "webhook_events", "priority", "queue_timeout_s"})
 MAX_BATCH_JOBS = 100
 _CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
@@ -36,6 +37,7 @@ class Checked:
     request: JobRequest
     priority: Priority
     webhook: dict[str, Any] | None
+    queue_timeout_s: float  # the body's, or the kind's default (tasks/expiry.py)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class Submitter:
         try:
             record, created = services.store.create(
                 request.kind, request_to_record(request), idempotency_key, webhook, priority.value,
-                message=request_to_message(request), tenant=caller.tenant,
+                message=request_to_message(request), tenant=caller.tenant, queue_timeout_s=checked.queue_timeout_s,
             )
             if not created:
                 services.tenant_jobs.release(caller.tenant, token)
@@ -90,7 +92,7 @@ class Submitter:
 
     def _parse(
         self, tenant: str, body: Any, image: bytes | None,
-    ) -> tuple[JobRequest, Priority, dict[str, Any] | None]:
+    ) -> tuple[JobRequest, Priority, dict[str, Any] | None, float]:
         if not isinstance(body, dict):
             raise InvalidInput(f"a job must be a JSON object, got {type(body).__name__}")
         unknown = set(body) - JOB_FIELDS
@@ -126,7 +128,8 @@ class Submitter:
         if url is None and events is not None:
             raise InvalidInput("webhook_events needs a webhook URL")
         webhook = None if url is None else validate_webhook(url, events, self.settings.limits, self.settings.webhook_allow)
-        return request, priority, webhook
+        queue_timeout_s = check_queue_timeout(body.get("queue_timeout_s"), job_kind, self.settings)
+        return request, priority, webhook, queue_timeout_s
 
     def tenant_prefix(self, tenant: str) -> str | None:
         """The s3:// prefix whose objects this tenant may name as inputs (None with local storage)."""

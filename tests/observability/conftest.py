@@ -20,6 +20,7 @@ import redis
 from producer.launch import child_env
 from producer.redis_server import RedisServer, free_port
 from tests.conftest import BUCKET
+from tests.support.gateway import GatewayProcess
 from tests.support.workers import REPO, WorkerProcess
 
 
@@ -70,6 +71,16 @@ def obs_worker(obs_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="package")
 def metrics_url(obs_worker: WorkerProcess) -> str:
     return f"http://127.0.0.1:{obs_worker.metrics_port}/metrics"  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="package")
+def gateway(obs_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A live gateway (no keys, loopback) over the same deployment; yields its URL."""
+    process = GatewayProcess(obs_env, tmp_path_factory.mktemp("obs-gateway"), "--no-auth").start()
+    try:
+        yield process.url
+    finally:
+        process.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import yaml
 
 from producer.redis_server import free_port
 from tests.observability.conftest import metric_names
-from tests.support.gateway import GatewayProcess
 from tests.support.waiting import wait_until
 from tests.support.workers import REPO
 
@@ -66,15 +65,6 @@ def test_keda_manifests_match_the_scaledobject_and_deployment_schemas() -> None:
     broken = json.loads(json.dumps(objects["caption"]))
     broken["spec"]["triggers"][0]["metadata"]["treshold"] = broken["spec"]["triggers"][0]["metadata"].pop("threshold")
     assert list(scaled_object.iter_errors(broken))  # the schema catches a misspelt field
-
-
-@pytest.fixture(scope="module")
-def gateway(obs_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    process = GatewayProcess(obs_env, tmp_path_factory.mktemp("obs-gateway"), "--no-auth").start()
-    try:
-        yield process.url
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

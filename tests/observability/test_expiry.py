@@ -102,3 +102,23 @@ def test_submit_takes_queue_timeout_on_the_command_line(obs_env: dict[str, str],
     assert json.loads(result.stdout)["error"]["code"] == "expired"
     bad = _visionq(obs_env, "submit", "generate", "a prompt", "--queue-timeout", "0")
     assert bad.returncode == 2 and "queue_timeout_s 0 must be above 0" in bad.stderr
+
+
+@pytest.mark.integration
+def test_gateway_jobs_take_queue_timeout_s_and_expire(gateway: str, obs_worker: Any) -> None:
+    import httpx
+
+    created = httpx.post(f"{gateway}/v1/jobs", json={"kind": "generate", "input": {"prompt": "via http"},
+                                                     "queue_timeout_s": 1}, timeout=30)
+    assert created.status_code == 201, created.text
+    assert created.json()["queue_timeout_s"] == 1.0
+    job_id = created.json()["id"]
+    wait_until(lambda: httpx.get(f"{gateway}/v1/jobs/{job_id}", timeout=10).json()["status"] == "failed", 60,
+               "the gateway job expired")
+    assert httpx.get(f"{gateway}/v1/jobs/{job_id}", timeout=10).json()["error"]["code"] == "expired"
+    default = httpx.post(f"{gateway}/v1/jobs", json={"kind": "generate", "input": {"prompt": "default"}}, timeout=30)
+    assert default.json()["queue_timeout_s"] == 3600.0  # the kind's default: no gateway job waits forever
+    httpx.post(f"{gateway}/v1/jobs/{default.json()['id']}/cancel", timeout=10)
+    bad = httpx.post(f"{gateway}/v1/jobs", json={"kind": "generate", "input": {"prompt": "x"}, "queue_timeout_s": -1},
+                     timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input"
