@@ -122,3 +122,23 @@ def test_gateway_jobs_take_queue_timeout_s_and_expire(gateway: str, obs_worker: 
     bad = httpx.post(f"{gateway}/v1/jobs", json={"kind": "generate", "input": {"prompt": "x"}, "queue_timeout_s": -1},
                      timeout=30)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input"
+
+
+@pytest.mark.integration
+def test_the_sweeper_republishes_a_lost_message_only_inside_its_deadline(obs_client: Any) -> None:
+    import time
+    import uuid
+
+    from tasks.store import JobStore
+    from worker.sweeper import Sweeper
+
+    # A prefix no worker watches: only this sweeper and no expirer act on these jobs.
+    store = JobStore(obs_client.store.redis, ttl_s=3600, prefix=f"vqsweep-{uuid.uuid4().hex[:6]}")
+    inside, _ = store.create(JobKind.GENERATE, {"prompt": "inside"}, queue_timeout_s=600)
+    past, _ = store.create(JobKind.GENERATE, {"prompt": "past"}, queue_timeout_s=0.2)
+    time.sleep(0.5)  # both messages were never published: lost; one deadline has passed
+    published: list[str] = []
+    sweeper = Sweeper(store, lambda kind, job_id, message, priority: published.append(job_id), grace_s=0.1,
+                      sleep=lambda _s: None)
+    assert sweeper.sweep() == [inside.id]
+    assert published == [inside.id] and store.get(past.id).status.value == "queued"  # left to the expirer
