@@ -353,7 +353,8 @@ async def _read_job(request: Request) -> tuple[Any, bytes | None]:
     if media != MULTIPART_TYPE:
         return _parse_json(await _read_body(request, (JSON_TYPE, MULTIPART_TYPE))), None
     limit = services_of(request).settings.limits.max_image_bytes
-    form = await request.form(max_files=1, max_fields=4, max_part_size=2**20)
+    # The `request` part may itself be a file part (curl -F request=@job.json, a browser Blob).
+    form = await request.form(max_files=2, max_fields=4, max_part_size=2**20)
     try:
         request_part = form.get("request")
         if request_part is None:

@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 from producer.gateway.keys import KeyStore, NewKey
 from producer.redis_server import RedisServer
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, local_storage_env
 from tests.support.images import encode, scene
 from tests.support.receiver import Receiver
 from tests.support.waiting import wait_until
@@ -29,17 +29,8 @@ WAIT = {"Prefer": "wait=60"}
 
 @pytest.fixture(scope="module")
 def local_env(redis_server: RedisServer, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return {
-        "VISIONQ_REDIS_URL": redis_server.url,
-        "VISIONQ_STORAGE_URL": (tmp_path_factory.mktemp("gateway-storage")).as_uri(),
-        "VISIONQ_REDIS_PREFIX": f"vqgw-{uuid.uuid4().hex[:8]}",
-        "VISIONQ_MODELS_DIR": str(tiny_models),
-        "VISIONQ_TORCH_THREADS": "1",
-        "VISIONQ_WEBHOOK_ALLOW": "localhost",
-        "VISIONQ_WEBHOOK_SCHEDULE": "0,0.4,0.4,0.4",
-        "VISIONQ_WEBHOOK_TIMEOUT_S": "2",
-        "HF_HUB_OFFLINE": "1",
-    }
+    return local_storage_env(redis_server.url, tiny_models, tmp_path_factory.mktemp("gateway-storage"),
+                             f"vqgw-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture(scope="module")
