@@ -67,6 +67,12 @@ class Leases:
                 log.info("leases not renewed, Redis unavailable: %s", exc)
 
 
+def delivery_tag(request: Any) -> str | None:
+    """kombu's delivery tag of the message a Celery task runs (its request); it travels
+    in the message properties, Celery's own `delivery_info` leaves it out."""
+    return (getattr(request, "properties", None) or {}).get("delivery_tag")
+
+
 def survive_reconnects(client: redis.Redis, prefix: str) -> None:
     """Make kombu's Redis transport outlive a Redis restart in a consuming worker.
 

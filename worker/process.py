@@ -28,7 +28,7 @@ from worker import loader
 from worker.heartbeat import Heartbeat
 from worker.inputs import InputReader
 from worker.pipelines.base import Pipeline
-from worker.leases import Leases, survive_reconnects
+from worker.leases import Leases, delivery_tag, survive_reconnects
 from worker.observe import JobFailed, Observer
 from worker.runtime import JobRunner
 from worker.sweeper import Sweeper, celery_publisher
@@ -146,7 +146,7 @@ def register_tasks(app: Any, runner: JobRunner, kinds: list[JobKind], leases: Le
             # No Celery retry: a retry republishes through the broker that just failed,
             # and the task's failure would acknowledge (delete) the message. The runner
             # waits for Redis in place instead; every job failure is on its record.
-            with leases.hold((task.request.delivery_info or {}).get("delivery_tag")), observer.in_progress(_kind):
+            with leases.hold(delivery_tag(task.request)), observer.in_progress(_kind):
                 runner.run(_kind, job_id, request)
             # The job is recorded (and its message will be acknowledged either way): Celery's
             # tools now see it end as it did, FAILURE or REVOKED (worker/observe.py).

@@ -70,3 +70,30 @@ def test_redelivery_is_looked_for_on_every_tick_at_most_10_s_apart(tmp_path: Any
         options = app.conf.broker_transport_options
         assert options["unacked_restore_throttle"] == 1  # kombu's default 10 made it up to 100 s
         assert options["unacked_restore_interval"] == interval_s
+
+
+def test_the_delivery_tag_a_lease_renews_is_found_in_a_celery_task_request(
+    redis_server: Any, key_prefix: str, tmp_path: Any,
+) -> None:
+    from celery.app.task import Context
+    from celery.worker.request import Request
+
+    from tasks.kinds import JobKind
+    from worker.leases import delivery_tag
+
+    app = make_celery(Settings(redis_url=redis_server.url, redis_prefix=key_prefix, storage_url=tmp_path.as_uri()))
+    def run_job(job_id: str, request: dict) -> None:
+        pass
+
+    app.task(name=JobKind.GENERATE.task_name)(run_job)
+    app.send_task(JobKind.GENERATE.task_name, kwargs={"job_id": "j", "request": {}}, queue=JobKind.GENERATE.queue)
+    received: list[Any] = []
+    with app.connection() as connection:
+        queue = Queue(JobKind.GENERATE.queue)
+        with connection.Consumer(queue, callbacks=[lambda body, message: received.append(message)],
+                                 accept=["json"]):
+            connection.drain_events(timeout=5)
+        message = received[0]
+        request = Context(Request(message, app=app, task=app.tasks[JobKind.GENERATE.task_name]).request_dict)
+        assert message.delivery_tag and delivery_tag(request) == message.delivery_tag
+        message.ack()
