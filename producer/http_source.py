@@ -1,0 +1,119 @@
+"""The SDK's HTTP mode: jobs through a visionq gateway with an API key, never Redis.
+
+`HttpJobSource` is the `JobSource` a `Job` reads through when the `Client` was made with
+`api_url` (or VISIONQ_API_URL): the same `Job`, the same records, the same exceptions
+(`producer.http_errors` reads the gateway's error body back into them). `wait()` follows
+the job's server-sent events instead of polling.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Iterator
+
+import httpx
+
+from producer.http_errors import error_from_response
+from tasks.heartbeats import SERVING_STATES
+from tasks.record import JobRecord
+
+USER_AGENT = "visionq-sdk"
+# Reading an event stream: the gateway writes a keep-alive comment every 15 s.
+STREAM_READ_TIMEOUT_S = 30.0
+
+
+class HttpJobSource:
+    def __init__(self, api_url: str, api_key: str, *, timeout_s: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.address = api_url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.address, timeout=timeout_s, transport=transport,
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
+        )
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ConnectionError(f"cannot reach the gateway at {self.address} (VISIONQ_API_URL): {exc}") from exc
+        if response.is_error:
+            raise _error(response)
+        return response.json()
+
+    def submit(
+        self, body: dict[str, Any], *, image: bytes | None = None, idempotency_key: str | None = None,
+    ) -> JobRecord:
+        """POST /v1/jobs: JSON, or multipart/form-data when the image is uploaded with it."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+        if image is None:
+            data = self._call("POST", "/v1/jobs", json=body, headers=headers)
+        else:
+            files = {"request": (None, json.dumps(body), "application/json"),
+                     "image": ("image", image, "application/octet-stream")}
+            data = self._call("POST", "/v1/jobs", files=files, headers=headers)
+        return JobRecord.from_dict(data)
+
+    def get(self, job_id: str) -> JobRecord:
+        return JobRecord.from_dict(self._call("GET", f"/v1/jobs/{job_id}"))
+
+    def cancel(self, job_id: str) -> JobRecord:
+        return JobRecord.from_dict(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def wait(
+        self, job_id: str, timeout_s: float | None, on_change: Callable[[JobRecord], None] | None = None,
+    ) -> JobRecord:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        record: JobRecord | None = None
+        while True:  # a stream cut short (a gateway replica restarting) is opened again
+            try:
+                for record in self._events(job_id, deadline):
+                    if on_change is not None:
+                        on_change(record)
+                    if record.is_final:
+                        return record
+            except (httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ReadError):
+                pass
+            if deadline is not None and time.monotonic() >= deadline:
+                status = record.status.value if record is not None else "not final"
+                raise TimeoutError(f"job {job_id} is still {status} after {timeout_s} s")
+
+    def _events(self, job_id: str, deadline: float | None) -> Iterator[JobRecord]:
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        read_timeout = STREAM_READ_TIMEOUT_S if remaining is None else min(remaining, STREAM_READ_TIMEOUT_S)
+        timeout = httpx.Timeout(self.http.timeout.connect, read=read_timeout)
+        try:
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as response:
+                if response.is_error:
+                    response.read()
+                    raise _error(response)
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        yield JobRecord.from_dict(json.loads(line[len("data: "):]))
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return
+        except httpx.ConnectError as exc:
+            raise ConnectionError(f"cannot reach the gateway at {self.address} (VISIONQ_API_URL): {exc}") from exc
+
+    def serving_kinds(self) -> set[str]:
+        return {kind for w in self.workers() if w.get("state") in SERVING_STATES for kind in w.get("kinds", [])}
+
+    def queues(self) -> dict[str, dict[str, int]]:
+        return self._call("GET", "/v1/queues")
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/workers")
+
+    def list(self, *, kind: str | None = None, status: str | None = None, limit: int = 20,
+             cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
+        params = {k: v for k, v in {"kind": kind, "status": status, "limit": limit, "cursor": cursor}.items()
+                  if v is not None}
+        data = self._call("GET", "/v1/jobs", params=params)
+        return [JobRecord.from_dict(r) for r in data["jobs"]], data["next_cursor"]
+
+
+def _error(response: httpx.Response) -> Exception:
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text[:300]
+    return error_from_response(response.status_code, body, response.headers.get("Retry-After"))
