@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import redis
@@ -23,9 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from producer.gateway import schemas
-from producer.gateway.bodycap import BodyCap
+from producer.gateway import fleet, jobs
+from producer.gateway.bodies import BodyCap
 from producer.gateway.keys import ApiKey
-from producer.gateway.routes import router
 from producer.gateway.services import Services
 from producer.http_errors import error_body, http_status
 from tasks.errors import ErrorCode, VisionqError
@@ -34,7 +33,6 @@ from tasks.settings import Settings
 
 log = logging.getLogger("visionq.gateway")
 
-STATIC = Path(__file__).parent / "static"
 NO_AUTH_TENANT = "local"  # who every request is with --no-auth (loopback only)
 _STATUS_CODES = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN, 404: ErrorCode.NOT_FOUND,
                  409: ErrorCode.CONFLICT, 413: ErrorCode.PAYLOAD_TOO_LARGE,
@@ -67,8 +65,9 @@ def create_app(settings: Settings | None = None, *, no_auth: bool = False) -> Fa
     limits = settings.limits
     # The largest body a route takes: a multipart image part, or an inline image in JSON.
     app.add_middleware(BodyCap, max_bytes=max(limits.max_image_bytes, limits.max_inline_image_bytes) + 2**20)
-    app.include_router(router)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(jobs.router)
+    app.include_router(fleet.router)
+    app.mount("/static", StaticFiles(directory=fleet.STATIC), name="static")
     _add_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -115,7 +114,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _methods_on(app: FastAPI, request: Request) -> list[str]:
-    matching = [route for route in [*app.router.routes, *router.routes]
+    matching = [route for route in [*app.router.routes, *jobs.router.routes, *fleet.router.routes]
                 if route.matches(request.scope)[0] is not Match.NONE]
     # /v1/jobs/batch also matches /v1/jobs/{job_id}; a path without parameters wins.
     exact = [route for route in matching if getattr(route, "path", None) == request.url.path]

@@ -6,8 +6,6 @@ per-job counters and histograms come from the workers themselves.
 """
 from __future__ import annotations
 
-import json
-import time
 from collections import Counter
 from typing import Iterator
 
@@ -17,33 +15,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tasks.heartbeats import list_workers
-from tasks.kinds import JobKind, Priority, queue_list_key
-from tasks.queues import queue_depths
-from tasks.record import parse_time
+from tasks.kinds import Priority
+from tasks.queues import oldest_queued_age_s, queue_depths
 
 WORKER_STATES = ("loading", "ready", "busy", "draining")
-
-
-def oldest_queued_age_s(client: redis.Redis, prefix: str, now: float | None = None) -> dict[str, float]:
-    """Per kind, how long its oldest queued job has waited (0 when none waits).
-
-    kombu pushes on the left and workers pop on the right, so each priority list's
-    last element is its oldest message; its task id is the job id."""
-    now = time.time() if now is None else now
-    ages: dict[str, float] = {}
-    for kind in JobKind:
-        with client.pipeline() as pipe:
-            for priority in Priority:
-                pipe.lindex(queue_list_key(kind, priority, prefix), -1)
-            tails = [t for t in pipe.execute() if t is not None]
-        created = []
-        for tail in tails:
-            job_id = json.loads(tail).get("headers", {}).get("id")
-            raw = client.hget(f"{prefix}:job:{job_id}", "created_at") if job_id else None
-            if raw is not None:
-                created.append(parse_time(json.loads(raw)).timestamp())
-        ages[kind.value] = max(0.0, now - min(created)) if created else 0.0
-    return ages
 
 
 class FleetCollector(Collector):

@@ -140,3 +140,16 @@ class BatchResult(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+AUTH_ERRORS = (400, 401, 503)  # what any route with a key may answer
+JOB_ERRORS = (*AUTH_ERRORS, 404)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    described = {400: "invalid input", 401: "missing, unknown or revoked API key", 403: "forbidden",
+                 404: "no such job for this tenant", 409: "Idempotency-Key reused with another body",
+                 413: "request body too large", 415: "unsupported media type",
+                 429: "over this key's rate or queued-jobs limit (see Retry-After)",
+                 503: "Redis or storage unreachable"}
+    return {s: {"model": ErrorBody, "description": described[s]} for s in statuses}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.gateway.bodycap import BodyCap
+from producer.gateway.bodies import BodyCap
 from producer.gateway.events import events_between
 from producer.gateway.files import FileLinks
 from producer.gateway.keys import KEY_PATTERN, check_tenant
@@ -103,3 +103,21 @@ def test_error_answers_become_the_same_exceptions() -> None:
     limited = error_from_response(429, {"error": {"code": "rate_limited", "message": "m"}}, "7")
     assert isinstance(limited, RateLimited) and limited.retry_after_s == 7
     assert error_from_response(502, "<html>").code.value == "internal"
+
+
+def test_images_for_the_gateway(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from producer.http_source import image_for_gateway
+
+    picture = tmp_path / "p.png"
+    picture.write_bytes(b"\x89PNG...")
+    assert image_for_gateway("https://x/y.jpg") == ("https://x/y.jpg", None)
+    assert image_for_gateway("s3://b/k.png") == ("s3://b/k.png", None)
+    assert image_for_gateway(picture) == (None, b"\x89PNG...")
+    assert image_for_gateway(picture.as_uri()) == (None, b"\x89PNG...")  # file:// is read here, uploaded
+    assert image_for_gateway(b"abc") == (None, b"abc")
+    uri, data = image_for_gateway(Image.new("RGB", (4, 4)))
+    assert uri is None and data.startswith(b"\x89PNG")
+    with pytest.raises(InvalidInput):
+        image_for_gateway(str(tmp_path / "missing.png"))

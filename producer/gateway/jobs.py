@@ -1,35 +1,33 @@
-"""The gateway's routes. Every `/v1` route but the signed file links needs `Authorization: Bearer <key>`.
+"""The job routes: submit, read, list, cancel, follow, and the signed links to output files.
 
-Routes that only touch Redis briefly are plain functions (FastAPI runs them in its
+Every one but the file links needs `Authorization: Bearer <key>`. Routes that only touch
+Redis briefly are plain functions (FastAPI runs them in its
 thread pool); those that wait (`Prefer: wait`, server-sent events) are coroutines
 on asyncio Redis, so a thousand waiting clients hold no thread.
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.convertors import Convertor, register_url_convertor
 
 from producer.gateway import schemas
+from producer.gateway.auth import Caller, services_of
+from producer.gateway.bodies import JSON_TYPE, MULTIPART_TYPE, parse_json, read_body, read_job
 from producer.gateway.events import AsyncJobs, event_stream
 from producer.gateway.keys import ApiKey
-from producer.gateway.metrics import render_metrics
-from producer.gateway.readiness import check_ready
-from producer.gateway.services import Services
+from producer.gateway.schemas import AUTH_ERRORS, JOB_ERRORS, error_responses
 from producer.gateway.submit import MAX_BATCH_JOBS, Submitter
-from producer.http_errors import PayloadTooLarge, Unauthorized, UnsupportedMediaType, error_body
+from producer.http_errors import error_body
 from producer.redis_source import RedisJobSource
 from tasks.errors import InvalidInput, JobNotFound, VisionqError
-from tasks.heartbeats import list_workers
-from tasks.queues import queue_depths
 from tasks.record import JobRecord
-from tasks.settings import redacted_url
+
+
 
 class _JobIdConvertor(Convertor[str]):
     """Path segments that are job ids: `/v1/jobs/batch` is then never a job, and any other
@@ -46,47 +44,12 @@ class _JobIdConvertor(Convertor[str]):
 
 register_url_convertor("job_id", _JobIdConvertor())
 router = APIRouter()
-bearer = HTTPBearer(auto_error=False, description="an API key from `visionq keys create TENANT`")
 
 JOB_ID = Path(pattern=r"^[0-9a-f]{32}$", description="a job id (32 lowercase hex digits)")
 MAX_WAIT_S = 60
 PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
-JSON_TYPE = "application/json"
-MULTIPART_TYPE = "multipart/form-data"
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {400: "invalid input", 401: "missing, unknown or revoked API key", 403: "forbidden",
-                 404: "no such job for this tenant", 409: "Idempotency-Key reused with another body",
-                 413: "request body too large", 415: "unsupported media type",
-                 429: "over this key's rate or queued-jobs limit (see Retry-After)",
-                 503: "Redis or storage unreachable"}
-    return {s: {"model": schemas.ErrorBody, "description": described[s]} for s in statuses}
-
-
-AUTH_ERRORS = (400, 401, 503)
-JOB_ERRORS = (*AUTH_ERRORS, 404)
-
-
-def services_of(request: Request) -> Services:
-    return request.app.state.services
-
-
-def caller(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> ApiKey:
-    anonymous = request.app.state.anonymous
-    if anonymous is not None:
-        return anonymous
-    if credentials is None:
-        raise Unauthorized("send an API key as `Authorization: Bearer <key>` (visionq keys create TENANT)")
-    key = services_of(request).keys.authenticate(credentials.credentials)
-    if key is None:
-        raise Unauthorized("this API key is unknown or revoked")
-    return key
-
-
-Caller = Annotated[ApiKey, Depends(caller)]
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=200,
     description="the same key (per tenant, within the job TTL) and body return the same job; another body: 409",
@@ -156,13 +119,13 @@ _JOB_BODY = {
     responses={201: {"model": schemas.JobRecord, "description": "queued (or already final with `Prefer: wait`)",
                      "headers": {"Location": {"schema": {"type": "string"}, "description": "/v1/jobs/{id}"}}},
                200: {"model": schemas.JobRecord, "description": "the job of an earlier submit with this Idempotency-Key"},
-               **_errors(*AUTH_ERRORS, 409, 413, 415, 429)},
+               **error_responses(*AUTH_ERRORS, 409, 413, 415, 429)},
     openapi_extra={"requestBody": _JOB_BODY},
 )
 async def submit_job(
     request: Request, who: Caller, idempotency_key: IdempotencyKey = None, prefer: Prefer = None,
 ) -> JSONResponse:
-    body, image = await _read_job(request)
+    body, image = await read_job(request, services_of(request).settings.limits.max_image_bytes)
     submission = await run_in_threadpool(
         Submitter(services_of(request)).submit, who, body, image=image, idempotency_key=idempotency_key,
     )
@@ -173,12 +136,12 @@ async def submit_job(
 
 @router.post(
     "/v1/jobs/batch", tags=["jobs"], summary="Submit several jobs at once",
-    response_model=schemas.BatchResult, responses=_errors(*AUTH_ERRORS, 413, 415, 429),
+    response_model=schemas.BatchResult, responses=error_responses(*AUTH_ERRORS, 413, 415, 429),
     openapi_extra={"requestBody": {"required": True, "content": {
         JSON_TYPE: {"schema": {"$ref": "#/components/schemas/BatchBody"}}}}},
 )
 async def submit_batch(request: Request, who: Caller) -> JSONResponse:
-    body = _parse_json(await _read_body(request, (JSON_TYPE,)))
+    body = parse_json(await read_body(request, (JSON_TYPE,)))
     jobs = body.get("jobs") if isinstance(body, dict) else None
     if not isinstance(jobs, list) or not jobs or set(body) != {"jobs"}:
         raise InvalidInput('a batch is {"jobs": [job, ...]} with at least one job')
@@ -208,7 +171,7 @@ async def submit_batch(request: Request, who: Caller) -> JSONResponse:
 
 @router.get(
     "/v1/jobs", tags=["jobs"], summary="This tenant's recent jobs, newest first",
-    response_model=schemas.JobList, responses=_errors(*AUTH_ERRORS),
+    response_model=schemas.JobList, responses=error_responses(*AUTH_ERRORS),
 )
 def list_jobs(
     request: Request, who: Caller,
@@ -225,7 +188,7 @@ def list_jobs(
 
 @router.get(
     "/v1/jobs/{job_id:job_id}", tags=["jobs"], summary="A job",
-    response_model=schemas.JobRecord, responses=_errors(*JOB_ERRORS),
+    response_model=schemas.JobRecord, responses=error_responses(*JOB_ERRORS),
 )
 async def get_job(
     request: Request, who: Caller, job_id: Annotated[str, JOB_ID], prefer: Prefer = None,
@@ -239,7 +202,7 @@ async def get_job(
     "/v1/jobs/{job_id:job_id}/cancel", tags=["jobs"], summary="Cancel a job",
     description="A queued job ends canceled at once; a running one stops at its next checkpoint. "
                 "A final job is returned as it is.",
-    response_model=schemas.JobRecord, responses=_errors(*JOB_ERRORS),
+    response_model=schemas.JobRecord, responses=error_responses(*JOB_ERRORS),
 )
 def cancel_job(request: Request, who: Caller, job_id: Annotated[str, JOB_ID]) -> JSONResponse:
     services = services_of(request)
@@ -254,7 +217,7 @@ def cancel_job(request: Request, who: Caller, job_id: Annotated[str, JOB_ID]) ->
                 "webhook events (`job.started` before the final one, `job.progress`), each with the record "
                 "as `data`; the stream closes after the final event.",
     responses={200: {"content": {"text/event-stream": {"schema": _SSE_EVENT}},
-                     "description": "the event stream"}, **_errors(*JOB_ERRORS)},
+                     "description": "the event stream"}, **error_responses(*JOB_ERRORS)},
     response_class=StreamingResponse,
 )
 async def job_events(request: Request, who: Caller, job_id: Annotated[str, JOB_ID]) -> StreamingResponse:
@@ -274,7 +237,7 @@ async def job_events(request: Request, who: Caller, job_id: Annotated[str, JOB_I
     responses={200: {"content": {t: {"schema": {"type": "string", "format": "binary"}}
                                  for t in ("image/png", "image/jpeg", "image/webp", JSON_TYPE)},
                      "description": "the file"},
-               **_errors(400, 403, 404)},
+               **error_responses(400, 403, 404)},
     response_class=FileResponse,
 )
 def get_file(
@@ -289,85 +252,3 @@ def get_file(
                         headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/v1/queues", tags=["fleet"], summary="Queued jobs per kind and priority (as `visionq queues --json`)",
-            response_model=dict[str, dict[str, int]], responses=_errors(*AUTH_ERRORS))
-def queues(request: Request, who: Caller) -> JSONResponse:
-    services = services_of(request)
-    return JSONResponse(queue_depths(services.redis, services.settings.redis_prefix))
-
-
-@router.get("/v1/workers", tags=["fleet"], summary="Live workers (as `visionq workers --json`)",
-            response_model=list[dict[str, Any]], responses=_errors(*AUTH_ERRORS))
-def workers(request: Request, who: Caller) -> JSONResponse:
-    services = services_of(request)
-    return JSONResponse(list_workers(services.redis, services.settings.redis_prefix))
-
-
-@router.get("/healthz", tags=["health"], summary="The process is up", response_model=schemas.Health)
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@router.get("/readyz", tags=["health"], summary="Redis and storage are reachable",
-            response_model=schemas.Health, responses=_errors(503))
-def readyz(request: Request) -> dict[str, str]:
-    services = services_of(request)
-    check_ready(services)
-    return {"status": "ready"}
-
-
-@router.get("/metrics", tags=["health"], summary="Prometheus: fleet-wide gauges", response_class=Response,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "metrics"},
-                       **_errors(503)})
-def metrics(request: Request) -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST
-
-    services = services_of(request)
-    return Response(render_metrics(services.redis, services.settings.redis_prefix), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/", include_in_schema=False)
-def dashboard() -> FileResponse:
-    from producer.gateway.app import STATIC
-
-    return FileResponse(STATIC / "index.html", media_type="text/html")
-
-
-async def _read_body(request: Request, accepted: tuple[str, ...]) -> bytes:
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media not in accepted:
-        raise UnsupportedMediaType(f"Content-Type {media or '(none)'!r} is not one of {', '.join(accepted)}")
-    return await request.body()
-
-
-def _parse_json(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidInput(f"the body is not valid JSON: {str(exc)[:200]}") from None
-
-
-async def _read_job(request: Request) -> tuple[Any, bytes | None]:
-    """The job body and, from multipart/form-data, the image file's bytes."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != MULTIPART_TYPE:
-        return _parse_json(await _read_body(request, (JSON_TYPE, MULTIPART_TYPE))), None
-    limit = services_of(request).settings.limits.max_image_bytes
-    # The `request` part may itself be a file part (curl -F request=@job.json, a browser Blob).
-    form = await request.form(max_files=2, max_fields=4, max_part_size=2**20)
-    try:
-        request_part = form.get("request")
-        if request_part is None:
-            raise InvalidInput("a multipart job needs a `request` part holding the job's JSON")
-        text = request_part if isinstance(request_part, str) else (await request_part.read()).decode("utf-8", "replace")
-        image_part = form.get("image")
-        if image_part is None:
-            return _parse_json(text.encode()), None
-        if isinstance(image_part, str):
-            raise InvalidInput("the `image` part must be a file")
-        image = await image_part.read(limit + 1)
-        if len(image) > limit:
-            raise PayloadTooLarge(f"the image part has more than {limit} bytes")
-        return _parse_json(text.encode()), image
-    finally:
-        await form.close()
