@@ -41,5 +41,5 @@ def test_schemathesis_finds_nothing(redis_server: RedisServer, tmp_path: Path) -
             "--max-examples", "10", "--workers", "1",
             # The event stream of a job that stays queued never ends by itself.
             "--request-timeout", "5",
-        ], capture_output=True, text=True, timeout=1200)
+        ], capture_output=True, text=True, timeout=1200, cwd=tmp_path)  # its cache folder goes there
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-3000:] + "\ngateway log:\n" + gateway.log()[-3000:]

@@ -121,3 +121,17 @@ def test_images_for_the_gateway(tmp_path: Path) -> None:
     assert uri is None and data.startswith(b"\x89PNG")
     with pytest.raises(InvalidInput):
         image_for_gateway(str(tmp_path / "missing.png"))
+
+
+def test_gateway_is_torch_free_and_keys_need_no_fastapi() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, producer.gateway.commands, producer.gateway.keys, producer.http_source\n"
+        "assert 'fastapi' not in sys.modules, 'visionq keys must run without the [gateway] extra'\n"
+        "import producer.gateway.app\n"
+        "print(','.join(sorted(m for m in ('torch', 'transformers', 'diffusers', 'worker') if m in sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
