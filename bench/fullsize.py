@@ -23,11 +23,13 @@ from transformers import (
     BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor, CLIPSegConfig,
     CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, GPT2Config,
     GPT2Tokenizer, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor,
-    SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor, ViTConfig, ViTImageProcessor,
+    Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor, SamConfig, SamImageProcessor, SamModel,
+    SamProcessor, SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor, ViTConfig, ViTImageProcessor,
     VisionEncoderDecoderConfig, VisionEncoderDecoderModel,
 )
 
 from tasks.models import model_entry
+from worker.pipelines.detect_segment import DETECTOR_FOLDER, SEGMENTER_FOLDER
 from worker.tiny_captioners import VLM_CHAT_TEMPLATE, VLM_SPECIALS, byte_level_tokenizer
 
 # Parameters of the published checkpoints. BLIP's is as its model page rounds it (247M):
@@ -45,6 +47,8 @@ _TIED_STORED_ONCE = {"vit-gpt2-image-captioning"}
 MODEL_CARD_PARAMETERS: dict[str, int] = {
     "vit-gpt2-image-captioning": 239_000_000,
     "SmolVLM-256M-Instruct": 256_000_000,
+    "owlv2-base-patch16-ensemble": 155_000_000,
+    "sam-vit-base": 93_700_000,
 }
 
 BLIP_VOCAB = 30524  # BERT's 30522 plus BLIP's [DEC] and [ENC]
@@ -73,15 +77,19 @@ def bert_tokenizer() -> BertTokenizer:
                          model_max_length=512)
 
 
-def clip_tokenizer() -> CLIPTokenizer:
-    """A BPE tokenizer with CLIP's vocabulary size and 77-token limit (SD pads every prompt to 77)."""
+def clip_tokenizer(owl: bool = False) -> CLIPTokenizer:
+    """A BPE tokenizer with CLIP's vocabulary size and 77-token limit (SD pads every prompt to 77).
+
+    owl: as OWLv2 uses it, 16 tokens a query, id 0 ("!", as in CLIP's real vocabulary) the pad:
+    OWLv2 takes a query starting with id 0 for padding."""
     merges = {(word[:i], word[i] + ("</w>" if i == len(word) - 1 else "")) for word in _WORDS for i in range(1, len(word))}
-    tokens = ["<|startoftext|>", "<|endoftext|>", *_LETTERS, *(f"{letter}</w>" for letter in _LETTERS)]
+    tokens = ["!"] if owl else []
+    tokens += ["<|startoftext|>", "<|endoftext|>", *_LETTERS, *(f"{letter}</w>" for letter in _LETTERS)]
     tokens += sorted({left + right for left, right in merges} - set(tokens))
     tokens += [f"<|unused{n}|>" for n in range(CLIP_VOCAB - len(tokens))]
     ranked = sorted(merges, key=lambda merge: (len(merge[0]) + len(merge[1]), merge))
     return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=ranked,
-                         model_max_length=CLIP_POSITIONS, pad_token="<|endoftext|>")
+                         model_max_length=16 if owl else CLIP_POSITIONS, pad_token="!" if owl else "<|endoftext|>")
 
 
 def gpt2_tokenizer() -> GPT2Tokenizer:
@@ -170,6 +178,29 @@ def smolvlm_config(tokenizer: GPT2Tokenizer) -> Idefics3Config:
     )
 
 
+def owlv2_config(tokenizer: CLIPTokenizer) -> Owlv2Config:
+    """google/owlv2-base-patch16-ensemble: CLIP B/16 towers, the image at 960 px (3600 patches, one box each)."""
+    text = _clip_text(tokenizer, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
+    text.update(max_position_embeddings=16, pad_token_id=0)  # OWLv2's queries are 16 tokens; id 0 pads
+    return Owlv2Config(
+        text_config=text,
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=960, patch_size=16),
+        projection_dim=512,
+    )
+
+
+def sam_config() -> SamConfig:
+    """facebook/sam-vit-base: ViT-B/16 at 1024 px with windowed attention, a 256-wide prompt encoder and decoder."""
+    return SamConfig(
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=1024, patch_size=16, output_channels=256, num_pos_feats=128,
+                           global_attn_indexes=[2, 5, 8, 11], window_size=14, mlp_dim=3072),
+        prompt_encoder_config=dict(hidden_size=256, image_size=1024, patch_size=16),
+        mask_decoder_config=dict(hidden_size=256),
+    )
+
+
 def sd_turbo_text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
     """stabilityai/sd-turbo's text encoder: OpenCLIP ViT-H/14's text tower, 23 of its 24 layers."""
     return CLIPTextConfig(**_clip_text(tokenizer, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
@@ -211,6 +242,8 @@ def parameter_counts(device: str = "meta") -> dict[str, int]:
             "sd-turbo text_encoder": CLIPTextModel(sd_turbo_text_config(clip)),
             "vit-gpt2-image-captioning": VisionEncoderDecoderModel(config=vit_gpt2_config(gpt2_tokenizer())),
             "SmolVLM-256M-Instruct": Idefics3ForConditionalGeneration(smolvlm_config(smollm_tokenizer())),
+            "owlv2-base-patch16-ensemble": Owlv2ForObjectDetection(owlv2_config(clip_tokenizer(owl=True))),
+            "sam-vit-base": SamModel(sam_config()),
         }
     return {name: sum(p.numel() for _, p in model.named_parameters(remove_duplicate=name in _TIED_STORED_ONCE))
             for name, model in models.items()}
@@ -223,9 +256,10 @@ def build_full_size_models(dest: Path, device: str = "cuda", dtype: torch.dtype 
     transformers_logging.disable_progress_bar()
     diffusers_logging.disable_progress_bar()
     names = {"caption": "caption/blip", "segment": "segment/clipseg", "semantic": "segment/segformer",
-             "generate": "generate/sd", "caption-vit-gpt2": "caption/vit-gpt2", "caption-vlm": "caption/vlm"}
+             "generate": "generate/sd", "caption-vit-gpt2": "caption/vit-gpt2", "caption-vlm": "caption/vlm",
+             "segment-owlv2-sam": "segment/owlv2-sam"}
     paths = {role: Path(dest) / model_entry(name).folder for role, name in names.items()}
-    gpt2, smollm = gpt2_tokenizer(), smollm_tokenizer()
+    gpt2, smollm, owl = gpt2_tokenizer(), smollm_tokenizer(), clip_tokenizer(owl=True)
     bert, clip = bert_tokenizer(), clip_tokenizer()
     torch.manual_seed(0)
     with torch.device(device):
@@ -248,6 +282,15 @@ def build_full_size_models(dest: Path, device: str = "cuda", dtype: torch.dtype 
         vlm.generation_config.eos_token_id = vlm.config.text_config.eos_token_id
         vlm.generation_config.pad_token_id = smollm.pad_token_id
         vlm.save_pretrained(paths["caption-vlm"])
+        Owlv2ForObjectDetection(owlv2_config(owl)).to(dtype).save_pretrained(paths["segment-owlv2-sam"] / DETECTOR_FOLDER)
+        SamModel(sam_config()).to(dtype).save_pretrained(paths["segment-owlv2-sam"] / SEGMENTER_FOLDER)
+    Owlv2Processor(
+        image_processor=Owlv2ImageProcessor(size={"height": 960, "width": 960}, image_mean=OPENAI_CLIP_MEAN,
+                                            image_std=OPENAI_CLIP_STD),
+        tokenizer=owl,
+    ).save_pretrained(paths["segment-owlv2-sam"] / DETECTOR_FOLDER)
+    SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 1024}, pad_size={"height": 1024, "width": 1024})
+                 ).save_pretrained(paths["segment-owlv2-sam"] / SEGMENTER_FOLDER)
     gpt2.save_pretrained(paths["caption-vit-gpt2"])
     ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
         paths["caption-vit-gpt2"])

@@ -8,8 +8,8 @@ directly in this process vs the same work through the service (SDK -> Redis ->
 one `visionq worker --device cuda:0` -> local storage -> record), and the GPU
 memory each worker holds. Caption and segment batch through the worker's
 micro-batching (VISIONQ_MAX_BATCH_<KIND> = the batch size); generate batches
-as num_images in one job. The caption families that are no kind's default
-(ViT + GPT-2, the SmolVLM instruction VLM) are measured directly, batch N
+as num_images in one job. The families that are no kind's default (ViT +
+GPT-2, the SmolVLM instruction VLM, OWLv2 + SAM) are measured directly, batch N
 against batch 1. Without CUDA it says so and exits 0.
 """
 from __future__ import annotations
@@ -48,14 +48,17 @@ CASES = (
             {"prompt": "a watercolor fox", "width": 512, "height": 512, "steps": 4, "seed": 7}),
 )
 SMOKE_CASES = (CAPTION, SEGMENT, GENERATE)
-# The other caption families, measured directly (a worker serves the kinds' defaults), by models-dir folder.
+# The families that are no kind's default, measured directly (a worker serves the defaults), by models-dir folder.
 OTHER_FAMILIES = (
     (replace(CAPTION, case="caption (ViT-B/16 + GPT-2, 224 px)"), model_entry("caption/vit-gpt2").folder),
     (replace(CAPTION, case="caption (SmolVLM-256M, 512 px tiles)"), model_entry("caption/vlm").folder),
+    (replace(SEGMENT, case="segment 2 labels (OWLv2-B/16 960 px + SAM-B 1024 px)"),
+     model_entry("segment/owlv2-sam").folder),
 )
 SMOKE_OTHER_FAMILIES = (
     (replace(CAPTION, case="caption (tiny ViT + GPT-2)"), model_entry("caption/vit-gpt2").folder),
     (replace(CAPTION, case="caption (tiny SmolVLM-style VLM)"), model_entry("caption/vlm").folder),
+    (replace(SEGMENT, case="segment 2 labels (tiny OWLv2 + SAM)"), model_entry("segment/owlv2-sam").folder),
 )
 
 
@@ -129,7 +132,7 @@ def _run(workdir: Path, plan: GpuPlan, smoke: bool, started: float) -> ScenarioR
     image = bench_image()
     _progress("direct: pipelines in this process")
     direct = _measure_direct(models, plan, cases, image)
-    _progress("direct: the other caption families")
+    _progress("direct: the other families")
     others = _measure_other_families(models, plan, SMOKE_OTHER_FAMILIES if smoke else OTHER_FAMILIES, image)
     other_rows = _direct_rows(others, plan)
     rows: list[Row] = []

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from tasks.errors import ModelError
 from tasks.kinds import JobKind
+from tasks.models import model_entry
 from tasks.settings import Settings
 from worker.pipelines.base import ModelSpec, Pipeline
 
@@ -99,3 +101,17 @@ def load_pipeline(kind: JobKind, spec: ModelSpec, device: str, dtype: object) ->
     from worker.pipelines.generate import GeneratePipeline
 
     return GeneratePipeline.load(spec, device, dtype)
+
+
+def load_named_pipeline(name: str, device: str, dtype: object, models_dir: str | None = None) -> Pipeline:
+    """The pipeline of a catalogue model (``kind/name``, tasks.models): from its folder in
+    `models_dir` when given, else from its Hugging Face id(s). Not warmed up."""
+    entry = model_entry(name)
+    kind = JobKind(entry.kind)
+    if models_dir is not None:
+        return load_pipeline(kind, ModelSpec(str(Path(models_dir) / entry.folder)), device, dtype)
+    if entry.second_id is not None:
+        from worker.pipelines.detect_segment import DetectSegmentPipeline
+
+        return DetectSegmentPipeline.load(ModelSpec(entry.hf_id), ModelSpec(entry.second_id), device, dtype)
+    return load_pipeline(kind, ModelSpec(entry.hf_id), device, dtype)

@@ -24,7 +24,7 @@ from tasks.models import CATALOGUE
 from tasks.schemas import GenerateRequest, SegmentRequest
 from tasks.settings import MODEL_DIR_NAMES
 from tests.support.images import scene
-from worker.loader import load_pipeline
+from worker.loader import load_named_pipeline, load_pipeline
 from worker.loading import pick_dtype
 from worker.pipelines.base import FileSlot, ModelSpec, no_progress, run_one
 from worker.pipelines.caption import CaptionPipeline
@@ -257,6 +257,10 @@ def test_load_pipeline_serves_every_catalogue_model(tiny_models: Path) -> None:
         pipeline = load_pipeline(JobKind(entry.kind), ModelSpec(str(tiny_models / entry.folder)), "cpu",
                                  torch.float32)
         assert pipeline.model_label.startswith(str(tiny_models / entry.folder)), entry.full_name
+        by_name = load_named_pipeline(entry.full_name, "cpu", torch.float32, models_dir=str(tiny_models))
+        assert type(by_name) is type(pipeline) and by_name.model_label == pipeline.model_label
+    with pytest.raises(KeyError, match="unknown model 'caption/nope'; known: caption/blip"):
+        load_named_pipeline("caption/nope", "cpu", torch.float32, models_dir=str(tiny_models))
 
 
 def test_detect_segment_returns_a_box_and_score_per_label(tiny_models: Path) -> None:
