@@ -143,3 +143,8 @@ def test_the_vlm_counts_the_image_tokens_too(captioners: dict[str, CaptionPipeli
         caption(pipeline, max_new_tokens=room)
     with pytest.raises(InvalidInput, match="exceed the text decoder's limit"):
         caption(pipeline, max_new_tokens=room + 1)
+
+
+def test_the_vlm_refuses_special_tokens_in_the_instruction(captioners: dict[str, CaptionPipeline]) -> None:
+    with pytest.raises(InvalidInput, match=r"special tokens \['<image>'\]"):
+        caption(captioners["caption/vlm"], prompt="Describe <image> please")

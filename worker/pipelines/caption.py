@@ -26,7 +26,7 @@ from transformers import (
 from tasks.errors import InvalidInput, ModelError
 from tasks.schemas import CaptionRequest
 from worker.loading import check_tokenizer, count_tokens, load_model, load_processor
-from worker.pipelines.base import ModelSpec, PipelineResult, ProgressCallback, run_one
+from worker.pipelines.base import ModelSpec, PipelineResult, ProgressCallback, no_progress, run_one
 
 # The VLM's instruction when a job brings none.
 DEFAULT_INSTRUCTION = "Describe this image in one sentence."
@@ -69,7 +69,7 @@ class CaptionPipeline:
 
     def warm_up(self) -> None:
         run_one(self, CaptionRequest(image="warm-up", max_new_tokens=4), Image.new("RGB", (64, 64), (120, 160, 200)),
-                lambda _: None)
+                no_progress)
 
     def batch_key(self, request: CaptionRequest) -> Hashable:
         """Jobs with equal keys share one generate() call."""
@@ -210,6 +210,16 @@ class VlmCaptioner(CaptionPipeline):
     def chat(self, prompt: str | None) -> str:
         content = [{"type": "image"}, {"type": "text", "text": prompt or DEFAULT_INSTRUCTION}]
         return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def check_inputs(self, request: CaptionRequest) -> None:
+        # "<image>" in an instruction would ask for an image the job does not have.
+        if request.prompt:
+            ids = self.tokenizer(request.prompt, add_special_tokens=False, verbose=False)["input_ids"]
+            special = sorted(set(self.tokenizer.convert_ids_to_tokens(
+                [i for i in ids if i in set(self.tokenizer.all_special_ids)])))
+            if special:
+                raise InvalidInput(f"prompt contains the model's special tokens {special}; remove them")
+        super().check_inputs(request)
 
     def prompt_tokens(self, prompt: str | None) -> int:
         # The text alone; the image's tokens are counted once the inputs exist (check_length).
