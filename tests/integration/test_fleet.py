@@ -166,7 +166,7 @@ def _check_priorities(fleet_client: Client, fleet_env: dict) -> None:
     normal = fleet_client.caption(scene(seed=2))
     high = fleet_client.caption(scene(seed=3), priority="high")
     depths = json.loads(run_visionq("queues", "--json", env=fleet_env).stdout)
-    assert depths["caption"] == {"high": 1, "normal": 1, "low": 1, "total": 3}
+    assert depths["caption"].items() >= {"high": 1, "normal": 1, "low": 1, "total": 3}.items()  # + oldest_age_s
     for job in (blocker, low, normal, high):
         assert job.wait(timeout=TIMEOUT).status == "succeeded"
     started = [job.to_dict()["started_at"] for job in (high, normal, low)]
