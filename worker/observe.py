@@ -47,8 +47,9 @@ class JobFailed(Exception):
 class Observer:
     def __init__(self, state: Callable[[], str], metrics_address: tuple[str, int] | None = None) -> None:
         """`state()`: the worker's heartbeat state; `metrics_address`: (host, port) to serve /metrics on."""
-        self.metrics = WorkerMetrics(state) if metrics_address is not None else None
-        if self.metrics is not None and metrics_address is not None:
+        self.metrics = None
+        if metrics_address is not None:
+            self.metrics = WorkerMetrics(state)
             self.metrics.serve(*metrics_address)
         self._finals: dict[str, JobRecord] = {}  # ended by this worker, until its task reports to Celery
         self._lock = threading.Lock()
