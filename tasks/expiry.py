@@ -15,7 +15,6 @@ import math
 import time
 from typing import Iterator
 
-
 from tasks.errors import InvalidInput, JobCanceled, JobExpired, VisionqError
 from tasks.kinds import JobKind, Priority, queue_list_key
 from tasks.record import JobRecord, parse_time, utc_now
