@@ -4,11 +4,7 @@
   failure whose exception carries its error code and message; one that ended
   `canceled` is reported `REVOKED` (Flower, `celery events`). The record stays
   the truth: this only chooses how the task ends once the record is final.
-- `celery control revoke ID` (with or without `--terminate`) cancels the job as
-  `visionq cancel` does, queued or running: every worker that receives the
-  broadcast writes the cancel to the job store (a check-and-set, so the first one
-  wins and the others change nothing). A running job stops at its next checkpoint;
-  no thread is ever killed.
+- `celery control revoke ID` cancels the job as `visionq cancel` does (worker/revoke.py).
 - Prometheus metrics (worker/metrics.py) and one log line per final job.
 - The expirer (worker/expiry.py): jobs of every kind past their start deadline.
 """
@@ -21,7 +17,6 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
 from celery.exceptions import Ignore
-from kombu.utils.functional import maybe_list
 
 from tasks.deliveries import EventPublisher
 from tasks.errors import VisionqError
@@ -31,6 +26,7 @@ from tasks.status import JobStatus
 from tasks.store import JobStore
 from worker.expiry import Expirer
 from worker.metrics import WorkerMetrics
+from worker.revoke import install_revoke
 
 log = logging.getLogger("visionq.worker")
 T = TypeVar("T")
@@ -131,45 +127,3 @@ def log_final(record: JobRecord) -> None:
     durations = " ".join(f"{k}={v}" for k, v in fields.items() if k.endswith("_ms") or k == "batch_size")
     code = f" {fields['error_code']}" if fields["error_code"] else ""
     log.info("job %s %s %s%s %s", record.id, record.kind.value, record.status.value, code, durations, extra=fields)
-
-
-def install_revoke(store: JobStore, events: EventPublisher | None) -> None:
-    """Wrap Celery's `revoke` and `terminate` remote-control commands so that they cancel the jobs.
-
-    `celery control revoke ID`, `celery control terminate SIGNAL ID`, `app.control.revoke(ID,
-    terminate=True)` and Flower's revoke/terminate buttons all arrive as one of these two."""
-    from celery.worker.control import Panel
-
-    celery_revoke = Panel.data["revoke"]
-    if getattr(celery_revoke, "cancels_jobs", False):
-        return
-
-    def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **kwargs: Any) -> Any:
-        for job_id in maybe_list(task_id) or []:
-            cancel_job(store, events, job_id)
-        if terminate:
-            log.info("terminate of %s: jobs are canceled cooperatively "
-                     "(a running one stops at its next checkpoint)", task_id)
-        # Celery's own bookkeeping (its revoked set drops the message if it arrives here
-        # later); never its terminate: it would kill a thread that holds a model.
-        return celery_revoke(state, task_id, terminate=False, signal=signal, **kwargs)
-
-    def terminate(state: Any, signal: Any, task_id: Any, **kwargs: Any) -> Any:
-        return revoke(state, task_id, terminate=True, signal=signal, **kwargs)
-
-    revoke.cancels_jobs = True  # type: ignore[attr-defined]
-    Panel.data["revoke"] = revoke
-    Panel.data["terminate"] = terminate
-
-
-def cancel_job(store: JobStore, events: EventPublisher | None, job_id: Any) -> None:
-    try:
-        status, canceled_now = store.request_cancel(check_job_id(job_id))
-    except VisionqError:
-        return  # not a job of this deployment (or expired): Celery's revoke alone
-    except Exception:  # noqa: BLE001 - remote control must answer even when Redis does not
-        log.exception("revoke of %s: could not write the cancel", job_id)
-        return
-    log.info("job %s: revoked through Celery; now %s", job_id, status.value)
-    if canceled_now and events is not None:
-        events.publish_final(store.get(job_id))  # a queued job never reaches a worker: its final event

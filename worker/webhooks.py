@@ -30,6 +30,7 @@ from tasks.webhooks import (
 from worker.expiry import Expirer
 from worker.heartbeat import Heartbeat
 from worker.outbound import PostResult, post
+from worker.revoke import install_revoke
 
 log = logging.getLogger("visionq.webhooks")
 
@@ -116,7 +117,9 @@ def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "IN
     scheduler.start()
     # This worker ends expired jobs too: a deployment scaled to zero GPU workers still does.
     store = JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix)
-    Expirer(store, EventPublisher(store, deliveries, app).publish_final).start()
+    events = EventPublisher(store, deliveries, app)
+    Expirer(store, events.publish_final).start()
+    install_revoke(store, events)  # a revoke it receives cancels the job too (worker/revoke.py)
     name = f"visionq-webhooks-{os.getpid()}@{socket.gethostname()}"
     heartbeat = Heartbeat(client, settings.redis_prefix, name, {"kinds": ["webhooks"], "device": None})
     heartbeat.start()

@@ -198,3 +198,21 @@ def test_revoke_cancels_queued_and_running_jobs_and_flower_shows_revoked(gated: 
         wait_until(lambda: _flower_task(flower, job.id).get("state") == "REVOKED", TIMEOUT, f"REVOKED {job.id}")
     after = client.generate("after the revokes")
     assert after.wait(timeout=TIMEOUT).status == "succeeded"
+
+
+@pytest.mark.integration
+def test_the_delivery_worker_alone_takes_a_revoke_too(obs_env: dict[str, str], tmp_path: Path) -> None:
+    from producer.client import Client
+    from tasks.settings import Settings
+    from tests.support.workers import WorkerProcess as Started
+
+    env = {**obs_env, "VISIONQ_REDIS_PREFIX": f"vqrev-{uuid.uuid4().hex[:6]}", "VISIONQ_LOG_FORMAT": "text"}
+    deliverer = Started(env, tmp_path, ["webhooks", "--concurrency", "2"]).start()  # no GPU worker at all
+    try:
+        client = Client(settings=Settings.from_env(env))
+        job = client.generate("revoked with only the delivery worker up")
+        revoke = celery_cli(env, tmp_path, "-A", "tasks.app", "control", "revoke", job.id, "--timeout", "5")
+        assert revoke.returncode == 0, revoke.stdout + revoke.stderr
+        assert job.wait(timeout=TIMEOUT).status == "canceled"
+    finally:
+        deliverer.stop()
