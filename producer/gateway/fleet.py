@@ -20,7 +20,7 @@ STATIC = Path(__file__).parent / "static"
 
 
 @router.get("/v1/queues", tags=["fleet"], summary="Queued jobs per kind and priority (as `visionq queues --json`)",
-            response_model=dict[str, dict[str, float]], responses=error_responses(*AUTH_ERRORS))
+            response_model=dict[str, dict[str, Any]], responses=error_responses(*AUTH_ERRORS))
 def queues(request: Request, who: Caller) -> JSONResponse:
     services = services_of(request)
     depths = queue_depths(services.redis, services.settings.redis_prefix)
