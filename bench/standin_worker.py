@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from tasks.kinds import JobKind
+    from tasks.models import ROLE_MODELS
     from worker.pipelines.base import Pipeline
     from worker.process import serve
 
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         pipelines = {kind: LoadPerTaskPipeline(kind, settings, "cpu") for kind in parse_kinds(args.load_per_task)}
         label = "loadpertask"
 
-    def load() -> dict[JobKind, Pipeline]:
-        return pipelines
+    def load() -> dict[str, Pipeline]:  # each kind's default model's name
+        return {ROLE_MODELS[kind.value]: pipeline for kind, pipeline in pipelines.items()}
 
     serve(settings, load, f"bench-{label}-{os.getpid()}@{socket.gethostname()}", "cpu", args.loglevel)
     return 0

@@ -55,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="serve jobs with preloaded models (needs the [worker] extra)")
     worker.add_argument("--models", metavar="DIR", help="a folder laid out like `visionq models tiny DIR`")
-    worker.add_argument("--kinds", default=",".join(k.value for k in ALL_KINDS),
-                        help="comma-separated job kinds to serve (default: all)")
+    worker.add_argument("--kinds", help="comma-separated job kinds to serve, each with its default model "
+                                          f"(default: all: {','.join(k.value for k in ALL_KINDS)})")
+    worker.add_argument("--serve", metavar="MODELS",
+                        help="comma-separated models to load and serve, e.g. caption/blip,caption/vit-gpt2 "
+                             "(instead of --kinds; docs/models.md)")
     worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: VISIONQ_DEVICE or auto)")
     worker.add_argument("--gpus", help="all or 0,2: one pinned worker process per GPU, supervised")
     worker.add_argument("--replicas", type=int, default=None,
@@ -97,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int)
     generate.add_argument("--num-images", type=int, default=1)
     for kind_parser in (caption, segment, generate):
+        kind_parser.add_argument("--model", metavar="NAME",
+                                 help="the model to run, by name within the kind (e.g. vit-gpt2); default: the kind's default")
         kind_parser.add_argument("--idempotency-key")
         kind_parser.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
         kind_parser.add_argument("--queue-timeout", type=float, metavar="SECONDS",
@@ -167,7 +172,7 @@ def _client() -> Any:
 def _submit(args: argparse.Namespace) -> int:
     client = _client()
     common = {"idempotency_key": args.idempotency_key, "priority": args.priority,
-              "queue_timeout_s": args.queue_timeout}
+              "queue_timeout_s": args.queue_timeout, "model": args.model}
     if args.kind == "caption":
         job = client.caption(args.image, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                              num_beams=args.num_beams, **common)
@@ -247,6 +252,10 @@ def _workers(args: argparse.Namespace) -> int:
         print(f"{w['name']:40} {w['state']:9} kinds={','.join(w.get('kinds', []))} "
               f"device={w.get('device')} jobs_done={w.get('jobs_done', 0)} restarts={w.get('restarts', 0)} "
               f"rss_mb={memory.get('rss')} gpu_mb={memory.get('gpu_allocated')}")
+        for model, info in sorted(w.get("models", {}).items()):
+            weights = info.get("weights_mb")
+            print(f"  {model:24} weights_mb={'?' if weights is None else weights} queue={info.get('queue')} "
+                  f"id={info.get('model_id')}")
     return 0
 
 
@@ -261,10 +270,26 @@ def _queues(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(depths, indent=2))
         return 0
+    serving = _serving_models(client)
     print(f"{'kind':10} {'high':>6} {'normal':>6} {'low':>6} {'total':>6} {'oldest_s':>9}")
     for kind, d in depths.items():
         print(f"{kind:10} {d['high']:6} {d['normal']:6} {d['low']:6} {d['total']:6} {d['oldest_age_s']:9.1f}")
+        for name, m in d["models"].items():
+            live = serving.get(f"{kind}/{name}", 0)
+            if m["total"] or live:  # models nobody serves and nobody waits for stay quiet
+                print(f"  {name:8} {m['high']:6} {m['normal']:6} {m['low']:6} {m['total']:6}  "
+                      f"{live} live worker{'' if live == 1 else 's'}")
     return 0
+
+
+def _serving_models(client: Any) -> dict[str, int]:
+    """"kind/name" -> how many live workers (ready or busy) serve it now."""
+    from collections import Counter
+
+    from tasks.heartbeats import SERVING_STATES, list_workers
+
+    return Counter(model for w in list_workers(client.store.redis, client.settings.redis_prefix)
+                   if w.get("state") in SERVING_STATES for model in w.get("models", {}))
 
 
 def _purge(args: argparse.Namespace) -> int:

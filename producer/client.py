@@ -16,9 +16,11 @@ from tasks.expiry import check_queue_timeout
 from tasks.errors import InternalError, InvalidInput
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
+from tasks.models import model_queue
 from tasks.schemas import (
     IMAGE_SCHEMES, JobRequest, parse_request, request_to_message, request_to_record,
 )
+from tasks.served_models import choose_model, registered_models
 from tasks.settings import Settings
 from tasks.status import JobStatus
 from tasks.storage import Storage, input_key, open_storage
@@ -102,19 +104,22 @@ class Client:
         self, kind: JobKind, params: dict[str, Any], *, idempotency_key: str | None = None,
         webhook: str | None = None, webhook_events: list[str] | None = None,
         webhook_secret: str | None = None, priority: str = "normal", queue_timeout_s: float | None = None,
+        model: str | None = None,
     ) -> Job:
         """Options every kind takes: `idempotency_key` (the same key within the TTL
         returns the same job), `webhook` (URL called back with signed events),
         `webhook_events` (default: the final ones) and `webhook_secret` (whsec_...;
         default VISIONQ_WEBHOOK_SECRET), `priority` (high | normal | low), `queue_timeout_s`
         (seconds it may wait for a worker to start it before it fails `expired`; default
-        VISIONQ_QUEUE_TIMEOUT_<KIND>_S)."""
+        VISIONQ_QUEUE_TIMEOUT_<KIND>_S), `model` (a model the deployment serves, by its name within
+        the kind, e.g. "vit-gpt2"; "caption/vit-gpt2" too; default: the kind's default)."""
         try:
             job_priority = Priority(priority)
         except ValueError:
             raise InvalidInput(f"priority {priority!r} must be one of high, normal, low") from None
         webhook_spec = self._webhook(webhook, webhook_events, webhook_secret)
         timeout_s = check_queue_timeout(queue_timeout_s, kind, self.settings)
+        model_name = choose_model(kind, model, self.settings.named_models, self._registered_models)
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= self.settings.limits.max_key_chars:
                 raise InvalidInput(
@@ -126,12 +131,12 @@ class Client:
         record, created = self.store.create(
             kind, request_to_record(request), idempotency_key, webhook_spec, job_priority.value,
             message=request_to_message(request),  # the sweeper republishes a lost message from it
-            queue_timeout_s=timeout_s,
+            queue_timeout_s=timeout_s, model=model_name,
         )
         if created:
             if webhook_secret is not None:
                 self.deliveries.set_job_secret(record.id, webhook_secret)
-            self._enqueue(record.id, request, job_priority)
+            self._enqueue(record.id, request, job_priority, model_name)
         return Job(self.jobs, record)
 
     def _webhook(self, url: str | None, events: list[str] | None, secret: str | None) -> dict[str, Any] | None:
@@ -148,11 +153,14 @@ class Client:
             raise InvalidInput(f"{source}: {exc}") from None
         return validate_webhook(url, events, self.settings.limits, self.settings.webhook_allow)
 
-    def _enqueue(self, job_id: str, request: JobRequest, priority: Priority) -> None:
+    def _registered_models(self) -> set[str]:
+        return set(registered_models(self.store.redis, self.settings.redis_prefix))
+
+    def _enqueue(self, job_id: str, request: JobRequest, priority: Priority, model: str) -> None:
         try:
             self.celery.send_task(
                 request.kind.task_name, kwargs={"job_id": job_id, "request": request_to_message(request)},
-                queue=request.kind.queue, task_id=job_id, priority=priority.level,
+                queue=model_queue(request.kind.value, model), task_id=job_id, priority=priority.level,
             )
         except Exception as exc:
             # Never leave a record that says queued for a message that was never sent.

@@ -16,8 +16,9 @@ import time
 from typing import Iterator
 
 from tasks.errors import InvalidInput, JobCanceled, JobExpired, VisionqError
-from tasks.kinds import JobKind, Priority, queue_list_key
+from tasks.kinds import JobKind
 from tasks.record import JobRecord, parse_time, utc_now
+from tasks.served_models import queue_lists
 from tasks.settings import Settings
 from tasks.status import JobStatus
 from tasks.store import JobStore
@@ -82,8 +83,13 @@ def expired_error(record: JobRecord, now: float) -> JobExpired:
     return JobExpired(
         f"job {record.id} waited {waited_s:.0f} s in the {record.kind.value} queue and no worker started it "
         f"within its queue timeout of {record.queue_timeout_s:g} s (queue_timeout_s, default "
-        f"VISIONQ_QUEUE_TIMEOUT_{record.kind.name}_S); is a worker serving {record.kind.value} running?"
+        f"VISIONQ_QUEUE_TIMEOUT_{record.kind.name}_S); is a worker serving {_served(record)} running?"
     )
+
+
+def _served(record: JobRecord) -> str:
+    """What a worker must serve to take the job: its kind, or its model when it named one."""
+    return record.kind.value if record.model is None else f"{record.kind.value}/{record.model}"
 
 
 class QueueEnds:
@@ -148,11 +154,11 @@ class QueueEnds:
         return record
 
     def _remove_messages(self, records: list[JobRecord]) -> None:
-        for kind in JobKind:
-            ids = [r.id for r in records if r.kind is kind]
-            if ids:
-                lists = [queue_list_key(kind, priority, self.store.prefix) for priority in Priority]
-                self._remove(keys=lists, args=ids)
+        by_queue: dict[tuple[JobKind, str | None], list[str]] = {}
+        for record in records:  # each job's message is on the queue of its model
+            by_queue.setdefault((record.kind, record.model), []).append(record.id)
+        for (kind, model), ids in by_queue.items():
+            self._remove(keys=queue_lists(kind, model, self.store.prefix), args=ids)
 
 
 def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:

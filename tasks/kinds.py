@@ -41,9 +41,14 @@ _KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
 
 
 def queue_list_key(kind: JobKind, priority: Priority, prefix: str) -> str:
-    """The Redis list holding `kind` jobs of `priority` (kombu's naming, our key prefix)."""
+    """The Redis list holding `kind` jobs of `priority` on the kind's own queue (its default model)."""
+    return priority_list_key(kind.queue, priority, prefix)
+
+
+def priority_list_key(queue: str, priority: Priority, prefix: str) -> str:
+    """The Redis list of `queue` holding its jobs of `priority` (kombu's naming, our key prefix)."""
     level = priority.level
-    name = kind.queue if level == 0 else f"{kind.queue}{_KOMBU_PRIORITY_SEPARATOR}{level}"
+    name = queue if level == 0 else f"{queue}{_KOMBU_PRIORITY_SEPARATOR}{level}"
     return f"{prefix}:{name}"
 
 

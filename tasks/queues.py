@@ -3,26 +3,34 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import redis
 
-from tasks.kinds import JobKind, Priority, queue_list_key
+from tasks.kinds import Priority
 from tasks.record import parse_time
+from tasks.served_models import models_by_kind, queue_lists
 
 
-def queue_depths(client: redis.Redis, prefix: str) -> dict[str, dict[str, int]]:
-    """Queued jobs per kind and priority, plus the total.
+def queue_depths(client: redis.Redis, prefix: str) -> dict[str, dict[str, Any]]:
+    """Queued jobs per kind and priority, plus the total, over every model of the kind; and
+    under "models", the same per model name (the default's queue and each other model's own).
     Jobs a worker has taken (running, or reserved) are not counted."""
-    kinds = list(JobKind)
+    by_kind = models_by_kind(client, prefix)
     with client.pipeline() as pipe:
-        for kind in kinds:
-            for priority in Priority:
-                pipe.llen(queue_list_key(kind, priority, prefix))
+        for kind, names in by_kind.items():
+            for name in names:
+                for key in queue_lists(kind, name, prefix):
+                    pipe.llen(key)
         lengths = iter(pipe.execute())
-    depths: dict[str, dict[str, int]] = {}
-    for kind in kinds:
-        per_priority = {priority.value: int(next(lengths)) for priority in Priority}
-        depths[kind.value] = {**per_priority, "total": sum(per_priority.values())}
+    depths: dict[str, dict[str, Any]] = {}
+    for kind, names in by_kind.items():
+        per_model = {}
+        for name in names:
+            per_priority = {priority.value: int(next(lengths)) for priority in Priority}
+            per_model[name] = {**per_priority, "total": sum(per_priority.values())}
+        totals = {p: sum(m[p] for m in per_model.values()) for p in [*(q.value for q in Priority), "total"]}
+        depths[kind.value] = {**totals, "models": per_model}
     return depths
 
 
@@ -35,10 +43,9 @@ def oldest_queued_age_s(client: redis.Redis, prefix: str, now: float | None = No
     already ended (canceled while queued) is skipped, a few at most per list."""
     now = time.time() if now is None else now
     ages: dict[str, float] = {}
-    for kind in JobKind:
+    for kind, names in models_by_kind(client, prefix).items():
         created = []
-        for priority in Priority:
-            key = queue_list_key(kind, priority, prefix)
+        for key in (key for name in names for key in queue_lists(kind, name, prefix)):
             for raw in client.lrange(key, -_TAIL_LOOKUP, -1)[::-1]:
                 job_id = json.loads(raw).get("headers", {}).get("id")
                 status, created_at = client.hmget(f"{prefix}:job:{job_id}", "status", "created_at")

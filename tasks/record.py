@@ -70,7 +70,8 @@ class JobRecord:
     error: dict[str, str] | None = None
     metrics: dict[str, float | int | None] = field(default_factory=dict)
     worker: str | None = None
-    model: str | None = None
+    model: str | None = None  # the model's name within the kind (blip, vit-gpt2), chosen at submit
+    model_id: str | None = None  # what ran it: Hugging Face id (or folder), @revision when pinned
     attempt: int = 0
     cancel_requested: bool = False  # a client asked to cancel while it was running
     idempotency_key: str | None = None

@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.kinds import JobKind
 from tasks.limits import Limits
 # The model tables (role -> default Hugging Face id / models-dir sub-folder) live in the catalogue.
-from tasks.models import DEFAULT_MODELS, MODEL_DIR_NAMES  # noqa: F401 - re-exported
+from tasks.models import (  # noqa: F401 - DEFAULT_MODELS and MODEL_DIR_NAMES re-exported
+    CATALOGUE, DEFAULT_MODELS, MODEL_DIR_NAMES, ROLE_MODELS, ModelRef, parse_model_list,
+)
 from tasks.ssrf import AllowList, BucketAllowList
 from tasks.webhooks import secret_key
 
@@ -76,6 +78,9 @@ class Settings(BaseModel):
     png_compress_level: int = Field(1, ge=0, le=9)
     models: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
     revisions: dict[str, str | None] = Field(default_factory=dict)
+    # VISIONQ_MODELS: models beside the kind defaults, "kind/name" -> weights, from
+    # "kind/name=hf_id[@revision],..." (tasks.models.parse_model_list; docs/models.md).
+    named_models: dict[str, ModelRef] = Field(default_factory=dict)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     torch_threads: int | None = Field(None, ge=1)
     fetch_allow: AllowList = AllowList()  # CIDRs/hosts that image URLs may reach despite the SSRF guard
@@ -121,6 +126,11 @@ class Settings(BaseModel):
     @classmethod
     def _parse_bucket_list(cls, value: Any) -> Any:
         return BucketAllowList.parse(value) if isinstance(value, str) or value is None else value
+
+    @field_validator("named_models", mode="before")
+    @classmethod
+    def _parse_named_models(cls, value: Any) -> Any:
+        return parse_model_list(value) if isinstance(value, str) else value
 
     @field_validator("webhook_secret")
     @classmethod
@@ -184,6 +194,12 @@ class Settings(BaseModel):
             if env.get(variable, "") != "":
                 values[name] = env[variable]
         values["models"] = _models_from_env(env)
+        if env.get("VISIONQ_MODELS_DIR"):
+            try:
+                explicit = parse_model_list(env.get("VISIONQ_MODELS", ""))
+            except ValueError as exc:
+                raise SettingsError(f"VISIONQ_MODELS: {exc}") from None
+            values["named_models"] = {**named_models_in(env["VISIONQ_MODELS_DIR"]), **explicit}
         values["revisions"] = {
             role: env.get(f"VISIONQ_{role.upper()}_REVISION") or None for role in DEFAULT_MODELS
         }
@@ -199,7 +215,8 @@ class Settings(BaseModel):
 
     def with_models_dir(self, models_dir: str | Path) -> Settings:
         """Every model read from a folder laid out like `visionq models tiny DIR`."""
-        return self.model_copy(update={"models": models_in(models_dir), "revisions": {}})
+        named = {**self.named_models, **named_models_in(models_dir)}
+        return self.model_copy(update={"models": models_in(models_dir), "revisions": {}, "named_models": named})
 
     def model_for(self, role: str) -> tuple[str, str | None]:
         return self.models[role], self.revisions.get(role)
@@ -215,6 +232,13 @@ def models_in(models_dir: str | Path) -> dict[str, str]:
     """Role -> model folder inside a directory laid out like `visionq models tiny DIR`."""
     root = Path(models_dir).resolve()
     return {role: str(root / MODEL_DIR_NAMES[role]) for role in DEFAULT_MODELS}
+
+
+def named_models_in(models_dir: str | Path) -> dict[str, ModelRef]:
+    """The catalogue's other models (not the kind defaults) in a `visionq models tiny DIR` folder."""
+    root = Path(models_dir).resolve()
+    defaults = set(ROLE_MODELS.values())
+    return {e.full_name: ModelRef(str(root / e.folder)) for e in CATALOGUE if e.full_name not in defaults}
 
 
 def redacted_url(url: str) -> str:
@@ -234,6 +258,7 @@ _SCALAR_VARIABLES: dict[str, str] = {
     if name not in ("models", "revisions", "limits", "time_limits_s", "max_batch", "queue_timeouts_s")
 }
 _SCALAR_VARIABLES["visibility_timeout_s"] = "VISIONQ_VISIBILITY_TIMEOUT"
+_SCALAR_VARIABLES["named_models"] = "VISIONQ_MODELS"
 
 
 def _known_variables() -> set[str]:

@@ -112,7 +112,7 @@ class JobStore:
         self, kind: JobKind, input_record: dict[str, Any], idempotency_key: str | None = None,
         webhook: dict[str, Any] | None = None, priority: str = "normal",
         message: dict[str, Any] | None = None, tenant: str | None = None,
-        queue_timeout_s: float | None = None,
+        queue_timeout_s: float | None = None, model: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """Store a new queued job. With an idempotency key already used within the
         TTL, returns the existing job and False instead (nothing new is stored).
@@ -120,11 +120,12 @@ class JobStore:
         `message` is the request as the queue message carries it, kept while the job
         is queued when it differs from `input_record` (inline image data), so that
         the sweeper can publish a lost message again (`queued_message`).
-        `queue_timeout_s`: past it, unstarted, the job fails `expired` (tasks/expiry.py)."""
+        `queue_timeout_s`: past it, unstarted, the job fails `expired` (tasks/expiry.py).
+        `model`: the model's name within the kind (tasks/served_models.py); None: the default."""
         record = JobRecord(
             id=new_job_id(), kind=kind, status=JobStatus.QUEUED, created_at=utc_now(),
             input=input_record, idempotency_key=idempotency_key, webhook=webhook, priority=priority,
-            tenant=tenant, queue_timeout_s=queue_timeout_s,
+            tenant=tenant, queue_timeout_s=queue_timeout_s, model=model,
         )
         if idempotency_key is not None:
             claimed = self.redis.set(

@@ -79,7 +79,8 @@ class ModelExecutor:
         key = None
         if self.max_batch.get(kind, 1) > 1:
             own_key = pipeline.batch_key(request)
-            key = None if own_key is None else (kind, own_key)
+            # Two models of one kind never share a batch: the pipeline is part of the key.
+            key = None if own_key is None else (kind, id(pipeline), own_key)
         item = _Item(kind, pipeline, request, image, progress, job_id, limit_s, start, key, priority)
         with self._arriving_lock:
             self._queue.put(item)

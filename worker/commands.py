@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.kinds import parse_kinds
+from tasks.kinds import ALL_KINDS, parse_kinds
 from tasks.preflight import Unreachable, check_services
 from tasks.settings import Settings
 
@@ -24,12 +24,12 @@ def serve(args: argparse.Namespace) -> int:
     from worker.device import pin_device
 
     try:
-        kinds = parse_kinds(args.kinds)
         settings = Settings.from_env(device=args.device)
         if args.models:
             if not Path(args.models).is_dir():
                 raise ValueError(f"--models {args.models}: no such folder")
             settings = settings.with_models_dir(args.models)
+        models = served_models(args, settings)
         device = pin_device(settings.device)  # before anything imports torch
     except ValueError as exc:
         print(f"visionq worker: {exc}", file=sys.stderr)
@@ -38,16 +38,31 @@ def serve(args: argparse.Namespace) -> int:
     if (code := _check_services(settings)) != 0:
         return code
     from tasks.errors import VisionqError
+    from worker.model_memory import ModelsDoNotFit
     from worker.process import default_worker_name, run_worker
 
     try:
         metrics_address = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
-        run_worker(settings, kinds, device, args.name or default_worker_name(device), args.loglevel, metrics_address)
+        run_worker(settings, models, device, args.name or default_worker_name(device), args.loglevel, metrics_address)
+    except ModelsDoNotFit as exc:  # refused before loading: the message names each model and the budget
+        print(f"visionq worker: {exc.message}", file=sys.stderr)
+        return 1
     except VisionqError as exc:  # a model that cannot load: fatal, with the reason and a way out
         print(f"visionq worker: {exc.message}\n(offline? build tiny models with `visionq models tiny DIR` "
               "and pass --models DIR)", file=sys.stderr)
         return 1
     return 0
+
+
+def served_models(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The models this worker loads: --serve's names, else the defaults of --kinds (default: every kind)."""
+    from worker.loader import default_names, parse_served  # torch-free: nothing is loaded yet
+
+    if args.serve is not None:
+        if args.kinds is not None:
+            raise ValueError("--serve and --kinds: give one (--serve names the models, and so the kinds)")
+        return parse_served(args.serve, settings)
+    return default_names(parse_kinds(args.kinds or ",".join(kind.value for kind in ALL_KINDS)))
 
 
 def deliver_webhooks(concurrency: int, loglevel: str) -> int:
@@ -104,7 +119,9 @@ def _supervise(args: argparse.Namespace) -> int:
         device = args.device or settings.device
         if gpus is None and device == "auto":
             device = "cpu"  # replicas without --gpus: say cuda:N to put them on one GPU
-        passthrough = ["--kinds", args.kinds, "--loglevel", args.loglevel, "--metrics-host", args.metrics_host]
+        passthrough = ["--loglevel", args.loglevel, "--metrics-host", args.metrics_host]
+        passthrough += ["--serve", args.serve] if args.serve is not None else []
+        passthrough += ["--kinds", args.kinds] if args.kinds is not None else []
         if args.models:
             passthrough += ["--models", args.models]
         slots = plan_slots(gpus, args.replicas or 1, device, passthrough, metrics_port=args.metrics_port)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tasks.errors import ModelError
 from tasks.kinds import JobKind
-from tasks.models import model_entry
+from tasks.models import CATALOGUE, ROLE_MODELS, model_entry
 from tasks.settings import Settings
 from worker.pipelines.base import ModelSpec, Pipeline
 
@@ -20,47 +20,103 @@ def model_loads() -> int:
     return _loads
 
 
-def load_pipelines(settings: Settings, kinds: list[JobKind], device: str) -> dict[JobKind, Pipeline]:
-    """Every pipeline loaded on `device` and warmed up with one real inference."""
+def load_served(settings: Settings, names: list[str], device: str) -> dict[str, Pipeline]:
+    """Every model of `names` ("kind/name", tasks.models) loaded on `device` and warmed up with one
+    real inference, keyed by name. Whether they fit is `check_memory`'s question, asked first."""
     from worker.loading import pick_dtype
 
     dtype = pick_dtype(device)
-    check_memory(settings, kinds, device)
-    pipelines: dict[JobKind, Pipeline] = {}
-    for kind in kinds:
+    pipelines: dict[str, Pipeline] = {}
+    for name in names:
         started = time.perf_counter()
-        pipelines[kind] = load_default_pipeline(kind, settings, device, dtype)
+        pipelines[name] = load_served_pipeline(name, settings, device, dtype)
         loaded = time.perf_counter()
-        pipelines[kind].warm_up()
+        pipelines[name].warm_up()
         log.info(
-            "%s: loaded %s in %.2f s, warmed up in %.2f s", kind.value, pipelines[kind].model_label,
+            "%s: loaded %s in %.2f s, warmed up in %.2f s", name, pipelines[name].model_label,
             loaded - started, time.perf_counter() - loaded,
         )
     return pipelines
 
 
-def check_memory(settings: Settings, kinds: list[JobKind], device: str) -> dict[str, int]:
-    """Model label -> weights bytes of what `kinds` load, from the safetensors headers; ModelError,
-    before any loading, if together they exceed the worker's budget. No budget (the CPU without
-    VISIONQ_MEMORY_BUDGET_MB): nothing to check, nothing read."""
+def load_pipelines(settings: Settings, kinds: list[JobKind], device: str) -> dict[JobKind, Pipeline]:
+    """The default models of `kinds`, checked against the memory budget, loaded and warmed up,
+    by kind (what the benchmarks serve)."""
+    names = default_names(kinds)
+    check_memory(settings, names, device)
+    return {JobKind(name.split("/", 1)[0]): pipeline for name, pipeline in load_served(settings, names, device).items()}
+
+
+def default_names(kinds: list[JobKind]) -> list[str]:
+    """What a worker serves without --serve: the default model of each of `kinds`."""
+    return [ROLE_MODELS[kind.value] for kind in kinds]
+
+
+def parse_served(text: str, settings: Settings) -> list[str]:
+    """`--serve caption/blip,caption/vit-gpt2`: names the settings can load; ValueError naming the unknown."""
+    known = {entry.full_name for entry in CATALOGUE} | set(settings.named_models)
+    names: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part not in known:
+            raise ValueError(f"--serve {part!r} is not a model; known: {', '.join(sorted(known))}")
+        if part not in names:
+            names.append(part)
+    if not names:
+        raise ValueError("--serve names no model")
+    return names
+
+
+def check_memory(settings: Settings, names: list[str], device: str) -> dict[str, int]:
+    """Model name -> weights bytes of what `names` load, from the safetensors headers (what
+    `visionq workers` shows); ModelError, before any loading, if together they exceed the
+    worker's budget (none on the CPU without VISIONQ_MEMORY_BUDGET_MB). A model that cannot
+    be sized is left out, with a warning: loading it says what is wrong."""
     from worker.loading import pick_dtype
     from worker.model_memory import check_fits, memory_budget, weights_bytes
 
     budget, budget_name = memory_budget(device, settings.gpu_memory_fraction, settings.memory_budget_mb)
-    if budget is None:
-        return {}
     float_bytes = pick_dtype(device).itemsize
-    roles = [role for kind in kinds for role in ((kind.value, "semantic") if kind is JobKind.SEGMENT else (kind.value,))]
     estimates = {}
-    for role in roles:
-        spec = _spec(settings, role)
+    for name in names:
         try:
-            estimates[spec.label] = weights_bytes(spec, float_bytes)
+            estimates[name] = sum(weights_bytes(spec, float_bytes) for spec in served_specs(name, settings))
         except ModelError as exc:
-            # Unsized is not refused: loading it says what is wrong (missing, offline, pickles).
-            log.warning("%s: not sized before loading: %s", spec.label, exc.message)
+            log.warning("%s: not sized before loading: %s", name, exc.message)
     check_fits(estimates, budget, budget_name)
     return estimates
+
+
+def served_specs(name: str, settings: Settings) -> list[ModelSpec]:
+    """The weights model `name` loads: a kind default's from the per-role settings (segment's
+    default holds its semantic model too), another's from VISIONQ_MODELS or --models DIR, else
+    the catalogue's Hugging Face id(s)."""
+    entry_roles = [role for role, full_name in ROLE_MODELS.items() if full_name == name]
+    if entry_roles:
+        role = entry_roles[0]
+        roles = ["segment", "semantic"] if role == "segment" else [role]
+        return [_spec(settings, r) for r in roles]
+    if name in settings.named_models:
+        ref = settings.named_models[name]
+        return [ModelSpec(ref.model_id, ref.revision)]
+    entry = model_entry(name)
+    return [ModelSpec(entry.hf_id)] + ([ModelSpec(entry.second_id)] if entry.second_id else [])
+
+
+def load_served_pipeline(name: str, settings: Settings, device: str, dtype: object) -> Pipeline:
+    """The pipeline of model `name` as `served_specs` finds its weights; not warmed up."""
+    kind = JobKind(name.split("/", 1)[0])
+    if ROLE_MODELS.get(kind.value) == name:
+        return load_default_pipeline(kind, settings, device, dtype)
+    specs = served_specs(name, settings)
+    if len(specs) == 2:
+        from worker.pipelines.detect_segment import DetectSegmentPipeline
+
+        global _loads
+        _loads += 1
+        return DetectSegmentPipeline.load(specs[0], specs[1], device, dtype)
+    return load_pipeline(kind, specs[0], device, dtype)
 
 
 def _spec(settings: Settings, role: str) -> ModelSpec:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tasks.models import default_model
 from tasks.record import JobRecord
 
 WORKER_STATES = ("loading", "ready", "busy", "draining")
@@ -40,8 +41,8 @@ class WorkerMetrics:
         """`state()`: this worker's state now (its heartbeat's: loading, ready, busy, draining)."""
         self.registry = CollectorRegistry()
         self.jobs = Counter(
-            "visionq_jobs", "Jobs this worker ended, by kind, final status and error code (none on success)",
-            ["kind", "status", "error_code"], registry=self.registry,
+            "visionq_jobs", "Jobs this worker ended, by kind, model, final status and error code (none on success)",
+            ["kind", "model", "status", "error_code"], registry=self.registry,
         )
         self.durations = {
             field: Histogram(name, doc, ["kind"], buckets=DURATION_BUCKETS_S, registry=self.registry)
@@ -65,7 +66,9 @@ class WorkerMetrics:
         """One job this worker ended (ran, or expired)."""
         code = (record.error or {}).get("code", "none")
         kind = record.kind.value
-        self.jobs.labels(kind, record.status.value, code).inc()
+        # The model's name within the kind (blip, vit-gpt2); older records name none: the default.
+        model = record.model or default_model(kind)
+        self.jobs.labels(kind, model, record.status.value, code).inc()
         for field, histogram in self.durations.items():
             value = record.metrics.get(field)
             if value is not None:

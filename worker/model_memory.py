@@ -45,6 +45,10 @@ def read_header(path: Path) -> dict[str, dict[str, Any]]:
     return header
 
 
+class ModelsDoNotFit(ModelError):
+    """A worker's models need more memory than its budget: it refuses to start."""
+
+
 def check_fits(estimates: Mapping[str, int], budget_bytes: int | None, budget_name: str) -> None:
     """Refuse a set of models (name -> weights bytes) whose total exceeds the budget; None: no budget."""
     if budget_bytes is None:
@@ -52,7 +56,7 @@ def check_fits(estimates: Mapping[str, int], budget_bytes: int | None, budget_na
     total = sum(estimates.values())
     if total > budget_bytes:
         each = ", ".join(f"{name} {size / MIB:,.1f} MiB" for name, size in estimates.items())
-        raise ModelError(
+        raise ModelsDoNotFit(
             f"the models' weights need {total / MIB:,.1f} MiB ({each}), more than {budget_name} allows "
             f"({budget_bytes / MIB:,.1f} MiB): serve fewer models on this worker or raise the budget"
         )

@@ -21,6 +21,8 @@ from celery import signals
 from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
 from tasks.kinds import JobKind
+from tasks.models import model_queue
+from tasks.served_models import publish_served
 from tasks.settings import Settings
 from tasks.storage import open_storage
 from tasks.store import JobStore
@@ -48,15 +50,15 @@ def default_worker_name(device: str) -> str:
 
 
 def run_worker(
-    settings: Settings, kinds: list[JobKind], device: str, name: str, loglevel: str = "INFO",
+    settings: Settings, models: list[str], device: str, name: str, loglevel: str = "INFO",
     metrics_address: tuple[str, int] | None = None,
 ) -> None:
-    """Load and warm up the models of `kinds` on `device`, then serve them
+    """Load and warm up `models` ("kind/name", tasks.models) on `device`, then serve them
     (and /metrics on `metrics_address`, (host, port), when given)."""
     import torch
 
     from worker.device import check_device
-    from worker.loader import load_pipelines
+    from worker.loader import check_memory, load_served
 
     check_device(device)
     if device.startswith("cuda") and settings.gpu_memory_fraction:
@@ -66,14 +68,19 @@ def run_worker(
         torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, 0)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    serve(settings, lambda: load_pipelines(settings, kinds, device), name, device, loglevel, metrics_address)
+    weights = check_memory(settings, models, device)  # refuses a set that does not fit, before loading
+    serve(settings, lambda: load_served(settings, models, device), name, device, loglevel, metrics_address,
+          weights_bytes=weights)
 
 
 def serve(
-    settings: Settings, load: Callable[[], dict[JobKind, Pipeline]], name: str, device: str,
+    settings: Settings, load: Callable[[], dict[str, Pipeline]], name: str, device: str,
     loglevel: str = "INFO", metrics_address: tuple[str, int] | None = None,
+    weights_bytes: dict[str, int] | None = None,
 ) -> None:
-    """Announce `loading`, run `load`, then consume the queues of the kinds it returned.
+    """Announce `loading`, run `load` (model name "kind/name" -> pipeline), then consume the
+    queues of the models it returned. `weights_bytes`: each model's estimated weights (shown
+    by `visionq workers`).
 
     Separate from `run_worker` so the benchmarks can serve stand-in pipelines
     through exactly the same runtime."""
@@ -88,11 +95,14 @@ def serve(
     try:
         observer = Observer(lambda: heartbeat.state["state"], metrics_address)  # metrics, logs, Celery's view
         pipelines = observer.timed_load(load)
-        kinds = list(pipelines)
+        kinds = list(dict.fromkeys(JobKind(model.split("/", 1)[0]) for model in pipelines))
+        queues = [model_queue(*model.split("/", 1)) for model in pipelines]
         heartbeat.update(
             kinds=[k.value for k in kinds], model_loads=loader.model_loads(),
-            models={k.value: p.model_label for k, p in pipelines.items()},
+            models=served_models_info(pipelines, weights_bytes or {}),
         )
+        # Before consuming: a submit naming one of these models is accepted from now on.
+        publish_served(client, settings.redis_prefix, name, {m: p.model_label for m, p in pipelines.items()})
         storage = open_storage(
             settings.storage_url, presign_expiry_s=settings.presign_expiry_s, retry_s=settings.storage_retry_s
         )
@@ -127,7 +137,7 @@ def serve(
         # JSON logs (VISIONQ_LOG_FORMAT=json): no banner, so every line is a JSON object.
         quiet = ["--quiet"] if settings.log_format == "json" else []
         app.worker_main([
-            *quiet, "worker", "--queues", ",".join(k.queue for k in kinds), "--pool", "threads",
+            *quiet, "worker", "--queues", ",".join(queues), "--pool", "threads",
             "--concurrency", str(slots), "--hostname", name, "--loglevel", loglevel,
             "--without-gossip", "--without-mingle",
         ])
@@ -138,6 +148,16 @@ def serve(
             raise SystemExit(EXIT_UNEXPECTED_STOP)
     finally:
         heartbeat.stop()
+
+
+def served_models_info(pipelines: dict[str, Pipeline], weights_bytes: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """What the heartbeat says of each model served: "kind/name" -> its weights, queue and memory."""
+    info = {}
+    for model, pipeline in pipelines.items():
+        size = weights_bytes.get(model)
+        info[model] = {"model_id": pipeline.model_label, "queue": model_queue(*model.split("/", 1)),
+                       "weights_mb": None if size is None else round(size / 2**20, 1)}
+    return info
 
 
 def register_tasks(app: Any, runner: JobRunner, kinds: list[JobKind], leases: Leases, observer: Observer) -> None:

@@ -21,6 +21,7 @@ from tasks.errors import (
 )
 from tasks.deliveries import EventPublisher
 from tasks.kinds import JobKind, Priority
+from tasks.models import default_model
 from tasks.record import JobRecord, check_job_id, ms_between, utc_now
 from tasks.schemas import check_image_work, parse_request
 from tasks.settings import Settings
@@ -49,12 +50,13 @@ class JobRunner:
         store: JobStore,
         storage: Storage,
         inputs: InputReader,
-        pipelines: dict[JobKind, Pipeline],
+        pipelines: dict[str, Pipeline],
         worker_name: str,
         events: EventPublisher | None = None,
         watchdog: Watchdog | None = None,
     ) -> None:
-        """`watchdog`: the hard time limit, which ends the process; worker processes
+        """`pipelines`: by model name, "kind/name" (tasks.models); each job runs its record's model.
+        `watchdog`: the hard time limit, which ends the process; worker processes
         pass one, tests running jobs in their own process do not."""
         self.settings = settings
         self.store = store
@@ -105,7 +107,13 @@ class JobRunner:
             log.error("%s", error.message)
             self._finish(record, JobStatus.FAILED, metrics, error=error.to_dict())
             return
-        pipeline = self.pipelines[kind]
+        pipeline = self.pipelines.get(served_name(kind, record.model))
+        if pipeline is None:
+            # Only on a queue this worker consumes by mistake: its model's own queue is elsewhere.
+            error = InternalError(f"worker {self.worker_name} does not serve {served_name(kind, record.model)}; "
+                                  f"it serves {', '.join(sorted(self.pipelines))}")
+            self._finish(record, JobStatus.FAILED, metrics, error=error.to_dict())
+            return
         self.executor.expect()
         handed_over = False
         try:
@@ -138,7 +146,7 @@ class JobRunner:
                 )
             metrics.update(publish_timings)
             if result.model:
-                record.model = result.model
+                record.model_id = result.model
             self._finish(record, JobStatus.SUCCEEDED, metrics, output=output)
         except _NotStarted:
             return  # canceled while it waited for the model; already final
@@ -170,11 +178,11 @@ class JobRunner:
         started_at = utc_now()
         if not until_redis_answers(lambda: self.store.transition(
             record.id, JobStatus.RUNNING, attempt_increment=1, started_at=started_at,
-            worker=self.worker_name, model=pipeline.model_label, progress=0.0,
+            worker=self.worker_name, model_id=pipeline.model_label, progress=0.0,
         )):
             raise _NotStarted(record.id)
         record.status, record.started_at, record.worker = JobStatus.RUNNING, started_at, self.worker_name
-        record.model, record.attempt = pipeline.model_label, record.attempt + 1
+        record.model_id, record.attempt = pipeline.model_label, record.attempt + 1
         self._publish(record, EventType.STARTED)
 
     def _finish(
@@ -200,7 +208,7 @@ class JobRunner:
                 log.warning("job %s: result.json not written: %s", record.id, exc.message)
         fields = {
             "completed_at": final.completed_at, "output": final.output, "error": final.error,
-            "metrics": final.metrics, "model": final.model,
+            "metrics": final.metrics, "model_id": final.model_id,
         }
         if status is JobStatus.SUCCEEDED:
             fields["progress"] = 1.0
@@ -231,6 +239,11 @@ class JobRunner:
                 until_redis_answers(lambda: events.publish(record, event))
         except Exception:  # noqa: BLE001 - a webhook event never fails its job
             log.exception("job %s: could not queue its %s event", record.id, event.value if event else "final")
+
+
+def served_name(kind: JobKind, model: str | None) -> str:
+    """The "kind/name" a job of `kind` for model `model` (None: the default, as in older records) runs."""
+    return f"{kind.value}/{model or default_model(kind.value)}"
 
 
 class _ProgressReporter:

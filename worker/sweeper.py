@@ -14,6 +14,7 @@ starts counts toward VISIONQ_MAX_ATTEMPTS).
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -23,7 +24,9 @@ import redis
 
 from tasks.errors import JobNotFound
 from tasks.expiry import past_start_deadline
-from tasks.kinds import JobKind, Priority, queue_list_key
+from tasks.kinds import JobKind, Priority
+from tasks.models import model_queue
+from tasks.served_models import queue_lists
 from tasks.status import JobStatus
 from tasks.store import JobStore
 
@@ -65,7 +68,7 @@ class Sweeper:
     confirm_s = 1.0  # a message must be missing twice, this far apart
 
     def __init__(
-        self, store: JobStore, publish: Callable[[JobKind, str, dict[str, Any], Priority], None],
+        self, store: JobStore, publish: Callable[[JobKind, str, dict[str, Any], Priority, str | None], None],
         grace_s: float, *, sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
@@ -122,23 +125,31 @@ class Sweeper:
                 continue  # the expirer ends it `expired` (worker/expiry.py); republishing would only feed a dead job
             message = self.store.queued_message(record)
             log.warning("job %s is queued but its message is nowhere in Redis; publishing it again", job_id)
-            self.publish(record.kind, job_id, message, Priority(record.priority))
+            self.publish(record.kind, job_id, message, Priority(record.priority), record.model)
             self.store.mark_queued_seen([job_id])
             republished.append(job_id)
         return republished
 
     def _find_absent(self, job_ids: list[str]) -> set[str]:
         prefix = self.store.prefix
-        lists = [queue_list_key(kind, priority, prefix) for kind in JobKind for priority in Priority]
-        absent = self._absent(keys=[*lists, unacked_key(prefix)], args=job_ids)
+        lists = {key for kind in JobKind for key in queue_lists(kind, None, prefix)}
+        # A job for another model than its kind's default waits on that model's own queue.
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(self.store.job_key(job_id), "kind", "model")
+            for kind, model in pipe.execute():
+                if kind is not None and model is not None:
+                    lists.update(queue_lists(JobKind(json.loads(kind)), json.loads(model), prefix))
+        absent = self._absent(keys=[*sorted(lists), unacked_key(prefix)], args=job_ids)
         return {i.decode() for i in absent}
 
 
-def celery_publisher(app: Any) -> Callable[[JobKind, str, dict[str, Any], Priority], None]:
-    """Publish a job's message exactly as the producer does (worker's Celery app)."""
-    def publish(kind: JobKind, job_id: str, request: dict[str, Any], priority: Priority) -> None:
+def celery_publisher(app: Any) -> Callable[[JobKind, str, dict[str, Any], Priority, str | None], None]:
+    """Publish a job's message exactly as the producer does (worker's Celery app): on the
+    queue of the job's own model, so only workers that loaded it take it again."""
+    def publish(kind: JobKind, job_id: str, request: dict[str, Any], priority: Priority, model: str | None = None) -> None:
         app.send_task(
             kind.task_name, kwargs={"job_id": job_id, "request": request},
-            queue=kind.queue, task_id=job_id, priority=priority.level,
+            queue=model_queue(kind.value, model), task_id=job_id, priority=priority.level,
         )
     return publish

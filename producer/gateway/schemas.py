@@ -61,6 +61,9 @@ class _JobOptions(_Strict):
     webhook_events: list[EventName] | None = Field(
         None, min_length=1, description="default: job.succeeded, job.failed, job.canceled")
     priority: Literal["high", "normal", "low"] = "normal"
+    model: str | None = Field(
+        None, max_length=100, description="a model this deployment serves, by its name within the kind "
+        "(e.g. vit-gpt2; caption/vit-gpt2 too); default: the kind's default (docs/models.md)")
     queue_timeout_s: float | None = Field(
         None, gt=0, description="seconds it may wait for a worker to start it before it fails `expired` "
         "(default VISIONQ_QUEUE_TIMEOUT_<KIND>_S; at most the job TTL)")
@@ -122,7 +125,8 @@ class JobRecord(BaseModel):
     error: ErrorDetail | None
     metrics: dict[str, Any]
     worker: str | None
-    model: str | None
+    model: str | None = Field(description="the model's name within the kind (blip, vit-gpt2)")
+    model_id: str | None = Field(None, description="the weights that ran it: Hugging Face id or folder, @revision")
     attempt: int
     priority: str
     webhook: dict[str, Any] | None

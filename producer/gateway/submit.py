@@ -18,14 +18,16 @@ from tasks.errors import InternalError, InvalidInput
 from tasks.expiry import check_queue_timeout
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
+from tasks.models import model_queue
 from tasks.record import JobRecord
 from tasks.schemas import JobRequest, parse_request, request_to_message, request_to_record
+from tasks.served_models import choose_model, registered_models
 from tasks.status import JobStatus
 from tasks.storage import S3Storage, input_key
 from tasks.webhooks import validate_webhook
 
 # The top-level fields of a job body; the method's parameters are in `input`.
-JOB_FIELDS = frozenset({"kind", "input", "webhook", "webhook_events", "priority", "queue_timeout_s"})
+JOB_FIELDS = frozenset({"kind", "input", "model", "webhook", "webhook_events", "priority", "queue_timeout_s"})
 MAX_BATCH_JOBS = 100
 _CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
@@ -38,6 +40,7 @@ class Checked:
     priority: Priority
     webhook: dict[str, Any] | None
     queue_timeout_s: float  # the body's, or the kind's default (tasks/expiry.py)
+    model: str  # the model's name within the kind: the body's `model`, or the default (tasks/served_models.py)
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,12 @@ class Submitter:
             record, created = services.store.create(
                 request.kind, request_to_record(request), idempotency_key, webhook, priority.value,
                 message=request_to_message(request), tenant=caller.tenant, queue_timeout_s=checked.queue_timeout_s,
+                model=checked.model,
             )
             if not created:
                 services.tenant_jobs.release(caller.tenant, token)
-                if _fingerprint(record) != (request.kind.value, request_to_record(request), priority.value, webhook):
+                if _fingerprint(record) != (request.kind.value, request_to_record(request), priority.value, webhook,
+                                            checked.model):
                     raise Conflict(
                         f"Idempotency-Key {idempotency_key!r} was used for job {record.id} with another body"
                     )
@@ -92,7 +97,7 @@ class Submitter:
 
     def _parse(
         self, tenant: str, body: Any, image: bytes | None,
-    ) -> tuple[JobRequest, Priority, dict[str, Any] | None, float]:
+    ) -> tuple[JobRequest, Priority, dict[str, Any] | None, float, str]:
         if not isinstance(body, dict):
             raise InvalidInput(f"a job must be a JSON object, got {type(body).__name__}")
         unknown = set(body) - JOB_FIELDS
@@ -129,7 +134,9 @@ class Submitter:
             raise InvalidInput("webhook_events needs a webhook URL")
         webhook = None if url is None else validate_webhook(url, events, self.settings.limits, self.settings.webhook_allow)
         queue_timeout_s = check_queue_timeout(body.get("queue_timeout_s"), job_kind, self.settings)
-        return request, priority, webhook, queue_timeout_s
+        model = choose_model(job_kind, body.get("model"), self.settings.named_models,
+                             lambda: registered_models(self.services.redis, self.settings.redis_prefix))
+        return request, priority, webhook, queue_timeout_s, model
 
     def tenant_prefix(self, tenant: str) -> str | None:
         """The s3:// prefix whose objects this tenant may name as inputs (None with local storage)."""
@@ -167,7 +174,7 @@ class Submitter:
         try:
             self.services.celery.send_task(
                 request.kind.task_name, kwargs={"job_id": record.id, "request": request_to_message(request)},
-                queue=request.kind.queue, task_id=record.id, priority=priority.level,
+                queue=model_queue(request.kind.value, record.model), task_id=record.id, priority=priority.level,
             )
         except Exception as exc:
             # Never leave a record that says queued for a message that was never sent.
@@ -176,6 +183,6 @@ class Submitter:
             raise Unavailable(f"could not enqueue job {record.id}: {exc}") from exc
 
 
-def _fingerprint(record: JobRecord) -> tuple[str, dict[str, Any], str, dict[str, Any] | None]:
+def _fingerprint(record: JobRecord) -> tuple[str, dict[str, Any], str, dict[str, Any] | None, str | None]:
     """What makes two submits the same job (for Idempotency-Key repeats)."""
-    return record.kind.value, record.input, record.priority, record.webhook
+    return record.kind.value, record.input, record.priority, record.webhook, record.model

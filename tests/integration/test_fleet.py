@@ -110,7 +110,7 @@ def test_ready_only_after_loading_and_warm_up(fleet_env: dict, fleet_client: Cli
 
         wait_until(record_state, TIMEOUT, "ready")
         assert states[0] == "loading"
-        assert process.heartbeat()["models"]["caption"].endswith("caption")
+        assert process.heartbeat()["models"]["caption/blip"]["model_id"].endswith("caption")
     finally:
         process.stop()
 

@@ -45,7 +45,7 @@ def test_caption_end_to_end(client: Client, s3: object) -> None:
     assert record["status"] == "succeeded", record["error"]
     assert isinstance(record["output"]["text"], str)
     assert record["attempt"] == 1
-    assert record["worker"] and record["model"].endswith("caption")
+    assert record["worker"] and record["model"] == "blip" and record["model_id"].endswith("caption")
     assert record["progress"] == 1.0
     assert set(record["metrics"]) >= {"queue_ms", "input_ms", "run_ms", "upload_ms", "total_ms", "batch_size"}
     assert record["input"]["image"].startswith(f"s3://{BUCKET}/svc/inputs/")

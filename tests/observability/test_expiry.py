@@ -41,7 +41,7 @@ def test_a_job_no_worker_starts_fails_expired_with_its_final_event(obs_client: A
     assert "1.5 s" in job.error["message"] and "VISIONQ_QUEUE_TIMEOUT_GENERATE_S" in job.error["message"]
     assert job.to_dict()["started_at"] is None
     assert _queued_messages(obs_client, JobKind.GENERATE) == messages_before  # its message left the queue too
-    key = 'visionq_jobs_total{error_code="expired",kind="generate",status="failed"}'
+    key = 'visionq_jobs_total{error_code="expired",kind="generate",model="sd",status="failed"}'
     wait_until(lambda: scrape(metrics_url).get(key, 0) - before.get(key, 0) == 1, 30, "the expiry counted once")
 
 
@@ -141,7 +141,7 @@ def test_the_sweeper_republishes_a_lost_message_only_inside_its_deadline(obs_cli
     past, _ = store.create(JobKind.GENERATE, {"prompt": "past"}, queue_timeout_s=0.2)
     time.sleep(0.5)  # both messages were never published: lost; one deadline has passed
     published: list[str] = []
-    sweeper = Sweeper(store, lambda kind, job_id, message, priority: published.append(job_id), grace_s=0.1,
+    sweeper = Sweeper(store, lambda kind, job_id, message, priority, model: published.append(job_id), grace_s=0.1,
                       sleep=lambda _s: None)
     assert sweeper.sweep() == [inside.id]
     assert published == [inside.id] and store.get(past.id).status.value == "queued"  # left to the expirer

@@ -25,7 +25,7 @@ def test_after_n_jobs_the_counters_and_every_histogram_count_n(obs_client: objec
     after = scrape(metrics_url)
 
     assert _total(after, "visionq_jobs_total") - _total(before, "visionq_jobs_total") == n
-    key = 'visionq_jobs_total{error_code="none",kind="segment",status="succeeded"}'
+    key = 'visionq_jobs_total{error_code="none",kind="segment",model="clipseg",status="succeeded"}'
     assert after[key] - before.get(key, 0) == n
     for histogram in (*DURATION_HISTOGRAMS, "visionq_job_batch_size"):
         count = f'{histogram}_count{{kind="segment"}}'
@@ -37,7 +37,7 @@ def test_a_failed_job_is_counted_with_its_error_code(obs_client: object, metrics
     job = obs_client.caption(b"\x89PNG\r\n\x1a\n" + b"not a png")  # type: ignore[attr-defined]
     assert job.wait(timeout=120).error["code"] == "invalid_input"
     after = scrape(metrics_url)
-    key = 'visionq_jobs_total{error_code="invalid_input",kind="caption",status="failed"}'
+    key = 'visionq_jobs_total{error_code="invalid_input",kind="caption",model="blip",status="failed"}'
     assert after[key] - before.get(key, 0) == 1
 
 

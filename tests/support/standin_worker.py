@@ -89,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     from tasks.kinds import JobKind
+    from tasks.models import ROLE_MODELS
     from tasks.settings import Settings
     from worker.process import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pipelines = {JobKind.GENERATE: StandInGenerate(args.cost_ms / 1000, args.runs_file, args.gates)}
+    pipelines = {ROLE_MODELS[JobKind.GENERATE.value]: StandInGenerate(args.cost_ms / 1000, args.runs_file, args.gates)}
     serve(Settings.from_env(), lambda: pipelines, f"standin-{os.getpid()}@{socket.gethostname()}", "cpu",
           args.loglevel)
     return 0

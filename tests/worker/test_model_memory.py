@@ -12,7 +12,7 @@ from tasks.errors import ModelError
 from tasks.kinds import JobKind
 from tasks.models import CATALOGUE
 from tasks.settings import Settings
-from worker.loader import check_memory, load_pipelines
+from worker.loader import check_memory, default_names, load_pipelines
 from worker.model_memory import MIB, check_fits, loaded_files, memory_budget, read_header, weights_bytes
 from worker.pipelines.base import ModelSpec
 
@@ -82,13 +82,18 @@ def test_the_cpu_budget_is_the_setting() -> None:
 
 def test_a_worker_refuses_models_that_exceed_its_budget_before_loading(tiny_models: Path) -> None:
     kinds = [JobKind.CAPTION, JobKind.SEGMENT]
-    sizes = check_memory(Settings(memory_budget_mb=1000).with_models_dir(tiny_models), kinds, "cpu")
-    assert len(sizes) == 3  # caption, and segment's two models
+    names = default_names(kinds)
+    sizes = check_memory(Settings(memory_budget_mb=1000).with_models_dir(tiny_models), names, "cpu")
+    assert set(sizes) == {"caption/blip", "segment/clipseg"}  # segment's default holds its semantic model too
+    segment_parts = [weights_bytes(ModelSpec(str(tiny_models / folder)), 4)
+                     for folder in ("segment-prompted", "segment-semantic")]
+    assert sizes["segment/clipseg"] == sum(segment_parts)
     total_mb = sum(sizes.values()) / MIB
     tight = Settings(memory_budget_mb=total_mb * 0.99).with_models_dir(tiny_models)
     with pytest.raises(ModelError, match=r"more than VISIONQ_MEMORY_BUDGET_MB [\d.]+ allows"):
         load_pipelines(tight, kinds, "cpu")
     roomy = Settings(memory_budget_mb=total_mb * 1.01).with_models_dir(tiny_models)
     assert set(load_pipelines(roomy, kinds, "cpu")) == set(kinds)
-    assert check_memory(Settings().with_models_dir(tiny_models), kinds, "cpu") == {}  # no budget, no check
+    # Without a budget nothing is refused, and the sizes are still what `visionq workers` shows.
+    assert check_memory(Settings().with_models_dir(tiny_models), names, "cpu") == sizes
 

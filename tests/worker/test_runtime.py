@@ -14,6 +14,7 @@ from PIL import Image
 
 from tasks.errors import InvalidInput
 from tasks.kinds import JobKind
+from tasks.models import ROLE_MODELS
 from tasks.schemas import request_to_message, parse_request, request_to_record
 from tasks.settings import Settings
 from tasks.ssrf import AllowList
@@ -74,7 +75,7 @@ def harness(redis_client: redis.Redis, key_prefix: str, tmp_path: Path):
         return JobRunner(
             settings=settings, store=store, storage=storage,
             inputs=InputReader(storage, settings.limits, AllowList()),
-            pipelines={kind: StandIn(behaviour)}, worker_name="w-test",
+            pipelines={ROLE_MODELS[kind.value]: StandIn(behaviour)}, worker_name="w-test",
         )
 
     def submit(kind: JobKind, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -92,7 +93,7 @@ def test_success_records_output_metrics_and_result_json(harness) -> None:
     record = store.get(job_id)
     assert record.status is JobStatus.SUCCEEDED
     assert record.output["images"][0]["uri"].endswith(f"jobs/{job_id}/output-0.png")
-    assert record.worker == "w-test" and record.model == "stand-in" and record.attempt == 1
+    assert record.worker == "w-test" and record.model_id == "stand-in" and record.attempt == 1
     assert record.metrics["batch_size"] == 1 and record.metrics["total_ms"] >= record.metrics["run_ms"]
     result = json.loads((storage.root / "jobs" / job_id / "result.json").read_text())
     assert result["status"] == "succeeded" and result["output"] == record.output
@@ -115,7 +116,7 @@ def test_pipeline_failures_become_codes(harness, exc: Exception, code: str) -> N
     assert record.status is JobStatus.FAILED
     assert record.error["code"] == code
     # the same runner keeps serving
-    runner.pipelines[JobKind.GENERATE] = StandIn(succeed)
+    runner.pipelines[ROLE_MODELS["generate"]] = StandIn(succeed)
     next_id, next_message = submit(JobKind.GENERATE, {"prompt": "again"})
     runner.run(JobKind.GENERATE, next_id, next_message)
     assert store.get(next_id).status is JobStatus.SUCCEEDED

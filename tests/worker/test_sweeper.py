@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tasks.app import make_celery
-from tasks.kinds import JobKind, Priority, queue_list_key
+from tasks.kinds import JobKind, Priority, priority_list_key, queue_list_key
 from tasks.settings import Settings
 from tasks.store import JobStore
 from worker.sweeper import Sweeper, celery_publisher, unacked_key
@@ -91,3 +91,19 @@ def test_a_job_no_longer_queued_is_not_published(setup) -> None:
 
     assert Sweeper(store, publish, grace_s=15, sleep=it_finishes).sweep() == []
     assert message_ids(store.redis, queue) == []
+
+
+def test_a_job_for_another_model_is_searched_for_and_published_again_on_its_own_queue(setup) -> None:
+    store, publish, default_queue, _ = setup
+    request = {"image": "s3://b/x.png"}
+    record, _ = store.create(JobKind.CAPTION, request, message=request, model="vit-gpt2")
+    publish(JobKind.CAPTION, record.id, request, Priority.NORMAL, "vit-gpt2")
+    store.redis.zadd(store.queued_key, {record.id: time.time() - 100})
+    own_queue = priority_list_key("visionq.caption.vit-gpt2", Priority.NORMAL, store.prefix)
+    assert message_ids(store.redis, own_queue) == [record.id]
+    assert Sweeper(store, publish, grace_s=15, sleep=lambda s: None).sweep() == []  # found where it waits
+    store.redis.rpop(own_queue)  # lost between BRPOP and kombu's bookkeeping
+    store.redis.zadd(store.queued_key, {record.id: time.time() - 100})  # and not seen for a grace since
+    assert Sweeper(store, publish, grace_s=15, sleep=lambda s: None).sweep() == [record.id]
+    assert message_ids(store.redis, own_queue) == [record.id]  # back on the model's queue, not the kind's
+    assert message_ids(store.redis, queue_list_key(JobKind.CAPTION, Priority.NORMAL, store.prefix)) == []
