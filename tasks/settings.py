@@ -261,7 +261,7 @@ _SCALAR_VARIABLES["visibility_timeout_s"] = "VISIONQ_VISIBILITY_TIMEOUT"
 _SCALAR_VARIABLES["named_models"] = "VISIONQ_MODELS"
 
 
-def _known_variables() -> set[str]:
+def known_variables() -> set[str]:
     known = set(_SCALAR_VARIABLES.values()) | OTHER_VARIABLES | {"VISIONQ_MODELS_DIR"}
     for role in DEFAULT_MODELS:
         known |= {f"VISIONQ_{role.upper()}_MODEL", f"VISIONQ_{role.upper()}_REVISION"}
@@ -273,7 +273,7 @@ def _known_variables() -> set[str]:
 
 
 def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
-    known = _known_variables()
+    known = known_variables()
     for variable in sorted(env):
         if variable.startswith("VISIONQ_") and variable not in known:
             close = difflib.get_close_matches(variable, known, n=1)
