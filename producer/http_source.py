@@ -19,7 +19,7 @@ from PIL import Image
 
 from producer.http_errors import error_from_response
 from tasks.errors import InvalidInput
-from tasks.heartbeats import SERVING_STATES
+from tasks.heartbeats import serving_of
 from tasks.kinds import JobKind
 from tasks.record import JobRecord
 
@@ -120,7 +120,7 @@ class HttpJobSource:
             raise ConnectionError(f"cannot reach the gateway at {self.address} (VISIONQ_API_URL): {exc}") from exc
 
     def serving_kinds(self) -> set[str]:
-        return {kind for w in self.workers() if w.get("state") in SERVING_STATES for kind in w.get("kinds", [])}
+        return serving_of(self.workers())
 
     def queues(self) -> dict[str, dict[str, int]]:
         return self._call("GET", "/v1/queues")

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
+from tasks.models import default_model
 from tasks.record import JobRecord
 
 log = logging.getLogger("visionq")
@@ -126,9 +127,13 @@ class Job:
             serving = self._source.serving_kinds()
         except Exception:  # noqa: BLE001 - only a hint; the wait itself reports real failures
             return
-        if self.kind not in serving:
+        # A job that names its model (every new one does) needs a worker that loaded that model.
+        model = self._record.model
+        wanted = self.kind if model is None else f"{self.kind}/{model}"
+        if wanted not in serving:
+            shown = self.kind if model is None or model == default_model(self.kind) else wanted
             log.warning("no live worker serves %s: is `visionq worker` running against %s? (still waiting)",
-                        self.kind, self._source.address)
+                        shown, self._source.address)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.kind} {self.status}>"

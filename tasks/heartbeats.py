@@ -31,6 +31,12 @@ def worker_with_pid(client: redis.Redis, prefix: str, pid: int) -> dict[str, Any
 
 
 def serving_kinds(client: redis.Redis, prefix: str) -> set[str]:
-    """The job kinds some live worker is consuming now (loading and draining ones do not count)."""
-    return {kind for w in list_workers(client, prefix) if w.get("state") in SERVING_STATES
-            for kind in w.get("kinds", [])}
+    """The job kinds, and the models ("kind/name"), some live worker is consuming now (loading
+    and draining ones do not count)."""
+    return serving_of(list_workers(client, prefix))
+
+
+def serving_of(workers: list[dict[str, Any]]) -> set[str]:
+    """The kinds and "kind/name" models that the serving ones of these heartbeats consume."""
+    return {served for w in workers if w.get("state") in SERVING_STATES
+            for served in [*w.get("kinds", []), *w.get("models", {})]}

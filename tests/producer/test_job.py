@@ -73,3 +73,26 @@ def test_refresh_and_cancel_go_through_the_source() -> None:
     job = Job(source, record(JobStatus.QUEUED))
     assert job.refresh().status == "running"
     assert job.cancel().status == "canceled" and source.canceled == ["job-1"]
+
+
+def test_a_job_for_a_model_no_live_worker_loaded_says_which(caplog) -> None:
+    def for_vit_gpt2(status: JobStatus) -> JobRecord:
+        named = record(status)
+        named.model = "vit-gpt2"
+        return named
+
+    class ModelSource(ScriptedSource):
+        def wait(self, job_id: str, timeout_s: float | None,
+                 on_change: Callable[[JobRecord], None] | None = None) -> JobRecord:
+            outcome = self.waits.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+    # Workers serve caption, but only its default model: the job's model is what counts.
+    source = ModelSource([TimeoutError("still queued"), for_vit_gpt2(JobStatus.SUCCEEDED)],
+                         serving={"caption", "caption/blip"})
+    with caplog.at_level(logging.WARNING, logger="visionq"):
+        Job(source, for_vit_gpt2(JobStatus.QUEUED)).wait()
+    [note] = [r.getMessage() for r in caplog.records]
+    assert note.startswith("no live worker serves caption/vit-gpt2:")
