@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_wait_options(kind_parser)
         kind_parser.set_defaults(handler=_submit)
 
+    submit_many = commands.add_parser(
+        "submit-many", help="submit one job per line of a JSON-lines file (bodies as the gateway takes them)")
+    submit_many.add_argument("file", metavar="FILE.jsonl", help='one job a line: {"kind": ..., "input": {...}, ...}; - reads stdin')
+    submit_many.set_defaults(handler=_submit_many)
+
     status = commands.add_parser("status", help="show a job")
     status.add_argument("job_id")
     _add_wait_options(status)
@@ -188,6 +193,30 @@ def _submit(args: argparse.Namespace) -> int:
         print(job.id)
         return 0
     return _report(job, args)
+
+
+def _submit_many(args: argparse.Namespace) -> int:
+    """One line out per line in: the job id, or `error <code>: <message>`; exit 1 if any failed."""
+    from tasks.errors import InvalidInput
+
+    lines = (sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8")).read().splitlines()
+    requests: list[Any] = []
+    for number, line in enumerate(lines, 1):
+        try:
+            requests.append(json.loads(line))
+        except ValueError as exc:
+            requests.append(InvalidInput(f"line {number} is not JSON: {exc}"))
+    parsed = [r for r in requests if not isinstance(r, VisionqError)]
+    submitted = iter(_client().submit_many(parsed))
+    failed = 0
+    for request in requests:
+        outcome = request if isinstance(request, VisionqError) else next(submitted)
+        if isinstance(outcome, VisionqError):
+            failed += 1
+            print(f"error {outcome.code.value}: {outcome.message}")
+        else:
+            print(outcome.id)
+    return 1 if failed else 0
 
 
 def _status(args: argparse.Namespace) -> int:

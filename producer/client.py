@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 from urllib.parse import unquote, urlparse
@@ -13,18 +15,19 @@ from PIL import Image
 from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
 from tasks.expiry import check_queue_timeout
-from tasks.errors import InternalError, InvalidInput
+from tasks.errors import InvalidInput, VisionqError
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
+from tasks.messages import job_enqueue
 from tasks.models import model_queue
 from tasks.schemas import (
-    IMAGE_SCHEMES, JobRequest, parse_request, request_to_message, request_to_record,
+    IMAGE_SCHEMES, parse_request, request_to_message, request_to_record,
 )
 from tasks.served_models import choose_model, registered_models
 from tasks.settings import Settings
-from tasks.status import JobStatus
+from tasks.record import JobRecord
 from tasks.storage import Storage, input_key, open_storage
-from tasks.store import JobStore
+from tasks.store import JobStore, NewJob
 from tasks.webhooks import secret_key, validate_webhook
 from producer.job import Job
 from producer.redis_source import RedisJobSource
@@ -32,6 +35,39 @@ from producer.redis_source import RedisJobSource
 ImageInput = Union[str, Path, bytes, bytearray, Image.Image]
 
 _CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+# The options of a bulk request besides kind and input: the keyword options of `Client.caption` & co.
+_BULK_OPTIONS = frozenset({
+    "priority", "idempotency_key", "webhook", "webhook_events", "webhook_secret", "model", "queue_timeout_s",
+})
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A checked submit, ready to be written: the job, its (list, message) and webhook secret."""
+
+    new: NewJob
+    enqueue: tuple[str, str]
+    webhook_secret: str | None
+
+
+def _bulk_request(request: Any, index: int) -> tuple[JobKind, dict[str, Any], dict[str, Any]]:
+    """(kind, parameters, options) of one `submit_many` request; InvalidInput naming its index."""
+    if not isinstance(request, dict):
+        raise InvalidInput(f"request {index} must be an object, got {type(request).__name__}")
+    unknown = set(request) - _BULK_OPTIONS - {"kind", "input"}
+    if unknown:
+        raise InvalidInput(f"request {index}: unknown field(s) {', '.join(sorted(unknown))}; "
+                           "the method's parameters go in \"input\"")
+    try:
+        kind = JobKind(request.get("kind"))
+    except ValueError:
+        known = ", ".join(k.value for k in JobKind)
+        raise InvalidInput(f"request {index}: kind {request.get('kind')!r} is not one of {known}") from None
+    params = request.get("input", {})
+    if not isinstance(params, dict):
+        raise InvalidInput(f"request {index}: input must be an object, got {type(params).__name__}")
+    options = {name: request[name] for name in _BULK_OPTIONS if name in request}
+    return kind, dict(params), options
 
 
 class Client:
@@ -59,6 +95,8 @@ class Client:
         self.events = EventPublisher(self.store, self.deliveries, self.celery)
         self.jobs = RedisJobSource(self.store, self.events, self.settings.redis_url)
         self._storage: Storage | None = None
+        self._sent_events: Any = None  # Celery's event dispatcher, built on the first task-sent event
+        self._events_lock = threading.Lock()
 
     @property
     def storage(self) -> Storage:
@@ -100,12 +138,28 @@ class Client:
         its next checkpoint (every denoising step for generate). Final jobs are left as they are."""
         return Job(self.jobs, self.jobs.cancel(job_id))
 
-    def _submit(
-        self, kind: JobKind, params: dict[str, Any], *, idempotency_key: str | None = None,
-        webhook: str | None = None, webhook_events: list[str] | None = None,
-        webhook_secret: str | None = None, priority: str = "normal", queue_timeout_s: float | None = None,
-        model: str | None = None,
-    ) -> Job:
+    def submit_many(self, requests: list[dict[str, Any]], *, chunk_size: int = 500) -> list[Job | VisionqError]:
+        """Submit many jobs, pipelined `chunk_size` at a time (one round trip per chunk).
+
+        Each request is shaped like the HTTP gateway's job body: ``{"kind": "caption",
+        "input": {"image": ..., ...the method's parameters}, "priority": ..., "idempotency_key": ...,
+        "webhook": ..., "webhook_events": ..., "webhook_secret": ..., "model": ..., "queue_timeout_s": ...}``.
+        Returns, in request order, the `Job` or the error that refused that request (an
+        `InvalidInput`, ...): one bad request loses nothing else."""
+        results: list[Job | VisionqError | None] = [None] * len(requests)
+        for begin in range(0, len(requests), chunk_size):
+            prepared: list[tuple[int, _Prepared]] = []
+            for index in range(begin, min(begin + chunk_size, len(requests))):
+                try:
+                    kind, params, options = _bulk_request(requests[index], index)
+                    prepared.append((index, self._prepare(kind, params, **options)))
+                except VisionqError as exc:
+                    results[index] = exc
+            for (index, _), job in zip(prepared, self._store([p for _, p in prepared])):
+                results[index] = job
+        return results  # type: ignore[return-value]
+
+    def _submit(self, kind: JobKind, params: dict[str, Any], **options: Any) -> Job:
         """Options every kind takes: `idempotency_key` (the same key within the TTL
         returns the same job), `webhook` (URL called back with signed events),
         `webhook_events` (default: the final ones) and `webhook_secret` (whsec_...;
@@ -113,6 +167,15 @@ class Client:
         (seconds it may wait for a worker to start it before it fails `expired`; default
         VISIONQ_QUEUE_TIMEOUT_<KIND>_S), `model` (a model the deployment serves, by its name within
         the kind, e.g. "vit-gpt2"; "caption/vit-gpt2" too; default: the kind's default)."""
+        return self._store([self._prepare(kind, params, **options)])[0]
+
+    def _prepare(
+        self, kind: JobKind, params: dict[str, Any], *, idempotency_key: str | None = None,
+        webhook: str | None = None, webhook_events: list[str] | None = None,
+        webhook_secret: str | None = None, priority: str = "normal", queue_timeout_s: float | None = None,
+        model: str | None = None,
+    ) -> _Prepared:
+        """Every check of a submit, and its record and Celery message built: nothing is written yet."""
         try:
             job_priority = Priority(priority)
         except ValueError:
@@ -128,16 +191,39 @@ class Client:
         if "image" in params:
             params["image"] = self._image_uri(params["image"])
         request = parse_request(kind, params, self.settings.limits)
-        record, created = self.store.create(
+        message = request_to_message(request)
+        new = self.store.new_job(
             kind, request_to_record(request), idempotency_key, webhook_spec, job_priority.value,
-            message=request_to_message(request),  # the sweeper republishes a lost message from it
+            message=message,  # the sweeper republishes a lost message from it
             queue_timeout_s=timeout_s, model=model_name,
         )
-        if created:
-            if webhook_secret is not None:
-                self.deliveries.set_job_secret(record.id, webhook_secret)
-            self._enqueue(record.id, request, job_priority, model_name)
-        return Job(self.jobs, record)
+        enqueue = job_enqueue(new.record, message, self.settings.redis_prefix)
+        return _Prepared(new, enqueue, webhook_secret)
+
+    def _store(self, prepared: list[_Prepared]) -> list[Job]:
+        """Records and messages written together (tasks/store.py), then what follows a new job."""
+        stored = self.store.create_many([(p.new, p.enqueue) for p in prepared])
+        jobs = []
+        for p, (record, created) in zip(prepared, stored):
+            if created:
+                if p.webhook_secret is not None:
+                    self.deliveries.set_job_secret(record.id, p.webhook_secret)
+                if self.settings.task_events:
+                    self._send_sent_event(record)
+            jobs.append(Job(self.jobs, record))
+        return jobs
+
+    def _send_sent_event(self, record: JobRecord) -> None:
+        """Celery's task-sent event, as `send_task` sends it with task events on (Flower shows it)."""
+        with self._events_lock:
+            if self._sent_events is None:
+                self._sent_events = self.celery.events.Dispatcher(self.celery.connection_for_write())
+            self._sent_events.send(
+                "task-sent", uuid=record.id, root_id=record.id, parent_id=None,
+                name=record.kind.task_name, args="()", kwargs="{...}", retries=0, eta=None, expires=None,
+                queue=model_queue(record.kind.value, record.model), exchange="",
+                routing_key=model_queue(record.kind.value, record.model),
+            )
 
     def _webhook(self, url: str | None, events: list[str] | None, secret: str | None) -> dict[str, Any] | None:
         if url is None:
@@ -156,18 +242,6 @@ class Client:
     def _registered_models(self) -> set[str]:
         return set(registered_models(self.store.redis, self.settings.redis_prefix))
 
-    def _enqueue(self, job_id: str, request: JobRequest, priority: Priority, model: str) -> None:
-        try:
-            self.celery.send_task(
-                request.kind.task_name, kwargs={"job_id": job_id, "request": request_to_message(request)},
-                queue=model_queue(request.kind.value, model), task_id=job_id, priority=priority.level,
-            )
-        except Exception as exc:
-            # Never leave a record that says queued for a message that was never sent.
-            error = InternalError(f"could not enqueue the job: {exc}").to_dict()
-            self.store.transition(job_id, JobStatus.FAILED, error=error)
-            raise
-
     def _image_uri(self, image: Any) -> str:
         """A URI for the message: remote references pass through, local data is uploaded."""
         if isinstance(image, Image.Image):
@@ -177,7 +251,10 @@ class Client:
         if isinstance(image, (bytes, bytearray)):
             return self._upload(bytes(image))
         if isinstance(image, str) and image.startswith("file://"):
-            image = Path(unquote(urlparse(image).path))  # a local file, uploaded like a path
+            path = Path(unquote(urlparse(image).path))
+            if self._in_local_storage(path):
+                return image  # the worker reads it where it is: no copy, no second read
+            image = path  # a local file elsewhere, uploaded like a path
         elif isinstance(image, str) and image.startswith(IMAGE_SCHEMES):
             return image
         if isinstance(image, (str, Path)):
@@ -193,6 +270,13 @@ class Client:
         raise InvalidInput(
             f"image must be a path, bytes, a PIL image or a URI string, got {type(image).__name__}"
         )
+
+    def _in_local_storage(self, path: Path) -> bool:
+        """Whether `path` is a file inside the local storage folder (file:// storage only)."""
+        if not self.settings.storage_url.startswith("file://"):
+            return False
+        root = getattr(self.storage, "root", None)
+        return root is not None and path.resolve().is_relative_to(root) and path.is_file()
 
     def _upload(self, data: bytes) -> str:
         limit = self.settings.limits.max_image_bytes

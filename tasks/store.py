@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -44,6 +45,27 @@ redis.call('PUBLISH', ARGV[4], ARGV[1])
 return {'ok', current}
 """
 
+# A new job: its record, its place in the queued index (and the start deadlines) and its
+# Celery message, all or nothing. KEYS: job hash, queued index, start deadlines, [the queue
+# list when a message is given], [the idempotency key when one is given]. ARGV: job id, ttl s,
+# now, start deadline or '', the message or '', 1 if an idempotency key is given, then the
+# record's field/value pairs. Returns {1, id}, or {0, the id holding the idempotency key}.
+_CREATE = """
+if ARGV[6] == '1' then
+  local existing = redis.call('GET', KEYS[#KEYS])
+  if existing then return {0, existing} end
+end
+-- The message first: a script that errors keeps what it wrote before, so the one write
+-- that can fail (a queue key of the wrong type) comes before every other.
+if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[5]) end
+if ARGV[6] == '1' then redis.call('SET', KEYS[#KEYS], ARGV[1], 'EX', ARGV[2]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
+return {1, ARGV[1]}
+"""
+
 # Progress only moves while the job runs; a late write never touches a final job.
 _PROGRESS = """
 local raw = redis.call('HGET', KEYS[1], 'status')
@@ -75,6 +97,15 @@ return current
 """
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """A job about to be stored: its queued record, and its request as the message carries it
+    when that differs from the record's (kept for the sweeper, `JobStore.queued_message`)."""
+
+    record: JobRecord
+    queued_message: dict[str, Any] | None
+
+
 class JobStore:
     def __init__(self, client: redis.Redis, *, ttl_s: int, prefix: str = "visionq") -> None:
         self.redis = client
@@ -83,6 +114,7 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._progress = client.register_script(_PROGRESS)
         self._cancel = client.register_script(_CANCEL)
+        self._create = client.register_script(_CREATE)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: int, prefix: str = "visionq") -> JobStore:
@@ -113,41 +145,93 @@ class JobStore:
         webhook: dict[str, Any] | None = None, priority: str = "normal",
         message: dict[str, Any] | None = None, tenant: str | None = None,
         queue_timeout_s: float | None = None, model: str | None = None,
+        enqueue: tuple[str, str] | None = None,
     ) -> tuple[JobRecord, bool]:
         """Store a new queued job. With an idempotency key already used within the
-        TTL, returns the existing job and False instead (nothing new is stored).
+        TTL, returns the existing job and False instead (nothing new is stored, nothing queued).
 
         `message` is the request as the queue message carries it, kept while the job
         is queued when it differs from `input_record` (inline image data), so that
         the sweeper can publish a lost message again (`queued_message`).
         `queue_timeout_s`: past it, unstarted, the job fails `expired` (tasks/expiry.py).
-        `model`: the model's name within the kind (tasks/served_models.py); None: the default."""
+        `model`: the model's name within the kind (tasks/served_models.py); None: the default.
+        `enqueue`: (Redis list, serialized Celery message, tasks/messages.py), pushed in the same
+        script as the record: one round trip, and never a record without its message or the reverse."""
+        new = self.new_job(kind, input_record, idempotency_key, webhook, priority, message, tenant,
+                           queue_timeout_s, model)
+        return self.create_many([(new, enqueue)])[0]
+
+    def new_job(
+        self, kind: JobKind, input_record: dict[str, Any], idempotency_key: str | None = None,
+        webhook: dict[str, Any] | None = None, priority: str = "normal",
+        message: dict[str, Any] | None = None, tenant: str | None = None,
+        queue_timeout_s: float | None = None, model: str | None = None,
+    ) -> NewJob:
+        """A job not stored yet (see `create` for the arguments); its id is known, so its message can name it."""
         record = JobRecord(
             id=new_job_id(), kind=kind, status=JobStatus.QUEUED, created_at=utc_now(),
             input=input_record, idempotency_key=idempotency_key, webhook=webhook, priority=priority,
             tenant=tenant, queue_timeout_s=queue_timeout_s, model=model,
         )
-        if idempotency_key is not None:
-            claimed = self.redis.set(
-                self._idempotency_key(idempotency_key, tenant), record.id, nx=True, ex=self.ttl_s
-            )
-            if not claimed:
-                existing_id = self.redis.get(self._idempotency_key(idempotency_key, tenant))
-                if existing_id is not None:
-                    return self.get(existing_id.decode()), False
-        key = self.job_key(record.id)
+        queued_message = None if message is None or message == input_record else message
+        return NewJob(record, queued_message)
+
+    def create_many(
+        self, jobs: list[tuple[NewJob, tuple[str, str] | None]],
+    ) -> list[tuple[JobRecord, bool]]:
+        """Store (and enqueue) every job in one pipelined round trip, each atomically by itself;
+        per job (its record, True) or (the record of the job holding its idempotency key, False)."""
+        now = time.time()
+        calls = [self._create_call(new, enqueue, now) for new, enqueue in jobs]
+        if len(calls) == 1:  # EVALSHA alone: redis-py's pipeline would ask SCRIPT EXISTS first
+            outcomes = [self._create(keys=calls[0][0], args=calls[0][1])]
+        else:
+            outcomes = self._pipelined_creates(calls)
+        results = []
+        for (new, _enqueue), (created, job_id) in zip(jobs, outcomes):
+            if created:
+                results.append((new.record, True))
+            else:  # an idempotent repeat: rare, so a second read is fine
+                results.append((self.get(job_id.decode()), False))
+        return results
+
+    def _pipelined_creates(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        outcomes: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(2):  # a second pass only after Redis forgot the script (a restart)
+            with self.redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    keys, args = calls[i]
+                    pipe.evalsha(self._create.sha, len(keys), *keys, *args)
+                answers = pipe.execute(raise_on_error=False)
+            for i, answer in zip(todo, answers):
+                outcomes[i] = answer
+            todo = [i for i in todo if isinstance(outcomes[i], redis.exceptions.NoScriptError)]
+            if not todo:
+                break
+            self.redis.script_load(_CREATE)
+        for answer in outcomes:
+            if isinstance(answer, Exception):
+                raise answer
+        return outcomes
+
+    def _create_call(self, new: NewJob, enqueue: tuple[str, str] | None, now: float) -> tuple[list[str], list[Any]]:
+        record = new.record
         fields = _encode(record.to_dict())
-        if message is not None and message != input_record:
-            fields["message"] = json.dumps(message)
-        with self.redis.pipeline() as pipe:
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, self.ttl_s)
-            now = time.time()
-            pipe.zadd(self.queued_key, {record.id: now})
-            if queue_timeout_s is not None:
-                pipe.zadd(self.deadlines_key, {record.id: now + queue_timeout_s})
-            pipe.execute()
-        return record, True
+        if new.queued_message is not None:
+            fields["message"] = json.dumps(new.queued_message)
+        queue_list, payload = enqueue if enqueue is not None else ("", "")
+        deadline = "" if record.queue_timeout_s is None else now + record.queue_timeout_s
+        keys = [self.job_key(record.id), self.queued_key, self.deadlines_key]
+        if queue_list:
+            keys.append(queue_list)
+        if record.idempotency_key is not None:
+            keys.append(self._idempotency_key(record.idempotency_key, record.tenant))
+        args: list[Any] = [record.id, self.ttl_s, now, deadline, payload,
+                           int(record.idempotency_key is not None)]
+        for name, value in fields.items():
+            args += [name, value]
+        return keys, args
 
     def get(self, job_id: str) -> JobRecord:
         raw = self.redis.hgetall(self.job_key(job_id))

@@ -13,16 +13,15 @@ from typing import Any
 
 from producer.gateway.keys import ApiKey
 from producer.gateway.services import Services
-from producer.http_errors import Conflict, Unavailable
-from tasks.errors import InternalError, InvalidInput
+from producer.http_errors import Conflict
+from tasks.errors import InvalidInput
 from tasks.expiry import check_queue_timeout
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
-from tasks.models import model_queue
+from tasks.messages import job_enqueue
 from tasks.record import JobRecord
 from tasks.schemas import JobRequest, parse_request, request_to_message, request_to_record
 from tasks.served_models import choose_model, registered_models
-from tasks.status import JobStatus
 from tasks.storage import S3Storage, input_key
 from tasks.webhooks import validate_webhook
 
@@ -73,11 +72,15 @@ class Submitter:
         services.rate_limiter.take(caller.key_id, caller.rate)
         token = services.tenant_jobs.admit(caller.tenant, caller.max_queued)
         try:
-            record, created = services.store.create(
+            message = request_to_message(request)
+            new = services.store.new_job(
                 request.kind, request_to_record(request), idempotency_key, webhook, priority.value,
-                message=request_to_message(request), tenant=caller.tenant, queue_timeout_s=checked.queue_timeout_s,
+                message=message, tenant=caller.tenant, queue_timeout_s=checked.queue_timeout_s,
                 model=checked.model,
             )
+            # Record and Celery message in one script: never one without the other.
+            enqueue = job_enqueue(new.record, message, self.settings.redis_prefix)
+            record, created = services.store.create_many([(new, enqueue)])[0]
             if not created:
                 services.tenant_jobs.release(caller.tenant, token)
                 if _fingerprint(record) != (request.kind.value, request_to_record(request), priority.value, webhook,
@@ -92,7 +95,6 @@ class Submitter:
         except BaseException:
             services.tenant_jobs.release(caller.tenant, token)
             raise
-        self._enqueue(record, request, priority)
         return Submission(record, created=True)
 
     def _parse(
@@ -169,19 +171,6 @@ class Submitter:
         if storage.exists(key):
             return storage.ref(key, data, _CONTENT_TYPES[extension]).uri
         return storage.put(key, data, _CONTENT_TYPES[extension]).uri
-
-    def _enqueue(self, record: JobRecord, request: JobRequest, priority: Priority) -> None:
-        try:
-            self.services.celery.send_task(
-                request.kind.task_name, kwargs={"job_id": record.id, "request": request_to_message(request)},
-                queue=model_queue(request.kind.value, record.model), task_id=record.id, priority=priority.level,
-            )
-        except Exception as exc:
-            # Never leave a record that says queued for a message that was never sent.
-            error = InternalError(f"could not enqueue the job: {exc}").to_dict()
-            self.services.store.transition(record.id, JobStatus.FAILED, error=error)
-            raise Unavailable(f"could not enqueue job {record.id}: {exc}") from exc
-
 
 def _fingerprint(record: JobRecord) -> tuple[str, dict[str, Any], str, dict[str, Any] | None, str | None]:
     """What makes two submits the same job (for Idempotency-Key repeats)."""
