@@ -57,8 +57,8 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self.in_progress = Gauge(
-            "visionq_jobs_in_progress", "Jobs this worker holds now (reserved or running), by kind",
-            ["kind"], registry=self.registry,
+            "visionq_jobs_in_progress", "Jobs this worker holds now (reserved or running), by kind and model",
+            ["kind", "model"], registry=self.registry,
         )
         self.registry.register(_LiveCollector(state))
 

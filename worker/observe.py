@@ -21,6 +21,7 @@ from celery.exceptions import Ignore
 from tasks.deliveries import EventPublisher
 from tasks.errors import VisionqError
 from tasks.kinds import JobKind
+from tasks.models import default_model
 from tasks.record import JobRecord, check_job_id
 from tasks.status import JobStatus
 from tasks.store import JobStore
@@ -83,11 +84,13 @@ class Observer:
         log_final(record)
 
     @contextmanager
-    def in_progress(self, kind: JobKind) -> Iterator[None]:
+    def in_progress(self, kind: JobKind, queue: str | None) -> Iterator[None]:
+        """A job of `kind` held while the block runs; `queue`: the queue its message came
+        from, which names its model (tasks.models.model_queue)."""
         if self.metrics is None:
             yield
             return
-        gauge = self.metrics.in_progress.labels(kind.value)
+        gauge = self.metrics.in_progress.labels(kind.value, model_of_queue(kind, queue))
         gauge.inc()
         try:
             yield
@@ -113,6 +116,13 @@ class Observer:
             # the message without a success or failure event that would replace that state.
             task.send_event("task-revoked", terminated=False, signum=None, expired=False)
             raise Ignore()
+
+
+def model_of_queue(kind: JobKind, queue: str | None) -> str:
+    """The model name a `kind` queue carries jobs for: its default on the kind's own queue."""
+    if queue is not None and queue.startswith(f"{kind.queue}."):
+        return queue.removeprefix(f"{kind.queue}.")
+    return default_model(kind.value)
 
 
 def log_final(record: JobRecord) -> None:

@@ -166,7 +166,8 @@ def register_tasks(app: Any, runner: JobRunner, kinds: list[JobKind], leases: Le
             # No Celery retry: a retry republishes through the broker that just failed,
             # and the task's failure would acknowledge (delete) the message. The runner
             # waits for Redis in place instead; every job failure is on its record.
-            with leases.hold(delivery_tag(task.request)), observer.in_progress(_kind):
+            queue = (task.request.delivery_info or {}).get("routing_key")
+            with leases.hold(delivery_tag(task.request)), observer.in_progress(_kind, queue):
                 runner.run(_kind, job_id, request)
             # The job is recorded (and its message will be acknowledged either way): Celery's
             # tools now see it end as it did, FAILURE or REVOKED (worker/observe.py).

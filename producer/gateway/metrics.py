@@ -27,10 +27,13 @@ class FleetCollector(Collector):
         self.prefix = prefix
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily("visionq_queue_depth", "Jobs waiting in a queue", labels=["kind", "priority"])
-        for kind, per_priority in queue_depths(self.client, self.prefix).items():
-            for priority in Priority:
-                depth.add_metric([kind, priority.value], per_priority[priority.value])
+        depth = GaugeMetricFamily(
+            "visionq_queue_depth", "Jobs waiting in a queue", labels=["kind", "model", "priority"],
+        )
+        for kind, per_kind in queue_depths(self.client, self.prefix).items():
+            for model, per_priority in per_kind["models"].items():  # one queue per model (issue 13)
+                for priority in Priority:
+                    depth.add_metric([kind, model, priority.value], per_priority[priority.value])
         yield depth
         oldest = GaugeMetricFamily(
             "visionq_queue_oldest_age_seconds", "How long the oldest queued job of a kind has waited", labels=["kind"],

@@ -8,7 +8,7 @@ import json
 import socket
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 from producer.gateway.keys import KeyStore, NewKey
 from producer.redis_server import RedisServer
-from tests.support.gateway import GatewayProcess, local_storage_env
+from tests.support.gateway import GatewayProcess
 from tests.support.images import encode, scene
 from tests.support.receiver import Receiver
 from tests.support.waiting import wait_until
@@ -25,45 +25,6 @@ from tests.support.workers import WorkerProcess
 pytestmark = pytest.mark.integration
 
 WAIT = {"Prefer": "wait=60"}
-
-
-@pytest.fixture(scope="module")
-def local_env(redis_server: RedisServer, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return local_storage_env(redis_server.url, tiny_models, tmp_path_factory.mktemp("gateway-storage"),
-                             f"vqgw-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture(scope="module")
-def keys(local_env: dict[str, str], redis_server: RedisServer) -> KeyStore:
-    import redis
-
-    return KeyStore(redis.Redis.from_url(redis_server.url), local_env["VISIONQ_REDIS_PREFIX"])
-
-
-@pytest.fixture(scope="module")
-def acme(keys: KeyStore) -> NewKey:
-    return keys.create("acme")
-
-
-@pytest.fixture(scope="module")
-def beta(keys: KeyStore) -> NewKey:
-    return keys.create("beta")
-
-
-@pytest.fixture(scope="module")
-def local_worker(local_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(local_env, log_dir=tmp_path_factory.mktemp("gateway-worker"))
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(local_env: dict[str, str], acme: NewKey, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with GatewayProcess(local_env, tmp_path_factory.mktemp("gateway")) as process:
-        yield process
 
 
 def api(gateway: GatewayProcess, key: NewKey | None) -> httpx.Client:
@@ -89,7 +50,7 @@ def read_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-def test_caption_submitted_and_waited_for_over_http(gateway: GatewayProcess, acme: NewKey, local_worker: WorkerProcess) -> None:
+def test_caption_submitted_and_waited_for_over_http(gateway: GatewayProcess, acme: NewKey, gateway_worker: WorkerProcess) -> None:
     with api(gateway, acme) as http:
         answer = http.post("/v1/jobs", json={"kind": "caption", "input": {"image": data_uri(encode(scene()))}},
                            headers=WAIT)
@@ -102,7 +63,7 @@ def test_caption_submitted_and_waited_for_over_http(gateway: GatewayProcess, acm
         assert http.get(answer.headers["Location"]).json() == record
 
 
-def test_server_sent_events_follow_a_job_until_final(gateway: GatewayProcess, acme: NewKey, local_worker: WorkerProcess) -> None:
+def test_server_sent_events_follow_a_job_until_final(gateway: GatewayProcess, acme: NewKey, gateway_worker: WorkerProcess) -> None:
     with api(gateway, acme) as http:
         job = http.post("/v1/jobs", json={"kind": "generate", "input": {
             "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 6, "seed": 3}}).json()
@@ -118,7 +79,7 @@ def test_server_sent_events_follow_a_job_until_final(gateway: GatewayProcess, ac
     assert all(name in ("job.started", "job.progress") for name in names[1:-1])
 
 
-def test_multipart_image_and_signed_output_links(gateway: GatewayProcess, acme: NewKey, local_worker: WorkerProcess) -> None:
+def test_multipart_image_and_signed_output_links(gateway: GatewayProcess, acme: NewKey, gateway_worker: WorkerProcess) -> None:
     with api(gateway, acme) as http:
         answer = http.post(
             "/v1/jobs", headers=WAIT,
@@ -180,8 +141,8 @@ def test_inputs_a_tenant_may_not_name(gateway: GatewayProcess, acme: NewKey) -> 
             assert answer.status_code == 400 and error_code(answer) == "invalid_input", image
 
 
-def test_listing_pages_newest_first_with_filters(gateway: GatewayProcess, keys: KeyStore) -> None:
-    lister = keys.create(f"lister-{uuid.uuid4().hex[:6]}")
+def test_listing_pages_newest_first_with_filters(gateway: GatewayProcess, gateway_keys: KeyStore) -> None:
+    lister = gateway_keys.create(f"lister-{uuid.uuid4().hex[:6]}")
     with api(gateway, lister) as http:
         ids = [http.post("/v1/jobs", json={"kind": kind, "input": {"prompt": "p", "width": 64, "height": 64, "steps": 1}}
                          if kind == "generate" else {"kind": kind, "input": {"image": data_uri(encode(scene()))}}).json()["id"]
@@ -212,15 +173,15 @@ def test_batch_is_checked_whole_then_answered_in_order(gateway: GatewayProcess, 
     assert all(r["tenant"] == "acme" and r["status"] in ("queued", "running", "succeeded") for r in records)
 
 
-def test_error_codes_and_bodies(gateway: GatewayProcess, acme: NewKey, keys: KeyStore) -> None:
+def test_error_codes_and_bodies(gateway: GatewayProcess, acme: NewKey, gateway_keys: KeyStore) -> None:
     with api(gateway, None) as anonymous:
         assert error_code(anonymous.get("/v1/jobs")) == "unauthorized"
         assert anonymous.get("/v1/jobs", headers={"Authorization": "Bearer vq_nope"}).status_code == 401
-    revoked = keys.create("acme")
-    keys.revoke(revoked.key_id)
+    revoked = gateway_keys.create("acme")
+    gateway_keys.revoke(revoked.key_id)
     with api(gateway, revoked) as http:
         assert http.get("/v1/queues").status_code == 401
-    limited = keys.create("acme", rate=0.001)  # one submit, then the bucket refills in ~17 minutes
+    limited = gateway_keys.create("acme", rate=0.001)  # one submit, then the bucket refills in ~17 minutes
     with api(gateway, limited) as http:
         body = {"kind": "generate", "input": {"prompt": "x", "width": 64, "height": 64, "steps": 1}}
         assert http.post("/v1/jobs", json=body).status_code == 201
@@ -258,9 +219,9 @@ def raw_post(base_url: str, path: str, headers: dict[str, str]) -> tuple[int, by
     return int(head.split()[1]), body
 
 
-def test_unreachable_redis_is_503(local_env: dict[str, str], tmp_path: Path) -> None:
+def test_unreachable_redis_is_503(gateway_env: dict[str, str], tmp_path: Path) -> None:
     with RedisServer(directory=tmp_path / "redis") as private:
-        env = {**local_env, "VISIONQ_REDIS_URL": private.url}
+        env = {**gateway_env, "VISIONQ_REDIS_URL": private.url}
         with GatewayProcess(env, tmp_path, "--no-auth") as process:
             private.stop()
             with httpx.Client(base_url=process.url, timeout=30) as http:
@@ -271,28 +232,28 @@ def test_unreachable_redis_is_503(local_env: dict[str, str], tmp_path: Path) -> 
                 assert http.get("/healthz").status_code == 200  # the process itself is fine
 
 
-def test_fleet_routes_and_metrics(gateway: GatewayProcess, acme: NewKey, local_worker: WorkerProcess) -> None:
+def test_fleet_routes_and_metrics(gateway: GatewayProcess, acme: NewKey, gateway_worker: WorkerProcess) -> None:
     with api(gateway, acme) as http:
         workers = http.get("/v1/workers").json()
-        assert any(w["pid"] == local_worker.pid for w in workers)
+        assert any(w["pid"] == gateway_worker.pid for w in workers)
         queues = http.get("/v1/queues").json()
         assert set(queues) == {"caption", "segment", "generate"} and "total" in queues["caption"]
         assert http.get("/healthz").json() == {"status": "ok"}
         assert http.get("/readyz").json() == {"status": "ready"}
     with httpx.Client(base_url=gateway.url) as scraper:  # no key, like /healthz
         text = scraper.get("/metrics").text
-    assert 'visionq_queue_depth{kind="caption",priority="high"}' in text
+    assert 'visionq_queue_depth{kind="caption",model="blip",priority="high"}' in text
     assert 'visionq_queue_oldest_age_seconds{kind="segment"}' in text
     assert any(line.startswith('visionq_workers{state="ready"}') or line.startswith('visionq_workers{state="busy"}')
                for line in text.splitlines() if not line.endswith(" 0.0"))
 
 
 def test_webhooks_are_signed_with_the_tenant_secret(
-    gateway: GatewayProcess, acme: NewKey, local_env: dict[str, str], local_worker: WorkerProcess,
+    gateway: GatewayProcess, acme: NewKey, gateway_env: dict[str, str], gateway_worker: WorkerProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     receiver = Receiver().start()
-    deliverer = WorkerProcess(local_env, tmp_path_factory.mktemp("gateway-deliverer"), ["webhooks", "--concurrency", "4"])
+    deliverer = WorkerProcess(gateway_env, tmp_path_factory.mktemp("gateway-deliverer"), ["webhooks", "--concurrency", "4"])
     deliverer.start()
     try:
         with api(gateway, acme) as http:

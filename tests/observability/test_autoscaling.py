@@ -16,12 +16,14 @@ import pytest
 import yaml
 
 from producer.redis_server import free_port
+from tasks.models import default_model
 from tests.observability.conftest import metric_names
 from tests.support.waiting import wait_until
 from tests.support.workers import REPO
 
 DOCKER = REPO / "docker"
-KINDS = ("caption", "segment", "generate")
+# What the recipe scales: each kind's default model, and one routed model as the pattern to copy.
+TARGETS = ("caption/blip", "segment/clipseg", "generate/sd", "caption/vit-gpt2")
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -29,11 +31,13 @@ def _documents(path: Path) -> list[dict[str, Any]]:
 
 
 def _scaled_objects() -> dict[str, dict[str, Any]]:
-    return {doc["metadata"]["labels"]["visionq/kind"]: doc for doc in _documents(DOCKER / "keda" / "scaledobjects.yaml")}
+    """"kind/model" -> its ScaledObject."""
+    return {f'{doc["metadata"]["labels"]["visionq/kind"]}/{doc["metadata"]["labels"]["visionq/model"]}': doc
+            for doc in _documents(DOCKER / "keda" / "scaledobjects.yaml")}
 
 
 def _keda_queries() -> dict[str, str]:
-    return {kind: doc["spec"]["triggers"][0]["metadata"]["query"] for kind, doc in _scaled_objects().items()}
+    return {target: doc["spec"]["triggers"][0]["metadata"]["query"] for target, doc in _scaled_objects().items()}
 
 
 def _dashboard_queries() -> list[str]:
@@ -55,14 +59,17 @@ def test_keda_manifests_match_the_scaledobject_and_deployment_schemas() -> None:
     for doc in deployments.values():
         deployment.validate(doc)
     objects = _scaled_objects()
-    assert sorted(objects) == sorted(KINDS)
-    for kind, doc in objects.items():
+    assert sorted(objects) == sorted(TARGETS)
+    for name, doc in objects.items():
         scaled_object.validate(doc)
         target = deployments[doc["spec"]["scaleTargetRef"]["name"]]  # scales a Deployment of the recipe
         args = target["spec"]["template"]["spec"]["containers"][0]["args"]
-        assert args[args.index("--kinds") + 1] == kind and "--metrics-port" in args
+        kind, model = name.split("/")
+        serves = f"{kind}/{args[args.index('--serve') + 1].split('/')[1]}" if "--serve" in args else \
+            f"{args[args.index('--kinds') + 1]}/{default_model(kind)}"
+        assert serves == name and "--metrics-port" in args  # the Deployment serves exactly what is counted
         assert doc["spec"]["minReplicaCount"] == 0  # scale to zero
-    broken = json.loads(json.dumps(objects["caption"]))
+    broken = json.loads(json.dumps(objects["caption/blip"]))
     broken["spec"]["triggers"][0]["metadata"]["treshold"] = broken["spec"]["triggers"][0]["metadata"].pop("threshold")
     assert list(scaled_object.iter_errors(broken))  # the schema catches a misspelt field
 
@@ -119,20 +126,27 @@ def _query(url: str, promql: str) -> float | None:
 def test_the_keda_queries_read_the_true_backlog_on_a_real_prometheus(
     prometheus: str, obs_client: Any, obs_worker: Any,
 ) -> None:
+    from tests.support.images import encode, scene
+
     queries = _keda_queries()
     before = {kind: _query(prometheus, q) for kind, q in queries.items()}
-    assert before == {kind: 0.0 for kind in KINDS}  # an empty deployment: 0, not "no data"
+    assert before == {target: 0.0 for target in TARGETS}  # an empty deployment: 0, not "no data"
     queued = [obs_client.generate(f"backlog {i}", priority=p, queue_timeout_s=600)
               for i, p in enumerate(["high", "normal", "normal", "low"])]  # every priority counts
+    routed = obs_client.caption(encode(scene()), model="vit-gpt2", queue_timeout_s=600)  # no worker serves it
     try:
-        wait_until(lambda: _query(prometheus, queries["generate"]) == len(queued), 60, "the generate backlog in Prometheus")
-        assert _query(prometheus, queries["caption"]) == 0.0
-        assert _query(prometheus, queries["segment"]) == 0.0
+        wait_until(lambda: _query(prometheus, queries["generate/sd"]) == len(queued), 60,
+                   "the generate backlog in Prometheus")
+        wait_until(lambda: _query(prometheus, queries["caption/vit-gpt2"]) == 1.0, 60, "the routed model's backlog")
+        for target in ("caption/blip", "segment/clipseg"):  # the routed job counts for its own model only
+            assert _query(prometheus, queries[target]) == 0.0
+        assert routed.refresh().status == "queued"
     finally:  # purge (not cancel): the messages leave the queue too
         from tasks.expiry import QueueEnds
         from tasks.kinds import JobKind
 
-        QueueEnds(obs_client.store).purge(JobKind.GENERATE, "test cleanup")
+        for kind in (JobKind.GENERATE, JobKind.CAPTION):
+            QueueEnds(obs_client.store).purge(kind, "test cleanup")
 
 
 @pytest.mark.integration
