@@ -22,16 +22,18 @@ from tasks.status import FINAL_STATUSES, JobStatus, allowed_sources
 
 # KEYS[1] job hash, KEYS[2] the queued index, KEYS[3] the start deadlines. ARGV: new status, allowed current
 # statuses (space separated), ttl seconds, event channel, attempt increment, job id,
-# then field/value pairs (JSON).
+# then field/value pairs (JSON). Returns {outcome, current status, '1' if a cancel is requested}:
+# the worker's cancel check rides on the transitions it makes anyway.
 _TRANSITION = """
-local raw = redis.call('HGET', KEYS[1], 'status')
-if not raw then return {'missing', ''} end
+local raw, flag = unpack(redis.call('HMGET', KEYS[1], 'status', 'cancel_requested'))
+if not raw then return {'missing', '', ''} end
+local cancel = flag == 'true' and '1' or ''
 local current = cjson.decode(raw)
 local allowed = false
 for s in string.gmatch(ARGV[2], '%S+') do
   if s == current then allowed = true end
 end
-if not allowed then return {'refused', current} end
+if not allowed then return {'refused', current, cancel} end
 redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]))
 if current == 'queued' and ARGV[1] ~= 'queued' then
   redis.call('ZREM', KEYS[2], ARGV[6])
@@ -42,7 +44,7 @@ for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[1], 'attempt', ARGV[5]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[1])
-return {'ok', current}
+return {'ok', current, cancel}
 """
 
 # A new job: its record, its place in the queued index (and the start deadlines) and its
@@ -67,12 +69,15 @@ return {1, ARGV[1]}
 """
 
 # Progress only moves while the job runs; a late write never touches a final job.
+# Returns whether a cancel is requested (1/0): the write doubles as the cancel checkpoint.
 _PROGRESS = """
-local raw = redis.call('HGET', KEYS[1], 'status')
-if raw ~= cjson.encode('running') then return 0 end
-redis.call('HSET', KEYS[1], 'progress', ARGV[1])
-redis.call('PUBLISH', ARGV[2], 'progress')
-return 1
+local raw, flag = unpack(redis.call('HMGET', KEYS[1], 'status', 'cancel_requested'))
+if raw == cjson.encode('running') then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+  redis.call('PUBLISH', ARGV[2], 'progress')
+end
+if flag == 'true' then return 1 end
+return 0
 """
 
 # A queued job is canceled on the spot (it will never run); a running one is
@@ -104,6 +109,12 @@ class NewJob:
 
     record: JobRecord
     queued_message: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Transition:
+    applied: bool  # False: refused (the job was in a status the table does not move from)
+    cancel_requested: bool
 
 
 class JobStore:
@@ -267,18 +278,25 @@ class JobStore:
         Returns False when refused (e.g. the job is already final); raises
         JobNotFound when the record is gone.
         """
+        return self.advance(job_id, new, attempt_increment=attempt_increment, **fields).applied
+
+    def advance(self, job_id: str, new: JobStatus, *, attempt_increment: int = 0, **fields: Any) -> Transition:
+        """`transition`, telling also whether a cancel is requested: the worker's checkpoint, for free."""
         sources = " ".join(s.value for s in allowed_sources(new))
         args: list[Any] = [
             new.value, sources, self.ttl_s, self.events_channel(job_id), attempt_increment, job_id,
         ]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
-        outcome, _current = self._transition(keys=[self.job_key(job_id), self.queued_key, self.deadlines_key], args=args)
+        outcome, _current, cancel = self._transition(
+            keys=[self.job_key(job_id), self.queued_key, self.deadlines_key], args=args,
+        )
         if outcome == b"missing":
             raise JobNotFound(f"no job {job_id!r}")
-        return outcome == b"ok"
+        return Transition(outcome == b"ok", cancel == b"1")
 
     def set_progress(self, job_id: str, progress: float) -> bool:
+        """Record the progress of a running job; returns whether a cancel is requested."""
         value = json.dumps(round(min(max(progress, 0.0), 1.0), 4))
         return bool(self._progress(keys=[self.job_key(job_id)], args=[value, self.events_channel(job_id)]))
 

@@ -46,10 +46,9 @@ class _Item:
 class ModelExecutor:
     """Runs pipeline calls on one thread, in batches where the kind allows."""
 
-    def __init__(self, max_batch: dict[JobKind, int], max_wait_ms: float, guard: Any = None) -> None:
+    def __init__(self, max_batch: dict[JobKind, int], max_wait_ms: float) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
-        self.guard = guard  # a Watchdog: arm(job_ids, limit_s) / disarm()
         self._queue: queue.Queue[_Item] = queue.Queue()
         self._pending: list[_Item] = []
         # Jobs whose task thread is fetching their input: the only companions worth
@@ -134,15 +133,8 @@ class ModelExecutor:
 
     def _execute(self, batch: list[_Item]) -> None:
         batch = [item for item in batch if self._started(item)]
-        if not batch:
-            return
-        if self.guard is not None:
-            self.guard.arm([i.job_id for i in batch], min(i.limit_s for i in batch))
-        try:
+        if batch:
             self._run(batch)
-        finally:
-            if self.guard is not None:
-                self.guard.disarm()
 
     @staticmethod
     def _started(item: _Item) -> bool:

@@ -129,8 +129,8 @@ class JobRunner:
 
             def start() -> None:  # on the model thread, right before this job's inference
                 clock.resume()
-                self._start(record, pipeline)
-                progress.check_cancel()
+                progress.cancel_requested = self._start(record, pipeline)
+                progress.check_cancel(read=False)  # the running transition read the cancel flag
 
             handed_over = True
             clock.pause()  # waiting behind this worker's other jobs is not this job's time
@@ -138,8 +138,8 @@ class JobRunner:
                 kind, pipeline, request, image, progress, job_id, clock.limit_s, start,
                 Priority(record.priority).level,
             )
-            clock.pause()  # the model is done; storing its outputs waits on storage, not on the job
-            progress.check_cancel()
+            # The model is done, and its checkpoint at 1.0 (worker/batching.py) checked for a cancel.
+            clock.pause()  # storing its outputs waits on storage, not on the job
             with _timed(metrics, "publish_ms"):
                 output, publish_timings = publish_outputs(
                     self.storage, job_id, result, self.settings.png_compress_level
@@ -154,7 +154,7 @@ class JobRunner:
             self._finish(record, JobStatus.CANCELED, metrics,
                          error=JobCanceled(CANCELED_WHILE_RUNNING).to_dict())
         except VisionqError as exc:
-            log.info("job %s failed: %s: %s", job_id, exc.code.value, exc.message)
+            log.debug("job %s failed: %s: %s", job_id, exc.code.value, exc.message)  # its final line says it
             self._finish(record, JobStatus.FAILED, metrics, error=exc.to_dict())
         except Exception as exc:  # noqa: BLE001 - a bug of ours fails this job, not the worker
             log.exception("job %s failed with an internal error", job_id)
@@ -171,19 +171,22 @@ class JobRunner:
                 return self.inputs.read(uri)
         return self.inputs.read(uri)
 
-    def _start(self, record: JobRecord, pipeline: Pipeline) -> None:
-        """queued -> running (running -> running on a redelivery), when the model takes it.
+    def _start(self, record: JobRecord, pipeline: Pipeline) -> bool:
+        """queued -> running (running -> running on a redelivery), when the model takes it;
+        returns whether a cancel is requested (a redelivered job flagged while it ran).
 
         Until then the job counts as queued, so a cancel still stops it outright."""
         started_at = utc_now()
-        if not until_redis_answers(lambda: self.store.transition(
+        outcome = until_redis_answers(lambda: self.store.advance(
             record.id, JobStatus.RUNNING, attempt_increment=1, started_at=started_at,
             worker=self.worker_name, model_id=pipeline.model_label, progress=0.0,
-        )):
+        ))
+        if not outcome.applied:
             raise _NotStarted(record.id)
         record.status, record.started_at, record.worker = JobStatus.RUNNING, started_at, self.worker_name
         record.model_id, record.attempt = pipeline.model_label, record.attempt + 1
         self._publish(record, EventType.STARTED)
+        return outcome.cancel_requested
 
     def _finish(
         self, record: JobRecord, status: JobStatus, metrics: dict[str, Any],
@@ -259,22 +262,38 @@ class _ProgressReporter:
         self.record = record
         self.publish = publish
         self.clock = clock
+        self.cancel_requested = False  # as last read from Redis
         self._last_write = 0.0
+        self._done_checked = False
 
     def __call__(self, fraction: float) -> None:
         """Inside the model call: a Redis outage here waits (until_redis_answers) rather
         than raise, so it never becomes the model's error."""
+        if fraction >= 1.0:
+            # Done: the final transition records progress 1.0, so only the checkpoint reads Redis,
+            # once (the pipeline and the model thread may both report the end).
+            self.record.progress = 1.0
+            self.publish(self.record, EventType.PROGRESS)
+            self.check_cancel(read=not self._done_checked)
+            self._done_checked = True
+            return
         now = time.monotonic()
-        if now - self._last_write >= self.min_interval_s or fraction >= 1.0:
+        if now - self._last_write >= self.min_interval_s:
             self._last_write = now
-            until_redis_answers(lambda: self.store.set_progress(self.record.id, fraction))
+            # The write returns the cancel flag: one round trip for both.
+            self.cancel_requested = until_redis_answers(lambda: self.store.set_progress(self.record.id, fraction))
             self.record.progress = round(fraction, 4)
             self.publish(self.record, EventType.PROGRESS)
-        self.check_cancel()
+            self.check_cancel(read=False)
+        else:
+            self.check_cancel()
 
-    def check_cancel(self) -> None:
-        """The checkpoint: canceled by a client, or past the kind's time limit."""
-        if until_redis_answers(lambda: self.store.cancel_requested(self.record.id)):
+    def check_cancel(self, read: bool = True) -> None:
+        """The checkpoint: canceled by a client, or past the kind's time limit. `read`: ask
+        Redis for the cancel flag (else the one a transition or progress write just returned)."""
+        if read:
+            self.cancel_requested = until_redis_answers(lambda: self.store.cancel_requested(self.record.id))
+        if self.cancel_requested:
             raise JobCanceled(CANCELED_WHILE_RUNNING)
         self.clock.check()
 

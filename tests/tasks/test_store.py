@@ -103,10 +103,22 @@ def test_cancel_final_changes_nothing(store: JobStore) -> None:
 
 def test_progress_only_while_running(store: JobStore) -> None:
     record, _ = store.create(JobKind.GENERATE, {})
-    assert not store.set_progress(record.id, 0.5)
+    store.set_progress(record.id, 0.5)
+    assert store.get(record.id).progress == 0.0
     store.transition(record.id, JobStatus.RUNNING, attempt_increment=1)
-    assert store.set_progress(record.id, 0.5)
+    assert not store.set_progress(record.id, 0.5)  # no cancel requested
     assert store.get(record.id).progress == 0.5
+
+
+def test_the_transitions_and_progress_writes_carry_the_cancel_check(store: JobStore) -> None:
+    record, _ = store.create(JobKind.GENERATE, {})
+    assert not store.advance(record.id, JobStatus.RUNNING, attempt_increment=1).cancel_requested
+    store.request_cancel(record.id)
+    assert store.set_progress(record.id, 0.7)
+    outcome = store.advance(record.id, JobStatus.CANCELED, completed_at="2026-01-01T00:00:00Z")
+    assert outcome.applied and outcome.cancel_requested
+    assert store.get(record.id).status is JobStatus.CANCELED
+    assert not store.advance(record.id, JobStatus.SUCCEEDED).applied  # final stays final
 
 
 def test_wait_is_woken_by_the_transition(store: JobStore) -> None:

@@ -1,0 +1,58 @@
+"""Bulk submit (`Client.submit_many`, `visionq submit-many`) against a real worker."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from producer import Client
+from tasks.errors import InvalidInput
+from tests.support.cli import run_visionq
+from tests.support.images import encode, scene
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 60
+
+
+def test_submit_many_runs_every_good_request_and_refuses_the_bad_one_alone(client: Client) -> None:
+    image = client.caption(encode(scene(), "PNG")).wait(timeout=TIMEOUT).to_dict()["input"]["image"]
+    requests = [
+        {"kind": "caption", "input": {"image": image, "max_new_tokens": 4}, "priority": "high"},
+        {"kind": "segment", "input": {"image": image, "threshold": 7}},  # over the limit
+        {"kind": "segment", "input": {"image": image, "labels": ["sun"]}, "idempotency_key": "bulk-1"},
+        {"kind": "segment", "input": {"image": image, "labels": ["sun"]}, "idempotency_key": "bulk-1"},
+        {"kind": "paint", "input": {}},
+        {"kind": "generate", "input": {"prompt": "a red square", "width": 64, "height": 64, "steps": 1}},
+    ]
+    results = client.submit_many(requests, chunk_size=2)  # several chunks, one split by the bad item
+    assert [type(r).__name__ for r in results] == ["Job", "InvalidInput", "Job", "Job", "InvalidInput", "Job"]
+    assert "threshold 7" in results[1].message and "paint" in results[4].message
+    assert results[2].id == results[3].id, "the idempotency key was not honoured within one bulk submit"
+    for job in (results[0], results[2], results[5]):
+        assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
+    assert isinstance(results[1], InvalidInput)
+
+
+def test_visionq_submit_many_prints_one_line_per_request(
+    client: Client, service_env: dict[str, str], tmp_path: Path,
+) -> None:
+    lines = [
+        json.dumps({"kind": "generate", "input": {"prompt": "one", "width": 64, "height": 64, "steps": 1}}),
+        "{not json",
+        json.dumps({"kind": "generate", "input": {"prompt": "two", "width": 4000, "height": 64}}),
+        json.dumps({"kind": "generate", "input": {"prompt": "three", "width": 64, "height": 64, "steps": 1}}),
+    ]
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = run_visionq("submit-many", str(path), env=service_env)
+    assert result.returncode == 1, result.stderr
+    out = result.stdout.splitlines()
+    assert len(out) == 4
+    assert out[1].startswith("error invalid_input: line 2 is not JSON")
+    assert out[2].startswith("error invalid_input: width 4000")
+    for job_id in (out[0], out[3]):
+        assert client.get(job_id).wait(timeout=TIMEOUT).status == "succeeded"
+    path.write_text(lines[0] + "\n")
+    assert run_visionq("submit-many", str(path), env=service_env).returncode == 0
