@@ -26,6 +26,7 @@ class FixedCostPipeline:
     def __init__(self, cost_ms: float) -> None:
         self.cost_s = cost_ms / 1000
         self.model_label = f"stand-in {cost_ms:g} ms"
+        self.batches = False  # never batches: two task threads are enough (worker/process.py)
         self.output = Image.linear_gradient("L").resize((STANDIN_OUTPUT_SIDE, STANDIN_OUTPUT_SIDE)).convert("RGB")
 
     def warm_up(self) -> None:

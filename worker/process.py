@@ -27,6 +27,7 @@ from tasks.settings import Settings
 from tasks.storage import open_storage
 from tasks.store import JobStore
 from worker import loader
+from worker.broker import TRANSPORT
 from worker.heartbeat import Heartbeat
 from worker.inputs import InputReader
 from worker.pipelines.base import Pipeline
@@ -108,6 +109,7 @@ def serve(
         )
         store = JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix)
         app = make_celery(settings)
+        app.conf.broker_transport = TRANSPORT  # kombu's Redis transport, one client reused per channel (worker/broker.py)
         deliveries = DeliveryStore(client, prefix=settings.redis_prefix, ttl_s=settings.job_ttl_s)
         runner = JobRunner(
             settings=settings,
@@ -130,12 +132,10 @@ def serve(
         Sweeper(store, celery_publisher(app), settings.sweep_grace_s).start()
         asked_to_stop = threading.Event()
         signals.worker_shutting_down.connect(lambda **_: asked_to_stop.set(), weak=False)
-        # One task thread per job that may share a batch; the model itself runs on
-        # one thread (worker/batching.py). A worker serving generate next to a
-        # batched kind may therefore hold up to max_batch generations reserved.
-        slots = max(settings.max_batch.get(k.value, 1) for k in kinds)
+        slots = task_slots(settings, pipelines)
         # JSON logs (VISIONQ_LOG_FORMAT=json): no banner, so every line is a JSON object.
         quiet = ["--quiet"] if settings.log_format == "json" else []
+        quiet_per_task_lines(loglevel)
         app.worker_main([
             *quiet, "worker", "--queues", ",".join(queues), "--pool", "threads",
             "--concurrency", str(slots), "--hostname", name, "--loglevel", loglevel,
@@ -148,6 +148,31 @@ def serve(
             raise SystemExit(EXIT_UNEXPECTED_STOP)
     finally:
         heartbeat.stop()
+
+
+def quiet_per_task_lines(loglevel: str) -> None:
+    """Celery's "received" and "succeeded in" lines only at DEBUG: each job's one INFO line is
+    its final line (worker/observe.py), and two more per job cost CPU on a fast model.
+    Celery reads these levels when its worker starts (`_does_info`), so this runs before."""
+    level = logging.DEBUG if str(loglevel).upper() == "DEBUG" else logging.WARNING
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(level)
+
+
+def task_slots(settings: Settings, pipelines: dict[str, Pipeline]) -> int:
+    """Celery task threads: one per job that may share a batch (the model itself runs on one
+    thread, worker/batching.py), so a worker serving generate next to a batched kind may hold
+    up to max_batch generations reserved. A kind whose pipelines never batch (`batches = False`)
+    needs two: one job in the model while the other fetches its input or encodes and uploads
+    its outputs. More threads would only wait, and switch contexts."""
+    slots = 1
+    for model, pipeline in pipelines.items():
+        kind = model.split("/", 1)[0]
+        wanted = settings.max_batch.get(kind, 1)
+        if not getattr(pipeline, "batches", True):
+            wanted = min(wanted, 2)
+        slots = max(slots, wanted)
+    return slots
 
 
 def served_models_info(pipelines: dict[str, Pipeline], weights_bytes: dict[str, int]) -> dict[str, dict[str, Any]]:
