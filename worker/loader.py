@@ -92,11 +92,9 @@ def served_specs(name: str, settings: Settings) -> list[ModelSpec]:
     """The weights model `name` loads: a kind default's from the per-role settings (segment's
     default holds its semantic model too), another's from VISIONQ_MODELS or --models DIR, else
     the catalogue's Hugging Face id(s)."""
-    entry_roles = [role for role, full_name in ROLE_MODELS.items() if full_name == name]
-    if entry_roles:
-        role = entry_roles[0]
-        roles = ["segment", "semantic"] if role == "segment" else [role]
-        return [_spec(settings, r) for r in roles]
+    role = next((role for role, default in ROLE_MODELS.items() if default == name), None)
+    if role is not None:
+        return [_spec(settings, r) for r in (("segment", "semantic") if role == "segment" else (role,))]
     if name in settings.named_models:
         ref = settings.named_models[name]
         return [ModelSpec(ref.model_id, ref.revision)]
