@@ -23,7 +23,7 @@ from typing import Any
 from bench.harness import PLANS, open_stack
 from bench.report import ScenarioResult, main_table
 
-SCENARIOS = ("overhead", "preloaded", "submit", "latency", "scaleout", "batching", "events", "gateway")
+SCENARIOS = ("hotpath", "overhead", "preloaded", "submit", "latency", "scaleout", "batching", "events", "gateway")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 
 

@@ -20,31 +20,61 @@ from tasks.kinds import JobKind
 from tasks.record import JobRecord, new_job_id, utc_now
 from tasks.status import FINAL_STATUSES, JobStatus, allowed_sources
 
-# KEYS[1] job hash, KEYS[2] the queued index, KEYS[3] the start deadlines. ARGV: new status, allowed current
-# statuses (space separated), ttl seconds, event channel, attempt increment, job id,
-# then field/value pairs (JSON). Returns {outcome, current status, '1' if a cancel is requested}:
-# the worker's cancel check rides on the transitions it makes anyway.
+# KEYS: the job hash, the queued index, the start deadlines, [kombu's unacked index and hash, with
+# a delivery tag]. ARGV: new status, allowed current statuses (space separated), ttl seconds, event
+# channel, attempt increment, job id, the error to end with when a cancel was requested (JSON; '':
+# a cancel does not change this transition), the delivery tag to acknowledge along ('': none), '1'
+# to return the record after, the most attempts a job that was running may have to be started
+# again ('': no limit), then field/value pairs (JSON).
+# Returns {outcome, current status, '1' if a cancel is requested, the record's fields (flat) or {}}:
+# the worker's cancel check and record read ride on the transitions it makes anyway. When a
+# requested cancel wins, the job ends `canceled` with that error and none of the output, error or
+# progress given. Acknowledging here removes the message from kombu's unacked bookkeeping in the
+# same step that makes the job final (worker/broker.py then skips kombu's own ack round trip).
 _TRANSITION = """
 local raw, flag = unpack(redis.call('HMGET', KEYS[1], 'status', 'cancel_requested'))
-if not raw then return {'missing', '', ''} end
+if not raw then return {'missing', '', '', {}} end
 local cancel = flag == 'true' and '1' or ''
 local current = cjson.decode(raw)
 local allowed = false
 for s in string.gmatch(ARGV[2], '%S+') do
   if s == current then allowed = true end
 end
-if not allowed then return {'refused', current, cancel} end
-redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]))
-if current == 'queued' and ARGV[1] ~= 'queued' then
+if not allowed then return {'refused', current, cancel, {}} end
+if ARGV[10] ~= '' and current == 'running' then
+  local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+  if attempt >= tonumber(ARGV[10]) then return {'exhausted', current, cancel, redis.call('HGETALL', KEYS[1])} end
+end
+local new = ARGV[1]
+if ARGV[7] ~= '' and cancel == '1' then
+  new = 'canceled'
+  local kept = {'error', ARGV[7]}
+  for i = 11, #ARGV, 2 do
+    if ARGV[i] ~= 'output' and ARGV[i] ~= 'error' and ARGV[i] ~= 'progress' then
+      table.insert(kept, ARGV[i]); table.insert(kept, ARGV[i + 1])
+    end
+  end
+  redis.call('HSET', KEYS[1], 'status', cjson.encode(new), unpack(kept))
+else
+  -- One HSET for the status and every field: Redis's cost is per command.
+  redis.call('HSET', KEYS[1], 'status', cjson.encode(new), unpack(ARGV, 11))
+end
+if current == 'queued' and new ~= 'queued' then
   redis.call('ZREM', KEYS[2], ARGV[6])
   redis.call('ZREM', KEYS[3], ARGV[6])
   redis.call('HDEL', KEYS[1], 'message')
 end
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[1], 'attempt', ARGV[5]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[1])
-return {'ok', current, cancel}
+redis.call('PUBLISH', ARGV[4], new)
+if ARGV[8] ~= '' then
+  redis.call('ZREM', KEYS[4], ARGV[8])
+  redis.call('HDEL', KEYS[5], ARGV[8])
+end
+local record = {}
+if ARGV[9] == '1' then record = redis.call('HGETALL', KEYS[1]) end
+if new ~= ARGV[1] then return {'canceled', current, cancel, record} end
+return {'ok', current, cancel, record}
 """
 
 # A new job: its record, its place in the queued index (and the start deadlines) and its
@@ -114,7 +144,19 @@ class NewJob:
 @dataclass(frozen=True)
 class Transition:
     applied: bool  # False: refused (the job was in a status the table does not move from)
+    status: JobStatus  # where an applied transition left the job (canceled when a cancel won)
     cancel_requested: bool
+    record: JobRecord | None = None  # after the change, when asked for (read_back)
+    exhausted: JobRecord | None = None  # refused for max_attempts: the record as it is
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A queue message in kombu's unacked bookkeeping: its delivery tag, the sorted set and hash."""
+
+    tag: str
+    index_key: str
+    hash_key: str
 
 
 class JobStore:
@@ -280,20 +322,40 @@ class JobStore:
         """
         return self.advance(job_id, new, attempt_increment=attempt_increment, **fields).applied
 
-    def advance(self, job_id: str, new: JobStatus, *, attempt_increment: int = 0, **fields: Any) -> Transition:
-        """`transition`, telling also whether a cancel is requested: the worker's checkpoint, for free."""
+    def advance(
+        self, job_id: str, new: JobStatus, *, attempt_increment: int = 0,
+        cancel_error: dict[str, str] | None = None, acknowledge: Delivery | None = None,
+        read_back: bool = False, max_attempts: int | None = None, **fields: Any,
+    ) -> Transition:
+        """`transition`, with what the worker's hot path folds into it (one round trip for all):
+        whether a cancel is requested; `cancel_error`: when one is, the job ends `canceled` with
+        this error instead of `new` (its output, error and progress fields are not recorded);
+        `acknowledge`: remove this message from kombu's unacked bookkeeping, if applied;
+        `read_back`: the record after the change; `max_attempts`: a job that was running (its
+        worker died) and already started that often is not moved, and comes back as `exhausted`."""
         sources = " ".join(s.value for s in allowed_sources(new))
         args: list[Any] = [
             new.value, sources, self.ttl_s, self.events_channel(job_id), attempt_increment, job_id,
+            "" if cancel_error is None else json.dumps(cancel_error),
+            "" if acknowledge is None else acknowledge.tag, "1" if read_back else "",
+            "" if max_attempts is None else max_attempts,
         ]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
-        outcome, _current, cancel = self._transition(
-            keys=[self.job_key(job_id), self.queued_key, self.deadlines_key], args=args,
-        )
+        keys = [self.job_key(job_id), self.queued_key, self.deadlines_key]
+        if acknowledge is not None:
+            keys += [acknowledge.index_key, acknowledge.hash_key]
+        outcome, _current, cancel, flat = self._transition(keys=keys, args=args)
         if outcome == b"missing":
             raise JobNotFound(f"no job {job_id!r}")
-        return Transition(outcome == b"ok", cancel == b"1")
+        record = None
+        if flat:
+            pairs = dict(zip(flat[::2], flat[1::2]))
+            record = JobRecord.from_dict({k.decode(): json.loads(v) for k, v in pairs.items() if k != b"message"})
+        if outcome == b"exhausted":
+            return Transition(False, new, cancel == b"1", exhausted=record)
+        status = JobStatus.CANCELED if outcome == b"canceled" else new
+        return Transition(outcome in (b"ok", b"canceled"), status, cancel == b"1", record)
 
     def set_progress(self, job_id: str, progress: float) -> bool:
         """Record the progress of a running job; returns whether a cancel is requested."""

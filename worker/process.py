@@ -25,16 +25,16 @@ from tasks.models import model_queue
 from tasks.served_models import publish_served
 from tasks.settings import Settings
 from tasks.storage import open_storage
-from tasks.store import JobStore
+from tasks.store import Delivery, JobStore
 from worker import loader
 from worker.broker import TRANSPORT
 from worker.heartbeat import Heartbeat
 from worker.inputs import InputReader
 from worker.pipelines.base import Pipeline
-from worker.leases import Leases, delivery_tag, survive_reconnects
-from worker.observe import JobFailed, Observer
+from worker.leases import Leases, delivery_tag, survive_reconnects, unacked_index_key
+from worker.observe import JobFailed, Observer, model_of_queue
 from worker.runtime import JobRunner
-from worker.sweeper import Sweeper, celery_publisher
+from worker.sweeper import Sweeper, celery_publisher, unacked_key
 from worker.time_limits import Watchdog
 
 log = logging.getLogger("visionq.worker")
@@ -186,14 +186,22 @@ def served_models_info(pipelines: dict[str, Pipeline], weights_bytes: dict[str, 
 
 
 def register_tasks(app: Any, runner: JobRunner, kinds: list[JobKind], leases: Leases, observer: Observer) -> None:
+    prefix = runner.settings.redis_prefix
     for kind in kinds:
         def run_job(task: Any, job_id: str, request: dict[str, Any], _kind: JobKind = kind) -> None:
             # No Celery retry: a retry republishes through the broker that just failed,
             # and the task's failure would acknowledge (delete) the message. The runner
             # waits for Redis in place instead; every job failure is on its record.
-            queue = (task.request.delivery_info or {}).get("routing_key")
-            with leases.hold(delivery_tag(task.request)), observer.in_progress(_kind, queue):
-                runner.run(_kind, job_id, request)
+            delivery_info = task.request.delivery_info or {}
+            queue = delivery_info.get("routing_key")
+            tag = delivery_tag(task.request)
+            with leases.hold(tag), observer.in_progress(_kind, queue):
+                runner.run(
+                    _kind, job_id, request, model=model_of_queue(_kind, queue),
+                    priority=delivery_info.get("priority"),
+                    # Acknowledged with the job's final status (worker/broker.py).
+                    delivery=None if tag is None else Delivery(tag, unacked_index_key(prefix), unacked_key(prefix)),
+                )
             # The job is recorded (and its message will be acknowledged either way): Celery's
             # tools now see it end as it did, FAILURE or REVOKED (worker/observe.py).
             observer.report_to_celery(task, job_id)

@@ -27,9 +27,10 @@ from tasks.schemas import check_image_work, parse_request
 from tasks.settings import Settings
 from tasks.status import JobStatus
 from tasks.storage import Storage
-from tasks.store import JobStore
+from tasks.store import Delivery, JobStore
 from tasks.webhooks import EventType
 from worker.batching import ModelExecutor
+from worker.broker import acknowledged
 from worker.images import decode_image
 from worker.inputs import InputReader
 from worker.outputs import publish_outputs, publish_record
@@ -71,51 +72,45 @@ class JobRunner:
         self.on_final: list[Callable[[JobRecord], None]] = []
         self.executor = ModelExecutor({JobKind(k): n for k, n in settings.max_batch.items()}, settings.max_wait_ms)
 
-    def run(self, kind: JobKind, job_id: str, request_data: dict[str, Any]) -> None:
+    def run(
+        self, kind: JobKind, job_id: str, request_data: dict[str, Any], *, model: str | None = None,
+        priority: int | None = None, delivery: Delivery | None = None,
+    ) -> None:
+        """Run one job of its message. `model`: the model its queue carries (None: the kind's
+        default); `priority`: its kombu level, for the order within this worker; `delivery`:
+        its message in kombu's unacked bookkeeping, acknowledged with the final status."""
         clock = JobClock(self.settings.time_limit_s(kind))  # from pickup: fetch and decode count
         if self.watchdog is not None:
             self.watchdog.watch(job_id, clock)
         try:
-            self._run(kind, job_id, request_data, clock)
+            self._run(kind, job_id, request_data, clock, model, priority, delivery)
         finally:
             if self.watchdog is not None:
                 self.watchdog.release(job_id)
 
-    def _run(self, kind: JobKind, job_id: str, request_data: dict[str, Any], clock: JobClock) -> None:
+    def _run(
+        self, kind: JobKind, job_id: str, request_data: dict[str, Any], clock: JobClock, model: str | None,
+        priority: int | None, delivery: Delivery | None,
+    ) -> None:
+        """The record is not read up front: the running transition returns it (one round trip),
+        and only a job that fails before the model reads it (worker/runtime.py `_before_start`)."""
         try:
-            # A forged message or record ("../../x") is dropped before anything is written.
-            record = until_redis_answers(lambda: self.store.get(check_job_id(job_id)))  # from_dict checks the id
-            if record.id != job_id:
-                raise InvalidInput(f"the record of job {job_id} carries another id, {record.id!r}")
-        except JobNotFound:
-            log.warning("job %s has no record (expired or deleted); dropping its message", job_id)
-            return
+            check_job_id(job_id)  # a forged message ("../../x") is dropped before anything is written
         except InvalidInput as exc:
-            log.warning("dropping a forged message or record: %s", exc.message)
+            log.warning("dropping a forged message: %s", exc.message)
             return
-        if record.is_final:
-            # A redelivery of a job that already ended (or was canceled while queued).
-            log.info("job %s is already %s; not running it again", job_id, record.status.value)
-            return
-        metrics: dict[str, Any] = {"batch_size": 1}
-        if record.status is JobStatus.RUNNING and record.attempt >= self.settings.max_attempts:
-            # Every run so far ended with its worker gone: the job is the likely cause.
-            error = WorkerLost(
-                f"job {job_id} lost its worker on each of its {record.attempt} attempts "
-                f"(VISIONQ_MAX_ATTEMPTS is {self.settings.max_attempts}); not running it again"
-            )
-            log.error("%s", error.message)
-            self._finish(record, JobStatus.FAILED, metrics, error=error.to_dict())
-            return
-        pipeline = self.pipelines.get(served_name(kind, record.model))
+        name = served_name(kind, model)
+        pipeline = self.pipelines.get(name)
         if pipeline is None:
             # Only on a queue this worker consumes by mistake: its model's own queue is elsewhere.
-            error = InternalError(f"worker {self.worker_name} does not serve {served_name(kind, record.model)}; "
-                                  f"it serves {', '.join(sorted(self.pipelines))}")
-            self._finish(record, JobStatus.FAILED, metrics, error=error.to_dict())
+            self._fail_before_start(job_id, InternalError(
+                f"worker {self.worker_name} does not serve {name}; it serves {', '.join(sorted(self.pipelines))}"
+            ), delivery)
             return
         self.executor.expect()
         handed_over = False
+        metrics: dict[str, Any] = {"batch_size": 1}
+        progress = _ProgressReporter(self.store, job_id, self._publish, clock)
         try:
             request = parse_request(kind, request_data, self.settings.limits)
             image = None
@@ -125,21 +120,21 @@ class JobRunner:
                     image = decode_image(self._read_input(image_uri, clock), self.settings.limits)
                 check_image_work(request, image.size, self.settings.limits)
             clock.check()
-            progress = _ProgressReporter(self.store, record, self._publish, clock)
 
             def start() -> None:  # on the model thread, right before this job's inference
                 clock.resume()
-                progress.cancel_requested = self._start(record, pipeline)
+                progress.record, progress.cancel_requested = self._start(job_id, pipeline, name)
                 progress.check_cancel(read=False)  # the running transition read the cancel flag
 
             handed_over = True
             clock.pause()  # waiting behind this worker's other jobs is not this job's time
             result, metrics["batch_size"], metrics["run_ms"] = self.executor.run(
-                kind, pipeline, request, image, progress, job_id, clock.limit_s, start,
-                Priority(record.priority).level,
+                kind, pipeline, request, None if image is None else image, progress, job_id, clock.limit_s,
+                start, Priority.NORMAL.level if priority is None else priority,
             )
-            # The model is done, and its checkpoint at 1.0 (worker/batching.py) checked for a cancel.
+            # The model is done; a cancel requested meanwhile wins in the final transition (_finish).
             clock.pause()  # storing its outputs waits on storage, not on the job
+            record = progress.started_record()
             with _timed(metrics, "publish_ms"):
                 output, publish_timings = publish_outputs(
                     self.storage, job_id, result, self.settings.png_compress_level
@@ -147,22 +142,47 @@ class JobRunner:
             metrics.update(publish_timings)
             if result.model:
                 record.model_id = result.model
-            self._finish(record, JobStatus.SUCCEEDED, metrics, output=output)
-        except _NotStarted:
-            return  # canceled while it waited for the model; already final
+            self._finish(record, JobStatus.SUCCEEDED, metrics, output=output, delivery=delivery)
+        except _NotStarted as exc:
+            if exc.reason:
+                log.warning("%s", exc.reason)
+            return  # ended before the model took it (canceled, a redelivery of a final job, no record)
+        except _Exhausted as exc:
+            self._finish(exc.record, JobStatus.FAILED, metrics, error=exc.error.to_dict(), delivery=delivery)
         except JobCanceled:
-            self._finish(record, JobStatus.CANCELED, metrics,
-                         error=JobCanceled(CANCELED_WHILE_RUNNING).to_dict())
+            self._finish(progress.started_record(), JobStatus.CANCELED, metrics,
+                         error=JobCanceled(CANCELED_WHILE_RUNNING).to_dict(), delivery=delivery)
         except VisionqError as exc:
             log.debug("job %s failed: %s: %s", job_id, exc.code.value, exc.message)  # its final line says it
-            self._finish(record, JobStatus.FAILED, metrics, error=exc.to_dict())
+            self._fail(progress, exc, metrics, delivery)
         except Exception as exc:  # noqa: BLE001 - a bug of ours fails this job, not the worker
             log.exception("job %s failed with an internal error", job_id)
-            error = InternalError(f"{type(exc).__name__}: {exc}").to_dict()
-            self._finish(record, JobStatus.FAILED, metrics, error=error)
+            self._fail(progress, InternalError(f"{type(exc).__name__}: {exc}"), metrics, delivery)
         finally:
             if not handed_over:
                 self.executor.cancel_expect()
+
+    def _fail(self, progress: _ProgressReporter, error: VisionqError, metrics: dict[str, Any],
+              delivery: Delivery | None) -> None:
+        if progress.record is not None:
+            self._finish(progress.record, JobStatus.FAILED, metrics, error=error.to_dict(), delivery=delivery)
+        else:
+            self._fail_before_start(progress.job_id, error, delivery, metrics)
+
+    def _fail_before_start(
+        self, job_id: str, error: VisionqError, delivery: Delivery | None, metrics: dict[str, Any] | None = None,
+    ) -> None:
+        """A job that fails before the model took it: its record is read now (the hot path never does)."""
+        try:
+            record = until_redis_answers(lambda: self.store.get(job_id))
+        except JobNotFound:
+            log.warning("job %s has no record (expired or deleted); dropping its message", job_id)
+            return
+        if record.is_final:
+            # A redelivery of a job that already ended (or was canceled while queued).
+            log.info("job %s is already %s; not running it again", job_id, record.status.value)
+            return
+        self._finish(record, JobStatus.FAILED, metrics or {"batch_size": 1}, error=error.to_dict(), delivery=delivery)
 
     def _read_input(self, uri: str, clock: JobClock) -> bytes:
         """Our own storage's outages are waited out, off the clock; a URL's fetch is on it."""
@@ -171,26 +191,45 @@ class JobRunner:
                 return self.inputs.read(uri)
         return self.inputs.read(uri)
 
-    def _start(self, record: JobRecord, pipeline: Pipeline) -> bool:
-        """queued -> running (running -> running on a redelivery), when the model takes it;
-        returns whether a cancel is requested (a redelivered job flagged while it ran).
+    def _start(self, job_id: str, pipeline: Pipeline, name: str) -> tuple[JobRecord, bool]:
+        """queued -> running (running -> running on a redelivery), when the model takes it: the job's
+        record after, and whether a cancel is requested (a redelivered job flagged while it ran).
 
-        Until then the job counts as queued, so a cancel still stops it outright."""
+        Until then the job counts as queued, so a cancel still stops it outright. A job that lost
+        its worker on each of its VISIONQ_MAX_ATTEMPTS runs does not start again (_Exhausted)."""
         started_at = utc_now()
-        outcome = until_redis_answers(lambda: self.store.advance(
-            record.id, JobStatus.RUNNING, attempt_increment=1, started_at=started_at,
-            worker=self.worker_name, model_id=pipeline.model_label, progress=0.0,
-        ))
-        if not outcome.applied:
-            raise _NotStarted(record.id)
-        record.status, record.started_at, record.worker = JobStatus.RUNNING, started_at, self.worker_name
-        record.model_id, record.attempt = pipeline.model_label, record.attempt + 1
+        try:
+            outcome = until_redis_answers(lambda: self.store.advance(
+                job_id, JobStatus.RUNNING, attempt_increment=1, started_at=started_at,
+                worker=self.worker_name, model_id=pipeline.model_label, progress=0.0,
+                read_back=True, max_attempts=self.settings.max_attempts,
+            ))
+        except JobNotFound:
+            raise _NotStarted(f"job {job_id} has no record (expired or deleted); dropping its message") from None
+        if outcome.exhausted is not None:
+            record = outcome.exhausted
+            # Every run so far ended with its worker gone: the job is the likely cause.
+            error = WorkerLost(
+                f"job {job_id} lost its worker on each of its {record.attempt} attempts "
+                f"(VISIONQ_MAX_ATTEMPTS is {self.settings.max_attempts}); not running it again"
+            )
+            log.error("%s", error.message)
+            raise _Exhausted(record, error)
+        if not outcome.applied or outcome.record is None:
+            raise _NotStarted("")
+        record = outcome.record
+        if record.id != job_id:
+            raise InvalidInput(f"the record of job {job_id} carries another id, {record.id!r}")
+        if served_name(record.kind, record.model) != name:
+            raise InternalError(f"job {job_id} is for {served_name(record.kind, record.model)} but came on "
+                                f"the queue of {name}")
         self._publish(record, EventType.STARTED)
-        return outcome.cancel_requested
+        return record, outcome.cancel_requested
 
     def _finish(
         self, record: JobRecord, status: JobStatus, metrics: dict[str, Any],
         output: dict[str, Any] | None = None, error: dict[str, str] | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
         completed_at = utc_now()
         metrics["queue_ms"] = ms_between(record.created_at, record.started_at)
@@ -213,18 +252,36 @@ class JobRunner:
             "completed_at": final.completed_at, "output": final.output, "error": final.error,
             "metrics": final.metrics, "model_id": final.model_id,
         }
-        if status is JobStatus.SUCCEEDED:
+        if final.status is JobStatus.SUCCEEDED:
             fields["progress"] = 1.0
         if not started:
             fields["worker"] = final.worker
-        if until_redis_answers(
-            lambda: self.store.transition(record.id, final.status, attempt_increment=0 if started else 1, **fields)
-        ):
-            self._publish(final, None)
-            for callback in self.on_final:
-                callback(final)
-        else:
+        # A cancel requested while the model ran or the outputs were stored wins here, in the same
+        # round trip (the success's outputs are then not recorded).
+        canceled = JobCanceled(CANCELED_WHILE_RUNNING).to_dict() if final.status is JobStatus.SUCCEEDED else None
+        try:
+            outcome = until_redis_answers(lambda: self.store.advance(
+                record.id, final.status, attempt_increment=0 if started else 1, cancel_error=canceled,
+                acknowledge=delivery, **fields,
+            ))
+        except JobNotFound:
+            log.warning("job %s: its record is gone (expired or deleted); its result is not recorded", record.id)
+            return
+        if not outcome.applied:
             log.warning("job %s was already final; its %s result is not recorded", record.id, status.value)
+            self.jobs_done += 1
+            return
+        if delivery is not None:
+            acknowledged.add(delivery.tag)  # kombu's ack of it needs no round trip (worker/broker.py)
+        if outcome.status is JobStatus.CANCELED and final.status is not JobStatus.CANCELED:
+            final = replace(final, status=JobStatus.CANCELED, output=None, error=canceled, progress=record.progress)
+            try:
+                publish_record(self.storage, final)  # result.json says what the record says
+            except VisionqError as exc:
+                log.warning("job %s: result.json not rewritten: %s", record.id, exc.message)
+        self._publish(final, None)
+        for callback in self.on_final:
+            callback(final)
         self.jobs_done += 1
 
     def _publish(self, record: JobRecord, event: EventType | None) -> None:
@@ -255,35 +312,38 @@ class _ProgressReporter:
     min_interval_s = 0.1  # progress writes are throttled; cancel is checked on every call
 
     def __init__(
-        self, store: JobStore, record: JobRecord, publish: Callable[[JobRecord, EventType], None],
-        clock: JobClock,
+        self, store: JobStore, job_id: str, publish: Callable[[JobRecord, EventType], None], clock: JobClock,
     ) -> None:
         self.store = store
-        self.record = record
+        self.job_id = job_id
         self.publish = publish
         self.clock = clock
+        self.record: JobRecord | None = None  # once started: the record the running transition returned
         self.cancel_requested = False  # as last read from Redis
         self._last_write = 0.0
-        self._done_checked = False
+
+    def started_record(self) -> JobRecord:
+        if self.record is None:
+            raise RuntimeError(f"job {self.job_id} ended before it started")  # a bug: the executor starts it
+        return self.record
 
     def __call__(self, fraction: float) -> None:
         """Inside the model call: a Redis outage here waits (until_redis_answers) rather
         than raise, so it never becomes the model's error."""
+        record = self.started_record()
         if fraction >= 1.0:
-            # Done: the final transition records progress 1.0, so only the checkpoint reads Redis,
-            # once (the pipeline and the model thread may both report the end).
-            self.record.progress = 1.0
-            self.publish(self.record, EventType.PROGRESS)
-            self.check_cancel(read=not self._done_checked)
-            self._done_checked = True
+            # Done: the final transition records progress 1.0 and checks for a cancel, so the
+            # checkpoint here needs no round trip.
+            record.progress = 1.0
+            self.publish(record, EventType.PROGRESS)
+            self.check_cancel(read=False)
             return
-        now = time.monotonic()
-        if now - self._last_write >= self.min_interval_s:
-            self._last_write = now
+        if time.monotonic() - self._last_write >= self.min_interval_s:
             # The write returns the cancel flag: one round trip for both.
-            self.cancel_requested = until_redis_answers(lambda: self.store.set_progress(self.record.id, fraction))
-            self.record.progress = round(fraction, 4)
-            self.publish(self.record, EventType.PROGRESS)
+            self.cancel_requested = until_redis_answers(lambda: self.store.set_progress(self.job_id, fraction))
+            self._last_write = time.monotonic()
+            record.progress = round(fraction, 4)
+            self.publish(record, EventType.PROGRESS)
             self.check_cancel(read=False)
         else:
             self.check_cancel()
@@ -292,14 +352,27 @@ class _ProgressReporter:
         """The checkpoint: canceled by a client, or past the kind's time limit. `read`: ask
         Redis for the cancel flag (else the one a transition or progress write just returned)."""
         if read:
-            self.cancel_requested = until_redis_answers(lambda: self.store.cancel_requested(self.record.id))
+            self.cancel_requested = until_redis_answers(lambda: self.store.cancel_requested(self.job_id))
         if self.cancel_requested:
             raise JobCanceled(CANCELED_WHILE_RUNNING)
         self.clock.check()
 
 
 class _NotStarted(Exception):
-    """The job was canceled (or ended) before the model took it."""
+    """The job was canceled (or ended, or its record is gone) before the model took it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Exhausted(Exception):
+    """The job lost its worker on each of its allowed attempts: it fails instead of starting."""
+
+    def __init__(self, record: JobRecord, error: WorkerLost) -> None:
+        super().__init__(error.message)
+        self.record = record
+        self.error = error
 
 
 # Redis restarting, failing over or briefly unreachable. kombu's OperationalError is

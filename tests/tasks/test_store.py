@@ -121,6 +121,49 @@ def test_the_transitions_and_progress_writes_carry_the_cancel_check(store: JobSt
     assert not store.advance(record.id, JobStatus.SUCCEEDED).applied  # final stays final
 
 
+def test_a_cancel_requested_while_running_wins_the_final_transition(store: JobStore) -> None:
+    record, _ = store.create(JobKind.GENERATE, {})
+    store.advance(record.id, JobStatus.RUNNING, attempt_increment=1, progress=0.0)
+    store.set_progress(record.id, 0.4)
+    store.request_cancel(record.id)
+    error = {"code": "canceled", "message": "canceled while running"}
+    outcome = store.advance(record.id, JobStatus.SUCCEEDED, cancel_error=error, output={"text": "x"}, progress=1.0,
+                            completed_at="2026-01-01T00:00:00Z")
+    assert outcome.applied and outcome.status is JobStatus.CANCELED
+    final = store.get(record.id)
+    assert final.status is JobStatus.CANCELED and final.error == error and final.output is None
+    assert final.progress == 0.4 and final.completed_at == "2026-01-01T00:00:00Z"
+
+
+def test_the_final_transition_acknowledges_the_message_and_reads_back(store: JobStore) -> None:
+    from tasks.store import Delivery
+
+    record, _ = store.create(JobKind.CAPTION, {})
+    delivery = Delivery("tag-1", f"{store.prefix}:unacked_index", f"{store.prefix}:unacked")
+    store.redis.zadd(delivery.index_key, {"tag-1": 1.0, "tag-2": 1.0})
+    store.redis.hset(delivery.hash_key, mapping={"tag-1": "m1", "tag-2": "m2"})
+    started = store.advance(record.id, JobStatus.RUNNING, attempt_increment=1, read_back=True, worker="w")
+    assert started.record is not None and started.record.status is JobStatus.RUNNING
+    assert started.record.worker == "w" and started.record.attempt == 1
+    assert store.redis.hexists(delivery.hash_key, "tag-1")  # not acknowledged by the start
+    done = store.advance(record.id, JobStatus.SUCCEEDED, acknowledge=delivery)
+    assert done.applied and done.record is None
+    assert not store.redis.hexists(delivery.hash_key, "tag-1") and store.redis.zscore(delivery.index_key, "tag-1") is None
+    assert store.redis.hexists(delivery.hash_key, "tag-2")
+    other = Delivery("tag-2", delivery.index_key, delivery.hash_key)
+    assert not store.advance(record.id, JobStatus.FAILED, acknowledge=other).applied
+    assert store.redis.hexists(delivery.hash_key, "tag-2"), "a refused transition acknowledged its message"
+
+
+def test_a_job_out_of_attempts_is_not_started_again(store: JobStore) -> None:
+    record, _ = store.create(JobKind.CAPTION, {})
+    for _ in range(2):
+        assert store.advance(record.id, JobStatus.RUNNING, attempt_increment=1, max_attempts=2).applied
+    outcome = store.advance(record.id, JobStatus.RUNNING, attempt_increment=1, max_attempts=2)
+    assert not outcome.applied and outcome.exhausted is not None and outcome.exhausted.attempt == 2
+    assert store.get(record.id).attempt == 2
+
+
 def test_wait_is_woken_by_the_transition(store: JobStore) -> None:
     record, _ = store.create(JobKind.CAPTION, {})
     store.transition(record.id, JobStatus.RUNNING, attempt_increment=1)

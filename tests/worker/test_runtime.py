@@ -297,7 +297,8 @@ def test_redis_outage_inside_the_model_call_is_waited_out_never_model_error(harn
         monkeypatch.setattr(store, name, flaky(name))
 
     def reports(request: Any, image: Any, progress: Any) -> PipelineResult:
-        progress(0.5)
+        progress(0.5)  # a progress write (it returns the cancel flag)
+        progress(0.6)  # within the write interval: a cancel check alone
         return succeed(request, image, progress)
 
     job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
