@@ -177,3 +177,34 @@ def test_the_gateway_submitter_checks_the_model_and_queues_on_its_queue(
     # (a canceled job's message may wait there too, until a worker drops it)
     assert record.id in [json.loads(raw)["headers"]["id"] for raw in redis_client.lrange(queue, 0, -1)]
     submitter.services.store.request_cancel(record.id)
+
+
+def test_a_model_configured_only_on_its_worker_is_known_through_the_registry(
+    service_env: dict[str, str], tiny_models: Path, tmp_path: Path,
+) -> None:
+    env = {**service_env, "VISIONQ_REDIS_PREFIX": f"vqreg-{uuid.uuid4().hex[:8]}"}
+    client = Client(settings=Settings.from_env(env))  # the submitter's settings do not name it
+    with pytest.raises(InvalidInput, match="model 'mine' is not served for caption jobs"):
+        client.caption(scene(), model="mine")  # no worker ever served it
+    worker_env = {**env, "VISIONQ_MODELS": f"caption/mine={tiny_models / 'caption-vit-gpt2'}"}
+    process = WorkerProcess(worker_env, tmp_path, ["worker", "--device", "cpu", "--serve", "caption/mine"]).start()
+    try:
+        job = client.caption(scene(seed=7), model="mine", max_new_tokens=5).wait(timeout=TIMEOUT)
+        assert job.status == "succeeded", job.to_dict()
+        assert words_of(job) <= set(VIT_GPT2_WORDS)  # the weights VISIONQ_MODELS gave the name
+        assert job.to_dict()["model"] == "mine"
+        assert job.to_dict()["model_id"] == str(tiny_models / "caption-vit-gpt2")
+    finally:
+        process.stop()
+    # The worker and its heartbeat are gone; the registry is not: the name is still accepted, and waits.
+    waiting = client.caption(scene(seed=8), model="mine", queue_timeout_s=600)
+    assert waiting.status == "queued"
+    client.cancel(waiting.id)
+
+
+def test_a_worker_refuses_an_unknown_model_or_serve_beside_kinds(service_env: dict[str, str]) -> None:
+    unknown = run_visionq("worker", "--device", "cpu", "--serve", "caption/nope", env=service_env)
+    assert unknown.returncode == 2
+    assert "--serve 'caption/nope' is not a model; known:" in unknown.stderr and "caption/vit-gpt2" in unknown.stderr
+    both = run_visionq("worker", "--device", "cpu", "--serve", "caption/blip", "--kinds", "caption", env=service_env)
+    assert both.returncode == 2 and "--serve and --kinds" in both.stderr
