@@ -50,8 +50,10 @@ def test_expiry_sends_job_failed_to_the_webhook(obs_client: Any) -> None:
     job = obs_client.generate("expiring with a webhook", queue_timeout_s=1.0, webhook="http://localhost:9/hook",
                                webhook_events=["job.failed"])
     assert job.wait(timeout=60).error["code"] == "expired"
+    # Queued right after the record turned final, by whichever process expired it.
+    wait_until(lambda: obs_client.deliveries.get(f"msg_{job.id}_1") is not None, 30, "the job's event queued")
     delivery = obs_client.deliveries.get(f"msg_{job.id}_1")  # the job's first and only event
-    assert delivery is not None and delivery.type == "job.failed"
+    assert delivery.type == "job.failed"
     assert json.loads(delivery.body)["data"]["error"]["code"] == "expired"
 
 

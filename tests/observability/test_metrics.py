@@ -104,7 +104,7 @@ def test_each_child_of_a_fleet_serves_its_own_metrics_port(obs_env: dict[str, st
         client = Client(settings=Settings.from_env(env))
         jobs = [client.caption(encode(scene(seed=i))) for i in range(4)]
         for job in jobs:
-            assert job.wait(timeout=120).status == "succeeded"
+            assert job.wait(timeout=120).status == "succeeded", job.error
         assert sum(_total(scrape(url), "visionq_jobs_total") for url in urls) == 4
     finally:
         fleet.send_signal(signal.SIGTERM)  # the supervisor drains its children
