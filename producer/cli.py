@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except redis.ConnectionError as exc:
         print(f"visionq: cannot reach Redis (VISIONQ_REDIS_URL): {exc}", file=sys.stderr)
         return 5
+    except ConnectionError as exc:  # the gateway (VISIONQ_API_URL)
+        print(f"visionq: {exc}", file=sys.stderr)
+        return 5
     except KeyboardInterrupt:
         return 130
 
@@ -155,6 +158,27 @@ def build_parser() -> argparse.ArgumentParser:
     workers.add_argument("--json", action="store_true")
     workers.set_defaults(handler=_workers)
 
+    gateway = commands.add_parser("gateway", help="run the HTTP gateway and its dashboard (the [gateway] extra)")
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument("--port", type=int, default=8080, help="0: any free port (logged)")
+    gateway.add_argument("--no-auth", action="store_true", help="no API keys: refused unless the host is loopback")
+    gateway.set_defaults(handler=_gateway)
+
+    keys = commands.add_parser("keys", help="the gateway's API keys: create, list, revoke")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    create = key_commands.add_parser("create", help="a new key for TENANT, printed once, with the tenant's webhook secret")
+    create.add_argument("tenant")
+    create.add_argument("--max-queued", type=int, metavar="N", help="the tenant's unfinished jobs this key may leave")
+    create.add_argument("--rate", type=float, metavar="PER_S", help="jobs per second this key may submit")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(handler=_keys("keys_create"))
+    listed = key_commands.add_parser("list", help="every key: id, tenant, limits (never the key itself)")
+    listed.add_argument("--json", action="store_true")
+    listed.set_defaults(handler=_keys("keys_list"))
+    revoke = key_commands.add_parser("revoke", help="revoke a key, at once on every gateway")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(handler=_keys("keys_revoke"))
+
     demo = commands.add_parser("demo", help="run one job of each kind end to end on embedded defaults")
     demo.add_argument("--tiny", action="store_true", help="use tiny offline models even when a hub is reachable")
     demo.add_argument("--keep", action="store_true", help="keep the demo's Redis and files afterwards")
@@ -169,9 +193,18 @@ def _add_wait_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _client() -> Any:
+    """Through the gateway when VISIONQ_API_URL is set, else straight to Redis."""
     from producer.client import Client
 
     return Client()
+
+
+def _redis_client() -> Any:
+    """For the operators' commands that only exist on Redis (purge, dead webhooks)."""
+    from producer.client import Client
+    from tasks.settings import Settings
+
+    return Client(settings=Settings.from_env())
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -270,7 +303,10 @@ def _workers(args: argparse.Namespace) -> int:
     from tasks.heartbeats import list_workers
 
     client = _client()
-    workers = list_workers(client.store.redis, client.settings.redis_prefix)
+    if client.gateway is not None:
+        workers = client.gateway.workers()
+    else:
+        workers = list_workers(client.store.redis, client.settings.redis_prefix)
     if args.json:
         print(json.dumps(workers, indent=2))
         return 0
@@ -292,10 +328,13 @@ def _queues(args: argparse.Namespace) -> int:
     from tasks.queues import oldest_queued_age_s, queue_depths
 
     client = _client()
-    depths = queue_depths(client.store.redis, client.settings.redis_prefix)
-    ages = oldest_queued_age_s(client.store.redis, client.settings.redis_prefix)
-    for kind, d in depths.items():
-        d["oldest_age_s"] = round(ages[kind], 3)
+    if client.gateway is not None:
+        depths = client.gateway.queues()  # the same JSON, oldest_age_s included
+    else:
+        depths = queue_depths(client.store.redis, client.settings.redis_prefix)
+        ages = oldest_queued_age_s(client.store.redis, client.settings.redis_prefix)
+        for kind, d in depths.items():
+            d["oldest_age_s"] = round(ages[kind], 3)
     if args.json:
         print(json.dumps(depths, indent=2))
         return 0
@@ -317,15 +356,16 @@ def _serving_models(client: Any) -> dict[str, int]:
 
     from tasks.heartbeats import SERVING_STATES, list_workers
 
-    return Counter(model for w in list_workers(client.store.redis, client.settings.redis_prefix)
-                   if w.get("state") in SERVING_STATES for model in w.get("models", {}))
+    workers = (client.gateway.workers() if client.gateway is not None
+               else list_workers(client.store.redis, client.settings.redis_prefix))
+    return Counter(model for w in workers if w.get("state") in SERVING_STATES for model in w.get("models", {}))
 
 
 def _purge(args: argparse.Namespace) -> int:
     from tasks.expiry import QueueEnds
     from tasks.kinds import JobKind
 
-    client = _client()
+    client = _redis_client()
     kind = JobKind(args.kind)
     ended = QueueEnds(client.store).purge(kind, f"canceled while queued by `visionq purge {kind.value}`")
     for record in ended:
@@ -341,7 +381,7 @@ def _celery(args: argparse.Namespace) -> int:
 
 
 def _webhooks_dead(args: argparse.Namespace) -> int:
-    dead = [delivery.to_dict() for delivery in _client().deliveries.list_dead()]
+    dead = [delivery.to_dict() for delivery in _redis_client().deliveries.list_dead()]
     if args.json:
         print(json.dumps(dead, indent=2))
         return 0
@@ -357,7 +397,7 @@ def _webhooks_dead(args: argparse.Namespace) -> int:
 def _webhooks_replay(args: argparse.Namespace) -> int:
     from tasks.deliveries import enqueue_delivery
 
-    client = _client()
+    client = _redis_client()
     if client.deliveries.reopen(args.delivery_id) is None:
         raise JobNotFound(f"no delivery {args.delivery_id!r}")
     enqueue_delivery(client.celery, args.delivery_id)
@@ -392,6 +432,25 @@ def _webhooks_deliver(args: argparse.Namespace) -> int:
     from worker.commands import deliver_webhooks  # torch-free, like the delivery worker itself
 
     return deliver_webhooks(args.concurrency, args.loglevel)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        print("visionq: the gateway needs the [gateway] extra: pip install 'visionq[gateway]'", file=sys.stderr)
+        return 2
+    from producer.gateway.commands import gateway
+
+    return gateway(args)
+
+
+def _keys(name: str) -> Any:
+    """The handler of `visionq keys NAME` (producer/gateway/commands.py; no FastAPI needed)."""
+    def handler(args: argparse.Namespace) -> int:
+        from producer.gateway import commands
+
+        return getattr(commands, name)(args)
+
+    return handler
 
 
 def _demo(args: argparse.Namespace) -> int:

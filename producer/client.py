@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from tasks.record import JobRecord
 from tasks.storage import Storage, input_key, open_storage
 from tasks.store import JobStore, NewJob
 from tasks.webhooks import secret_key, validate_webhook
+from producer.http_source import HttpJobSource
 from producer.job import Job
 from producer.redis_source import RedisJobSource
 
@@ -74,7 +76,10 @@ class Client:
     """Submits jobs and reads them back.
 
     Configuration comes from the environment (VISIONQ_REDIS_URL, VISIONQ_STORAGE_URL,
-    boto3's AWS_* variables); explicit arguments win.
+    boto3's AWS_* variables); explicit arguments win. Through an HTTP gateway instead of
+    Redis with `api_url` and `api_key` (or VISIONQ_API_URL and VISIONQ_API_KEY, which win
+    over the Redis variables): the same methods and `Job`, with a tenant's API key
+    (producer/http_source.py).
     """
 
     def __init__(
@@ -82,8 +87,19 @@ class Client:
         redis_url: str | None = None,
         storage_url: str | None = None,
         *,
+        api_url: str | None = None,
+        api_key: str | None = None,
         settings: Settings | None = None,
     ) -> None:
+        explicit_redis = redis_url is not None or storage_url is not None or settings is not None
+        api_url = api_url or (None if explicit_redis else os.environ.get("VISIONQ_API_URL") or None)
+        self.gateway: HttpJobSource | None = None
+        if api_url is not None:
+            key = api_key or os.environ.get("VISIONQ_API_KEY")
+            if not key:
+                raise InvalidInput(f"the gateway {api_url} needs an API key: pass api_key or set VISIONQ_API_KEY")
+            self.gateway = self.jobs = HttpJobSource(api_url, key)
+            return
         self.settings = settings or Settings.from_env(redis_url=redis_url, storage_url=storage_url)
         self.store = JobStore.from_url(
             self.settings.redis_url, ttl_s=self.settings.job_ttl_s, prefix=self.settings.redis_prefix
@@ -146,6 +162,8 @@ class Client:
         "webhook": ..., "webhook_events": ..., "webhook_secret": ..., "model": ..., "queue_timeout_s": ...}``.
         Returns, in request order, the `Job` or the error that refused that request (an
         `InvalidInput`, ...): one bad request loses nothing else."""
+        if self.gateway is not None:
+            return [self._submit_through_gateway(request, index) for index, request in enumerate(requests)]
         results: list[Job | VisionqError | None] = [None] * len(requests)
         for begin in range(0, len(requests), chunk_size):
             prepared: list[tuple[int, _Prepared]] = []
@@ -167,7 +185,16 @@ class Client:
         (seconds it may wait for a worker to start it before it fails `expired`; default
         VISIONQ_QUEUE_TIMEOUT_<KIND>_S), `model` (a model the deployment serves, by its name within
         the kind, e.g. "vit-gpt2"; "caption/vit-gpt2" too; default: the kind's default)."""
+        if self.gateway is not None:
+            return Job(self.gateway, self.gateway.submit_job(kind, params, **options))
         return self._store([self._prepare(kind, params, **options)])[0]
+
+    def _submit_through_gateway(self, request: Any, index: int) -> Job | VisionqError:
+        try:
+            kind, params, options = _bulk_request(request, index)
+            return self._submit(kind, params, **options)
+        except VisionqError as exc:
+            return exc
 
     def _prepare(
         self, kind: JobKind, params: dict[str, Any], *, idempotency_key: str | None = None,
