@@ -5,7 +5,6 @@ import base64
 import hashlib
 import io
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -19,16 +18,14 @@ from tasks.expiry import check_queue_timeout
 from tasks.errors import InvalidInput, VisionqError
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
-from tasks.messages import job_enqueue
-from tasks.models import model_queue
+from tasks.messages import job_enqueue, redis_db
 from tasks.schemas import (
     IMAGE_SCHEMES, parse_request, request_to_message, request_to_record,
 )
 from tasks.served_models import choose_model, registered_models
 from tasks.settings import Settings
-from tasks.record import JobRecord
 from tasks.storage import Storage, input_key, open_storage
-from tasks.store import JobStore, NewJob
+from tasks.store import Enqueue, JobStore, NewJob
 from tasks.webhooks import secret_key, validate_webhook
 from producer.http_source import HttpJobSource
 from producer.job import Job
@@ -45,10 +42,10 @@ _BULK_OPTIONS = frozenset({
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A checked submit, ready to be written: the job, its (list, message) and webhook secret."""
+    """A checked submit, ready to be written: the job, its Celery message and webhook secret."""
 
     new: NewJob
-    enqueue: tuple[str, str]
+    enqueue: Enqueue
     webhook_secret: str | None
 
 
@@ -111,8 +108,8 @@ class Client:
         self.events = EventPublisher(self.store, self.deliveries, self.celery)
         self.jobs = RedisJobSource(self.store, self.events, self.settings.redis_url)
         self._storage: Storage | None = None
-        self._sent_events: Any = None  # Celery's event dispatcher, built on the first task-sent event
-        self._events_lock = threading.Lock()
+        # With task events on, each submit's script publishes Celery's task-sent event too.
+        self._sent_event_db = redis_db(self.settings.redis_url) if self.settings.task_events else None
 
     @property
     def storage(self) -> Storage:
@@ -224,7 +221,7 @@ class Client:
             message=message,  # the sweeper republishes a lost message from it
             queue_timeout_s=timeout_s, model=model_name,
         )
-        enqueue = job_enqueue(new.record, message, self.settings.redis_prefix)
+        enqueue = job_enqueue(new.record, message, self.settings.redis_prefix, self._sent_event_db)
         return _Prepared(new, enqueue, webhook_secret)
 
     def _store(self, prepared: list[_Prepared]) -> list[Job]:
@@ -235,22 +232,8 @@ class Client:
             if created:
                 if p.webhook_secret is not None:
                     self.deliveries.set_job_secret(record.id, p.webhook_secret)
-                if self.settings.task_events:
-                    self._send_sent_event(record)
             jobs.append(Job(self.jobs, record))
         return jobs
-
-    def _send_sent_event(self, record: JobRecord) -> None:
-        """Celery's task-sent event, as `send_task` sends it with task events on (Flower shows it)."""
-        with self._events_lock:
-            if self._sent_events is None:
-                self._sent_events = self.celery.events.Dispatcher(self.celery.connection_for_write())
-            self._sent_events.send(
-                "task-sent", uuid=record.id, root_id=record.id, parent_id=None,
-                name=record.kind.task_name, args="()", kwargs="{...}", retries=0, eta=None, expires=None,
-                queue=model_queue(record.kind.value, record.model), exchange="",
-                routing_key=model_queue(record.kind.value, record.model),
-            )
 
     def _webhook(self, url: str | None, events: list[str] | None, secret: str | None) -> dict[str, Any] | None:
         if url is None:

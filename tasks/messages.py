@@ -15,12 +15,15 @@ import base64
 import json
 import os
 import socket
+import time
 import uuid
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from tasks.kinds import Priority, priority_list_key
 from tasks.models import model_queue
 from tasks.record import JobRecord
+from tasks.store import Enqueue
 
 # Celery writes these null callbacks with every message; a consumer expects the key set.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -52,12 +55,50 @@ def task_message(task_name: str, task_id: str, kwargs: dict[str, Any], queue: st
     })
 
 
-def job_enqueue(record: JobRecord, request_message: dict[str, Any], prefix: str) -> tuple[str, str]:
-    """(the Redis list, the serialized message) that queue `record`'s job, for `JobStore.create`'s
-    `enqueue`: on the queue of its model (tasks.models.model_queue), at its priority, under the
-    deployment's key prefix (kombu's `global_keyprefix`, tasks/app.py)."""
+def job_enqueue(
+    record: JobRecord, request_message: dict[str, Any], prefix: str, sent_event_db: int | None = None,
+) -> Enqueue:
+    """The message that queues `record`'s job, for `JobStore.create`'s `enqueue`: on the queue of
+    its model (tasks.models.model_queue), at its priority, under the deployment's key prefix
+    (kombu's `global_keyprefix`, tasks/app.py). `sent_event_db`: the Redis database number, when
+    task events are on: Celery's task-sent event is then published in the same script."""
     kind = record.kind
     queue = model_queue(kind.value, record.model)
     priority = Priority(record.priority)
     kwargs = {"job_id": record.id, "request": request_message}
-    return priority_list_key(queue, priority, prefix), task_message(kind.task_name, record.id, kwargs, queue, priority)
+    message = task_message(kind.task_name, record.id, kwargs, queue, priority)
+    if sent_event_db is None:
+        return Enqueue(priority_list_key(queue, priority, prefix), message)
+    channel, event = sent_event(kind.task_name, record.id, kwargs, queue, prefix, sent_event_db)
+    return Enqueue(priority_list_key(queue, priority, prefix), message, channel, event)
+
+
+def sent_event(
+    task_name: str, task_id: str, kwargs: dict[str, Any], queue: str, prefix: str, db: int,
+) -> tuple[str, str]:
+    """(channel, message) of Celery's task-sent event as `send_task` publishes it with task events
+    on: a kombu message on the `celeryev` fanout exchange, which kombu's Redis transport PUBLISHes
+    on `/<db>.celeryev/task.sent` under the global key prefix (Flower and `celery events` read it)."""
+    body = {
+        "hostname": _ORIGIN, "utcoffset": 0.0, "pid": os.getpid(), "clock": 0, "uuid": task_id,
+        "root_id": task_id, "parent_id": None, "name": task_name, "args": "()",
+        "kwargs": repr(kwargs)[:_REPR_MAX_CHARS], "retries": 0, "eta": None, "expires": None, "queue": queue,
+        "exchange": "", "routing_key": queue, "timestamp": time.time(), "type": "task-sent",
+    }
+    message = json.dumps({
+        "body": base64.b64encode(json.dumps(body).encode()).decode(), "content-encoding": "utf-8",
+        "content-type": "application/json", "headers": {"hostname": _ORIGIN},
+        "properties": {"delivery_mode": 1, "delivery_info": {"exchange": "celeryev", "routing_key": "task.sent"},
+                       "priority": 0, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+    })
+    return f"{prefix}:/{db}.celeryev/task.sent", message
+
+
+def redis_db(redis_url: str) -> int:
+    """The database number of a redis:// URL (its path, or ?db=; 0 by default), as kombu reads it."""
+    parts = urlsplit(redis_url)
+    query = parse_qs(parts.query)
+    if "db" in query:
+        return int(query["db"][-1])
+    path = parts.path.strip("/")
+    return int(path) if path.isdigit() else 0

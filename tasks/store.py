@@ -80,8 +80,9 @@ return {'ok', current, cancel, record}
 # A new job: its record, its place in the queued index (and the start deadlines) and its
 # Celery message, all or nothing. KEYS: job hash, queued index, start deadlines, [the queue
 # list when a message is given], [the idempotency key when one is given]. ARGV: job id, ttl s,
-# now, start deadline or '', the message or '', 1 if an idempotency key is given, then the
-# record's field/value pairs. Returns {1, id}, or {0, the id holding the idempotency key}.
+# now, start deadline or '', the message or '', 1 if an idempotency key is given, the channel and
+# message of Celery's task-sent event ('' ''), then the record's field/value pairs.
+# Returns {1, id}, or {0, the id holding the idempotency key}.
 _CREATE = """
 if ARGV[6] == '1' then
   local existing = redis.call('GET', KEYS[#KEYS])
@@ -91,10 +92,11 @@ end
 -- that can fail (a queue key of the wrong type) comes before every other.
 if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[5]) end
 if ARGV[6] == '1' then redis.call('SET', KEYS[#KEYS], ARGV[1], 'EX', ARGV[2]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 if ARGV[4] ~= '' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
+if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
 return {1, ARGV[1]}
 """
 
@@ -130,6 +132,17 @@ if current == 'running' then
 end
 return current
 """
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """A job's Celery message (tasks/messages.py) and the Redis list it goes on; with task events
+    on, also Celery's task-sent event and the channel it is published on."""
+
+    list_key: str
+    message: str
+    event_channel: str = ""
+    event: str = ""
 
 
 @dataclass(frozen=True)
@@ -198,7 +211,7 @@ class JobStore:
         webhook: dict[str, Any] | None = None, priority: str = "normal",
         message: dict[str, Any] | None = None, tenant: str | None = None,
         queue_timeout_s: float | None = None, model: str | None = None,
-        enqueue: tuple[str, str] | None = None,
+        enqueue: Enqueue | None = None,
     ) -> tuple[JobRecord, bool]:
         """Store a new queued job. With an idempotency key already used within the
         TTL, returns the existing job and False instead (nothing new is stored, nothing queued).
@@ -208,8 +221,8 @@ class JobStore:
         the sweeper can publish a lost message again (`queued_message`).
         `queue_timeout_s`: past it, unstarted, the job fails `expired` (tasks/expiry.py).
         `model`: the model's name within the kind (tasks/served_models.py); None: the default.
-        `enqueue`: (Redis list, serialized Celery message, tasks/messages.py), pushed in the same
-        script as the record: one round trip, and never a record without its message or the reverse."""
+        `enqueue`: the Celery message (tasks/messages.py), pushed in the same script as the
+        record: one round trip, and never a record without its message or the reverse."""
         new = self.new_job(kind, input_record, idempotency_key, webhook, priority, message, tenant,
                            queue_timeout_s, model)
         return self.create_many([(new, enqueue)])[0]
@@ -230,7 +243,7 @@ class JobStore:
         return NewJob(record, queued_message)
 
     def create_many(
-        self, jobs: list[tuple[NewJob, tuple[str, str] | None]],
+        self, jobs: list[tuple[NewJob, Enqueue | None]],
     ) -> list[tuple[JobRecord, bool]]:
         """Store (and enqueue) every job in one pipelined round trip, each atomically by itself;
         per job (its record, True) or (the record of the job holding its idempotency key, False)."""
@@ -268,12 +281,13 @@ class JobStore:
                 raise answer
         return outcomes
 
-    def _create_call(self, new: NewJob, enqueue: tuple[str, str] | None, now: float) -> tuple[list[str], list[Any]]:
+    def _create_call(self, new: NewJob, enqueue: Enqueue | None, now: float) -> tuple[list[str], list[Any]]:
         record = new.record
         fields = _encode(record.to_dict())
         if new.queued_message is not None:
             fields["message"] = json.dumps(new.queued_message)
-        queue_list, payload = enqueue if enqueue is not None else ("", "")
+        enqueue = enqueue or Enqueue("", "")
+        queue_list, payload = enqueue.list_key, enqueue.message
         deadline = "" if record.queue_timeout_s is None else now + record.queue_timeout_s
         keys = [self.job_key(record.id), self.queued_key, self.deadlines_key]
         if queue_list:
@@ -281,7 +295,7 @@ class JobStore:
         if record.idempotency_key is not None:
             keys.append(self._idempotency_key(record.idempotency_key, record.tenant))
         args: list[Any] = [record.id, self.ttl_s, now, deadline, payload,
-                           int(record.idempotency_key is not None)]
+                           int(record.idempotency_key is not None), enqueue.event_channel, enqueue.event]
         for name, value in fields.items():
             args += [name, value]
         return keys, args

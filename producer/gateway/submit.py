@@ -18,7 +18,7 @@ from tasks.errors import InvalidInput
 from tasks.expiry import check_queue_timeout
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
-from tasks.messages import job_enqueue
+from tasks.messages import job_enqueue, redis_db
 from tasks.record import JobRecord
 from tasks.schemas import JobRequest, parse_request, request_to_message, request_to_record
 from tasks.served_models import choose_model, registered_models
@@ -79,7 +79,8 @@ class Submitter:
                 model=checked.model,
             )
             # Record and Celery message in one script: never one without the other.
-            enqueue = job_enqueue(new.record, message, self.settings.redis_prefix)
+            enqueue = job_enqueue(new.record, message, self.settings.redis_prefix,
+                                  redis_db(self.settings.redis_url) if self.settings.task_events else None)
             record, created = services.store.create_many([(new, enqueue)])[0]
             if not created:
                 services.tenant_jobs.release(caller.tenant, token)

@@ -6,6 +6,8 @@ parser reads its task, id and keyword arguments.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 from celery.worker.request import Request
@@ -84,3 +86,22 @@ def test_a_failed_script_writes_neither(store: JobStore, redis_client: redis.Red
         _create(store)
     assert redis_client.keys(f"{store.prefix}:job:*") == []
     assert redis_client.zcard(store.queued_key) == 0
+
+
+def test_the_submit_publishes_celerys_task_sent_event_in_the_same_script(
+    store: JobStore, redis_client: redis.Redis, redis_server: object, key_prefix: str,
+) -> None:
+    app = make_celery(Settings.from_env({}, redis_url=redis_server.url, redis_prefix=key_prefix))
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(f"{key_prefix}:/0.celeryev/task.sent")
+    pubsub.get_message(timeout=1)
+    request = {"image": "s3://b/k.png"}
+    new = store.new_job(JobKind.CAPTION, request, None, None, "normal", message=request)
+    store.create_many([(new, job_enqueue(new.record, request, store.prefix, sent_event_db=0))])
+    raw = pubsub.get_message(timeout=5)
+    assert raw is not None, "no task-sent event"
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        event = channel.Message(json.loads(raw["data"]), channel=channel).decode()
+    assert event["type"] == "task-sent" and event["uuid"] == new.record.id
+    assert event["name"] == "visionq.run.caption" and event["queue"] == "visionq.caption"
