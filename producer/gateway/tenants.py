@@ -4,7 +4,7 @@ Both are shared by every gateway replica. The index is a sorted set scored by a
 per-tenant sequence number, so pages never skip or repeat jobs that share a
 millisecond and the cursor is simply the last score seen. Unfinished jobs are a
 second sorted set; workers know nothing of tenants, so finished jobs are pruned
-from it lazily, by the admission script, when the count reaches the limit.
+from it lazily, by the admission script.
 """
 from __future__ import annotations
 
@@ -21,30 +21,35 @@ from tasks.record import JobRecord
 
 MAX_INDEXED = 100_000  # newest jobs listed per tenant; older ones still answer GET /v1/jobs/{id}
 RESERVATION_TTL_S = 60  # a reservation whose gateway died before it created the job stops counting
-PRUNE_UNLIMITED_AT = 1_000  # without a limit, finished jobs are pruned when this many are tracked
+PRUNE_OLDEST = 16  # entries of the unfinished set each admission looks at
 
 # KEYS[1] unfinished set. ARGV: limit (0: none), now, reservation token, job key prefix,
-# reservation TTL, prune threshold. Returns the count with the reservation, or -count when refused.
+# reservation TTL, how many of the oldest entries each call looks at. Finished jobs leave the
+# set here: the oldest few on every call (jobs mostly end in the order they came, so this
+# keeps up), all of them only when the count reaches the limit, before a refusal.
+# Returns the count with the reservation, or -count when refused.
 _ADMIT = """
-local limit = tonumber(ARGV[1])
-local threshold = limit > 0 and limit or tonumber(ARGV[6])
-local n = redis.call('ZCARD', KEYS[1])
-if n >= threshold then
-  local now = tonumber(ARGV[2])
-  local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[5])
+local function prune(members)
   for i = 1, #members, 2 do
     local id, score = members[i], tonumber(members[i + 1])
     if string.sub(id, 1, 2) == 'r:' then
-      if score < now - tonumber(ARGV[5]) then redis.call('ZREM', KEYS[1], id) end
+      if score < now - ttl then redis.call('ZREM', KEYS[1], id) end
     else
       local status = redis.call('HGET', ARGV[4] .. id, 'status')
       if status ~= '"queued"' and status ~= '"running"' then redis.call('ZREM', KEYS[1], id) end
     end
   end
-  n = redis.call('ZCARD', KEYS[1])
 end
-if limit > 0 and n >= limit then return -n end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+local limit = tonumber(ARGV[1])
+prune(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1, 'WITHSCORES'))
+local n = redis.call('ZCARD', KEYS[1])
+if limit > 0 and n >= limit then
+  prune(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'))
+  n = redis.call('ZCARD', KEYS[1])
+  if n >= limit then return -n end
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
 return n + 1
 """
 
@@ -83,7 +88,7 @@ class TenantJobs:
         token = f"r:{uuid.uuid4().hex}"
         _, _, unfinished = self._keys(tenant)
         count = int(self._admit(keys=[unfinished], args=[
-            max_queued or 0, time.time(), token, f"{self.prefix}:job:", RESERVATION_TTL_S, PRUNE_UNLIMITED_AT,
+            max_queued or 0, time.time(), token, f"{self.prefix}:job:", RESERVATION_TTL_S, PRUNE_OLDEST,
         ]))
         if count < 0:
             raise RateLimited(
