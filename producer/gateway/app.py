@@ -1,6 +1,6 @@
 """The HTTP gateway: `create_app(settings)` builds the FastAPI application.
 
-Routes are in `routes.py`; this module wires what every route shares: the one
+Routes are in `jobs.py` and `fleet.py`; this module wires what every route shares: the one
 error body (`{"error": {"code", "message"}}`, validation errors included, as
 400 rather than FastAPI's 422), the body cap, the dashboard's static files and
 the OpenAPI document that says all of it.
@@ -21,8 +21,7 @@ from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from producer.gateway import schemas
-from producer.gateway import fleet, jobs
+from producer.gateway import fleet, jobs, schemas
 from producer.gateway.bodies import BodyCap
 from producer.gateway.keys import ApiKey
 from producer.gateway.services import Services
@@ -42,6 +41,7 @@ _STATUS_CODES = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN, 404: Err
 def create_app(settings: Settings | None = None, *, no_auth: bool = False) -> FastAPI:
     settings = settings or Settings.from_env()
     services = Services(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.open_async()
