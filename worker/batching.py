@@ -26,6 +26,7 @@ from tasks.kinds import JobKind
 from worker.pipelines.base import Pipeline, PipelineResult, no_progress
 
 log = logging.getLogger("visionq.worker")
+MAX_ADAPTIVE_WAIT_S = 0.1  # the longest a batch under load waits for companions
 
 
 @dataclass
@@ -56,6 +57,12 @@ class ModelExecutor:
         # no batching delay).
         self._arriving = 0
         self._arriving_lock = threading.Lock()
+        # Under load (work was waiting when the last batch formed), a batch waits for companions up
+        # to half its pipeline's recent batch time, not just max_wait_ms: on a small machine the
+        # next jobs' fetch and decode take longer than 5 ms, and a job that misses this batch
+        # waits a whole batch run for the next. An idle worker never waits (_collect).
+        self._batch_s: dict[int, float] = {}  # by id(pipeline): moving average of a batch's run time
+        self._under_load = False
         self._thread = threading.Thread(target=self._loop, name="visionq-model", daemon=True)
         self._thread.start()
 
@@ -106,22 +113,29 @@ class ModelExecutor:
             if item.key == first.key:
                 self._pending.remove(item)
                 batch.append(item)
-        deadline = time.monotonic() + self.max_wait_s
+        under_load = self._under_load
+        wait_s = self.max_wait_s
+        if under_load and limit > 1:
+            wait_s = max(wait_s, min(MAX_ADAPTIVE_WAIT_S, self._batch_s.get(id(first.pipeline), 0.0) / 2))
+        deadline = time.monotonic() + wait_s
         while len(batch) < limit:
             remaining = deadline - time.monotonic()
+            expecting = self._arriving > 0 or under_load
             try:
-                if remaining > 0 and self._arriving > 0:
+                if remaining > 0 and expecting:
                     item = self._queue.get(timeout=min(remaining, 0.001))
                 else:
                     item = self._queue.get_nowait()
             except queue.Empty:
-                if remaining <= 0 or self._arriving == 0:
+                if remaining <= 0 or not expecting:
                     break
                 continue
             if item.key == first.key:
                 batch.append(item)
             else:
                 self._pending.append(item)
+        # More work came or was on its way while this batch formed: the next one waits for companions.
+        self._under_load = len(batch) > 1 or bool(self._pending) or self._arriving > 0
         return batch
 
     def _drain_queue(self) -> None:
@@ -177,6 +191,9 @@ class ModelExecutor:
                 item.future.set_exception(exc)
             return
         run_ms = _ms_since(started)
+        previous = self._batch_s.get(id(pipeline))
+        seconds = run_ms / 1000
+        self._batch_s[id(pipeline)] = seconds if previous is None else 0.7 * previous + 0.3 * seconds
         for item, result in zip(batch, results):
             try:
                 item.progress(1.0)  # the job's checkpoint: canceled or over time ends it here
