@@ -100,10 +100,13 @@ def prometheus(metrics_url: str, gateway: str, tmp_path_factory: pytest.TempPath
         def both_up() -> bool:
             assert process.poll() is None, (folder / "prometheus.log").read_text()[-3000:]
             try:
-                up = _query(url, "sum(up)")
+                answer = httpx.get(f"{url}/api/v1/query", params={"query": "sum(up)"}, timeout=10)
             except httpx.HTTPError:
                 return False
-            return up == 2.0
+            if answer.status_code != 200:  # 503 while its storage starts
+                return False
+            result = answer.json()["data"]["result"]
+            return bool(result) and float(result[0]["value"][1]) == 2.0
         wait_until(both_up, 60, "Prometheus scraping the worker and the gateway")
         yield url
     finally:
