@@ -158,13 +158,9 @@ async def submit_batch(request: Request, who: Caller) -> JSONResponse:
                 checked.append(submitter.check(who, job))
             except InvalidInput as exc:
                 raise InvalidInput(f"jobs[{index}]: {exc.message}") from None
-        results: list[dict[str, Any]] = []
-        for job in checked:
-            try:
-                results.append(render(request, submitter.submit_checked(who, job).record))
-            except VisionqError as exc:
-                results.append(error_body(exc))
-        return results
+        # Every admitted job written in one pipelined round trip (Client.submit_many's path).
+        return [error_body(outcome) if isinstance(outcome, VisionqError) else render(request, outcome.record)
+                for outcome in submitter.submit_checked_many(who, checked)]
 
     return JSONResponse({"jobs": await run_in_threadpool(submit_all)})
 

@@ -14,7 +14,7 @@ from typing import Any
 from producer.gateway.keys import ApiKey
 from producer.gateway.services import Services
 from producer.http_errors import Conflict
-from tasks.errors import InvalidInput
+from tasks.errors import InvalidInput, VisionqError
 from tasks.expiry import check_queue_timeout
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
@@ -23,6 +23,7 @@ from tasks.record import JobRecord
 from tasks.schemas import JobRequest, parse_request, request_to_message, request_to_record
 from tasks.served_models import choose_model, registered_models
 from tasks.storage import S3Storage, input_key
+from tasks.store import Enqueue, NewJob
 from tasks.webhooks import validate_webhook
 
 # The top-level fields of a job body; the method's parameters are in `input`.
@@ -72,16 +73,7 @@ class Submitter:
         services.rate_limiter.take(caller.key_id, caller.rate)
         token = services.tenant_jobs.admit(caller.tenant, caller.max_queued)
         try:
-            message = request_to_message(request)
-            new = services.store.new_job(
-                request.kind, request_to_record(request), idempotency_key, webhook, priority.value,
-                message=message, tenant=caller.tenant, queue_timeout_s=checked.queue_timeout_s,
-                model=checked.model,
-            )
-            # Record and Celery message in one script: never one without the other.
-            enqueue = job_enqueue(new.record, message, self.settings.redis_prefix,
-                                  redis_db(self.settings.redis_url) if self.settings.task_events else None)
-            record, created = services.store.create_many([(new, enqueue)])[0]
+            record, created = services.store.create_many([self._new_job(caller, checked, idempotency_key)])[0]
             if not created:
                 services.tenant_jobs.release(caller.tenant, token)
                 if _fingerprint(record) != (request.kind.value, request_to_record(request), priority.value, webhook,
@@ -97,6 +89,44 @@ class Submitter:
             services.tenant_jobs.release(caller.tenant, token)
             raise
         return Submission(record, created=True)
+
+    def submit_checked_many(self, caller: ApiKey, checked: list[Checked]) -> list[Submission | VisionqError]:
+        """Jobs of one batch (no idempotency keys): each admitted by the rate limit and quota on its
+        own, then every admitted one written in one pipelined round trip (tasks/store.py
+        `create_many`, as `Client.submit_many`). Per job, its Submission or what refused it."""
+        services = self.services
+        results: list[Submission | VisionqError | None] = [None] * len(checked)
+        admitted: list[tuple[int, str, Checked]] = []
+        for index, job in enumerate(checked):
+            try:
+                services.rate_limiter.take(caller.key_id, caller.rate)
+                admitted.append((index, services.tenant_jobs.admit(caller.tenant, caller.max_queued), job))
+            except VisionqError as exc:
+                results[index] = exc
+        try:
+            stored = services.store.create_many([self._new_job(caller, job, None) for _, _, job in admitted])
+            for (index, token, job), (record, _created) in zip(admitted, stored):
+                if job.webhook is not None:
+                    services.deliveries.set_job_secret(record.id, services.keys.tenant_secret(caller.tenant))
+                services.tenant_jobs.register(caller.tenant, record.id, token)
+                results[index] = Submission(record, created=True)
+        except BaseException:
+            for index, token, _ in admitted:
+                if results[index] is None:
+                    services.tenant_jobs.release(caller.tenant, token)
+            raise
+        return results  # type: ignore[return-value]
+
+    def _new_job(self, caller: ApiKey, checked: Checked, idempotency_key: str | None) -> tuple[NewJob, Enqueue]:
+        """The job's record and Celery message, to be written together in one script."""
+        request = checked.request
+        message = request_to_message(request)
+        new = self.services.store.new_job(
+            request.kind, request_to_record(request), idempotency_key, checked.webhook, checked.priority.value,
+            message=message, tenant=caller.tenant, queue_timeout_s=checked.queue_timeout_s, model=checked.model,
+        )
+        events_db = redis_db(self.settings.redis_url) if self.settings.task_events else None
+        return new, job_enqueue(new.record, message, self.settings.redis_prefix, events_db)
 
     def _parse(
         self, tenant: str, body: Any, image: bytes | None,
