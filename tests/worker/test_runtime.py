@@ -392,3 +392,59 @@ def test_waiting_for_storage_is_off_the_clock(harness) -> None:
     job_id, message = submit(JobKind.CAPTION, {"image": ref.uri})
     runner.run(JobKind.CAPTION, job_id, message)
     assert store.get(job_id).status is JobStatus.SUCCEEDED
+
+
+def test_a_cancel_after_the_models_last_checkpoint_wins_the_final_transition(harness) -> None:
+    make, submit, store, storage = harness
+    job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
+
+    def canceled_at_the_end(request: Any, image: Any, progress: Any) -> PipelineResult:
+        result = succeed(request, image, progress)  # its checkpoint at 1.0 has passed
+        store.request_cancel(job_id)
+        return result
+
+    make(canceled_at_the_end).run(JobKind.GENERATE, job_id, message)
+    record = store.get(job_id)
+    assert record.status is JobStatus.CANCELED and record.output is None and record.error["code"] == "canceled"
+    result = json.loads((storage.root / "jobs" / job_id / "result.json").read_text())
+    assert result["status"] == "canceled" and result["output"] is None  # storage says what the record says
+
+
+def test_the_final_transition_acknowledges_the_message_and_kombus_ack_skips_redis(harness) -> None:
+    from kombu.transport import redis as kombu_redis
+
+    from tasks.store import Delivery
+    from worker.broker import QoS, acknowledged
+
+    make, submit, store, _ = harness
+    job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
+    delivery = Delivery("tag-7", f"{store.prefix}:unacked_index", f"{store.prefix}:unacked")
+    store.redis.zadd(delivery.index_key, {delivery.tag: 1.0})
+    store.redis.hset(delivery.hash_key, delivery.tag, "the message")
+    make(succeed).run(JobKind.GENERATE, job_id, message, delivery=delivery)
+    assert store.get(job_id).status is JobStatus.SUCCEEDED
+    assert not store.redis.hexists(delivery.hash_key, delivery.tag)
+    assert store.redis.zscore(delivery.index_key, delivery.tag) is None
+
+    from kombu import Connection
+
+    from worker.broker import TRANSPORT
+
+    url = store.redis.connection_pool.connection_kwargs
+    with Connection(f"redis://{url['host']}:{url['port']}/0", transport=TRANSPORT,
+                    transport_options={"global_keyprefix": f"{store.prefix}:"}) as connection:
+        qos = connection.channel().qos
+        assert isinstance(qos, QoS)
+        calls: list[str] = []
+        original = kombu_redis.QoS.ack
+        try:
+            kombu_redis.QoS.ack = lambda self, tag: calls.append(tag)  # what would reach Redis
+            for tag in (delivery.tag, "other"):
+                qos._delivered[tag] = object()
+            qos.ack(delivery.tag)
+            assert calls == [] and delivery.tag in qos._dirty  # kombu's books: flushed on its next read
+            qos.ack("other")
+            assert calls == ["other"]  # acknowledged by nobody else: kombu's own ack
+        finally:
+            kombu_redis.QoS.ack = original
+    assert not acknowledged.take(delivery.tag)
