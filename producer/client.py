@@ -282,11 +282,17 @@ class Client:
         )
 
     def _in_local_storage(self, path: Path) -> bool:
-        """Whether `path` is a file inside the local storage folder (file:// storage only)."""
+        """Whether `path` is a file inside the local storage folder (file:// storage only).
+
+        A lexical check (no realpath per submit): the worker resolves the path again before
+        reading it (LocalStorage.read), so a link leading out of the folder is refused there."""
         if not self.settings.storage_url.startswith("file://"):
             return False
         root = getattr(self.storage, "root", None)
-        return root is not None and path.resolve().is_relative_to(root) and path.is_file()
+        if root is None:
+            return False
+        normal = os.path.normpath(path)
+        return normal.startswith(f"{root}{os.sep}") and os.path.isfile(normal)
 
     def _upload(self, data: bytes) -> str:
         limit = self.settings.limits.max_image_bytes

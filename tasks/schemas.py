@@ -10,7 +10,7 @@ import base64
 import binascii
 import hashlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Union
 
 from tasks.errors import InvalidInput
@@ -244,12 +244,16 @@ def parse_request(kind: JobKind | str, data: dict[str, Any], limits: Limits = DE
 
 def request_to_message(request: JobRequest) -> dict[str, Any]:
     """The request as the queue message carries it (inline image data included)."""
-    return asdict(request)
+    # Its fields, not dataclasses.asdict: no deep copy of values that are only serialized.
+    data = {f.name: getattr(request, f.name) for f in fields(request)}
+    if data.get("labels") is not None:
+        data["labels"] = list(data["labels"])  # a copy: the caller may change its message
+    return data
 
 
 def request_to_record(request: JobRequest) -> dict[str, Any]:
     """The request as the job record shows it: no inline bytes."""
-    data = asdict(request)
+    data = request_to_message(request)
     if "image" in data:
         data["image"] = describe_image_uri(data["image"])
     return data
