@@ -92,6 +92,13 @@ class JobRecord:
         data["status"] = self.status.value
         return data
 
+    def to_json_fields(self) -> dict[str, Any]:
+        """`to_dict()` without dataclasses.asdict's deep copy, for serializing at once (the job's
+        hot path: the submit script, result.json): its values are the record's own objects."""
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["kind"], data["status"] = self.kind.value, self.status.value
+        return data
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}

@@ -225,8 +225,10 @@ class LocalStorage:
         self.root = root.resolve()
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
         # Keys are built from checked job ids and digests; this is the last line of defence.
+        # Lexical (normpath, not resolve: no realpath syscalls twice per stored file): only we
+        # write into this folder, so no link inside it leads out.
+        path = Path(os.path.normpath(self.root / key))
         if not path.is_relative_to(self.root):
             raise InvalidInput(f"storage key {key[:200]!r} leads outside the storage folder {self.root}")
         return path

@@ -287,7 +287,7 @@ class JobStore:
 
     def _create_call(self, new: NewJob, enqueue: Enqueue | None, now: float) -> tuple[list[str], list[Any]]:
         record = new.record
-        fields = _encode(_record_fields(record))
+        fields = _encode(record.to_json_fields())
         if new.queued_message is not None:
             fields["message"] = json.dumps(new.queued_message)
         enqueue = enqueue or Enqueue("", "")
@@ -440,13 +440,6 @@ def _wait_for_event(pubsub: Any, wait_s: float) -> Any:
 
 
 _FIELD_SEPARATOR = "\x1f"
-
-
-def _record_fields(record: JobRecord) -> dict[str, Any]:
-    """`record.to_dict()` without dataclasses.asdict's deep copy: the values are only serialized."""
-    data = {name: getattr(record, name) for name in JobRecord.__dataclass_fields__}
-    data["kind"], data["status"] = record.kind.value, record.status.value
-    return data
 
 
 def _encode(data: dict[str, Any]) -> dict[str, str]:

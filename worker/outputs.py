@@ -56,5 +56,5 @@ def _fill_slots(value: Any, refs: dict[str, dict[str, Any]]) -> Any:
 
 def publish_record(storage: Storage, record: JobRecord) -> None:
     """result.json: the final record next to the outputs, readable without Redis."""
-    body = json.dumps(record.to_dict(), separators=(",", ":")).encode()
+    body = json.dumps(record.to_json_fields(), separators=(",", ":")).encode()
     storage.put(job_key(record.id, "result.json"), body, "application/json")
