@@ -443,4 +443,18 @@ _FIELD_SEPARATOR = "\x1f"
 
 
 def _encode(data: dict[str, Any]) -> dict[str, str]:
-    return {name: json.dumps(value) for name, value in data.items()}
+    return {name: _json(value) for name, value in data.items()}
+
+
+def _json(value: Any) -> str:
+    """json.dumps(value), with the record's common scalars done directly (a submit encodes ~20)."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return _json_string(value)
+    if value is True or value is False:
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str (ensure_ascii)
