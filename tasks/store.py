@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from tasks.errors import JobNotFound
+from tasks.errors import InvalidInput, JobNotFound
 from tasks.kinds import JobKind
 from tasks.record import JobRecord, new_job_id, utc_now
 from tasks.status import FINAL_STATUSES, JobStatus, allowed_sources
@@ -32,10 +32,12 @@ from tasks.status import FINAL_STATUSES, JobStatus, allowed_sources
 # progress given. Acknowledging here removes the message from kombu's unacked bookkeeping in the
 # same step that makes the job final (worker/broker.py then skips kombu's own ack round trip).
 _TRANSITION = """
-local raw, flag = unpack(redis.call('HMGET', KEYS[1], 'status', 'cancel_requested'))
+local raw, flag, stored_id = unpack(redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'id'))
 if not raw then return {'missing', '', '', {}} end
 local cancel = flag == 'true' and '1' or ''
 local current = cjson.decode(raw)
+-- A record whose id is not its key's was written by hand (forged): never touch it.
+if not stored_id or cjson.decode(stored_id) ~= ARGV[6] then return {'forged', current, '', {}} end
 local allowed = false
 for s in string.gmatch(ARGV[2], '%S+') do
   if s == current then allowed = true end
@@ -365,6 +367,8 @@ class JobStore:
         outcome, _current, cancel, flat = self._transition(keys=keys, args=args)
         if outcome == b"missing":
             raise JobNotFound(f"no job {job_id!r}")
+        if outcome == b"forged":
+            raise InvalidInput(f"the record stored under job {job_id} carries another id")
         record = None
         if flat:
             pairs = dict(zip(flat[::2], flat[1::2]))

@@ -97,7 +97,7 @@ class JobRunner:
         try:
             check_job_id(job_id)  # a forged message ("../../x") is dropped before anything is written
         except InvalidInput as exc:
-            log.warning("dropping a forged message: %s", exc.message)
+            log.warning("dropping a forged message or record: %s", exc.message)
             return
         name = served_name(kind, model)
         pipeline = self.pipelines.get(name)
@@ -206,6 +206,8 @@ class JobRunner:
             ))
         except JobNotFound:
             raise _NotStarted(f"job {job_id} has no record (expired or deleted); dropping its message") from None
+        except InvalidInput as exc:  # a forged record: nothing is written to it
+            raise _NotStarted(f"dropping a forged message or record: {exc.message}") from None
         if outcome.exhausted is not None:
             record = outcome.exhausted
             # Every run so far ended with its worker gone: the job is the likely cause.
@@ -218,8 +220,6 @@ class JobRunner:
         if not outcome.applied or outcome.record is None:
             raise _NotStarted("")
         record = outcome.record
-        if record.id != job_id:
-            raise InvalidInput(f"the record of job {job_id} carries another id, {record.id!r}")
         if served_name(record.kind, record.model) != name:
             raise InternalError(f"job {job_id} is for {served_name(record.kind, record.model)} but came on "
                                 f"the queue of {name}")

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import pytest
 import redis
 
-from tasks.errors import JobNotFound
+from tasks.errors import InvalidInput, JobNotFound
 from tasks.kinds import JobKind
 from tasks.status import JobStatus
 from tasks.store import JobStore
@@ -215,3 +216,14 @@ def test_mark_queued_seen_moves_only_queued_jobs(store: JobStore) -> None:
     store.mark_queued_seen([record.id, done.id])
     assert store.queued_since(2.0) == []
     assert store.redis.zscore(store.queued_key, done.id) is None  # XX: not added back
+
+
+def test_a_record_whose_id_is_not_its_keys_is_never_moved(store: JobStore) -> None:
+    """A record written by hand under another job's key (a forgery) is refused, untouched."""
+    record, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
+    key = store.job_key(record.id)
+    store.redis.hset(key, "id", json.dumps("../forged"))
+    with pytest.raises(InvalidInput, match="carries another id"):
+        store.advance(record.id, JobStatus.RUNNING, attempt_increment=1, read_back=True)
+    assert json.loads(store.redis.hget(key, "status")) == "queued"
+    assert store.redis.hget(key, "attempt") in (None, b"0")
