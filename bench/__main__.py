@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of {', '.join(SCENARIOS)} (default: all)")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small counts: all scenarios in under 5 minutes on 2 cores")
+    size.add_argument("--quick", action="store_true", help="small counts: all scenarios in about 6 minutes on 2 cores")
     size.add_argument("--smoke", action="store_true", help="a few jobs each: checks the plumbing, numbers meaningless")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the results (default {DEFAULT_JSON})")
     parser.add_argument("--storage", choices=("file", "s3"), default="file",
