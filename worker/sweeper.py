@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from typing import Any, Callable
 
-import redis
 
 from tasks.errors import JobNotFound
 from tasks.expiry import past_start_deadline
@@ -29,6 +27,7 @@ from tasks.models import model_queue
 from tasks.served_models import queue_lists
 from tasks.status import JobStatus
 from tasks.store import JobStore
+from worker.chores import Chore
 
 log = logging.getLogger("visionq.sweeper")
 
@@ -64,42 +63,22 @@ def unacked_key(prefix: str) -> str:
     return f"{prefix}:unacked"
 
 
-class Sweeper:
+class Sweeper(Chore):
+    name = "sweeper"
     confirm_s = 1.0  # a message must be missing twice, this far apart
 
     def __init__(
         self, store: JobStore, publish: Callable[[JobKind, str, dict[str, Any], Priority, str | None], None],
         grace_s: float, *, sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.store = store
+        super().__init__(store, max(1.0, grace_s / 3))
         self.publish = publish
         self.grace_s = grace_s
         self.sleep = sleep
-        self.interval_s = max(1.0, grace_s / 3)
         self._absent = store.redis.register_script(_ABSENT)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="visionq-sweeper", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                if self._take_turn():
-                    self.sweep()
-            except redis.RedisError as exc:
-                log.info("sweep skipped, Redis unavailable: %s", exc)
-            except Exception:  # noqa: BLE001 - the sweeper must outlive any one bad record
-                log.exception("sweep failed")
-
-    def _take_turn(self) -> bool:
-        """One worker of the deployment sweeps per interval."""
-        key = f"{self.store.prefix}:sweeper"
-        return bool(self.store.redis.set(key, "1", nx=True, px=int(self.interval_s * 1000)))
+    def run_once(self) -> list[str]:
+        return self.sweep()
 
     def sweep(self) -> list[str]:
         """Publish again the messages of queued jobs found nowhere; returns their ids."""
