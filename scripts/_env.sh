@@ -10,9 +10,10 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${VISIONQ_PYTHON:-python3}"
 key="$(sha256sum "$repo/pyproject.toml" | cut -c1-16)"
 venv="${VISIONQ_VENV:-$HOME/.cache/visionq/venvs/$key}"
-# Quiet means quiet: no version nag, no root-user warning, no script-location notes.
+# Quiet means quiet: errors only (no version nag, no root-user warning, no notes about
+# the machine's package indexes), and no setuptools warnings from the editable build.
 pip_install() {
-  PIP_ROOT_USER_ACTION=ignore "$venv/bin/python" -m pip --quiet --disable-pip-version-check \
+  PIP_ROOT_USER_ACTION=ignore PYTHONWARNINGS=ignore "$venv/bin/python" -m pip -qq --disable-pip-version-check \
     install --no-warn-script-location "$@"
 }
 
