@@ -150,17 +150,21 @@ async def submit_batch(request: Request, who: Caller) -> JSONResponse:
 
     def submit_all() -> list[dict[str, Any]]:
         submitter = Submitter(services_of(request))
-        # Every body is checked before any is queued: a bad one fails the whole batch (400,
-        # naming it); what only queueing can tell (quotas, conflicts) is answered per job.
+        # Each job stands alone, as with Client.submit_many: a bad body, a quota or a rate
+        # refusal answers in its own slot and loses nothing else.
+        outcomes: list[Any] = []
         checked = []
-        for index, job in enumerate(jobs):
+        for job in jobs:
             try:
                 checked.append(submitter.check(who, job))
+                outcomes.append(None)
             except InvalidInput as exc:
-                raise InvalidInput(f"jobs[{index}]: {exc.message}") from None
+                outcomes.append(exc)
         # Every admitted job written in one pipelined round trip (Client.submit_many's path).
+        submitted = iter(submitter.submit_checked_many(who, checked) if checked else [])
+        outcomes = [next(submitted) if outcome is None else outcome for outcome in outcomes]
         return [error_body(outcome) if isinstance(outcome, VisionqError) else render(request, outcome.record)
-                for outcome in submitter.submit_checked_many(who, checked)]
+                for outcome in outcomes]
 
     return JSONResponse({"jobs": await run_in_threadpool(submit_all)})
 

@@ -157,20 +157,23 @@ def test_listing_pages_newest_first_with_filters(gateway: GatewayProcess, gatewa
         assert http.get("/v1/jobs", params={"cursor": "x"}).status_code == 400
 
 
-def test_batch_is_checked_whole_then_answered_in_order(gateway: GatewayProcess, acme: NewKey) -> None:
+def test_batch_answers_each_job_in_order(gateway: GatewayProcess, acme: NewKey) -> None:
     jobs = [
         {"kind": "generate", "input": {"prompt": "one", "width": 64, "height": 64, "steps": 1}},
+        {"kind": "generate", "input": {"prompt": "x", "width": 65}},
         {"kind": "caption", "input": {"image": data_uri(encode(scene()))}},
     ]
     with api(gateway, acme) as http:
-        bad = http.post("/v1/jobs/batch", json={"jobs": [*jobs, {"kind": "generate", "input": {"prompt": "x", "width": 65}}]})
-        assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("jobs[2]: width 65")
-        assert not [j for j in http.get("/v1/jobs?limit=100").json()["jobs"] if j["input"].get("prompt") == "one"]
         answer = http.post("/v1/jobs/batch", json={"jobs": jobs})
-    assert answer.status_code == 200, answer.text
-    records = answer.json()["jobs"]
-    assert [r["kind"] for r in records] == ["generate", "caption"] and records[0]["input"]["prompt"] == "one"
-    assert all(r["tenant"] == "acme" and r["status"] in ("queued", "running", "succeeded") for r in records)
+        assert answer.status_code == 200, answer.text
+        first, bad, last = answer.json()["jobs"]
+        # The bad body refuses only itself: the jobs on either side of it are queued.
+        assert bad["error"]["code"] == "invalid_input" and bad["error"]["message"].startswith("width 65")
+        assert first["kind"] == "generate" and first["input"]["prompt"] == "one" and last["kind"] == "caption"
+        assert all(r["tenant"] == "acme" and r["status"] in ("queued", "running", "succeeded") for r in (first, last))
+        listed = {j["id"] for j in http.get("/v1/jobs?limit=100").json()["jobs"]}
+        assert {first["id"], last["id"]} <= listed
+        assert error_code(http.post("/v1/jobs/batch", json={"jobs": []})) == "invalid_input"
 
 
 def test_error_codes_and_bodies(gateway: GatewayProcess, acme: NewKey, gateway_keys: KeyStore) -> None:
