@@ -147,6 +147,8 @@ async def submit_batch(request: Request, who: Caller) -> JSONResponse:
         raise InvalidInput('a batch is {"jobs": [job, ...]} with at least one job')
     if len(jobs) > MAX_BATCH_JOBS:
         raise InvalidInput(f"a batch has {len(jobs)} jobs, more than the limit {MAX_BATCH_JOBS}")
+    if not all(isinstance(job, dict) for job in jobs):
+        raise InvalidInput("every job of a batch is a JSON object")
 
     def submit_all() -> list[dict[str, Any]]:
         submitter = Submitter(services_of(request))

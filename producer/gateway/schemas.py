@@ -88,7 +88,12 @@ JobBody = Annotated[Union[CaptionJob, SegmentJob, GenerateJob], Field(discrimina
 
 
 class BatchBody(_Strict):
-    jobs: list[JobBody] = Field(min_length=1, max_length=100)
+    # Items are not held to JobBody here: each job stands alone, and one that is not a valid
+    # body is answered in its own slot ({"error": ...}) while the others are queued.
+    jobs: list[dict[str, Any]] = Field(
+        min_length=1, max_length=100,
+        description="job bodies as POST /v1/jobs takes them (JobBody); an invalid one is answered in its slot",
+    )
 
 
 class ErrorDetail(BaseModel):
