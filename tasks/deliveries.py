@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import replace
 from typing import Any
 
 import redis
 
-from tasks.kinds import WEBHOOKS_QUEUE
+from tasks.errors import JobNotFound
+from tasks.kinds import WEBHOOKS_QUEUE, Priority, priority_list_key
+from tasks.messages import redis_db, sent_event, task_message
 from tasks.record import JobRecord, utc_now
-from tasks.store import JobStore
+from tasks.store import Enqueue, JobStore
 from tasks.webhooks import FINAL_EVENT, Attempt, Delivery, DeliveryStatus, EventType, event_body, mask_url
 
 log = logging.getLogger("visionq.events")
@@ -50,6 +53,24 @@ redis.call('HSET', KEYS[1], 'webhook_attempts', cjson.encode(list))
 return 1
 """
 
+# Stores a pending delivery and queues its Celery message in one step: a process that dies
+# around it leaves both or neither (a delivery stored but never sent would be lost). KEYS:
+# the delivery hash, the webhooks queue list, [the unpublished final events, for a final event].
+# ARGV: delivery id, ttl, the Celery message, the channel and message of Celery's task-sent event
+# ('' ''), the job id to take out of the unpublished final events ('' for other events), then the
+# delivery's field/value pairs. Returns 0 when the delivery exists, or when the final event was
+# queued already by another process (the job is no longer among the unpublished).
+_CREATE = """
+if ARGV[6] ~= '' and not redis.call('ZSCORE', KEYS[3], ARGV[6]) then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[3])
+if ARGV[6] ~= '' then redis.call('ZREM', KEYS[3], ARGV[6]) end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 1
+"""
+
 # 1, 2, 3 ... per job. HINCRBY recreates a job hash that expired meanwhile: give it
 # the TTL back, or the counter would outlive every record.
 _NEXT_SEQUENCE = """
@@ -67,6 +88,7 @@ class DeliveryStore:
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._append_attempt = client.register_script(_APPEND_ATTEMPT)
         self._next_sequence = client.register_script(_NEXT_SEQUENCE)
+        self._create = client.register_script(_CREATE)
 
     def _key(self, delivery_id: str) -> str:
         return f"{self.prefix}:delivery:{delivery_id}"
@@ -93,17 +115,36 @@ class DeliveryStore:
     def next_sequence(self, job_key: str) -> int:
         return int(self._next_sequence(keys=[job_key], args=[self.ttl_s]))
 
-    def create(self, delivery_id: str, job_id: str, event_type: str, url: str, body: bytes) -> bool:
-        """Store a pending delivery; False if one with this id exists (a duplicate event)."""
-        key = self._key(delivery_id)
-        if not self.redis.hsetnx(key, "id", delivery_id):
-            return False
-        self.redis.hset(key, mapping={
+    def create(
+        self, delivery_id: str, job_id: str, event_type: str, url: str, body: bytes, *,
+        sent_event_db: int | None = None, unpublished_key: str | None = None,
+    ) -> bool:
+        """Store a pending delivery and queue its first attempt, in one step; False if one with this
+        id exists (a duplicate event). `sent_event_db`: the Redis database number, when Celery's
+        task-sent event is published along. `unpublished_key`: a final event, queued only while its
+        job is among the unpublished final events there (JobStore.unpublished_key), and taken out."""
+        kwargs = {"delivery_id": delivery_id}
+        task_id = str(uuid.uuid4())
+        # Priority.HIGH is kombu's level 0: the queue's own list, where send_task puts a message.
+        enqueue = Enqueue(priority_list_key(WEBHOOKS_QUEUE, Priority.HIGH, self.prefix),
+                          task_message(DELIVER_TASK, task_id, kwargs, WEBHOOKS_QUEUE, Priority.HIGH))
+        if sent_event_db is not None:
+            channel, event = sent_event(DELIVER_TASK, task_id, kwargs, WEBHOOKS_QUEUE, self.prefix, sent_event_db)
+            enqueue = replace(enqueue, event_channel=channel, event=event)
+        keys = [self._key(delivery_id), enqueue.list_key]
+        if unpublished_key is not None:
+            keys.append(unpublished_key)
+        fields = {
             "job_id": job_id, "type": event_type, "url": url, "body": body,
             "status": DeliveryStatus.PENDING.value, "attempts": "[]", "created_at": utc_now(),
-        })
-        self.redis.expire(key, self.ttl_s)
-        return True
+        }
+        args = [delivery_id, self.ttl_s, enqueue.message, enqueue.event_channel, enqueue.event,
+                job_id if unpublished_key is not None else "", *(part for pair in fields.items() for part in pair)]
+        return bool(self._create(keys=keys, args=args))
+
+    def unpublished(self, unpublished_key: str, ended_before: float, limit: int = 100) -> list[str]:
+        """The jobs among the unpublished final events that ended before `ended_before` (epoch s)."""
+        return [i.decode() for i in self.redis.zrangebyscore(unpublished_key, "-inf", ended_before, start=0, num=limit)]
 
     def get(self, delivery_id: str) -> Delivery | None:
         raw = self.redis.hgetall(self._key(delivery_id))
@@ -179,14 +220,22 @@ class EventPublisher:
     A failure here is logged, never raised: a webhook problem must not fail the job."""
 
     def __init__(self, store: JobStore, deliveries: DeliveryStore, celery: Any) -> None:
+        """`celery`: the app whose configuration says whether Celery's task-sent event goes along."""
         self.store = store
         self.deliveries = deliveries
-        self.celery = celery
+        conf = celery.conf
+        self._sent_event_db = redis_db(conf.broker_url) if conf.task_send_sent_event else None
         self._last_progress: dict[str, float] = {}
 
     def publish(self, record: JobRecord, event: EventType) -> None:
         webhook = record.webhook
+        final = event.value in FINAL_EVENT.values()
         if not webhook or event.value not in webhook["events"]:
+            if final:  # nothing to send: off the unpublished list (if Redis is away, the next look drops it)
+                try:
+                    self.store.redis.zrem(self.store.unpublished_key, record.id)
+                except redis.RedisError as exc:
+                    log.warning("job %s: not taken off the unpublished final events yet: %s", record.id, exc)
             return
         if event is EventType.PROGRESS and not self._progress_due(record.id):
             return
@@ -196,15 +245,38 @@ class EventPublisher:
             data = record.to_dict()
             data.pop("webhook_attempts", None)
             body = event_body(event, utc_now(), sequence, data)
-            if self.deliveries.create(delivery_id, record.id, event.value, webhook["url"], body):
-                enqueue_delivery(self.celery, delivery_id)
+            self.deliveries.create(
+                delivery_id, record.id, event.value, webhook["url"], body, sent_event_db=self._sent_event_db,
+                unpublished_key=self.store.unpublished_key if final else None,
+            )
         except Exception:  # noqa: BLE001 - see the class docstring
             log.exception("could not publish %s for job %s to %s", event.value, record.id, mask_url(webhook["url"]))
-        if event.value in FINAL_EVENT.values():
+        if final:
             self._last_progress.pop(record.id, None)
 
     def publish_final(self, record: JobRecord) -> None:
+        """The final event of `record`, once per job: whoever queues it first (the process that
+        ended the job, or `publish_unpublished` after a crash) takes the job off the unpublished list."""
         self.publish(record, FINAL_EVENT[record.status.value])
+
+    def publish_unpublished(self, grace_s: float) -> int:
+        """The final events of the jobs that ended over `grace_s` ago and whose process died
+        before it queued them; returns how many jobs it looked at."""
+        job_ids = self.deliveries.unpublished(self.store.unpublished_key, time.time() - grace_s)
+        for job_id in job_ids:
+            try:
+                record = self.store.get(job_id)
+            except redis.RedisError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - expired meanwhile, or a record nobody can read
+                if not isinstance(exc, JobNotFound):
+                    log.warning("job %s: its record cannot be read (%s); no final event", job_id, exc)
+                self.store.redis.zrem(self.store.unpublished_key, job_id)
+                continue
+            log.warning("job %s ended %s but its final event was not queued (its process died?); queueing it",
+                        job_id, record.status.value)
+            self.publish_final(record)
+        return len(job_ids)
 
     def _progress_due(self, job_id: str) -> bool:
         now = time.monotonic()

@@ -23,11 +23,11 @@ from tasks.settings import Settings
 from tasks.status import JobStatus
 from tasks.store import JobStore
 
-# KEYS[1] job hash, KEYS[2] queued index, KEYS[3] deadlines. ARGV: error JSON,
-# completed_at JSON, ttl, event channel, job id. Ends the job `failed`/`canceled`
-# (ARGV[6]) only while it is queued.
+# KEYS[1] job hash, KEYS[2] queued index, KEYS[3] deadlines, KEYS[4] unpublished final
+# events (JobStore.unpublished_key). ARGV: error JSON, completed_at JSON, ttl, event channel,
+# job id. Ends the job `failed`/`canceled` (ARGV[6]) only while it is queued.
 _END_QUEUED = """
-local raw = redis.call('HGET', KEYS[1], 'status')
+local raw, webhook = unpack(redis.call('HMGET', KEYS[1], 'status', 'webhook'))
 redis.call('ZREM', KEYS[3], ARGV[5])
 if raw ~= cjson.encode('queued') then return 0 end
 redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[6]), 'error', ARGV[1], 'completed_at', ARGV[2])
@@ -35,6 +35,7 @@ redis.call('ZREM', KEYS[2], ARGV[5])
 redis.call('HDEL', KEYS[1], 'message')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[6])
+if webhook and webhook ~= 'null' then redis.call('ZADD', KEYS[4], redis.call('TIME')[1], ARGV[5]) end
 return 1
 """
 
@@ -144,7 +145,8 @@ class QueueEnds:
     def _end_queued(self, record: JobRecord, status: JobStatus, error: VisionqError) -> JobRecord | None:
         completed_at = utc_now()
         ended = self._end(
-            keys=[self.store.job_key(record.id), self.store.queued_key, self.store.deadlines_key],
+            keys=[self.store.job_key(record.id), self.store.queued_key, self.store.deadlines_key,
+                  self.store.unpublished_key],
             args=[json.dumps(error.to_dict()), json.dumps(completed_at), self.store.ttl_s,
                   self.store.events_channel(record.id), record.id, status.value],
         )

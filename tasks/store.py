@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import Any
 
 import redis
@@ -20,19 +20,20 @@ from tasks.kinds import JobKind
 from tasks.record import JobRecord, new_job_id, utc_now
 from tasks.status import FINAL_STATUSES, JobStatus, allowed_sources
 
-# KEYS: the job hash, the queued index, the start deadlines, [kombu's unacked index and hash, with
-# a delivery tag]. ARGV: new status, allowed current statuses (space separated), ttl seconds, event
-# channel, attempt increment, job id, the error to end with when a cancel was requested (JSON; '':
-# a cancel does not change this transition), the delivery tag to acknowledge along ('': none), '1'
-# to return the record after, the most attempts a job that was running may have to be started
-# again ('': no limit), then field/value pairs (JSON).
+# KEYS: the job hash, the queued index, the start deadlines, the unpublished final events, [kombu's
+# unacked index and hash, with a delivery tag]. ARGV: new status, allowed current statuses (space
+# separated), ttl seconds, event channel, attempt increment, job id, the error to end with when a
+# cancel was requested (JSON; '': a cancel does not change this transition), the delivery tag to
+# acknowledge along ('': none), '1' to return the record after, the most attempts a job that was
+# running may have to be started again ('': no limit), then field/value pairs (JSON).
 # Returns {outcome, current status, '1' if a cancel is requested, the record's fields (flat) or {}}:
 # the worker's cancel check and record read ride on the transitions it makes anyway. When a
 # requested cancel wins, the job ends `canceled` with that error and none of the output, error or
 # progress given. Acknowledging here removes the message from kombu's unacked bookkeeping in the
-# same step that makes the job final (worker/broker.py then skips kombu's own ack round trip).
+# same step that makes the job final (worker/broker.py then skips kombu's own ack round trip), and
+# a job with a webhook is noted among the unpublished final events (`JobStore.unpublished_key`).
 _TRANSITION = """
-local raw, flag, stored_id = unpack(redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'id'))
+local raw, flag, stored_id, webhook = unpack(redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'id', 'webhook'))
 if not raw then return {'missing', '', '', {}} end
 local cancel = flag == 'true' and '1' or ''
 local current = cjson.decode(raw)
@@ -70,8 +71,11 @@ if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[1], 'attempt', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], new)
 if ARGV[8] ~= '' then
-  redis.call('ZREM', KEYS[4], ARGV[8])
-  redis.call('HDEL', KEYS[5], ARGV[8])
+  redis.call('ZREM', KEYS[5], ARGV[8])
+  redis.call('HDEL', KEYS[6], ARGV[8])
+end
+if (new == 'succeeded' or new == 'failed' or new == 'canceled') and webhook and webhook ~= 'null' then
+  redis.call('ZADD', KEYS[4], redis.call('TIME')[1], ARGV[6])
 end
 local record = {}
 if ARGV[9] == '1' then record = redis.call('HGETALL', KEYS[1]) end
@@ -120,8 +124,9 @@ return 0
 
 # A queued job is canceled on the spot (it will never run); a running one is
 # flagged and the worker stops at its next checkpoint; a final one is left alone.
+# KEYS: the job hash, the queued index, the start deadlines, the unpublished final events.
 _CANCEL = """
-local raw = redis.call('HGET', KEYS[1], 'status')
+local raw, webhook = unpack(redis.call('HMGET', KEYS[1], 'status', 'webhook'))
 if not raw then return 'missing' end
 local current = cjson.decode(raw)
 if current == 'queued' then
@@ -130,6 +135,7 @@ if current == 'queued' then
   redis.call('ZREM', KEYS[3], ARGV[4])
   redis.call('HDEL', KEYS[1], 'message')
   redis.call('PUBLISH', ARGV[3], 'canceled')
+  if webhook and webhook ~= 'null' then redis.call('ZADD', KEYS[4], redis.call('TIME')[1], ARGV[4]) end
   return 'canceled now'
 end
 if current == 'running' then
@@ -207,6 +213,14 @@ class JobStore:
     def deadlines_key(self) -> str:
         """Sorted set of queued job ids scored by their start deadline (tasks/expiry.py)."""
         return f"{self.prefix}:deadlines"
+
+    @property
+    def unpublished_key(self) -> str:
+        """Sorted set of the jobs with a webhook whose final event is not queued yet, scored by when
+        they ended. Every script that ends a job adds it there, in the same step; queueing the event
+        takes it out (tasks/deliveries.py). What a process that died in between left behind is
+        published by the delivery worker after VISIONQ_SWEEP_GRACE_S."""
+        return f"{self.prefix}:webhooks:unpublished"
 
     def _idempotency_key(self, key: str, tenant: str | None = None) -> str:
         # A gateway tenant's keys live apart: two tenants may pick the same key.
@@ -289,7 +303,7 @@ class JobStore:
 
     def _create_call(self, new: NewJob, enqueue: Enqueue | None, now: float) -> tuple[list[str], list[Any]]:
         record = new.record
-        fields = _encode(record.to_json_fields())
+        fields = _encode(_stored_fields(record))
         if new.queued_message is not None:
             fields["message"] = json.dumps(new.queued_message)
         enqueue = enqueue or Enqueue("", "")
@@ -309,7 +323,7 @@ class JobStore:
         raw = self.redis.hgetall(self.job_key(job_id))
         if not raw:
             raise JobNotFound(f"no job {job_id!r} (never submitted, or older than its TTL)")
-        return JobRecord.from_dict({k.decode(): json.loads(v) for k, v in raw.items() if k != b"message"})
+        return record_from_hash(raw)
 
     def queued_message(self, record: JobRecord) -> dict[str, Any]:
         """The request of a queued job as its queue message carries it."""
@@ -361,7 +375,7 @@ class JobStore:
         ]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
-        keys = [self.job_key(job_id), self.queued_key, self.deadlines_key]
+        keys = [self.job_key(job_id), self.queued_key, self.deadlines_key, self.unpublished_key]
         if acknowledge is not None:
             keys += [acknowledge.index_key, acknowledge.hash_key]
         outcome, _current, cancel, flat = self._transition(keys=keys, args=args)
@@ -369,10 +383,7 @@ class JobStore:
             raise JobNotFound(f"no job {job_id!r}")
         if outcome == b"forged":
             raise InvalidInput(f"the record stored under job {job_id} carries another id")
-        record = None
-        if flat:
-            pairs = dict(zip(flat[::2], flat[1::2]))
-            record = JobRecord.from_dict({k.decode(): json.loads(v) for k, v in pairs.items() if k != b"message"})
+        record = record_from_hash(dict(zip(flat[::2], flat[1::2]))) if flat else None
         if outcome == b"exhausted":
             return Transition(False, new, cancel == b"1", exhausted=record)
         status = JobStatus.CANCELED if outcome == b"canceled" else new
@@ -389,7 +400,7 @@ class JobStore:
         Returns the status after, and whether this call canceled the job."""
         error = json.dumps({"code": "canceled", "message": "canceled before it started"})
         result = self._cancel(
-            keys=[self.job_key(job_id), self.queued_key, self.deadlines_key],
+            keys=[self.job_key(job_id), self.queued_key, self.deadlines_key, self.unpublished_key],
             args=[json.dumps(utc_now()), error, self.events_channel(job_id), job_id],
         )
         if result == b"missing":
@@ -443,7 +454,24 @@ def _wait_for_event(pubsub: Any, wait_s: float) -> Any:
         return None
 
 
+def record_from_hash(raw: dict[bytes, Any]) -> JobRecord:
+    """A job hash as the store writes it (JSON per field), without the queued message."""
+    return JobRecord.from_dict({k.decode(): json.loads(v) for k, v in raw.items() if k != b"message"})
+
+
 _FIELD_SEPARATOR = "\x1f"
+_DEFAULTS = {
+    name: f.default_factory() if f.default_factory is not MISSING else f.default
+    for name, f in JobRecord.__dataclass_fields__.items() if f.default is not MISSING or f.default_factory is not MISSING
+}
+
+
+def _stored_fields(record: JobRecord) -> dict[str, Any]:
+    """The fields a new record stores: those that differ from their defaults. Every reader goes
+    through `JobRecord.from_dict`, which fills the rest in; Redis's cost is per byte parsed, and
+    a queued record is 7 fields, not 22."""
+    return {name: value for name, value in record.to_json_fields().items()
+            if name not in _DEFAULTS or value != _DEFAULTS[name]}
 
 
 def _encode(data: dict[str, Any]) -> dict[str, str]:

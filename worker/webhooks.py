@@ -35,6 +35,7 @@ from worker.revoke import install_revoke
 log = logging.getLogger("visionq.webhooks")
 
 SCHEDULER_INTERVAL_S = 0.25
+UNPUBLISHED_EVERY_TICKS = 4  # a look for unqueued final events once a second
 
 
 class Deliverer:
@@ -88,21 +89,29 @@ def _refused(error: str) -> PostResult:
 
 
 class RetryScheduler(threading.Thread):
-    """Moves due retries from the Redis sorted set onto the queue."""
+    """Moves due retries from the Redis sorted set onto the queue, and queues the final events
+    that a process which ended a job died before queueing (EventPublisher.publish_unpublished)."""
 
-    def __init__(self, deliveries: DeliveryStore, celery: Any) -> None:
+    def __init__(self, deliveries: DeliveryStore, celery: Any, events: EventPublisher, grace_s: float) -> None:
+        """`grace_s`: how long after its job ended a final event still not queued is queued here."""
         super().__init__(name="visionq-webhook-scheduler", daemon=True)
         self.deliveries = deliveries
         self.celery = celery
+        self.events = events
+        self.grace_s = grace_s
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        ticks = 0
         while not self.stopped.wait(SCHEDULER_INTERVAL_S):
             try:
                 for delivery_id in self.deliveries.claim_due():
                     enqueue_delivery(self.celery, delivery_id)
+                if ticks % UNPUBLISHED_EVERY_TICKS == 0:
+                    self.events.publish_unpublished(self.grace_s)
             except redis.RedisError:
                 log.warning("Redis unavailable; retries wait", exc_info=True)
+            ticks += 1
 
 
 def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "INFO") -> None:
@@ -110,14 +119,14 @@ def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "IN
         secret_key(settings.webhook_secret)  # a weak VISIONQ_WEBHOOK_SECRET stops the start, named
     client = redis.Redis.from_url(settings.redis_url)
     deliveries = DeliveryStore(client, prefix=settings.redis_prefix, ttl_s=settings.job_ttl_s)
-    deliverer = Deliverer(settings, deliveries, JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix))
+    store = JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix)
+    deliverer = Deliverer(settings, deliveries, store)
     app = make_celery(settings)
     app.task(name=DELIVER_TASK, acks_late=True, ignore_result=True)(deliverer.attempt)
-    scheduler = RetryScheduler(deliveries, app)
+    events = EventPublisher(store, deliveries, app)
+    scheduler = RetryScheduler(deliveries, app, events, settings.sweep_grace_s)
     scheduler.start()
     # This worker ends expired jobs too: a deployment scaled to zero GPU workers still does.
-    store = JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix)
-    events = EventPublisher(store, deliveries, app)
     Expirer(store, events.publish_final).start()
     install_revoke(store, events)  # a revoke it receives cancels the job too (worker/revoke.py)
     name = f"visionq-webhooks-{os.getpid()}@{socket.gethostname()}"

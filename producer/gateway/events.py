@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Callable
 
 import redis.asyncio
 
-from producer.gateway.tenants import record_from_hash
+from tasks.store import record_from_hash
 from tasks.errors import JobNotFound
 from tasks.record import JobRecord
 from tasks.webhooks import FINAL_EVENT, EventType

@@ -8,16 +8,15 @@ from it lazily, by the admission script.
 """
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
 from producer.http_errors import RateLimited
 from tasks.record import JobRecord
+from tasks.store import record_from_hash
 
 MAX_INDEXED = 100_000  # newest jobs listed per tenant; older ones still answer GET /v1/jobs/{id}
 RESERVATION_TTL_S = 60  # a reservation whose gateway died before it created the job stops counting
@@ -140,6 +139,3 @@ class TenantJobs:
         return Page(records, str(int(last_score)) if more else None)
 
 
-def record_from_hash(raw: dict[bytes, Any]) -> JobRecord:
-    """A job hash as the store writes it (JSON per field), without the queued message."""
-    return JobRecord.from_dict({k.decode(): json.loads(v) for k, v in raw.items() if k != b"message"})

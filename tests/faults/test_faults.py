@@ -61,6 +61,21 @@ def test_killed_workers_job_comes_back_within_visibility_timeout_plus_15_s(fleet
     assert took_s <= 20 + 15, f"redelivered after {took_s:.0f} s"
 
 
+def test_a_job_out_of_attempts_is_refused_before_the_model_takes_it(fleet, client) -> None:
+    """kombu marks the message it gives back `redelivered`; such a job is started (and refused when
+    its runs have killed VISIONQ_MAX_ATTEMPTS workers) before the model takes it, not alongside."""
+    victim = fleet.standin(60_000)
+    job_ids, prompts = submit(client, 1, "poison")
+    wait_until(lambda: statuses(client, job_ids) == ["running"], timeout_s=30)
+    fleet.env["VISIONQ_MAX_ATTEMPTS"] = "1"  # the run that dies with the victim is the last allowed
+    fleet.standin(100)  # the next worker, which gets the message back
+    victim.process.kill()
+    record = settle(client, job_ids, timeout_s=90)[job_ids[0]]
+    assert record.status.value == "failed" and record.error["code"] == "worker_lost", fleet.logs()
+    began = fleet.runs_file.read_text().split().count(f"began:{prompts[job_ids[0]]}")
+    assert began == 1, "the model took the job again"  # the victim's run only
+
+
 def test_redis_kill9_and_aof_restart_under_load(fleet, client, aof_redis) -> None:
     workers = [fleet.standin(150), fleet.standin(150)]
     job_ids, prompts = submit(client, 40, "restart")
@@ -160,9 +175,19 @@ def test_sigkill_storm_on_a_replicas_fleet_with_webhooks(fleet, client, receiver
             os.kill(rng.choice(ours), signal.SIGKILL)
             kills += 1
     records = settle(client, job_ids, timeout_s=240)
-    wait_until(lambda: len({d.event["data"]["id"] for d in receiver.on("/hook")
-                            if d.event["type"] in ("job.succeeded", "job.failed")}) >= len(job_ids),
-               timeout_s=60)
+
+    def without_final_event() -> set[str]:
+        heard = {d.event["data"]["id"] for d in receiver.on("/hook") if d.event["type"] in ("job.succeeded", "job.failed")}
+        return set(job_ids) - heard
+
+    try:
+        wait_until(lambda: not without_final_event(), timeout_s=60)
+    except AssertionError:
+        missing = sorted(without_final_event())
+        said = {job_id: (records[job_id].status.value, records[job_id].attempt) if job_id in records else None
+                for job_id in missing}
+        raise AssertionError(f"{len(missing)} of {len(job_ids)} jobs without a final event (status, attempt): "
+                             f"{said}\n{fleet.logs()}") from None
     result = figures(f"sigkill-storm-{kills}-kills", job_ids, records, receiver=receiver)
     assert kills >= 8
     assert result.lost == 0, fleet.logs()

@@ -1,13 +1,23 @@
-"""The delivery store against a real redis-server: nothing it writes lives forever."""
+"""The delivery store against a real redis-server: nothing it writes lives forever, and no
+job's final event is lost between the step that ends the job and the one that queues the event."""
 from __future__ import annotations
 
+import base64
+import json
 import time
 
 import pytest
 import redis
 
 import tasks.deliveries
-from tasks.deliveries import DeliveryStore
+from tasks.app import make_celery
+from tasks.deliveries import DELIVER_TASK, DeliveryStore, EventPublisher
+from tasks.expiry import QueueEnds
+from tasks.kinds import WEBHOOKS_QUEUE, JobKind, Priority, priority_list_key
+from tasks.record import JobRecord, utc_now
+from tasks.settings import Settings
+from tasks.status import JobStatus
+from tasks.store import JobStore
 from tasks.webhooks import Attempt, DeliveryStatus
 
 pytestmark = pytest.mark.integration
@@ -70,3 +80,81 @@ def test_the_event_sequence_of_an_expired_job_expires_too(
     redis_client.expire(job_key, 50)
     assert deliveries.next_sequence(job_key) == 2
     assert redis_client.ttl(job_key) <= 50  # a live job's own TTL is left as it is
+
+
+# The final event of a job with a webhook: noted in the step that ends the job, queued once.
+
+HOOK = {"url": "http://hooks.example/cb", "events": ["job.succeeded", "job.failed", "job.canceled"]}
+
+
+@pytest.fixture
+def events(redis_server, redis_client: redis.Redis, key_prefix: str, deliveries: DeliveryStore) -> EventPublisher:
+    settings = Settings.from_env({"VISIONQ_REDIS_URL": redis_server.url, "VISIONQ_REDIS_PREFIX": key_prefix})
+    store = JobStore(redis_client, ttl_s=TTL_S, prefix=key_prefix)
+    return EventPublisher(store, deliveries, make_celery(settings))
+
+
+def ended(events: EventPublisher, webhook: dict | None = HOOK) -> JobRecord:
+    """A job that ran and succeeded, as a worker killed right after its final transition leaves it."""
+    store = events.store
+    record, _ = store.create(JobKind.GENERATE, {"prompt": "a"}, webhook=webhook)
+    assert store.advance(record.id, JobStatus.RUNNING, attempt_increment=1).applied
+    assert store.advance(record.id, JobStatus.SUCCEEDED, completed_at=utc_now()).applied
+    return store.get(record.id)
+
+
+def unpublished(events: EventPublisher) -> list[str]:
+    return [i.decode() for i in events.store.redis.zrange(events.store.unpublished_key, 0, -1)]
+
+
+def queued_deliveries(events: EventPublisher) -> list[str]:
+    """The delivery ids of the Celery messages on the webhooks queue, decoded as kombu would."""
+    key = priority_list_key(WEBHOOKS_QUEUE, Priority.HIGH, events.store.prefix)
+    ids = []
+    for raw in events.store.redis.lrange(key, 0, -1):
+        message = json.loads(raw)
+        assert message["headers"]["task"] == DELIVER_TASK
+        _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        ids.append(kwargs["delivery_id"])
+    return ids
+
+
+def test_a_final_event_is_queued_once_by_whoever_comes_first(events: EventPublisher, deliveries: DeliveryStore) -> None:
+    record = ended(events)
+    assert unpublished(events) == [record.id]
+    assert events.publish_unpublished(grace_s=60) == 0  # just ended: its own process has the grace to queue it
+    assert events.publish_unpublished(grace_s=0) == 1  # its process died: queued here
+    assert unpublished(events) == [] and queued_deliveries(events) == [f"msg_{record.id}_1"]
+    events.publish_final(record)  # the original process, late: nothing more
+    assert events.publish_unpublished(grace_s=0) == 0
+    assert queued_deliveries(events) == [f"msg_{record.id}_1"]
+    delivery = deliveries.get(f"msg_{record.id}_1")
+    assert delivery.status is DeliveryStatus.PENDING and json.loads(delivery.body)["type"] == "job.succeeded"
+
+
+def test_every_way_a_job_ends_notes_its_final_event(events: EventPublisher) -> None:
+    store = events.store
+    succeeded = ended(events)
+    canceled, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"}, webhook=HOOK)
+    store.request_cancel(canceled.id)
+    expired, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"}, webhook=HOOK, queue_timeout_s=1)
+    assert [r.id for r in QueueEnds(store).expire_due(now=time.time() + 10)] == [expired.id]
+    ended(events, webhook=None)  # no webhook: nothing to note
+    assert sorted(unpublished(events)) == sorted([succeeded.id, canceled.id, expired.id])
+    for job_id in (succeeded.id, canceled.id, expired.id):
+        events.publish_final(store.get(job_id))
+    assert unpublished(events) == [] and len(queued_deliveries(events)) == 3
+
+
+def test_a_final_event_the_webhook_does_not_ask_for_leaves_the_list(events: EventPublisher) -> None:
+    record = ended(events, webhook={**HOOK, "events": ["job.started"]})
+    assert unpublished(events) == [record.id]
+    events.publish_final(record)
+    assert unpublished(events) == [] and queued_deliveries(events) == []
+
+
+def test_an_expired_job_leaves_the_list_without_an_event(events: EventPublisher) -> None:
+    record = ended(events)
+    events.store.redis.delete(events.store.job_key(record.id))
+    assert events.publish_unpublished(grace_s=0) == 1
+    assert unpublished(events) == [] and queued_deliveries(events) == []

@@ -13,8 +13,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from producer import Client, InvalidInput
-from tasks.deliveries import enqueue_delivery
+from tasks.kinds import JobKind
 from tasks.record import utc_now
+from tasks.status import JobStatus
 from tasks.webhooks import DeliveryStatus, EventType, event_body
 from tests.conftest import WEBHOOK_SECRET
 from tests.support.cli import run_visionq
@@ -168,8 +169,8 @@ def test_ssrf_refusals(client: Client, deliverer, receiver: Receiver) -> None:
     # (as a host name whose DNS answer changed after submit would be) is refused, not sent.
     delivery_id = f"msg_dns_{uuid.uuid4().hex}"
     body = event_body(EventType.SUCCEEDED, utc_now(), 1, {"id": "dns-check"})
+    # create() queues the first attempt itself (one step with storing it)
     client.deliveries.create(delivery_id, "dns-check", "job.succeeded", f"http://127.0.0.2:{receiver.port}/dns", body)
-    enqueue_delivery(client.celery, delivery_id)
     wait_until(lambda: client.deliveries.get(delivery_id).status is DeliveryStatus.DEAD, what="refused attempt")
     (attempt,) = client.deliveries.get(delivery_id).attempts
     assert attempt.status is None and "loopback" in attempt.error
@@ -221,6 +222,31 @@ def test_retries_survive_a_restart_of_the_delivery_worker(
         if late is not None:
             late.stop()
         deliverer.start()
+
+
+def test_a_final_event_whose_worker_died_before_queueing_it_is_delivered_once(
+    client: Client, service_env: dict, tmp_path, deliverer, receiver: Receiver
+) -> None:
+    # What a worker killed right after its final transition leaves: the job succeeded, no event queued.
+    store = client.store
+    record, _ = store.create(JobKind.GENERATE, {"prompt": "orphan"},
+                             webhook={"url": receiver.url("/orphan"), "events": ["job.succeeded"]})
+    assert store.advance(record.id, JobStatus.RUNNING, attempt_increment=1).applied
+    assert store.advance(record.id, JobStatus.SUCCEEDED, completed_at=utc_now()).applied
+    deliverer.stop()
+    mine = WorkerProcess({**service_env, "VISIONQ_SWEEP_GRACE_S": "1"}, tmp_path, ["webhooks"]).start()
+    try:
+        wait_until(lambda: receiver.on("/orphan"), what="the final event of the orphaned job")
+        (received,) = receiver.on("/orphan")
+        event = Webhook(WEBHOOK_SECRET).verify(received.body, received.headers)
+        assert event["type"] == "job.succeeded" and event["data"]["id"] == record.id
+        assert store.redis.zcard(store.unpublished_key) == 0
+        wait_until(lambda: client.deliveries.get(received.headers["webhook-id"]).status.value == "delivered",
+                   what="the delivery recorded")
+    finally:
+        mine.stop()
+        deliverer.start()
+    assert len(receiver.on("/orphan")) == 1
 
 
 def test_receiver_down_longer_than_the_schedule_is_dead_then_replayed_once(
