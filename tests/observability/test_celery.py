@@ -172,7 +172,7 @@ def test_flower_shows_a_failed_job_as_failure_with_its_code(gated: dict[str, Any
 
 @pytest.mark.integration
 def test_revoke_cancels_queued_and_running_jobs_and_flower_shows_revoked(gated: dict[str, Any], flower: str) -> None:
-    env, cwd, client, gates = gated["env"], gated["cwd"], gated["client"], gated["gates"]
+    env, cwd, client = gated["env"], gated["cwd"], gated["client"]
     running = client.generate("gate:revoked-running")
     wait_until(lambda: running.refresh().status == "running", TIMEOUT, "the gated job running")
     queued = client.generate("revoked while queued")  # the one slot is taken: it waits
