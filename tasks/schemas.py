@@ -12,6 +12,7 @@ import hashlib
 import math
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Union
+from urllib.parse import urlsplit
 
 from tasks.errors import InvalidInput
 from tasks.kinds import JobKind
@@ -80,6 +81,10 @@ def validate_image_uri(value: Any, limits: Limits) -> str:
         )
     if value.startswith("s3://") and "/" not in value[len("s3://"):].strip("/"):
         raise InvalidInput(f"image URI {value!r} names no key; expected s3://bucket/key")
+    try:
+        urlsplit(value)  # what every reader of it calls: refused here, not as a worker's internal error
+    except ValueError as exc:  # an unclosed "[" (IPv6 literal), or a host NFKC makes unsafe
+        raise InvalidInput(f"image URI {value[:80]!r} is not a valid URI: {exc}") from None
     return value
 
 

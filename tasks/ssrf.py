@@ -210,7 +210,10 @@ def checked_url(
     """The URL split into what a connection needs, every address checked (see check_url)."""
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         raise UrlRefused(f"{url[:80]!r} contains whitespace or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed "[" (IPv6 literal), or a host NFKC makes unsafe
+        raise UrlRefused(f"{url[:80]!r} is not a valid URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
         raise UrlRefused(f"scheme {parts.scheme!r} is not allowed (http or https only)", parts.hostname)

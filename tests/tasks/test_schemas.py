@@ -59,6 +59,8 @@ def test_generate_rejects(params: dict, fragment: str) -> None:
         ({"image": IMAGE, "threshold": 1.5}, "threshold 1.5 is outside [0.0, 1.0]"),
         ({"image": "ftp://host/x.png"}, "unsupported scheme"),
         ({"image": "s3://bucket-only"}, "names no key"),
+        ({"image": "s3://[bucket/key.png"}, "is not a valid URI"),
+        ({"image": "http://[::1/x.png"}, "is not a valid URI"),
         ({"image": 7}, "image must be a URI string"),
         ({}, "image must be a URI string"),
     ],
