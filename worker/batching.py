@@ -8,8 +8,18 @@ other run as one forward pass, up to the kind's `max_batch` (Triton's dynamic
 batching, Ray Serve's @serve.batch). Each job keeps its own record, outputs and
 errors: a batch that fails for another reason than memory is re-run job by job,
 so one bad job fails alone; a batch that runs out of memory is split in halves.
-Messages stay unacknowledged in Redis until their own task thread finishes, so
-batching keeps Celery's delivery guarantees (acks_late, redelivery on crash).
+A pipeline with `infer_batch` leaves each job's post-processing (masks, overlays) to
+the job's task thread: the model thread runs only what batches. Messages stay
+unacknowledged in Redis until their own task thread finishes, so batching keeps
+Celery's delivery guarantees (acks_late, redelivery on crash).
+
+A job turns `running` when the model thread takes it, but the model does not wait for
+that Redis round trip: the job's own task thread makes it while the model already
+computes (on two cores the round trip took 1.7-2.2 ms of a 23 ms tiny SD job, Redis
+waiting for a core). A job that the transition refuses (canceled while queued, already
+final) stops at the model's next checkpoint, or its share of a batch is thrown away; it
+never gets a result. A redelivered message (its job may have crashed its previous
+workers, VISIONQ_MAX_ATTEMPTS) is started before the model takes it, as before.
 """
 from __future__ import annotations
 
@@ -23,10 +33,15 @@ from typing import Any, Callable, Hashable
 
 from tasks.errors import ModelError, OutOfMemory, VisionqError
 from tasks.kinds import JobKind
-from worker.pipelines.base import Pipeline, PipelineResult, no_progress
+from tasks.record import utc_now
+from worker.pipelines.base import Pipeline, PipelineResult, infer_batch, no_progress
 
 log = logging.getLogger("visionq.worker")
 MAX_ADAPTIVE_WAIT_S = 0.1  # the longest a batch under load waits for companions
+# Put on the queue when an announced job will not come: a batch waiting for companions
+# blocks on the queue (no polling that would take the GIL from the task threads decoding
+# them) and this wakes it to look again whether any are still on their way.
+_RECOUNT = object()
 
 
 @dataclass
@@ -38,10 +53,38 @@ class _Item:
     progress: Callable[[float], None]
     job_id: str
     limit_s: float
-    start: Callable[[], None]  # marks the job running; may raise to drop it
+    start: Callable[[str], None]  # marks the job running, given when the model took it; may raise to drop it
     key: Hashable | None
     priority: int = 0  # kombu level: lower runs first
+    start_first: bool = False  # started before the model takes it (a redelivery), not alongside
     future: Future = field(default_factory=Future)
+    taken: threading.Event = field(default_factory=threading.Event)  # the model thread took it
+    started: Future = field(default_factory=Future)  # the start's outcome (None, or why it was refused)
+    taken_at: str = ""  # when the model thread took it (the record's started_at)
+
+    def begin(self) -> None:
+        """Run `start`, keeping its outcome for the model thread (on the job's own thread)."""
+        try:
+            self.start(self.taken_at)
+        except BaseException as exc:  # noqa: BLE001 - the model thread hands it back to run()
+            self.started.set_result(exc)
+        else:
+            self.started.set_result(None)
+
+    def refusal(self) -> BaseException | None:
+        """Why the start refused this job, or None; waits for the start to end."""
+        return self.started.result()
+
+    def checkpoint(self, fraction: float) -> None:
+        """The job's progress, once it has started: a refused job stops the model here."""
+        if self.refusal() is not None:
+            raise _Refused  # run() hands the job its refusal (_fail)
+        self.progress(fraction)
+
+
+class _Refused(BaseException):
+    """Stops a model run whose job's start was refused. A BaseException, so that call_pipeline
+    does not report it as a model failure."""
 
 
 class ModelExecutor:
@@ -50,7 +93,7 @@ class ModelExecutor:
     def __init__(self, max_batch: dict[JobKind, int], max_wait_ms: float) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
-        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._queue: queue.Queue[Any] = queue.Queue()  # _Item, or _RECOUNT
         self._pending: list[_Item] = []
         # Jobs whose task thread is fetching their input: the only companions worth
         # waiting for. With none on the way, a batch runs at once (an idle worker pays
@@ -75,23 +118,31 @@ class ModelExecutor:
         """The job announced with expect() will not come (it failed before the model)."""
         with self._arriving_lock:
             self._arriving -= 1
+        self._queue.put(_RECOUNT)
 
     def run(
         self, kind: JobKind, pipeline: Pipeline, request: Any, image: Any,
-        progress: Callable[[float], None], job_id: str, limit_s: float, start: Callable[[], None],
-        priority: int = 0,
+        progress: Callable[[float], None], job_id: str, limit_s: float, start: Callable[[str], None],
+        priority: int = 0, start_first: bool = False,
     ) -> tuple[PipelineResult, int, float]:
-        """(result, batch size, model milliseconds) for this job; blocks until done."""
+        """(result, batch size, milliseconds of model and of this job's own post-processing) for this
+        job; blocks until done. The post-processing runs here, on the caller's thread. `start` runs
+        here once the model thread takes the job, while the model runs (`start_first`: before)."""
         key = None
         if self.max_batch.get(kind, 1) > 1:
             own_key = pipeline.batch_key(request)
             # Two models of one kind never share a batch: the pipeline is part of the key.
             key = None if own_key is None else (kind, id(pipeline), own_key)
-        item = _Item(kind, pipeline, request, image, progress, job_id, limit_s, start, key, priority)
+        item = _Item(kind, pipeline, request, image, progress, job_id, limit_s, start, key, priority, start_first)
         with self._arriving_lock:
             self._queue.put(item)
             self._arriving = max(0, self._arriving - 1)
-        return item.future.result()
+        item.taken.wait()
+        item.begin()
+        finish, batch_size, model_ms = item.future.result()
+        started = time.perf_counter()
+        result = call_pipeline(finish)  # this job's own post-processing, here rather than on the model thread
+        return result, batch_size, model_ms + _ms_since(started)
 
     def _loop(self) -> None:
         while True:
@@ -99,8 +150,10 @@ class ModelExecutor:
             self._execute(batch)
 
     def _collect(self) -> list[_Item]:
-        if not self._pending:
-            self._pending.append(self._queue.get())
+        while not self._pending:
+            item = self._queue.get()
+            if item is not _RECOUNT:
+                self._pending.append(item)
         self._drain_queue()
         # Jobs reserved by this worker keep their priority: the highest goes first (FIFO within one).
         first = min(self._pending, key=lambda item: item.priority)
@@ -123,12 +176,12 @@ class ModelExecutor:
             expecting = self._arriving > 0 or under_load
             try:
                 if remaining > 0 and expecting:
-                    item = self._queue.get(timeout=min(remaining, 0.001))
+                    item = self._queue.get(timeout=remaining)
                 else:
                     item = self._queue.get_nowait()
             except queue.Empty:
-                if remaining <= 0 or not expecting:
-                    break
+                break
+            if item is _RECOUNT:
                 continue
             if item.key == first.key:
                 batch.append(item)
@@ -139,39 +192,46 @@ class ModelExecutor:
         return batch
 
     def _drain_queue(self) -> None:
+        """Everything queued into _pending (wake-ups dropped)."""
         while True:
             try:
-                self._pending.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
             except queue.Empty:
                 return
+            if item is not _RECOUNT:
+                self._pending.append(item)
 
     def _execute(self, batch: list[_Item]) -> None:
-        batch = [item for item in batch if self._started(item)]
+        taken_at = utc_now()
+        for item in batch:
+            item.taken_at = taken_at
+            item.taken.set()  # its task thread starts it now
+        # A redelivery starts before the model runs it: the start refuses a job whose runs
+        # keep killing their worker, and this one must not be the next.
+        batch = [item for item in batch if not item.start_first or self._start_first(item)]
         if batch:
             self._run(batch)
 
     @staticmethod
-    def _started(item: _Item) -> bool:
-        try:
-            item.start()
-            return True
-        except BaseException as exc:  # noqa: BLE001 - delivered to the job's own thread
-            item.future.set_exception(exc)
-            return False
+    def _start_first(item: _Item) -> bool:
+        refusal = item.refusal()
+        if refusal is not None:
+            item.future.set_exception(refusal)
+        return refusal is None
 
     def _run(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
         pipeline = batch[0].pipeline
         # A job alone reports its own progress (and may be canceled midway); in a
         # batch of several, each job's checkpoint comes once the batch is done.
-        progress = batch[0].progress if len(batch) == 1 else no_progress
+        progress = batch[0].checkpoint if len(batch) == 1 else no_progress
         try:
             results = call_pipeline(
-                lambda: pipeline.run_batch([i.request for i in batch], [i.image for i in batch], progress)
+                lambda: infer_batch(pipeline, [i.request for i in batch], [i.image for i in batch], progress)
             )
         except OutOfMemory as exc:
             if len(batch) == 1:
-                batch[0].future.set_exception(exc)
+                _fail(batch[0], exc)
                 return
             log.warning("batch of %d ran out of memory; retrying in halves", len(batch))
             half = len(batch) // 2
@@ -180,7 +240,7 @@ class ModelExecutor:
             return
         except VisionqError as exc:
             if len(batch) == 1:
-                batch[0].future.set_exception(exc)
+                _fail(batch[0], exc)
                 return
             log.warning("batch of %d failed; running its jobs one by one", len(batch))
             for item in batch:
@@ -188,7 +248,7 @@ class ModelExecutor:
             return
         except BaseException as exc:  # noqa: BLE001 - JobCanceled and the like, delivered to the jobs' threads
             for item in batch:
-                item.future.set_exception(exc)
+                _fail(item, exc)
             return
         run_ms = _ms_since(started)
         previous = self._batch_s.get(id(pipeline))
@@ -196,10 +256,15 @@ class ModelExecutor:
         self._batch_s[id(pipeline)] = seconds if previous is None else 0.7 * previous + 0.3 * seconds
         for item, result in zip(batch, results):
             try:
-                item.progress(1.0)  # the job's checkpoint: canceled or over time ends it here
+                item.checkpoint(1.0)  # refused at its start, canceled or over time: it ends here
                 item.future.set_result((result, len(batch), run_ms))
             except BaseException as exc:  # noqa: BLE001
-                item.future.set_exception(exc)
+                _fail(item, exc)
+
+
+def _fail(item: _Item, exc: BaseException) -> None:
+    """`exc` for the job, unless its start refused it: then that refusal is what happened to it."""
+    item.future.set_exception(item.refusal() or exc)
 
 
 def _ms_since(started: float) -> float:

@@ -34,7 +34,7 @@ from worker.broker import acknowledged
 from worker.images import decode_image
 from worker.inputs import InputReader
 from worker.outputs import publish_outputs, publish_record
-from worker.pipelines.base import Pipeline
+from worker.pipelines.base import Pipeline, preprocess
 from worker.time_limits import JobClock, Watchdog
 
 log = logging.getLogger("visionq.worker")
@@ -74,23 +74,25 @@ class JobRunner:
 
     def run(
         self, kind: JobKind, job_id: str, request_data: dict[str, Any], *, model: str | None = None,
-        priority: int | None = None, delivery: Delivery | None = None,
+        priority: int | None = None, delivery: Delivery | None = None, redelivered: bool = False,
     ) -> None:
         """Run one job of its message. `model`: the model its queue carries (None: the kind's
         default); `priority`: its kombu level, for the order within this worker; `delivery`:
-        its message in kombu's unacked bookkeeping, acknowledged with the final status."""
+        its message in kombu's unacked bookkeeping, acknowledged with the final status;
+        `redelivered`: kombu gave the message back after a worker lost it (the job is then marked
+        running before the model takes it, not while: worker/batching.py)."""
         clock = JobClock(self.settings.time_limit_s(kind))  # from pickup: fetch and decode count
         if self.watchdog is not None:
             self.watchdog.watch(job_id, clock)
         try:
-            self._run(kind, job_id, request_data, clock, model, priority, delivery)
+            self._run(kind, job_id, request_data, clock, model, priority, delivery, redelivered)
         finally:
             if self.watchdog is not None:
                 self.watchdog.release(job_id)
 
     def _run(
         self, kind: JobKind, job_id: str, request_data: dict[str, Any], clock: JobClock, model: str | None,
-        priority: int | None, delivery: Delivery | None,
+        priority: int | None, delivery: Delivery | None, redelivered: bool,
     ) -> None:
         """The record is not read up front: the running transition returns it (one round trip),
         and only a job that fails before the model reads it (worker/runtime.py `_before_start`)."""
@@ -116,21 +118,24 @@ class JobRunner:
             image = None
             image_uri = getattr(request, "image", None)
             if image_uri is not None:
-                with _timed(metrics, "input_ms"):
+                with _timed(metrics, "input_ms"):  # fetch, decode and the pipeline's own per-job preprocessing
                     image = decode_image(self._read_input(image_uri, clock), self.settings.limits)
-                check_image_work(request, image.size, self.settings.limits)
+                    check_image_work(request, image.size, self.settings.limits)
+                    model_input = preprocess(pipeline, request, image)  # here, not on the model thread
+            else:
+                model_input = preprocess(pipeline, request, image)
             clock.check()
 
-            def start() -> None:  # on the model thread, right before this job's inference
+            def start(taken_at: str) -> None:  # once the model thread takes the job (worker/batching.py)
                 clock.resume()
-                progress.record, progress.cancel_requested = self._start(job_id, pipeline, name)
+                progress.record, progress.cancel_requested = self._start(job_id, pipeline, name, taken_at)
                 progress.check_cancel(read=False)  # the running transition read the cancel flag
 
             handed_over = True
             clock.pause()  # waiting behind this worker's other jobs is not this job's time
             result, metrics["batch_size"], metrics["run_ms"] = self.executor.run(
-                kind, pipeline, request, None if image is None else image, progress, job_id, clock.limit_s,
-                start, Priority.NORMAL.level if priority is None else priority,
+                kind, pipeline, request, model_input, progress, job_id, clock.limit_s,
+                start, Priority.NORMAL.level if priority is None else priority, start_first=redelivered,
             )
             # The model is done; a cancel requested meanwhile wins in the final transition (_finish).
             clock.pause()  # storing its outputs waits on storage, not on the job
@@ -191,13 +196,13 @@ class JobRunner:
                 return self.inputs.read(uri)
         return self.inputs.read(uri)
 
-    def _start(self, job_id: str, pipeline: Pipeline, name: str) -> tuple[JobRecord, bool]:
-        """queued -> running (running -> running on a redelivery), when the model takes it: the job's
-        record after, and whether a cancel is requested (a redelivered job flagged while it ran).
+    def _start(self, job_id: str, pipeline: Pipeline, name: str, started_at: str) -> tuple[JobRecord, bool]:
+        """queued -> running (running -> running on a redelivery), when the model takes it (at
+        `started_at`, its time): the job's record after, and whether a cancel is requested (a
+        redelivered job flagged while it ran).
 
         Until then the job counts as queued, so a cancel still stops it outright. A job that lost
         its worker on each of its VISIONQ_MAX_ATTEMPTS runs does not start again (_Exhausted)."""
-        started_at = utc_now()
         try:
             outcome = until_redis_answers(lambda: self.store.advance(
                 job_id, JobStatus.RUNNING, attempt_increment=1, started_at=started_at,

@@ -6,7 +6,8 @@ Serves generate jobs through `worker.process.serve` exactly as `visionq worker`
 does (heartbeat, Celery consumer, leases, sweeper, watchdog, storage), with a
 model that takes `--cost-ms` in five progress steps and returns one small PNG.
 Every finished run appends the job's prompt to `--runs-file`, so a test can count
-jobs whose model ran to the end more than once. A job whose prompt is `gate:NAME`
+jobs whose model ran to the end more than once; every run that begins appends
+`began:PROMPT` (a job the model took, however far it got). A job whose prompt is `gate:NAME`
 runs until the file `--gates`/NAME exists (reporting progress, so it can be
 canceled meanwhile): a test decides when it ends instead of relying on a model
 being slow on this machine.
@@ -45,6 +46,7 @@ class StandInGenerate:
         from worker.pipelines.base import FileSlot, PipelineResult
 
         prompt = requests[0].prompt
+        self._log_run(f"began:{prompt}")
         if prompt.startswith("gate:") and self.gates is not None:
             gate = self.gates / prompt.removeprefix("gate:")
             while not gate.exists():
@@ -53,11 +55,15 @@ class StandInGenerate:
         for step in range(STEPS):
             time.sleep(self.cost_s / STEPS)
             progress((step + 1) / (STEPS + 1))
-        if self.runs_file is not None:
-            with open(self.runs_file, "a") as runs:  # one short line per write: appends do not interleave
-                runs.write(f"{requests[0].prompt}\n")
+        self._log_run(prompt)
         return [PipelineResult(output={"images": [FileSlot("output-0.png")], "seed": 1},
                                images={"output-0.png": self.image})]
+
+
+    def _log_run(self, line: str) -> None:
+        if self.runs_file is not None:
+            with open(self.runs_file, "a") as runs:  # one short line per write: appends do not interleave
+                runs.write(f"{line}\n")
 
 
 def _break_consumer() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -41,7 +42,7 @@ def submit_all(executor: ModelExecutor, pipeline: Recorder, requests: list[Any],
     def one(i: int, request: Any) -> None:
         try:
             results[i] = executor.run(JobKind.CAPTION, pipeline, request, None, lambda f: None, f"job{i}", 60,
-                                      lambda: None, (priorities or [0] * len(requests))[i])
+                                      lambda _at: None, (priorities or [0] * len(requests))[i])
         except Exception as exc:  # noqa: BLE001
             results[i] = exc
 
@@ -89,7 +90,8 @@ def test_out_of_memory_splits_the_batch_then_fails_only_what_cannot_fit() -> Non
     single = Recorder(fits=0)
     single.gate.set()
     with pytest.raises(OutOfMemory):
-        ModelExecutor({JobKind.CAPTION: 1}, 0).run(JobKind.CAPTION, single, 2, None, lambda f: None, "j", 60, lambda: None)
+        ModelExecutor({JobKind.CAPTION: 1}, 0).run(JobKind.CAPTION, single, 2, None, lambda f: None, "j", 60,
+                                                   lambda _at: None)
 
 
 def test_higher_priority_runs_first_among_reserved_jobs() -> None:
@@ -113,7 +115,7 @@ def test_model_exceptions_become_model_error() -> None:
             raise IndexError("tuple index out of range")
 
     with pytest.raises(ModelError, match="IndexError"):
-        ModelExecutor({}, 0).run(JobKind.CAPTION, Broken(), 1, None, lambda f: None, "j", 60, lambda: None)
+        ModelExecutor({}, 0).run(JobKind.CAPTION, Broken(), 1, None, lambda f: None, "j", 60, lambda _at: None)
 
 
 def test_a_job_alone_reports_its_own_progress_and_a_batch_checkpoints_each_job() -> None:
@@ -133,7 +135,7 @@ def test_a_job_alone_reports_its_own_progress_and_a_batch_checkpoints_each_job()
 
     def run(request: int, job: str) -> threading.Thread:
         thread = threading.Thread(target=executor.run, args=(JobKind.CAPTION, pipeline, request, None,
-                                                              seen[job].append, job, 60, lambda: None))
+                                                              seen[job].append, job, 60, lambda _at: None))
         thread.start()
         return thread
 
@@ -176,5 +178,137 @@ def test_canceled_midway_alone_fails_that_job() -> None:
     pipeline = Cancels()
     pipeline.gate.set()
     with pytest.raises(JobCanceled):
-        ModelExecutor({JobKind.CAPTION: 4}, 0).run(JobKind.CAPTION, pipeline, 1, None, cancel, "j", 60, lambda: None)
+        ModelExecutor({JobKind.CAPTION: 4}, 0).run(JobKind.CAPTION, pipeline, 1, None, cancel, "j", 60,
+                                                   lambda _at: None)
     assert pipeline.batches == []
+
+
+class NotStarted(Exception):
+    """What a refused start raises (the runtime's own is private)."""
+
+
+class Stepper:
+    """An unbatchable pipeline of `steps` steps, each a progress checkpoint; records what it ran."""
+
+    model_label = "stepper"
+
+    def __init__(self, steps: int = 5) -> None:
+        self.steps = steps
+        self.ran: list[tuple[Any, int]] = []  # (request, steps done)
+        self.began = threading.Event()
+
+    def batch_key(self, request: Any) -> None:
+        return None
+
+    def run_batch(self, requests: list[Any], images: list[Any], progress: Any) -> list[PipelineResult]:
+        self.began.set()
+        done = 0
+        try:
+            for step in range(self.steps):
+                progress(step / self.steps)
+                done += 1
+        finally:
+            self.ran.append((requests[0], done))
+        return [PipelineResult(output={"echo": requests[0]})]
+
+
+def test_the_model_does_not_wait_for_the_running_transition() -> None:
+    pipeline = Stepper()
+
+    def start(_taken_at: str) -> None:  # returns only once the model has begun: it must not be waited for
+        assert pipeline.began.wait(5), "the model waited for the start"
+
+    result, _, _ = ModelExecutor({}, 0).run(JobKind.GENERATE, pipeline, 1, None, lambda f: None, "j", 60, start)
+    assert result.output == {"echo": 1}
+
+
+def test_a_redelivered_job_is_started_before_the_model_takes_it() -> None:
+    pipeline = Stepper()
+    seen: list[bool] = []
+
+    def start(_taken_at: str) -> None:
+        seen.append(pipeline.began.is_set())
+
+    ModelExecutor({}, 0).run(JobKind.GENERATE, pipeline, 1, None, lambda f: None, "j", 60, start, start_first=True)
+    assert seen == [False] and pipeline.ran == [(1, 5)]
+
+
+def test_a_redelivered_job_refused_at_its_start_never_reaches_the_model() -> None:
+    pipeline = Stepper()
+
+    def start(_taken_at: str) -> None:
+        raise NotStarted("lost its worker on each of its attempts")
+
+    with pytest.raises(NotStarted):
+        ModelExecutor({}, 0).run(JobKind.GENERATE, pipeline, 1, None, lambda f: None, "j", 60, start,
+                                 start_first=True)
+    assert pipeline.ran == []
+
+
+def test_a_job_refused_at_its_start_stops_at_the_first_checkpoint() -> None:
+    pipeline = Stepper()
+    progress: list[float] = []
+
+    def start(_taken_at: str) -> None:
+        raise NotStarted("canceled while queued")
+
+    with pytest.raises(NotStarted):
+        ModelExecutor({}, 0).run(JobKind.GENERATE, pipeline, 1, None, progress.append, "j", 60, start)
+    assert pipeline.ran == [(1, 0)] and progress == []
+
+
+def test_a_job_refused_at_its_start_gets_no_share_of_its_batch() -> None:
+    pipeline = Recorder()
+    results: dict[int, Any] = {}
+
+    def one(i: int) -> None:
+        def start(_taken_at: str) -> None:
+            if i == 2:
+                raise NotStarted("canceled while queued")
+        try:
+            results[i] = executor.run(JobKind.CAPTION, pipeline, i * 2, None, lambda f: None, f"job{i}", 60, start)
+        except Exception as exc:  # noqa: BLE001
+            results[i] = exc
+
+    executor = ModelExecutor({JobKind.CAPTION: 4}, max_wait_ms=300)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    pipeline.gate.set()
+    for t in threads:
+        t.join(10)
+    assert isinstance(results.pop(2), NotStarted)
+    assert {i: r[0].output["echo"] for i, r in results.items()} == {0: 0, 1: 2, 3: 6}
+
+
+class Finishing(Recorder):
+    """A pipeline that leaves each job's post-processing to a finisher, recording the thread it ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finished_on: dict[Any, str] = {}
+
+    def infer_batch(self, requests: list[Any], images: list[Any], progress: Any) -> list[Any]:
+        self.gate.wait(5)
+        self.batches.append(list(requests))
+        return [lambda r=r: self._finish(r) for r in requests]
+
+    def _finish(self, request: Any) -> PipelineResult:
+        self.finished_on[request] = threading.current_thread().name
+        if request == 4:
+            raise RuntimeError("post-processing broke")
+        return PipelineResult(output={"echo": request})
+
+
+def test_finishers_run_on_the_jobs_own_threads_and_fail_alone() -> None:
+    pipeline = Finishing()
+    executor = ModelExecutor({JobKind.CAPTION: 4}, max_wait_ms=300)
+    threads, results = submit_all(executor, pipeline, [0, 2, 4, 6, 8])
+    time.sleep(0.3)  # the first job holds the model (gate): the others queue up behind it
+    pipeline.gate.set()
+    for t in threads:
+        t.join(10)
+    assert max(len(batch) for batch in pipeline.batches) > 1
+    assert isinstance(results[2], ModelError) and "post-processing broke" in str(results[2])
+    assert {i: results[i][0].output["echo"] for i in (0, 1, 3, 4)} == {0: 0, 1: 2, 3: 6, 4: 8}
+    assert len(pipeline.finished_on) == 5 and "visionq-model" not in set(pipeline.finished_on.values())

@@ -63,6 +63,32 @@ class Pipeline(Protocol):
         (it may raise JobCanceled to stop); the finishing 1.0 is the caller's checkpoint."""
 
 
+# A job's own post-processing after the model (masks, overlays, decoding), as a call that
+# returns its PipelineResult. A pipeline may offer `infer_batch(requests, images, progress)
+# -> list[Finisher]`: the model's part of run_batch, one finisher per request. The worker calls
+# the finishers on the jobs' own task threads, so the model thread runs only what batches and
+# the next batch does not wait for this one's per-job work (worker/batching.py).
+Finisher = Callable[[], PipelineResult]
+
+
+def preprocess(pipeline: Pipeline, request: Any, image: Image.Image | None) -> Any:
+    """What `infer_batch` takes for this job. A pipeline may offer `preprocess(request, image)`, per
+    job (resizing and normalising the image into the model's pixels): the worker calls it on the
+    job's task thread, before the job goes to the model thread. Without it, the image itself."""
+    own = getattr(pipeline, "preprocess", None)
+    return image if own is None else own(request, image)
+
+
+def infer_batch(pipeline: Pipeline, requests: list[Any], images: list[Any],
+                progress: ProgressCallback) -> list[Finisher]:
+    """The pipeline's `infer_batch` (on `preprocess`'s outputs) where it has one; else run_batch,
+    with nothing left to finish."""
+    infer = getattr(pipeline, "infer_batch", None)
+    if infer is not None:
+        return infer(requests, images, progress)
+    return [lambda result=result: result for result in pipeline.run_batch(requests, images, progress)]
+
+
 def run_one(pipeline: Pipeline, request: Any, image: Image.Image | None,
             progress: ProgressCallback) -> PipelineResult:
     """One job: a batch of one, then the job's final checkpoint (1.0 may raise JobCanceled)."""

@@ -14,6 +14,7 @@ takes its positions from the attention mask.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Hashable
 
 import torch
@@ -26,7 +27,7 @@ from transformers import (
 from tasks.errors import InvalidInput, ModelError
 from tasks.schemas import CaptionRequest
 from worker.loading import check_tokenizer, count_tokens, load_model, load_processor
-from worker.pipelines.base import ModelSpec, PipelineResult, ProgressCallback, no_progress, run_one
+from worker.pipelines.base import Finisher, ModelSpec, PipelineResult, ProgressCallback, no_progress, run_one
 
 # The VLM's instruction when a job brings none.
 DEFAULT_INSTRUCTION = "Describe this image in one sentence."
@@ -78,17 +79,31 @@ class CaptionPipeline:
     def run_batch(self, requests: list[CaptionRequest], images: list[Image.Image | None],
                   progress: ProgressCallback) -> list[PipelineResult]:
         """Jobs with one batch_key, as one generate() call."""
-        if any(image is None for image in images):
+        pixels = [self.preprocess(request, image) for request, image in zip(requests, images)]
+        return [finish() for finish in self.infer_batch(requests, pixels, progress)]
+
+    def preprocess(self, request: CaptionRequest, image: Image.Image | None) -> Any:
+        """Per job, on its own task thread (worker/pipelines/base.py): its checks, and its image as
+        the model's pixels where the family's image processor stands apart from its text (`pixels`)."""
+        if image is None:
             raise InvalidInput("caption needs an image")
-        for request in requests:
-            self.check_inputs(request)
+        self.check_inputs(request)
+        return self.pixels(image)
+
+    def pixels(self, image: Image.Image) -> Any:
+        """The image as `prepare` takes it: here the image itself (prepare processes the batch)."""
+        return image
+
+    def infer_batch(self, requests: list[CaptionRequest], pixels: list[Any],
+                    progress: ProgressCallback) -> list[Finisher]:
+        """run_batch's generate() call, on what `preprocess` returned."""
         first = requests[0]
-        inputs = self.prepare(images, first.prompt)
+        inputs = self.prepare(pixels, first.prompt)
         self.check_length(inputs, first.max_new_tokens)
         with torch.inference_mode():
             tokens = self.model.generate(**inputs, **self.generate_options, max_new_tokens=first.max_new_tokens,
                                          num_beams=first.num_beams)
-        return [PipelineResult(output={"text": text.strip()}) for text in self.decode(tokens, inputs)]
+        return [partial(PipelineResult, output={"text": text.strip()}) for text in self.decode(tokens, inputs)]
 
     def check_inputs(self, request: CaptionRequest) -> None:
         """Refuse, before any image work, a prompt that cannot fit with max_new_tokens."""
@@ -105,8 +120,8 @@ class CaptionPipeline:
     def prompt_tokens(self, prompt: str | None) -> int:
         raise NotImplementedError
 
-    def prepare(self, images: list[Image.Image], prompt: str | None) -> dict[str, torch.Tensor]:
-        """Model inputs for images that share one prompt (or none)."""
+    def prepare(self, pixels: list[Any], prompt: str | None) -> dict[str, torch.Tensor]:
+        """Model inputs for images (as `pixels` returned them) that share one prompt (or none)."""
         raise NotImplementedError
 
     def decode(self, tokens: torch.Tensor, inputs: dict[str, torch.Tensor]) -> list[str]:
@@ -133,11 +148,16 @@ class BlipCaptioner(CaptionPipeline):
         # BLIP replaces [CLS] by its start token and drops the final [SEP]: one token fewer.
         return count_tokens(self.tokenizer, prompt) - 1 if prompt else 1
 
-    def prepare(self, images: list[Image.Image], prompt: str | None) -> dict[str, torch.Tensor]:
-        text = None if prompt is None else [prompt] * len(images)
-        inputs = self.processor(images=images, text=text, return_tensors="pt").to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        return dict(inputs)
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        return self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
+
+    def prepare(self, pixels: list[torch.Tensor], prompt: str | None) -> dict[str, torch.Tensor]:
+        inputs = {"pixel_values": torch.cat(pixels).to(self.device, self.dtype)}
+        if prompt is not None:  # what BlipProcessor passes on from its tokenizer
+            text = self.tokenizer([prompt] * len(pixels), return_tensors="pt")
+            inputs.update(input_ids=text["input_ids"].to(self.device),
+                          attention_mask=text["attention_mask"].to(self.device))
+        return inputs
 
     def decode(self, tokens: torch.Tensor, inputs: dict[str, torch.Tensor]) -> list[str]:
         return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)  # the prompt included
@@ -173,12 +193,14 @@ class EncoderDecoderCaptioner(CaptionPipeline):
     def _prompt_ids(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
 
-    def prepare(self, images: list[Image.Image], prompt: str | None) -> dict[str, torch.Tensor]:
-        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        inputs = {"pixel_values": pixels.to(self.device, self.dtype)}
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"]
+
+    def prepare(self, pixels: list[torch.Tensor], prompt: str | None) -> dict[str, torch.Tensor]:
+        inputs = {"pixel_values": torch.cat(pixels).to(self.device, self.dtype)}
         if prompt is not None:
             row = [self.start_token_id, *self._prompt_ids(prompt)]
-            inputs["decoder_input_ids"] = torch.tensor([row] * len(images), device=self.device)
+            inputs["decoder_input_ids"] = torch.tensor([row] * len(pixels), device=self.device)
         return inputs
 
     def decode(self, tokens: torch.Tensor, inputs: dict[str, torch.Tensor]) -> list[str]:

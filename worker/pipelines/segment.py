@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import colorsys
+from functools import partial
 from typing import Hashable
 
 import numpy as np
@@ -16,7 +17,9 @@ from transformers import (
 from tasks.errors import InvalidInput
 from tasks.schemas import SegmentRequest
 from worker.loading import check_token_limit, check_tokenizer, load_model, load_processor, text_token_limit
-from worker.pipelines.base import FileSlot, ModelSpec, PipelineResult, ProgressCallback, no_progress, run_one
+from worker.pipelines.base import (
+    FileSlot, Finisher, ModelSpec, PipelineResult, ProgressCallback, no_progress, run_one,
+)
 
 OVERLAY_OPACITY = 0.5
 # Semantic logits are upsampled to at most this side before the argmax, then the class
@@ -85,6 +88,12 @@ class SegmentPipeline:
     def run_batch(self, requests: list[SegmentRequest], images: list[Image.Image | None],
                   progress: ProgressCallback) -> list[PipelineResult]:
         """Jobs with one batch_key, as one forward pass (all image/label pairs together)."""
+        return [finish() for finish in self.infer_batch(requests, images, progress)]
+
+    def infer_batch(self, requests: list[SegmentRequest], images: list[Image.Image | None],
+                    progress: ProgressCallback) -> list[Finisher]:
+        """run_batch's forward pass; each job's masks and overlay are left to its finisher
+        (worker/pipelines/base.py): they were most of a batched CLIPSeg job's time on a CPU."""
         if any(image is None for image in images):
             raise InvalidInput("segment needs an image")
         if requests[0].labels is None:
@@ -93,28 +102,34 @@ class SegmentPipeline:
             inputs = self.semantic_processor(images=images, return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 logits = self.semantic(pixel_values=inputs["pixel_values"].to(self.dtype)).logits
-            return [segment_result(image, self._present_classes(_class_map(l, image.size)), self.semantic_label)
-                    for image, l in zip(images, logits)]
+            return [partial(self._semantic_result, image, own) for image, own in zip(images, logits)]
         if self.prompted is None:
             raise InvalidInput(f"segment model {self.model_label!r} takes no labels: it finds its own classes")
         for request in requests:
             self.check_labels(request.labels)
-        pairs = [(image, label) for request, image in zip(requests, images) for label in request.labels]
-        inputs = self.prompted_processor(
-            text=[label for _, label in pairs], images=[image for image, _ in pairs], padding=True,
-            return_tensors="pt",
-        ).to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        labels = [label for request in requests for label in request.labels]
+        text = self.prompted_processor.tokenizer(labels, padding=True, return_tensors="pt").to(self.device)
+        # Each image once, then repeated for its labels: the processor would resize and normalise it per label.
+        pixels = self.prompted_processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        repeats = torch.tensor([len(request.labels) for request in requests])
+        pixels = pixels.repeat_interleave(repeats, dim=0).to(self.device, self.dtype)
         with torch.inference_mode():
-            logits = self.prompted(**inputs).logits
-        logits = logits.reshape(len(pairs), *logits.shape[-2:])
-        results, offset = [], 0
+            logits = self.prompted(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
+                                   pixel_values=pixels).logits
+        logits = logits.reshape(len(labels), *logits.shape[-2:])
+        finishers, offset = [], 0
         for request, image in zip(requests, images):
             own = logits[offset:offset + len(request.labels)]
             offset += len(request.labels)
-            masks = threshold_masks(own, image.size, request.threshold)
-            results.append(segment_result(image, list(zip(request.labels, masks)), self.prompted_label))
-        return results
+            finishers.append(partial(self._prompted_result, request, image, own))
+        return finishers
+
+    def _prompted_result(self, request: SegmentRequest, image: Image.Image, logits: torch.Tensor) -> PipelineResult:
+        masks = threshold_masks(logits, image.size, request.threshold)
+        return segment_result(image, list(zip(request.labels, masks)), self.prompted_label)
+
+    def _semantic_result(self, image: Image.Image, logits: torch.Tensor) -> PipelineResult:
+        return segment_result(image, self._present_classes(_class_map(logits, image.size)), self.semantic_label)
 
     def check_labels(self, labels: list[str]) -> None:
         for n, label in enumerate(labels):
