@@ -2,7 +2,7 @@
 
 No queue, no records, no storage: decode the image as the worker does
 (`worker.images.decode_image`), run the pipeline, encode its images as the
-worker does (`worker.outputs.encode_png`), and time each step apart, so that
+worker does (`worker.png.encode_png`), and time each step apart, so that
 "model only" and "decode + model + encode" baselines come from the same calls.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tasks.kinds import JobKind
 from tasks.schemas import JobRequest
 from tasks.settings import Settings
 from worker.images import decode_image
-from worker.outputs import encode_png
+from worker.png import encode_png
 from worker.pipelines.base import Pipeline, run_one
 
 

@@ -241,7 +241,7 @@ def _measure_other_families(models: Path, plan: GpuPlan, cases: tuple[tuple[JobS
 def _measure_pipeline(pipeline: Any, spec: JobSpec, plan: GpuPlan, image: Any, settings: Settings) -> dict[int, Any]:
     import torch
 
-    from worker.outputs import encode_png
+    from worker.png import encode_png
 
     cuda = plan.device.startswith("cuda")
     results: dict[int, Any] = {}
