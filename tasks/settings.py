@@ -50,6 +50,7 @@ DEFAULT_WEBHOOK_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 3
 # known, so that the typo check does not refuse them.
 OTHER_VARIABLES = frozenset({
     "VISIONQ_VENV", "VISIONQ_PYTHON", "VISIONQ_API_URL", "VISIONQ_API_KEY",
+    "VISIONQ_REDIS_SERVER",  # the redis-server binary of the demo, tests and benchmarks (producer/redis_server.py)
     "VISIONQ_WORKER_RESTARTS",  # set by the fleet supervisor in its children (worker/fleet.py)
 })
 

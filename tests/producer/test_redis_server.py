@@ -27,3 +27,9 @@ def test_without_it_path_decides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.delenv("VISIONQ_REDIS_SERVER", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert find_redis_server() == str(binary)
+
+
+def test_the_settings_typo_check_knows_it() -> None:
+    from tasks.settings import Settings
+
+    Settings.from_env({"VISIONQ_REDIS_SERVER": "/usr/bin/redis-server"})  # a worker started beside it must start
