@@ -97,13 +97,14 @@ class Outage:
                 waited = self.clock() - started
                 if not is_transient(exc):
                     raise StorageError(f"{what} failed: {exc}") from exc
-                if waited + delay > self.budget_s:
+                pause = delay * random.uniform(0.8, 1.2)
+                if waited + pause > self.budget_s:  # the jittered pause: never wait past the budget
                     raise StorageError(
                         f"{what} failed: storage unreachable for {waited:.0f} s "
                         f"(VISIONQ_STORAGE_RETRY_S is {self.budget_s:g}): {exc}"
                     ) from exc
-                log.warning("%s failed after %.0f s, retrying in %.1f s: %s", what, waited, delay, exc)
-                self.sleep(delay * random.uniform(0.8, 1.2))
+                log.warning("%s failed after %.0f s, retrying in %.1f s: %s", what, waited, pause, exc)
+                self.sleep(pause)
                 delay = min(delay * 2, self.max_delay_s)
 
 

@@ -78,6 +78,26 @@ def test_s3_outage_is_waited_out_for_the_budget_then_names_object_and_time() -> 
     assert clock.sleeps[1] > clock.sleeps[0] and max(clock.sleeps) <= Outage.max_delay_s * 1.2
 
 
+def test_an_outage_never_waits_past_its_budget_whatever_the_jitter() -> None:
+    import random
+
+    from botocore.exceptions import EndpointConnectionError
+
+    def unreachable() -> None:
+        raise EndpointConnectionError(endpoint_url="http://s3")
+
+    state = random.getstate()
+    try:
+        for seed in range(100):  # the pauses are jittered: each seed is another sequence of them
+            random.seed(seed)
+            clock = FakeClock()
+            with pytest.raises(StorageError, match="VISIONQ_STORAGE_RETRY_S is 180"):
+                Outage(180, sleep=clock.sleep, clock=lambda: clock.now).call("upload of s3://b/k", unreachable)
+            assert 180 - Outage.max_delay_s * 1.2 < clock.now <= 180, f"seed {seed}: waited {clock.now:.2f} s"
+    finally:
+        random.setstate(state)
+
+
 def test_s3_call_that_recovers_within_the_budget_succeeds() -> None:
     from botocore.exceptions import EndpointConnectionError
 
