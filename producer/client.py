@@ -148,7 +148,8 @@ class Client:
 
     def cancel(self, job_id: str) -> Job:
         """A queued job ends `canceled` at once and never runs; a running one stops at
-        its next checkpoint (every denoising step for generate). Final jobs are left as they are."""
+        its next checkpoint (every denoising step for generate; the worker reads the flag every
+        0.1 s while the job runs). Final jobs are left as they are."""
         return Job(self.jobs, self.jobs.cancel(job_id))
 
     def submit_many(self, requests: list[dict[str, Any]], *, chunk_size: int = 500) -> list[Job | VisionqError]:

@@ -139,6 +139,9 @@ class ModelExecutor:
             self._arriving = max(0, self._arriving - 1)
         item.taken.wait()
         item.begin()
+        attend = getattr(progress, "attend", None)  # the job's I/O while the model runs it (worker/runtime.py)
+        if attend is not None and item.refusal() is None:
+            attend(item.future)
         finish, batch_size, model_ms = item.future.result()
         started = time.perf_counter()
         result = call_pipeline(finish)  # this job's own post-processing, here rather than on the model thread

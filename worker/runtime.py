@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Callable, Iterator, TypeVar
@@ -129,7 +131,7 @@ class JobRunner:
             def start(taken_at: str) -> None:  # once the model thread takes the job (worker/batching.py)
                 clock.resume()
                 progress.record, progress.cancel_requested = self._start(job_id, pipeline, name, taken_at)
-                progress.check_cancel(read=False)  # the running transition read the cancel flag
+                progress.check_cancel()  # the running transition read the cancel flag
 
             handed_over = True
             clock.pause()  # waiting behind this worker's other jobs is not this job's time
@@ -312,9 +314,17 @@ def served_name(kind: JobKind, model: str | None) -> str:
 
 
 class _ProgressReporter:
-    """The callback pipelines call with their progress; it doubles as the cancel checkpoint."""
+    """The callback pipelines call with their progress; it doubles as the cancel checkpoint.
 
-    min_interval_s = 0.1  # progress writes are throttled; cancel is checked on every call
+    The model never waits on Redis: a checkpoint (`__call__`, on the model thread) only notes the
+    progress and checks the cancel flag and the clock as this job's own thread last saw them.
+    That thread, idle while the model runs the job, `attend`s it: every `interval_s` it writes the
+    progress when it moved (the write returns the cancel flag) or else reads the flag. A cancel
+    stops the model at its first checkpoint after that read: within `interval_s` of the request.
+    Before, the model thread itself made these round trips (a write, then a read per denoising
+    step): time the device waits on a GPU, and a Redis outage held the model mid-job."""
+
+    interval_s = 0.1
 
     def __init__(
         self, store: JobStore, job_id: str, publish: Callable[[JobRecord, EventType], None], clock: JobClock,
@@ -325,7 +335,8 @@ class _ProgressReporter:
         self.clock = clock
         self.record: JobRecord | None = None  # once started: the record the running transition returned
         self.cancel_requested = False  # as last read from Redis
-        self._last_write = 0.0
+        self._fraction = 0.0  # the model's latest progress
+        self._written = 0.0  # the progress last written to the record
 
     def started_record(self) -> JobRecord:
         if self.record is None:
@@ -333,34 +344,40 @@ class _ProgressReporter:
         return self.record
 
     def __call__(self, fraction: float) -> None:
-        """Inside the model call: a Redis outage here waits (until_redis_answers) rather
-        than raise, so it never becomes the model's error."""
-        record = self.started_record()
-        if fraction >= 1.0:
-            # Done: the final transition records progress 1.0 and checks for a cancel, so the
-            # checkpoint here needs no round trip.
-            record.progress = 1.0
-            self.publish(record, EventType.PROGRESS)
-            self.check_cancel(read=False)
-            return
-        if time.monotonic() - self._last_write >= self.min_interval_s:
-            # The write returns the cancel flag: one round trip for both.
-            self.cancel_requested = until_redis_answers(lambda: self.store.set_progress(self.job_id, fraction))
-            self._last_write = time.monotonic()
-            record.progress = round(fraction, 4)
-            self.publish(record, EventType.PROGRESS)
-            self.check_cancel(read=False)
-        else:
-            self.check_cancel()
+        """On the model thread: no I/O."""
+        self.started_record()
+        self.check_cancel()
+        self._fraction = min(fraction, 1.0)
 
-    def check_cancel(self, read: bool = True) -> None:
-        """The checkpoint: canceled by a client, or past the kind's time limit. `read`: ask
-        Redis for the cancel flag (else the one a transition or progress write just returned)."""
-        if read:
-            self.cancel_requested = until_redis_answers(lambda: self.store.cancel_requested(self.job_id))
+    def check_cancel(self) -> None:
+        """The checkpoint: canceled by a client (as last read), or past the kind's time limit."""
         if self.cancel_requested:
             raise JobCanceled(CANCELED_WHILE_RUNNING)
         self.clock.check()
+
+    def attend(self, done: Future) -> None:
+        """On the job's own thread, from its start until the model is `done` with it. A Redis
+        outage here is waited out (until_redis_answers): the model runs on meanwhile."""
+        woken = threading.Event()
+        done.add_done_callback(lambda _: woken.set())
+        while not woken.wait(self.interval_s):
+            self._sync()
+        if self._fraction >= 1.0:
+            # Done: the final transition records progress 1.0 and checks for a cancel.
+            record = self.started_record()
+            record.progress = 1.0
+            self.publish(record, EventType.PROGRESS)
+
+    def _sync(self) -> None:
+        fraction, record = self._fraction, self.started_record()
+        if self._written < fraction < 1.0:
+            # The write returns the cancel flag: one round trip for both.
+            canceled = until_redis_answers(lambda: self.store.set_progress(self.job_id, fraction))
+            self._written = record.progress = round(fraction, 4)
+            self.publish(record, EventType.PROGRESS)
+        else:
+            canceled = until_redis_answers(lambda: self.store.cancel_requested(self.job_id))
+        self.cancel_requested = self.cancel_requested or canceled
 
 
 class _NotStarted(Exception):

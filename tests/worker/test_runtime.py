@@ -5,6 +5,7 @@ Real Redis and real local storage; only the model is replaced.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,11 @@ def test_cancel_while_running_discards_outputs(harness) -> None:
     def cancel_midway(request: Any, image: Any, progress: Any) -> PipelineResult:
         progress(0.3)
         store.request_cancel(job_id)
-        progress(0.6)  # the checkpoint raises JobCanceled
+        # The job's own thread reads the flag every 0.1 s; the first checkpoint after raises JobCanceled.
+        canceled_at = time.monotonic()
+        while time.monotonic() - canceled_at < 5:
+            time.sleep(0.01)
+            progress(0.6)
         raise AssertionError("not reached")
 
     make(cancel_midway).run(JobKind.GENERATE, job_id, message)
@@ -192,6 +197,36 @@ def test_cancel_while_running_discards_outputs(harness) -> None:
     assert record.status is JobStatus.CANCELED and record.output is None
     assert record.error["code"] == "canceled"
     assert not list((storage.root / "jobs" / job_id).glob("output-*"))
+
+
+def test_the_model_thread_never_waits_on_redis_for_progress_or_cancel(harness, monkeypatch) -> None:
+    import threading
+
+    make, submit, store, _ = harness
+    callers: list[str] = []
+
+    def spied(name: str) -> Any:
+        real = getattr(store, name)
+
+        def call(*args: Any) -> Any:
+            callers.append(threading.current_thread().name)
+            return real(*args)
+        return call
+
+    for name in ("set_progress", "cancel_requested"):
+        monkeypatch.setattr(store, name, spied(name))
+
+    def steps(request: Any, image: Any, progress: Any) -> PipelineResult:
+        for step in range(30):  # 0.3 s of checkpoints: the job's own thread writes and reads meanwhile
+            time.sleep(0.01)
+            progress(step / 30)
+        return succeed(request, image, progress)
+
+    job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
+    make(steps).run(JobKind.GENERATE, job_id, message)
+    assert store.get(job_id).status is JobStatus.SUCCEEDED
+    assert 1 <= len(callers) <= 5, callers  # every 0.1 s, not at each of the 30 checkpoints
+    assert "visionq-model" not in callers
 
 
 def test_missing_record_drops_the_message(harness) -> None:
@@ -311,8 +346,13 @@ def test_redis_outage_inside_the_model_call_is_waited_out_never_model_error(harn
         monkeypatch.setattr(store, name, flaky(name))
 
     def reports(request: Any, image: Any, progress: Any) -> PipelineResult:
-        progress(0.5)  # a progress write (it returns the cancel flag)
-        progress(0.6)  # within the write interval: a cancel check alone
+        # The job's own thread writes the progress and reads the cancel flag while the model runs:
+        # the model runs on through the outage, never waiting for it.
+        progress(0.5)
+        while failures["set_progress"] or failures["cancel_requested"]:
+            time.sleep(0.01)
+        progress(0.6)
+        time.sleep(0.3)  # a write of 0.6 (0.5 was written once Redis answered), then cancel reads
         return succeed(request, image, progress)
 
     job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
