@@ -20,12 +20,6 @@ def model_loads() -> int:
     return _loads
 
 
-def add_loads(count: int) -> None:
-    """Loads made on this worker's behalf by its model process (worker/model_process.py)."""
-    global _loads
-    _loads += count
-
-
 def load_served(settings: Settings, names: list[str], device: str) -> dict[str, Pipeline]:
     """Every model of `names` ("kind/name", tasks.models) loaded on `device` and warmed up with one
     real inference, keyed by name. Whether they fit is `check_memory`'s question, asked first."""

@@ -56,29 +56,12 @@ def run_worker(
 ) -> None:
     """Load and warm up `models` ("kind/name", tasks.models) on `device`, then serve them
     (and /metrics on `metrics_address`, (host, port), when given)."""
+    import torch
+
     from worker.device import check_device
     from worker.loader import check_memory, load_served
 
     check_device(device)
-    weights = check_memory(settings, models, device)  # refuses a set that does not fit, before loading
-    if settings.model_process:
-        from worker.model_process import ModelProcess
-
-        model_process = ModelProcess(settings, models, device)
-        try:
-            serve(settings, model_process.load, name, device, loglevel, metrics_address, weights_bytes=weights)
-        finally:
-            model_process.stop()
-        return
-    prepare_torch(settings, device)
-    serve(settings, lambda: load_served(settings, models, device), name, device, loglevel, metrics_address,
-          weights_bytes=weights)
-
-
-def prepare_torch(settings: Settings, device: str) -> None:
-    """torch's settings for the process that runs the models (this one, or the model process)."""
-    import torch
-
     if device.startswith("cuda") and settings.gpu_memory_fraction:
         # A hard budget for this process's allocator: models and batches beyond it raise
         # CUDA out-of-memory here (batch halved, then out_of_memory) instead of starving
@@ -86,6 +69,9 @@ def prepare_torch(settings: Settings, device: str) -> None:
         torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, 0)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    weights = check_memory(settings, models, device)  # refuses a set that does not fit, before loading
+    serve(settings, lambda: load_served(settings, models, device), name, device, loglevel, metrics_address,
+          weights_bytes=weights)
 
 
 def serve(

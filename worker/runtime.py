@@ -36,7 +36,7 @@ from worker.broker import acknowledged
 from worker.images import decode_image
 from worker.inputs import InputReader
 from worker.outputs import publish_outputs, publish_record
-from worker.pipelines.base import Pipeline, preprocess, release
+from worker.pipelines.base import Pipeline, preprocess
 from worker.time_limits import JobClock, Watchdog
 
 log = logging.getLogger("visionq.worker")
@@ -113,7 +113,6 @@ class JobRunner:
             return
         self.executor.expect()
         handed_over = False
-        model_input = None
         metrics: dict[str, Any] = {"batch_size": 1}
         progress = _ProgressReporter(self.store, job_id, self._publish, clock)
         try:
@@ -169,8 +168,6 @@ class JobRunner:
         finally:
             if not handed_over:
                 self.executor.cancel_expect()
-            if model_input is not None:
-                release(pipeline, model_input)
 
     def _fail(self, progress: _ProgressReporter, error: VisionqError, metrics: dict[str, Any],
               delivery: Delivery | None) -> None:

@@ -79,15 +79,6 @@ def preprocess(pipeline: Pipeline, request: Any, image: Image.Image | None) -> A
     return image if own is None else own(request, image)
 
 
-def release(pipeline: Pipeline, model_input: Any) -> None:
-    """The job is done with what `preprocess` returned (it ran, failed or never started). A
-    pipeline that keeps preprocessed inputs elsewhere (worker/model_process.py) offers
-    `release(model_input)` to free them."""
-    own = getattr(pipeline, "release", None)
-    if own is not None:
-        own(model_input)
-
-
 def infer_batch(pipeline: Pipeline, requests: list[Any], images: list[Any],
                 progress: ProgressCallback) -> list[Finisher]:
     """The pipeline's `infer_batch` (on `preprocess`'s outputs) where it has one; else run_batch,
