@@ -216,16 +216,21 @@ def test_the_model_thread_never_waits_on_redis_for_progress_or_cancel(harness, m
     for name in ("set_progress", "cancel_requested"):
         monkeypatch.setattr(store, name, spied(name))
 
+    ran_s = []
+
     def steps(request: Any, image: Any, progress: Any) -> PipelineResult:
-        for step in range(30):  # 0.3 s of checkpoints: the job's own thread writes and reads meanwhile
+        started = time.monotonic()
+        for step in range(30):  # 0.3 s or more of checkpoints: the job's own thread writes and reads meanwhile
             time.sleep(0.01)
             progress(step / 30)
+        ran_s.append(time.monotonic() - started)
         return succeed(request, image, progress)
 
     job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
     make(steps).run(JobKind.GENERATE, job_id, message)
     assert store.get(job_id).status is JobStatus.SUCCEEDED
-    assert 1 <= len(callers) <= 5, callers  # every 0.1 s, not at each of the 30 checkpoints
+    # Once per 0.1 s of model time (however slow this machine is today), not at each of the 30 checkpoints.
+    assert 1 <= len(callers) <= ran_s[0] / 0.1 + 1 and len(callers) < 30, (callers, ran_s)
     assert "visionq-model" not in callers
 
 
@@ -349,7 +354,8 @@ def test_redis_outage_inside_the_model_call_is_waited_out_never_model_error(harn
         # The job's own thread writes the progress and reads the cancel flag while the model runs:
         # the model runs on through the outage, never waiting for it.
         progress(0.5)
-        while failures["set_progress"] or failures["cancel_requested"]:
+        deadline = time.monotonic() + 10
+        while (failures["set_progress"] or failures["cancel_requested"]) and time.monotonic() < deadline:
             time.sleep(0.01)
         progress(0.6)
         time.sleep(0.3)  # a write of 0.6 (0.5 was written once Redis answered), then cancel reads
