@@ -238,8 +238,12 @@ class LocalStorage:
         return path
 
     def ref(self, key: str, data: bytes, content_type: str) -> FileRef:
+        return self._ref(self._path(key), data, content_type)
+
+    @staticmethod
+    def _ref(path: Path, data: bytes, content_type: str) -> FileRef:
         return FileRef(
-            uri=self._path(key).as_uri(), url=None, content_type=content_type,
+            uri=path.as_uri(), url=None, content_type=content_type,
             bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
         )
 
@@ -260,7 +264,7 @@ class LocalStorage:
             os.replace(tmp, path)
         except OSError as exc:
             raise StorageError(f"write of {path} failed: {exc}") from exc
-        return self.ref(key, data, content_type)
+        return self._ref(path, data, content_type)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
