@@ -40,7 +40,10 @@ class ProgressLine:
 
 def describe(record: dict[str, Any]) -> str:
     """A few lines a person can read: status, error or output, and where files are."""
-    lines = [f"{record['id']}  {record['kind']}  {record['status']}"]
+    head = f"{record['id']}  {record['kind']}  {record['status']}"
+    if record.get("status") == "running" and isinstance(record.get("progress"), (int, float)):
+        head += f"  {record['progress']:.0%}"
+    lines = [head]
     if record.get("error"):
         lines.append(f"  error: {record['error']['code']}: {record['error']['message']}")
     output = record.get("output") or {}

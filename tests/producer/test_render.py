@@ -30,6 +30,12 @@ def test_status_output_has_no_control_characters() -> None:
     assert len(text.splitlines()) == 3  # a remote line break cannot forge a line
 
 
+def test_status_of_a_running_job_shows_its_progress() -> None:
+    record = {"id": "0" * 32, "kind": "generate", "status": "running", "progress": 0.375, "metrics": {}}
+    assert describe(record).splitlines()[0] == f"{'0' * 32}  generate  running  38%"
+    assert describe({**record, "progress": "x"}).splitlines()[0].endswith("running")  # not a number: left out
+
+
 def test_progress_line_has_no_control_characters_of_the_record() -> None:
     class Job:
         id, kind, status, progress = "0" * 32, "caption", "running\x1b[2K\rsucceeded", 0.5
