@@ -20,7 +20,7 @@ from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
 from tasks.messages import job_enqueue, redis_db
 from tasks.schemas import (
-    IMAGE_SCHEMES, parse_request, request_to_message, request_to_record,
+    IMAGE_SCHEMES, missing_local_image, parse_request, request_to_message, request_to_record,
 )
 from tasks.served_models import choose_model, registered_models
 from tasks.settings import Settings
@@ -271,7 +271,7 @@ class Client:
         if isinstance(image, (str, Path)):
             path = Path(image)
             if not path.is_file():
-                raise InvalidInput(f"image {str(image)[:200]!r} is neither a URI nor an existing file")
+                raise missing_local_image(image)
             size = path.stat().st_size
             if size > self.settings.limits.max_image_bytes:
                 raise InvalidInput(

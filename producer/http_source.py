@@ -22,6 +22,7 @@ from tasks.errors import InvalidInput
 from tasks.heartbeats import serving_of
 from tasks.kinds import JobKind
 from tasks.record import JobRecord
+from tasks.schemas import missing_local_image
 
 USER_AGENT = "visionq-sdk"
 # Image references the gateway reads itself; local files travel as an upload.
@@ -151,7 +152,7 @@ def image_for_gateway(image: Any) -> tuple[str | None, bytes | None]:
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
-            raise InvalidInput(f"image {str(image)[:200]!r} is neither a URI nor an existing file")
+            raise missing_local_image(image)
         return None, path.read_bytes()
     raise InvalidInput(f"image must be a path, bytes, a PIL image or a URI string, got {type(image).__name__}")
 

@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Union
 from urllib.parse import urlsplit
@@ -42,7 +43,18 @@ def _require_float(name: str, value: Any, low: float, high: float) -> float:
     return float(value)
 
 
+def missing_local_image(image: Any) -> InvalidInput:
+    """Why a submitter's image string that is no supported URI and names no file is refused."""
+    text = str(image)[:200]
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        return InvalidInput(f"image URI {text[:80]!r} has an unsupported scheme; use a file path or one of "
+                            + ", ".join(IMAGE_SCHEMES))
+    return InvalidInput(f"image {text!r} is neither a URI nor an existing file")
+
+
 def _require_text(name: str, value: Any, max_chars: int, *, allow_empty: bool = False) -> str:
+    if value is None:
+        raise InvalidInput(f"{name} is required")
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
     if not allow_empty and not value.strip():

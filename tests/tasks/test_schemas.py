@@ -35,6 +35,7 @@ def test_defaults_are_valid() -> None:
         ({"prompt": "x" * 2001}, "prompt has 2001 characters, more than the limit 2000"),
         ({"prompt": "   "}, "prompt must not be empty"),
         ({"prompt": 42}, "prompt must be a string"),
+        ({"steps": 4}, "prompt is required"),
         ({"prompt": "a\x00b"}, "NUL"),
         ({"prompt": "x", "colour": "red"}, "unknown generate parameter(s): colour"),
     ],
@@ -154,3 +155,16 @@ def test_sixteen_labels_on_forty_megapixels_are_refused_after_decoding() -> None
 def test_image_work_ignores_kinds_without_per_label_masks() -> None:
     check_image_work(SegmentRequest.from_dict({"image": IMAGE}), (8000, 5000), Limits())
     check_image_work(CaptionRequest.from_dict({"image": IMAGE}), (8000, 5000), Limits())
+
+
+@pytest.mark.parametrize(
+    ("image", "fragment"),
+    [
+        ("ftp://example.com/x.png", "image URI 'ftp://example.com/x.png' has an unsupported scheme"),
+        ("/no/such/cat.png", "is neither a URI nor an existing file"),
+    ],
+)
+def test_a_submitters_image_that_is_no_uri_and_no_file_says_which(image: str, fragment: str) -> None:
+    from tasks.schemas import missing_local_image
+
+    assert fragment in missing_local_image(image).message
