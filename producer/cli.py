@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,8 +53,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """`--help` shows each option's default (docs/cli.md says so), unless its help already does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if text and action.option_strings and shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser: add_subparsers makes its parsers of this same class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsShown)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visionq", description="Asynchronous vision-AI jobs.")
+    parser = _Parser(prog="visionq", description="Asynchronous vision-AI jobs.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = commands.add_parser("worker", help="serve jobs with preloaded models (needs the [worker] extra)")
@@ -68,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--replicas", type=int, default=None,
                         help="worker processes per device (with --gpus: per GPU), supervised")
     worker.add_argument("--name", help="worker name (default: visionq-<device>-<pid>@<host>)")
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     worker.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus /metrics on PORT (a fleet's children: PORT + index); default off")
     worker.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS",
@@ -86,27 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     caption = kinds.add_parser("caption", help="caption an image")
     caption.add_argument("image", help="local path, s3://bucket/key or http(s):// URL")
     caption.add_argument("--prompt", help="conditional captioning: the caption continues this text")
-    caption.add_argument("--max-new-tokens", type=int, default=30)
-    caption.add_argument("--num-beams", type=int, default=1)
+    caption.add_argument("--max-new-tokens", type=int, default=30, help="the longest caption, in tokens")
+    caption.add_argument("--num-beams", type=int, default=1, help="beam search width (1: greedy)")
     segment = kinds.add_parser("segment", help="segment an image")
     segment.add_argument("image", help="local path, s3://bucket/key or http(s):// URL")
     segment.add_argument("--label", action="append", dest="labels", metavar="LABEL",
                          help="a text prompt to mask (repeat); none: semantic classes")
-    segment.add_argument("--threshold", type=float, default=0.4)
+    segment.add_argument("--threshold", type=float, default=0.4, help="mask threshold on the model's scores, 0..1")
     generate = kinds.add_parser("generate", help="generate images from a prompt")
-    generate.add_argument("prompt")
-    generate.add_argument("--negative-prompt")
-    generate.add_argument("--width", type=int, default=512)
-    generate.add_argument("--height", type=int, default=512)
-    generate.add_argument("--steps", type=int, default=4)
-    generate.add_argument("--guidance-scale", type=float, default=0.0)
-    generate.add_argument("--seed", type=int)
-    generate.add_argument("--num-images", type=int, default=1)
+    generate.add_argument("prompt", help="what the image should show")
+    generate.add_argument("--negative-prompt", help="what the image should not show")
+    generate.add_argument("--width", type=int, default=512, help="pixels, a multiple of 8")
+    generate.add_argument("--height", type=int, default=512, help="pixels, a multiple of 8")
+    generate.add_argument("--steps", type=int, default=4, help="denoising steps")
+    generate.add_argument("--guidance-scale", type=float, default=0.0, help="classifier-free guidance (0: off, as sd-turbo wants)")
+    generate.add_argument("--seed", type=int, help="for a reproducible image (default: random, recorded in the output)")
+    generate.add_argument("--num-images", type=int, default=1, help="images from one prompt")
     for kind_parser in (caption, segment, generate):
         kind_parser.add_argument("--model", metavar="NAME",
                                  help="the model to run, by name within the kind (e.g. vit-gpt2); default: the kind's default")
-        kind_parser.add_argument("--idempotency-key")
-        kind_parser.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
+        kind_parser.add_argument("--idempotency-key", help="the same key within the job TTL returns the same job")
+        kind_parser.add_argument("--priority", choices=["high", "normal", "low"], default="normal", help="queue priority")
         kind_parser.add_argument("--queue-timeout", type=float, metavar="SECONDS",
                                  help="fail `expired` if no worker starts it within SECONDS "
                                       "(default VISIONQ_QUEUE_TIMEOUT_<KIND>_S)")
@@ -229,24 +249,34 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _submit_many(args: argparse.Namespace) -> int:
-    """One line out per line in: the job id, or `error <code>: <message>`; exit 1 if any failed."""
+    """One line out per request (blank lines are none): the job id, or `error <code>: line N:
+    <message>` with N the file's line; exit 1 if any failed."""
     from tasks.errors import InvalidInput
 
     lines = (sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8")).read().splitlines()
-    requests: list[Any] = []
+    requests: list[tuple[int, Any]] = []  # (line number, the request or why it is not one)
     for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            requests.append(json.loads(line))
+            requests.append((number, json.loads(line)))
         except ValueError as exc:
-            requests.append(InvalidInput(f"line {number} is not JSON: {exc}"))
-    parsed = [r for r in requests if not isinstance(r, VisionqError)]
+            requests.append((number, InvalidInput(f"not JSON: {exc}")))
+    parsed = [r for _, r in requests if not isinstance(r, VisionqError)]
     submitted = iter(_client().submit_many(parsed))
     failed = 0
-    for request in requests:
-        outcome = request if isinstance(request, VisionqError) else next(submitted)
+    index = 0  # of the request in what the SDK was given, which its messages count by
+    for number, request in requests:
+        if isinstance(request, VisionqError):
+            outcome: Any = request
+        else:
+            outcome = next(submitted)
+            if isinstance(outcome, VisionqError):
+                outcome = type(outcome)(re.sub(rf"^request {index}\b:? ?", "", outcome.message))
+            index += 1
         if isinstance(outcome, VisionqError):
             failed += 1
-            print(f"error {outcome.code.value}: {outcome.message}")
+            print(f"error {outcome.code.value}: line {number}: {outcome.message}")
         else:
             print(outcome.id)
     return 1 if failed else 0

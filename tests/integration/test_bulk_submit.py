@@ -41,7 +41,9 @@ def test_visionq_submit_many_prints_one_line_per_request(
     lines = [
         json.dumps({"kind": "generate", "input": {"prompt": "one", "width": 64, "height": 64, "steps": 1}}),
         "{not json",
+        "",  # a blank line is no request
         json.dumps({"kind": "generate", "input": {"prompt": "two", "width": 4000, "height": 64}}),
+        json.dumps({"kind": "paint", "input": {"prompt": "x"}}),
         json.dumps({"kind": "generate", "input": {"prompt": "three", "width": 64, "height": 64, "steps": 1}}),
     ]
     path = tmp_path / "jobs.jsonl"
@@ -49,10 +51,12 @@ def test_visionq_submit_many_prints_one_line_per_request(
     result = run_visionq("submit-many", str(path), env=service_env)
     assert result.returncode == 1, result.stderr
     out = result.stdout.splitlines()
-    assert len(out) == 4
-    assert out[1].startswith("error invalid_input: line 2 is not JSON")
-    assert out[2].startswith("error invalid_input: width 4000")
-    for job_id in (out[0], out[3]):
+    assert len(out) == 5
+    # Errors name the file's line, whatever refused it.
+    assert out[1].startswith("error invalid_input: line 2: not JSON")
+    assert out[2].startswith("error invalid_input: line 4: width 4000")
+    assert out[3].startswith("error invalid_input: line 5: kind 'paint' is not one of")
+    for job_id in (out[0], out[4]):
         assert client.get(job_id).wait(timeout=TIMEOUT).status == "succeeded"
     path.write_text(lines[0] + "\n")
     assert run_visionq("submit-many", str(path), env=service_env).returncode == 0

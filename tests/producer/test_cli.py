@@ -89,3 +89,14 @@ def test_workers_command(service_env: dict, worker) -> None:
         time.sleep(0.5)
     assert mine and mine[0]["state"] == "ready"
     assert sorted(mine[0]["kinds"]) == ["caption", "generate", "segment"]
+
+
+def test_help_shows_each_options_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from producer.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["submit", "generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for shown in ("--width WIDTH pixels, a multiple of 8 (default: 512)", "(default: 0.0)", "(default: normal)"):
+        assert shown in text, text
+    assert "(default: None)" not in text
