@@ -13,7 +13,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -265,15 +264,8 @@ def _submit_many(args: argparse.Namespace) -> int:
     parsed = [r for _, r in requests if not isinstance(r, VisionqError)]
     submitted = iter(_client().submit_many(parsed))
     failed = 0
-    index = 0  # of the request in what the SDK was given, which its messages count by
     for number, request in requests:
-        if isinstance(request, VisionqError):
-            outcome: Any = request
-        else:
-            outcome = next(submitted)
-            if isinstance(outcome, VisionqError):
-                outcome = type(outcome)(re.sub(rf"^request {index}\b:? ?", "", outcome.message))
-            index += 1
+        outcome = request if isinstance(request, VisionqError) else next(submitted)
         if isinstance(outcome, VisionqError):
             failed += 1
             print(f"error {outcome.code.value}: line {number}: {outcome.message}")

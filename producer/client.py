@@ -49,22 +49,23 @@ class _Prepared:
     webhook_secret: str | None
 
 
-def _bulk_request(request: Any, index: int) -> tuple[JobKind, dict[str, Any], dict[str, Any]]:
-    """(kind, parameters, options) of one `submit_many` request; InvalidInput naming its index."""
+def _bulk_request(request: Any) -> tuple[JobKind, dict[str, Any], dict[str, Any]]:
+    """(kind, parameters, options) of one `submit_many` request, or InvalidInput (its place in the
+    returned list says which request it was)."""
     if not isinstance(request, dict):
-        raise InvalidInput(f"request {index} must be an object, got {type(request).__name__}")
+        raise InvalidInput(f"the request must be an object, got {type(request).__name__}")
     unknown = set(request) - _BULK_OPTIONS - {"kind", "input"}
     if unknown:
-        raise InvalidInput(f"request {index}: unknown field(s) {', '.join(sorted(unknown))}; "
+        raise InvalidInput(f"unknown field(s) {', '.join(sorted(unknown))}; "
                            "the method's parameters go in \"input\"")
     try:
         kind = JobKind(request.get("kind"))
     except ValueError:
         known = ", ".join(k.value for k in JobKind)
-        raise InvalidInput(f"request {index}: kind {request.get('kind')!r} is not one of {known}") from None
+        raise InvalidInput(f"kind {request.get('kind')!r} is not one of {known}") from None
     params = request.get("input", {})
     if not isinstance(params, dict):
-        raise InvalidInput(f"request {index}: input must be an object, got {type(params).__name__}")
+        raise InvalidInput(f"input must be an object, got {type(params).__name__}")
     options = {name: request[name] for name in _BULK_OPTIONS if name in request}
     return kind, dict(params), options
 
@@ -161,13 +162,13 @@ class Client:
         Returns, in request order, the `Job` or the error that refused that request (an
         `InvalidInput`, ...): one bad request loses nothing else."""
         if self.gateway is not None:
-            return [self._submit_through_gateway(request, index) for index, request in enumerate(requests)]
+            return [self._submit_through_gateway(request) for request in requests]
         results: list[Job | VisionqError | None] = [None] * len(requests)
         for begin in range(0, len(requests), chunk_size):
             prepared: list[tuple[int, _Prepared]] = []
             for index in range(begin, min(begin + chunk_size, len(requests))):
                 try:
-                    kind, params, options = _bulk_request(requests[index], index)
+                    kind, params, options = _bulk_request(requests[index])
                     prepared.append((index, self._prepare(kind, params, **options)))
                 except VisionqError as exc:
                     results[index] = exc
@@ -187,9 +188,9 @@ class Client:
             return Job(self.gateway, self.gateway.submit_job(kind, params, **options))
         return self._store([self._prepare(kind, params, **options)])[0]
 
-    def _submit_through_gateway(self, request: Any, index: int) -> Job | VisionqError:
+    def _submit_through_gateway(self, request: Any) -> Job | VisionqError:
         try:
-            kind, params, options = _bulk_request(request, index)
+            kind, params, options = _bulk_request(request)
             return self._submit(kind, params, **options)
         except VisionqError as exc:
             return exc
