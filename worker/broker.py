@@ -92,15 +92,12 @@ for i = 3, #KEYS do
   while wanted > 0 do
     local item = redis.call('RPOP', KEYS[i])
     if not item then break end
-    if #item > tonumber(ARGV[5]) then
-      redis.call('RPUSH', KEYS[i], item)
-      return taken
-    end
-    local ok, message = pcall(cjson.decode, item)
+    local ok, message = false, nil
+    if #item <= tonumber(ARGV[5]) then ok, message = pcall(cjson.decode, item) end
     local props = ok and type(message) == 'table' and message.properties
     local info = type(props) == 'table' and props.delivery_info
     local tag = type(props) == 'table' and props.delivery_tag
-    if type(info) ~= 'table' or type(tag) ~= 'string' then
+    if type(info) ~= 'table' or type(tag) ~= 'string' then  -- too large to parse here, or unreadable
       redis.call('RPUSH', KEYS[i], item)  -- back to the end RPOP and BRPOP take next
       return taken
     end
@@ -124,13 +121,12 @@ class QoS(kombu_redis.QoS):
             channel.receiving = False
             credit = self.can_consume_max_estimate() or 0  # None: no prefetch limit, take none extra
             channel.record_and_take(message, delivery_tag, max(credit - 1, 0))
-            virtual.QoS.append(self, message, delivery_tag)
+        elif delivery_tag in channel.taken_tags:
+            channel.taken_tags.discard(delivery_tag)  # recorded by the script that took it
+        else:
+            super().append(message, delivery_tag)  # kombu's own MULTI (a message from another path)
             return
-        if delivery_tag in channel.taken_tags:
-            channel.taken_tags.discard(delivery_tag)
-            virtual.QoS.append(self, message, delivery_tag)  # recorded by the script that took it
-            return
-        super().append(message, delivery_tag)
+        virtual.QoS.append(self, message, delivery_tag)  # kombu's in-process books only
 
     def ack(self, delivery_tag: str) -> None:
         if acknowledged.take(delivery_tag):
