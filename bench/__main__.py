@@ -14,13 +14,14 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.harness import PLANS, open_stack
+from bench.harness import PLANS, default_storage_parent, file_creation_cost_us, open_stack
 from bench.report import ScenarioResult, main_table
 
 SCENARIOS = ("hotpath", "overhead", "preloaded", "submit", "latency", "scaleout", "batching", "events", "gateway")
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the results (default {DEFAULT_JSON})")
     parser.add_argument("--storage", choices=("file", "s3"), default="file",
                         help="workers' storage: a local folder, or moto's S3 server (default file)")
+    parser.add_argument("--storage-dir", type=Path, metavar="DIR",
+                        help="where the local storage folder is made (default: /dev/shm when it has 2 GiB free, "
+                             "else the run's temporary folder)")
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
@@ -45,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
 
     command = shlex.join(["python", "-m", "bench", *argv])
-    header = _header(command, plan.mode, args.storage)
+    storage_parent = args.storage_dir or default_storage_parent()
+    header = _header(command, plan.mode, args.storage, storage_parent)
     print("\n".join(f"{k}: {v}" for k, v in header.items()), flush=True)
 
     started = time.perf_counter()
     results: list[ScenarioResult] = []
-    stack, close = open_stack(args.storage)
+    stack, close = open_stack(args.storage, storage_parent)
     try:
         for name in names:
             scenario_started = time.perf_counter()
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _header(command: str, mode: str, storage: str) -> dict[str, Any]:
+def _header(command: str, mode: str, storage: str, storage_parent: Path | None) -> dict[str, Any]:
     cpus = os.cpu_count()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
     return {
@@ -94,8 +99,21 @@ def _header(command: str, mode: str, storage: str) -> dict[str, Any]:
         "versions": ", ".join(f"{name} {_version(name)}" for name in
                               ("torch", "transformers", "diffusers", "celery", "redis", "pillow")),
         "redis_server": _redis_server_version(),
-        "storage": "local folder (file://)" if storage == "file" else "moto S3 server (s3://)",
+        "storage": _storage_line(storage, storage_parent),
     }
+
+
+def _storage_line(storage: str, parent: Path | None) -> str:
+    """Which storage, and for a local folder what creating a file costs there (a worker creates
+    three per job) next to the run's temporary folder."""
+    if storage != "file":
+        return "moto S3 server (s3://)"
+    temporary = Path(tempfile.gettempdir())
+    line = f"local folder (file://) in {parent or temporary}"
+    if parent is not None and parent != temporary:
+        line += f"; a folder and a file in it cost {file_creation_cost_us(parent):.0f} us CPU to create there, " \
+                f"{file_creation_cost_us(temporary):.0f} us in {temporary}"
+    return line
 
 
 def _version(package: str) -> str:
