@@ -143,6 +143,13 @@ class ModelExecutor:
         if attend is not None and item.refusal() is None:
             attend(item.future)
         finish, batch_size, model_ms = item.future.result()
+        # The last checkpoint is here, not on the model thread: there it would wait for this
+        # job's running transition (its refusal decides), and the model would idle behind a
+        # Redis round trip instead of taking the next job.
+        try:
+            item.checkpoint(1.0)  # refused at its start, canceled or over time: it ends here
+        except _Refused:
+            raise item.refusal() from None
         started = time.perf_counter()
         result = call_pipeline(finish)  # this job's own post-processing, here rather than on the model thread
         return result, batch_size, model_ms + _ms_since(started)
@@ -258,11 +265,7 @@ class ModelExecutor:
         seconds = run_ms / 1000
         self._batch_s[id(pipeline)] = seconds if previous is None else 0.7 * previous + 0.3 * seconds
         for item, result in zip(batch, results):
-            try:
-                item.checkpoint(1.0)  # refused at its start, canceled or over time: it ends here
-                item.future.set_result((result, len(batch), run_ms))
-            except BaseException as exc:  # noqa: BLE001
-                _fail(item, exc)
+            item.future.set_result((result, len(batch), run_ms))  # its own thread makes the last checkpoint
 
 
 def _fail(item: _Item, exc: BaseException) -> None:

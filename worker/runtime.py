@@ -139,6 +139,7 @@ class JobRunner:
                 kind, pipeline, request, model_input, progress, job_id, clock.limit_s,
                 start, Priority.NORMAL.level if priority is None else priority, start_first=redelivered,
             )
+            progress.model_done()
             # The model is done; a cancel requested meanwhile wins in the final transition (_finish).
             clock.pause()  # storing its outputs waits on storage, not on the job
             record = progress.started_record()
@@ -362,11 +363,13 @@ class _ProgressReporter:
         done.add_done_callback(lambda _: woken.set())
         while not woken.wait(self.interval_s):
             self._sync()
-        if self._fraction >= 1.0:
-            # Done: the final transition records progress 1.0 and checks for a cancel.
-            record = self.started_record()
-            record.progress = 1.0
-            self.publish(record, EventType.PROGRESS)
+
+    def model_done(self) -> None:
+        """On the job's own thread, once the model ran it to its last checkpoint: progress 1.0
+        (the final transition records it and checks for a cancel)."""
+        record = self.started_record()
+        record.progress = 1.0
+        self.publish(record, EventType.PROGRESS)
 
     def _sync(self) -> None:
         fraction, record = self._fraction, self.started_record()
