@@ -222,6 +222,47 @@ def test_the_model_does_not_wait_for_the_running_transition() -> None:
     assert result.output == {"echo": 1}
 
 
+class Quick:
+    """An unbatchable pipeline without checkpoints of its own; notes each request it ran."""
+
+    model_label = "quick"
+
+    def __init__(self) -> None:
+        self.ran: dict[Any, threading.Event] = {"a": threading.Event(), "b": threading.Event()}
+
+    def batch_key(self, request: Any) -> None:
+        return None
+
+    def run_batch(self, requests: list[Any], images: list[Any], progress: Any) -> list[PipelineResult]:
+        self.ran[requests[0]].set()
+        return [PipelineResult(output={"echo": requests[0]})]
+
+
+def test_the_model_takes_the_next_job_while_the_last_ones_running_transition_is_on_its_way() -> None:
+    pipeline, executor = Quick(), ModelExecutor({}, 0)
+    results: dict[str, Any] = {}
+    a_starting = threading.Event()
+
+    def slow_start(_taken_at: str) -> None:  # job a's round trip lasts until the model has run job b
+        a_starting.set()
+        assert pipeline.ran["b"].wait(5), "the model waited for job a's running transition"
+
+    def one(name: str, start: Any) -> None:
+        try:
+            results[name] = executor.run(JobKind.GENERATE, pipeline, name, None, lambda f: None, name, 60, start)
+        except BaseException as exc:  # noqa: BLE001
+            results[name] = exc
+
+    first = threading.Thread(target=one, args=("a", slow_start))
+    first.start()
+    assert a_starting.wait(5)
+    second = threading.Thread(target=one, args=("b", lambda _at: None))
+    second.start()
+    for thread in (first, second):
+        thread.join(10)
+    assert {name: r[0].output["echo"] for name, r in results.items()} == {"a": "a", "b": "b"}
+
+
 def test_a_redelivered_job_is_started_before_the_model_takes_it() -> None:
     pipeline = Stepper()
     seen: list[bool] = []
