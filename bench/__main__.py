@@ -1,4 +1,4 @@
-"""python -m bench [SCENARIO ...] [--quick | --smoke] [--json PATH] [--storage file|s3]
+"""python -m bench [SCENARIO ...] [--quick | --smoke] [--json PATH] [--storage file|s3] [--storage-dir DIR]
 
 Runs the scenarios (all by default), prints one table of figures, each next to
 its baseline and their ratio, then the breakdowns and notes, and writes every
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+    if args.storage_dir is not None and not args.storage_dir.is_dir():
+        parser.error(f"--storage-dir {args.storage_dir}: no such folder")
     names = args.scenarios or list(SCENARIOS)
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
 
