@@ -106,8 +106,8 @@ def _header(command: str, mode: str, storage: str, storage_parent: Path | None) 
 
 
 def _storage_line(storage: str, parent: Path | None) -> str:
-    """Which storage, and for a local folder what creating a file costs there (a worker creates
-    three per job) next to the run's temporary folder."""
+    """Which storage, and for a local folder what creating a job's folder and a file costs
+    there, next to the run's temporary folder (a worker creates both for every job)."""
     if storage != "file":
         return "moto S3 server (s3://)"
     temporary = Path(tempfile.gettempdir())

@@ -264,11 +264,12 @@ def open_stack(storage: str = "file", storage_parent: Path | None = None) -> tup
     """A stack in a fresh temporary folder, and the function that removes both. Its local
     storage folder is a fresh folder in `storage_parent` (default: in the stack's folder)."""
     workdir = Path(tempfile.mkdtemp(prefix="visionq-bench-"))
-    folders = [workdir]
+    folders, storage_dir = [workdir], None
     try:
         if storage_parent is not None:
-            folders.append(Path(tempfile.mkdtemp(prefix="visionq-bench-storage-", dir=storage_parent)))
-        stack = Stack(workdir, storage, folders[-1] if storage_parent is not None else None)
+            storage_dir = Path(tempfile.mkdtemp(prefix="visionq-bench-storage-", dir=storage_parent))
+            folders.append(storage_dir)
+        stack = Stack(workdir, storage, storage_dir)
     except BaseException:
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
@@ -286,8 +287,8 @@ def open_stack(storage: str = "file", storage_parent: Path | None = None) -> tup
 
 # Where the benchmark's local storage lives by default: RAM, when there is room. A worker
 # creates three files per job (its folder, an output, result.json); on some virtual disks
-# each creation costs a quarter of a millisecond of kernel CPU (measured on the 2-core VM
-# these figures come from: ext4 250 us, tmpfs 4 us), which would be charged to the service's
+# each creation costs up to a quarter of a millisecond of kernel CPU (the 2-core VM these
+# figures come from: ext4 40-270 us, tmpfs ~10 us), which would be charged to the service's
 # figures. `python -m bench --storage-dir DIR` measures on the disk of your choice.
 MEMORY_FOLDER = Path("/dev/shm")
 MEMORY_FOLDER_MIN_FREE = 2 << 30
