@@ -60,6 +60,29 @@ def test_smoke_run_writes_figures_with_baselines(tmp_path: Path) -> None:
     assert {"idle: queue_ms", "80% load: enqueue -> wait returned ms"} <= latency.keys()
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_the_stacks_local_storage_is_made_where_asked_and_removed_with_it(tmp_path: Path) -> None:
+    from bench.harness import bench_image, open_stack
+
+    stack, close = open_stack("file", tmp_path)
+    try:
+        uri = stack.put_input(bench_image(64))
+        assert stack.env("p")["VISIONQ_STORAGE_URL"].startswith(tmp_path.as_uri() + "/visionq-bench-storage-")
+        assert uri.startswith(tmp_path.as_uri()) and len(list(tmp_path.rglob("*.jpg"))) == 1
+    finally:
+        close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_storage_dir_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "events", "--smoke", "--storage-dir", str(tmp_path / "nowhere")],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "--storage-dir" in result.stderr and "no such folder" in result.stderr
+
+
 def test_full_size_configs_build_the_published_architectures() -> None:
     """The GPU benchmark's inline configs: the default models' parameter counts, to 0.1 %."""
     from bench.fullsize import MODEL_CARD_PARAMETERS, PUBLISHED_PARAMETERS, parameter_counts
