@@ -29,8 +29,8 @@ recording each in the same step: a worker with free slots and a backlog fills th
 one round trip instead of two per message, and those extra messages are never out of
 both the queue and the unacked hash (kombu's BRPOP-then-MULTI has that window for every
 message). They are delivered to Celery right after the first, as if BRPOP had returned
-them one by one. A message the script cannot read goes back where it was, for kombu's own
-path to meet (and report) alone.
+them one by one. A message the script cannot read, or one too large to parse there (an
+image inline), goes back where it was, for kombu's own path to meet (and report) alone.
 
 Installed by the worker (worker/process.py: `broker_transport`); producers never ack.
 """
