@@ -49,8 +49,16 @@ MAX_JPEG_SEGMENTS = 100_000
 _NEXT_MARKER = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
 
 
-def decode_image(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
-    """The first frame of `data`, upright (EXIF orientation applied), in RGB."""
+def decode_image(data: bytes, limits: Limits = DEFAULT_LIMITS, min_side: int | None = None) -> Image.Image:
+    """The first frame of `data`, upright (EXIF orientation applied), in RGB.
+
+    With `min_side` (the side a model resizes its input to), a picture at least twice that
+    on both sides comes back scaled down by a whole factor, each side still at least
+    `min_side`: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's scaled decoding, as
+    Pillow's `thumbnail` does), then any picture is box-averaged (`Image.reduce`). A 12 MP
+    photo captioned at 384 px costs a fifth of the CPU (docs/performance.md, `inputs`), and
+    the image processor's own resize still makes the model's exact input size from there.
+    """
     _check_bytes(data, limits)
     if image_extension(data) == "jpg":
         _check_scans(data, limits)
@@ -60,8 +68,12 @@ def decode_image(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
     try:
         with _open(data, limits) as image:
             _check_size(image.size, limits)
+            if min_side is not None:
+                # Square, since the EXIF orientation is applied after: either side may end up the width.
+                image.draft(None, (min_side, min_side))  # JPEG only; the others ignore it
             image.load()  # the current frame, which is the first: we never seek
-            return _to_rgb(ImageOps.exif_transpose(image))
+            upright = _to_rgb(ImageOps.exif_transpose(image))
+            return upright if min_side is None else _reduced(upright, min_side)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard fired first (it runs inside Image.open); its message has the size.
         raise InvalidInput(f"image has too many pixels to decode safely ({exc})") from exc
@@ -176,6 +188,12 @@ def _check_size(size: tuple[int, int], limits: Limits) -> None:
         raise InvalidInput(
             f"image is {width}x{height} = {width * height} pixels, over the {limits.max_image_pixels}-pixel limit"
         )
+
+
+def _reduced(image: Image.Image, min_side: int) -> Image.Image:
+    """`image` box-averaged by the largest whole factor that keeps both sides >= min_side."""
+    factor = min(image.size) // min_side
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -110,6 +110,56 @@ def test_exif_orientation_is_applied() -> None:
     assert close_to(upright.getpixel((10, 35)), BLUE, 40)
 
 
+def quadrants(size: tuple[int, int]) -> Image.Image:
+    """Red, blue, white and black quarters: where each lands shows scale and orientation."""
+    width, height = size
+    image = Image.new("RGB", size, RED)
+    image.paste(BLUE, (width // 2, 0, width, height // 2))
+    image.paste(WHITE, (0, height // 2, width // 2, height))
+    image.paste((0, 0, 0), (width // 2, height // 2, width, height))
+    return image
+
+
+def assert_quadrants(image: Image.Image) -> None:
+    width, height = image.size
+    for (x, y), color in {(0.25, 0.25): RED, (0.75, 0.25): BLUE, (0.25, 0.75): WHITE, (0.75, 0.75): (0, 0, 0)}.items():
+        assert close_to(image.getpixel((int(x * width), int(y * height))), color, 40), (x, y)
+
+
+@pytest.mark.parametrize(("image_format", "size", "min_side", "expected"), [
+    ("JPEG", (1600, 1200), 200, (400, 300)),  # decoded at 1/4 (1/6 is no JPEG scale); 300 // 200 = 1: no box
+    ("JPEG", (1600, 1200), 100, (200, 150)),  # 1/8 at decode, then nothing left to reduce
+    ("JPEG", (3200, 2400), 100, (134, 100)),  # 1/8 at decode (400x300), then a box average by 3
+    ("PNG", (900, 600), 100, (150, 100)),  # no scaled decoding: a box average by 6
+    ("WEBP", (800, 400), 100, (200, 100)),  # by 4
+    ("JPEG", (300, 300), 200, (300, 300)),  # under twice min_side: as it is
+    ("PNG", (64, 48), 100, (64, 48)),  # smaller than min_side: as it is, never enlarged
+])
+def test_a_large_picture_decodes_scaled_down_to_at_least_min_side(
+    image_format: str, size: tuple[int, int], min_side: int, expected: tuple[int, int],
+) -> None:
+    data = encode(quadrants(size), image_format, quality=95) if image_format != "PNG" else encode(quadrants(size), "PNG")
+    image = decode_image(data, min_side=min_side)
+    assert image.size == expected and image.mode == "RGB"
+    assert_quadrants(image)
+    assert decode_image(data).size == size  # without min_side: every pixel
+
+
+def test_a_scaled_down_jpeg_is_still_turned_upright() -> None:
+    # Stored 1600x800 sideways (orientation 6): upright it is 800 wide, 1600 tall.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(quadrants((1600, 800)), "JPEG", quality=95, exif=exif)
+    image = decode_image(data, min_side=100)
+    assert image.size == (100, 200)  # decoded at 1/8, then turned
+    assert image.size == tuple(side // 8 for side in decode_image(data).size)
+
+
+def test_min_side_leaves_the_limits_on_the_declared_size(no_pixel_decoding: None) -> None:
+    with pytest.raises(InvalidInput, match="pixel limit"):
+        decode_image(png_declaring(4000, 3000), Limits(max_image_pixels=10_000_000), min_side=100)
+
+
 @pytest.mark.parametrize(("image_format", "params"), [("PNG", {}), ("WEBP", {"lossless": True})])
 def test_animations_give_their_first_frame(image_format: str, params: dict[str, object]) -> None:
     frames = [Image.new("RGB", (16, 16), color) for color in (RED, BLUE, WHITE)]
