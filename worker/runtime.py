@@ -36,7 +36,7 @@ from worker.broker import acknowledged
 from worker.images import decode_image
 from worker.inputs import InputReader
 from worker.outputs import publish_outputs, publish_record
-from worker.pipelines.base import Pipeline, preprocess
+from worker.pipelines.base import Pipeline, input_side, preprocess
 from worker.time_limits import JobClock, Watchdog
 
 log = logging.getLogger("visionq.worker")
@@ -121,7 +121,7 @@ class JobRunner:
             image_uri = getattr(request, "image", None)
             if image_uri is not None:
                 with _timed(metrics, "input_ms"):  # fetch, decode and the pipeline's own per-job preprocessing
-                    image = decode_image(self._read_input(image_uri, clock), self.settings.limits)
+                    image = decode_image(self._read_input(image_uri, clock), self.settings.limits, input_side(pipeline))
                     check_image_work(request, image.size, self.settings.limits)
                     model_input = preprocess(pipeline, request, image)  # here, not on the model thread
             else:

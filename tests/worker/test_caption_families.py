@@ -16,8 +16,9 @@ import torch
 from tasks.errors import InvalidInput, ModelError
 from tasks.models import models_of
 from tasks.schemas import CaptionRequest
-from tests.support.images import scene
-from worker.pipelines.base import ModelSpec, no_progress, run_one
+from tests.support.images import encode, scene
+from worker.images import decode_image
+from worker.pipelines.base import ModelSpec, input_side, no_progress, run_one
 from worker.pipelines.caption import (
     DEFAULT_INSTRUCTION, BlipCaptioner, CaptionPipeline, EncoderDecoderCaptioner, VlmCaptioner, caption_family,
 )
@@ -148,3 +149,23 @@ def test_the_vlm_counts_the_image_tokens_too(captioners: dict[str, CaptionPipeli
 def test_the_vlm_refuses_special_tokens_in_the_instruction(captioners: dict[str, CaptionPipeline]) -> None:
     with pytest.raises(InvalidInput, match=r"special tokens \['<image>'\]"):
         caption(captioners["caption/vlm"], prompt="Describe <image> please")
+
+
+@pytest.mark.parametrize("name", PREFIX_FAMILIES)
+def test_a_large_photo_is_decoded_at_the_side_the_image_processor_makes(
+    captioners: dict[str, CaptionPipeline], name: str,
+) -> None:
+    pipeline = captioners[name]
+    photo = encode(scene(1600, 1200), "JPEG")
+    side = input_side(pipeline)
+    full, scaled = decode_image(photo), decode_image(photo, min_side=side)
+    assert side is not None and min(scaled.size) >= side and scaled.size[0] < full.size[0] // 4
+    pixels_full, pixels_scaled = pipeline.pixels(full), pipeline.pixels(scaled)
+    assert pixels_full.shape == pixels_scaled.shape and pixels_full.shape[-1] == side
+    # What the model sees barely moves (normalised units; one grey level is ~0.016).
+    assert (pixels_full - pixels_scaled).abs().mean().item() < 0.05
+
+
+def test_the_vlm_decodes_whole_pictures(captioners: dict[str, CaptionPipeline]) -> None:
+    # Its processor splits a large image into tiles by its longest edge: no single side to decode at.
+    assert input_side(captioners["caption/vlm"]) is None

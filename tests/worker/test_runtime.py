@@ -35,8 +35,9 @@ class StandIn:
 
     model_label = "stand-in"
 
-    def __init__(self, behaviour: Any) -> None:
+    def __init__(self, behaviour: Any, input_side: int | None = None) -> None:
         self.behaviour = behaviour
+        self.input_side = input_side
 
     def warm_up(self) -> None:
         pass
@@ -72,11 +73,11 @@ def harness(redis_client: redis.Redis, key_prefix: str, tmp_path: Path):
     storage = LocalStorage(tmp_path / "storage")
     settings = Settings(redis_url="redis://unused", storage_url=storage.root.as_uri())
 
-    def make(behaviour: Any, kind: JobKind = JobKind.GENERATE) -> JobRunner:
+    def make(behaviour: Any, kind: JobKind = JobKind.GENERATE, input_side: int | None = None) -> JobRunner:
         return JobRunner(
             settings=settings, store=store, storage=storage,
             inputs=InputReader(storage, settings.limits, AllowList()),
-            pipelines={ROLE_MODELS[kind.value]: StandIn(behaviour)}, worker_name="w-test",
+            pipelines={ROLE_MODELS[kind.value]: StandIn(behaviour, input_side)}, worker_name="w-test",
         )
 
     def submit(kind: JobKind, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -138,6 +139,22 @@ def test_bad_image_fails_with_invalid_input(harness) -> None:
     make(succeed, JobKind.CAPTION).run(JobKind.CAPTION, job_id, message)
     record = store.get(job_id)
     assert record.error["code"] == "invalid_input", record.error
+
+
+@pytest.mark.parametrize(("input_side", "seen"), [(50, (67, 50)), (None, (400, 300))])
+def test_the_input_is_decoded_at_the_side_the_pipeline_names(harness, input_side, seen) -> None:
+    make, submit, store, storage = harness
+    ref = storage.put("inputs/large.png", encode(scene(400, 300)), "image/png")
+    job_id, message = submit(JobKind.CAPTION, {"image": ref.uri})
+    sizes = []
+
+    def note_size(request: Any, image: Any, progress: Any) -> PipelineResult:
+        sizes.append(image.size)
+        return PipelineResult(output={"text": "a scene"})
+
+    make(note_size, JobKind.CAPTION, input_side).run(JobKind.CAPTION, job_id, message)
+    assert store.get(job_id).status is JobStatus.SUCCEEDED
+    assert sizes == [seen]  # 300 // 50 = 6: box-averaged by 6
 
 
 def test_redelivered_final_job_is_not_run_again(harness) -> None:

@@ -71,6 +71,14 @@ class Pipeline(Protocol):
 Finisher = Callable[[], PipelineResult]
 
 
+def input_side(pipeline: Pipeline) -> int | None:
+    """The side the pipeline's model resizes every input image to, where the pipeline says so
+    (`input_side`) and its output does not depend on the picture's own size (caption): the
+    worker then decodes a large picture only about that large (worker/images.py). None: the
+    whole picture (segment masks and overlays are drawn at the input's size)."""
+    return getattr(pipeline, "input_side", None)
+
+
 def preprocess(pipeline: Pipeline, request: Any, image: Image.Image | None) -> Any:
     """What `infer_batch` takes for this job. A pipeline may offer `preprocess(request, image)`, per
     job (resizing and normalising the image into the model's pixels): the worker calls it on the

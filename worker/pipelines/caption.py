@@ -47,10 +47,24 @@ def caption_family(spec: ModelSpec) -> str:
     )
 
 
+def resized_side(image_processor: Any) -> int | None:
+    """The side an image processor resizes every image to (the larger of a fixed height and
+    width, or the shortest edge), or None when it keeps sizes or splits images (VLMs)."""
+    if not getattr(image_processor, "do_resize", False):
+        return None
+    size = getattr(image_processor, "size", None)
+    get = size.get if isinstance(size, dict) else partial(getattr, size)
+    height, width, shortest = get("height", None), get("width", None), get("shortest_edge", None)
+    if height and width:
+        return max(int(height), int(width))
+    return int(shortest) if shortest else None
+
+
 class CaptionPipeline:
     """What every caption family shares: loading by family, batching, limits, the result."""
 
     family: str
+    input_side: int | None = None  # the image processor's output side (worker/pipelines/base.py)
 
     def __init__(self, model: Any, tokenizer: Any, spec: ModelSpec, device: str, dtype: torch.dtype,
                  max_positions: int) -> None:
@@ -136,6 +150,7 @@ class BlipCaptioner(CaptionPipeline):
         super().__init__(model, processor.tokenizer, spec, device, dtype,
                          model.config.text_config.max_position_embeddings)
         self.processor = processor
+        self.input_side = resized_side(processor.image_processor)
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str, dtype: torch.dtype) -> BlipCaptioner:
@@ -172,6 +187,7 @@ class EncoderDecoderCaptioner(CaptionPipeline):
                  device: str, dtype: torch.dtype) -> None:
         super().__init__(model, tokenizer, spec, device, dtype, model.config.decoder.max_position_embeddings)
         self.image_processor = image_processor
+        self.input_side = resized_side(image_processor)
         self.start_token_id: int = model.generation_config.decoder_start_token_id
         if self.start_token_id is None:
             self.start_token_id = model.config.decoder_start_token_id
@@ -216,6 +232,7 @@ class VlmCaptioner(CaptionPipeline):
         super().__init__(model, processor.tokenizer, spec, device, dtype,
                          model.config.text_config.max_position_embeddings)
         self.processor = processor
+        self.input_side = resized_side(processor.image_processor)
         # Rows of a batch end where generation starts: padding goes before them, whatever
         # the tokenizer's saved side (the model takes positions from the attention mask).
         processor.tokenizer.padding_side = "left"
