@@ -24,7 +24,9 @@ from typing import Any
 from bench.harness import PLANS, default_storage_parent, file_creation_cost_us, open_stack
 from bench.report import ScenarioResult, main_table
 
-SCENARIOS = ("hotpath", "overhead", "preloaded", "submit", "latency", "scaleout", "batching", "events", "gateway")
+SCENARIOS = (
+    "hotpath", "overhead", "preloaded", "submit", "latency", "scaleout", "batching", "events", "gateway", "inputs",
+)
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 
 

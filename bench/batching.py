@@ -19,7 +19,7 @@ from producer.job import Job
 from tasks.kinds import JobKind
 from tasks.settings import Settings
 from worker.images import decode_image
-from worker.pipelines.base import no_progress
+from worker.pipelines.base import input_side, no_progress
 
 NAME = "batching"
 DEPTHS = (1, 8, 64)
@@ -30,7 +30,7 @@ def model_only_gain(pipeline: Any, request: Any, image_bytes: bytes, batch: int,
     """Jobs/s of the model alone on `batch` copies of one job: one `run_batch` call of all of them,
     and one call per job (the same pipeline object, decoded image and request as a worker's)."""
     settings = Settings()
-    image = decode_image(image_bytes, settings.limits)
+    image = decode_image(image_bytes, settings.limits, input_side(pipeline))  # as a worker decodes it
     pipeline.run_batch([request] * batch, [image] * batch, no_progress)  # untimed warm-up
     batched, single = [], []
     for _ in range(repeats):

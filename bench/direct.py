@@ -1,8 +1,8 @@
 """The physical limit: the same pipeline code on the same input, called in a loop here.
 
 No queue, no records, no storage: decode the image as the worker does
-(`worker.images.decode_image`), run the pipeline, encode its images as the
-worker does (`worker.png.encode_png`), and time each step apart, so that
+(`worker.images.decode_image`, at the pipeline's input side), run the pipeline,
+encode its images as the worker does (`worker.png.encode_png`), and time each step apart, so that
 "model only" and "decode + model + encode" baselines come from the same calls.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tasks.schemas import JobRequest
 from tasks.settings import Settings
 from worker.images import decode_image
 from worker.png import encode_png
-from worker.pipelines.base import Pipeline, run_one
+from worker.pipelines.base import Pipeline, input_side, run_one
 
 
 @dataclass
@@ -53,7 +53,7 @@ def time_direct(pipeline: Pipeline, request: JobRequest, image_bytes: bytes | No
     run = DirectRun()
     for _ in range(jobs):
         started = time.perf_counter()
-        image = None if image_bytes is None else decode_image(image_bytes, settings.limits)
+        image = None if image_bytes is None else decode_image(image_bytes, settings.limits, input_side(pipeline))
         decoded = time.perf_counter()
         result = run_one(pipeline, request, image, _ignore_progress)
         ran = time.perf_counter()

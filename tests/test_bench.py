@@ -60,6 +60,17 @@ def test_smoke_run_writes_figures_with_baselines(tmp_path: Path) -> None:
     assert {"idle: queue_ms", "80% load: enqueue -> wait returned ms"} <= latency.keys()
 
 
+@pytest.mark.timeout(120)
+def test_inputs_scenario_times_both_decodes_at_each_processors_side() -> None:
+    from bench import inputs
+    from bench.harness import PLANS
+
+    result = inputs.run(None, PLANS["smoke"])  # no stack: decode and preprocess only
+    assert [row.figure for row in result.rows] == ["CPU ms/job, decode + preprocess at the model's side"] * 2
+    assert all(row.value > 0 and row.baseline == "whole picture" and row.baseline_value > 0 for row in result.rows)
+    assert [case["model_side"] for case in result.data.values()] == [384, 224]
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_the_stacks_local_storage_is_made_where_asked_and_removed_with_it(tmp_path: Path) -> None:
