@@ -56,7 +56,7 @@ def decode_image(data: bytes, limits: Limits = DEFAULT_LIMITS, min_side: int | N
     on both sides comes back scaled down by a whole factor, each side still at least
     `min_side`: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's scaled decoding, as
     Pillow's `thumbnail` does), then any picture is box-averaged (`Image.reduce`). A 12 MP
-    photo captioned at 384 px costs a fifth of the CPU (docs/performance.md, `inputs`), and
+    photo captioned at 384 px costs an eighth of the CPU (docs/performance.md, `inputs`), and
     the image processor's own resize still makes the model's exact input size from there.
     """
     _check_bytes(data, limits)
