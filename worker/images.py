@@ -18,7 +18,7 @@ from tasks.errors import InvalidInput
 from tasks.images import image_extension
 from tasks.limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["MAX_JPEG_SEGMENTS", "count_jpeg_scans", "decode_image"]
+__all__ = ["MAX_JPEG_SEGMENTS", "count_jpeg_scans", "decode_image", "reduced"]
 
 _EXTENSION_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # Refused formats we can still name, told apart by magic number only: opening them
@@ -73,7 +73,7 @@ def decode_image(data: bytes, limits: Limits = DEFAULT_LIMITS, min_side: int | N
                 image.draft(None, (min_side, min_side))  # JPEG only; the others ignore it
             image.load()  # the current frame, which is the first: we never seek
             upright = _to_rgb(ImageOps.exif_transpose(image))
-            return upright if min_side is None else _reduced(upright, min_side)
+            return upright if min_side is None else reduced(upright, min_side)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard fired first (it runs inside Image.open); its message has the size.
         raise InvalidInput(f"image has too many pixels to decode safely ({exc})") from exc
@@ -190,8 +190,9 @@ def _check_size(size: tuple[int, int], limits: Limits) -> None:
         )
 
 
-def _reduced(image: Image.Image, min_side: int) -> Image.Image:
-    """`image` box-averaged by the largest whole factor that keeps both sides >= min_side."""
+def reduced(image: Image.Image, min_side: int) -> Image.Image:
+    """`image` box-averaged by the largest whole factor that keeps both sides >= min_side
+    (itself when that factor is 1)."""
     factor = min(image.size) // min_side
     return image.reduce(factor) if factor >= 2 else image
 

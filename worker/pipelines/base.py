@@ -10,6 +10,7 @@ inference.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Hashable, Protocol
 
 from PIL import Image
@@ -77,6 +78,19 @@ def input_side(pipeline: Pipeline) -> int | None:
     worker then decodes a large picture only about that large (worker/images.py). None: the
     whole picture (segment masks and overlays are drawn at the input's size)."""
     return getattr(pipeline, "input_side", None)
+
+
+def resized_side(image_processor: Any) -> int | None:
+    """The side a Hugging Face image processor resizes every image to (the larger of a fixed
+    height and width, or the shortest edge), or None when it keeps sizes or tiles images (VLMs)."""
+    if not getattr(image_processor, "do_resize", False):
+        return None
+    size = getattr(image_processor, "size", None)
+    get = size.get if isinstance(size, dict) else partial(getattr, size)
+    height, width, shortest = get("height", None), get("width", None), get("shortest_edge", None)
+    if height and width:
+        return max(int(height), int(width))
+    return int(shortest) if shortest else None
 
 
 def preprocess(pipeline: Pipeline, request: Any, image: Image.Image | None) -> Any:

@@ -27,7 +27,9 @@ from transformers import (
 from tasks.errors import InvalidInput, ModelError
 from tasks.schemas import CaptionRequest
 from worker.loading import check_tokenizer, count_tokens, load_model, load_processor
-from worker.pipelines.base import Finisher, ModelSpec, PipelineResult, ProgressCallback, no_progress, run_one
+from worker.pipelines.base import (
+    Finisher, ModelSpec, PipelineResult, ProgressCallback, no_progress, resized_side, run_one,
+)
 
 # The VLM's instruction when a job brings none.
 DEFAULT_INSTRUCTION = "Describe this image in one sentence."
@@ -45,19 +47,6 @@ def caption_family(spec: ModelSpec) -> str:
         f"{spec.label!r} is a {model_type!r} model; visionq captions with blip, vision-encoder-decoder "
         f"or an instruction VLM ({', '.join(VLM_MODEL_TYPES)})"
     )
-
-
-def resized_side(image_processor: Any) -> int | None:
-    """The side an image processor resizes every image to (the larger of a fixed height and
-    width, or the shortest edge), or None when it keeps sizes or splits images (VLMs)."""
-    if not getattr(image_processor, "do_resize", False):
-        return None
-    size = getattr(image_processor, "size", None)
-    get = size.get if isinstance(size, dict) else partial(getattr, size)
-    height, width, shortest = get("height", None), get("width", None), get("shortest_edge", None)
-    if height and width:
-        return max(int(height), int(width))
-    return int(shortest) if shortest else None
 
 
 class CaptionPipeline:
