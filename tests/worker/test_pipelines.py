@@ -26,10 +26,11 @@ from tasks.settings import MODEL_DIR_NAMES
 from tests.support.images import scene
 from worker.loader import load_named_pipeline, load_pipeline
 from worker.loading import pick_dtype
-from worker.pipelines.base import FileSlot, ModelSpec, no_progress, run_one
+from worker.pipelines.base import FileSlot, ModelSpec, no_progress, resized_side, run_one
 from worker.pipelines.caption import CaptionPipeline
 from worker.pipelines.detect_segment import DetectSegmentPipeline
 from worker.pipelines.generate import GeneratePipeline
+import worker.pipelines.segment as segment_module
 from worker.pipelines.segment import SegmentPipeline, palette_colour
 from worker.tiny import MARKER, SEMANTIC_CLASSES, build_tiny_models, is_tiny_dir
 
@@ -233,6 +234,34 @@ def test_segment_batched_equals_unbatched(segment_pipeline: SegmentPipeline) -> 
             assert batched.images.keys() == one.images.keys()
             for name, image in one.images.items():
                 assert (pixels(batched.images[name]) == pixels(image)).all(), name
+
+
+@pytest.mark.parametrize("labels", [["sun", "sky"], None], ids=["prompted", "semantic"])
+def test_a_large_photo_is_processed_from_a_copy_at_the_processors_side(
+    segment_pipeline: SegmentPipeline, labels: list[str] | None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image, request = scene(1600, 1200), SegmentRequest(image="x", labels=labels)
+    processor = (segment_pipeline.semantic_processor if labels is None
+                 else segment_pipeline.prompted_processor.image_processor)
+    side = resized_side(processor)
+    copies: list[tuple[int, int]] = []
+    real_reduced = segment_module.reduced
+
+    def reduced(picture: Image.Image, min_side: int) -> Image.Image:
+        assert picture is image and min_side == side
+        copy = real_reduced(picture, min_side)
+        copies.append(copy.size)
+        return copy
+
+    monkeypatch.setattr(segment_module, "reduced", reduced)
+    prepared = segment_pipeline.preprocess(request, image)
+    assert prepared.image is image  # masks and overlay are drawn at the input's own size
+    assert len(copies) == 1 and side <= min(copies[0]) < 2 * side
+    whole = processor(images=image, return_tensors="pt")["pixel_values"]
+    assert prepared.pixels.shape == whole.shape
+    assert (prepared.pixels - whole).abs().mean().item() < 0.05  # normalised units; a grey level is ~0.016
+    result = run_one(segment_pipeline, request, image, no_progress)
+    check_masks(result.images, result.output["segments"], image.size)
 
 
 def test_one_segment_model_alone_serves_its_own_jobs(tiny_models: Path) -> None:
