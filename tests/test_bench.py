@@ -66,9 +66,10 @@ def test_inputs_scenario_times_both_decodes_at_each_processors_side() -> None:
     from bench.harness import PLANS
 
     result = inputs.run(None, PLANS["smoke"])  # no stack: decode and preprocess only
-    assert [row.figure for row in result.rows] == ["CPU ms/job, decode + preprocess at the model's side"] * 2
+    assert [row.figure for row in result.rows] == ["CPU ms/job, decode + preprocess at the model's side"] * 2 + [
+        "CPU ms/job, decode whole + preprocess a copy at the model's side"] * 2
     assert all(row.value > 0 and row.baseline == "whole picture" and row.baseline_value > 0 for row in result.rows)
-    assert [case["model_side"] for case in result.data.values()] == [384, 224]
+    assert [case["model_side"] for case in result.data.values()] == [384, 224, 352, 512]
 
 
 @pytest.mark.integration
