@@ -221,7 +221,6 @@ class VlmCaptioner(CaptionPipeline):
         super().__init__(model, processor.tokenizer, spec, device, dtype,
                          model.config.text_config.max_position_embeddings)
         self.processor = processor
-        self.input_side = resized_side(processor.image_processor)
         # Rows of a batch end where generation starts: padding goes before them, whatever
         # the tokenizer's saved side (the model takes positions from the attention mask).
         processor.tokenizer.padding_side = "left"
