@@ -12,6 +12,7 @@ with the worker's own code and the published models' processor settings (no weig
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Callable
 
 from bench.harness import Plan, Stack, bench_image
@@ -55,11 +56,8 @@ def run(stack: Stack, plan: Plan) -> ScenarioResult:
     for case, (processor, whole_picture) in _processors().items():
         model_side = resized_side(processor)
 
-        def scaled(processor: Any = processor, whole_picture: bool = whole_picture, model_side: int = model_side) -> None:
-            _preprocess(processor, photo, limits, model_side, whole_picture)
-
-        def whole(processor: Any = processor) -> None:
-            processor(images=decode_image(photo, limits), return_tensors="pt")
+        scaled = partial(_preprocess, processor, photo, limits, model_side, whole_picture)
+        whole = partial(_preprocess, processor, photo, limits, None, whole_picture)
 
         scaled()  # untimed: lazy imports, first allocations
         scaled_ms = [_cpu_ms(scaled) for _ in range(plan.repeats)]
@@ -81,12 +79,16 @@ def run(stack: Stack, plan: Plan) -> ScenarioResult:
     return ScenarioResult(NAME, rows, notes, [], data)
 
 
-def _preprocess(processor: Any, photo: bytes, limits: Limits, side: int, whole_picture: bool) -> None:
-    """What the worker does before the model (worker/runtime.py, the pipelines' preprocess)."""
-    if whole_picture:
-        processor(images=reduced(decode_image(photo, limits), side), return_tensors="pt")
+def _preprocess(processor: Any, photo: bytes, limits: Limits, side: int | None, whole_picture: bool) -> None:
+    """What the worker does before the model (worker/runtime.py, the pipelines' preprocess);
+    side None: every pixel decoded and processed, as before."""
+    if side is None:
+        image = decode_image(photo, limits)
+    elif whole_picture:
+        image = reduced(decode_image(photo, limits), side)
     else:
-        processor(images=decode_image(photo, limits, side), return_tensors="pt")
+        image = decode_image(photo, limits, side)
+    processor(images=image, return_tensors="pt")
 
 
 def _cpu_ms(job: Callable[[], None]) -> float:

@@ -138,7 +138,7 @@ def assert_quadrants(image: Image.Image) -> None:
 def test_a_large_picture_decodes_scaled_down_to_at_least_min_side(
     image_format: str, size: tuple[int, int], min_side: int, expected: tuple[int, int],
 ) -> None:
-    data = encode(quadrants(size), image_format, quality=95) if image_format != "PNG" else encode(quadrants(size), "PNG")
+    data = encode(quadrants(size), image_format, **({} if image_format == "PNG" else {"quality": 95}))
     image = decode_image(data, min_side=min_side)
     assert image.size == expected and image.mode == "RGB"
     assert_quadrants(image)
