@@ -31,7 +31,7 @@ from worker.pipelines.caption import CaptionPipeline
 from worker.pipelines.detect_segment import DetectSegmentPipeline
 from worker.pipelines.generate import GeneratePipeline
 import worker.pipelines.segment as segment_module
-from worker.pipelines.segment import SegmentPipeline, palette_colour
+from worker.pipelines.segment import OVERLAY_OPACITY, SegmentPipeline, palette_colour, segment_result
 from worker.tiny import MARKER, SEMANTIC_CLASSES, build_tiny_models, is_tiny_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -192,6 +192,23 @@ def test_overlay_tints_masked_pixels_only(segment_pipeline: SegmentPipeline) -> 
     assert (overlay[~mask] == original[~mask]).all()
     expected = np.round(original[mask] * 0.5 + np.array(palette_colour(0)) * 0.5)
     assert np.abs(overlay[mask] - expected).max() <= 1
+
+
+def test_overlay_is_pillows_blend_then_paste_of_each_mask_in_turn() -> None:
+    """The lookup-table overlay gives the very pixels of the plain way: each mask in turn, the whole
+    picture blended with its colour and pasted through it (overlapping masks included)."""
+    rng = np.random.default_rng(3)
+    original = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image = Image.fromarray(original)
+    masks = [rng.random((37, 53)) < share for share in (0.6, 0.5, 0.3)]  # they overlap
+    expected = image.copy()
+    for n, mask in enumerate(masks):
+        tinted = Image.blend(expected, Image.new("RGB", image.size, palette_colour(n)), OVERLAY_OPACITY)
+        expected.paste(tinted, mask=Image.fromarray(mask.astype(np.uint8) * 255))
+    overlay = segment_result(image, [(f"l{n}", mask) for n, mask in enumerate(masks)], "m").images["overlay.png"]
+    assert overlay.mode == "RGB" and overlay.size == image.size
+    assert np.array_equal(pixels(overlay), pixels(expected))
+    assert np.array_equal(pixels(image), original)  # drawn on a copy
 
 
 def test_palette_is_deterministic_and_distinct() -> None:
