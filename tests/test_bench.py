@@ -72,6 +72,29 @@ def test_inputs_scenario_times_both_decodes_at_each_processors_side() -> None:
     assert [case["model_side"] for case in result.data.values()] == [384, 224, 352, 512]
 
 
+def test_model_only_ceiling_times_each_way_over_several_rounds() -> None:
+    """A round of a tiny model's batch lasts milliseconds: the ceiling times as many rounds as
+    fill `min_s`, the same number each way, and counts every job of them."""
+    import time
+
+    from bench.batching import model_only_gain
+    from bench.harness import bench_image
+
+    calls: list[int] = []
+
+    class OneMillisecondACall:  # a model whose call costs the same whatever the batch
+        def run_batch(self, requests: list, images: list, progress: object) -> list:
+            calls.append(len(requests))
+            time.sleep(0.001)
+            return [None] * len(requests)
+
+    batched, single = model_only_gain(OneMillisecondACall(), "request", bench_image(32), batch=8, repeats=3, min_s=0.2)
+    batches, singles = calls.count(8), calls.count(1)
+    rounds = (batches - 1) // 3  # less the warm-up
+    assert rounds >= 2 and batches == 1 + 3 * rounds and singles == 8 * batches
+    assert batched > 2 * single > 0  # eight jobs a call against one
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_the_stacks_local_storage_is_made_where_asked_and_removed_with_it(tmp_path: Path) -> None:
