@@ -207,9 +207,9 @@ def segment_result(image: Image.Image, named_masks: list[tuple[str, np.ndarray]]
 def _overlay(image: Image.Image, masks: list[np.ndarray]) -> Image.Image:
     """`image` with each mask's pixels tinted toward its palette colour, later masks over earlier ones.
 
-    Three times faster than blending the whole image with a solid colour and pasting through an
-    8-bit mask (2.3 ms for two masks at 512 px): the tint is a lookup table, and a 1-bit mask
-    copies pixels instead of weighing every one; the pixels are the same."""
+    The pixels of blending the whole image with a solid colour and pasting that through an 8-bit
+    mask, in 0.8 ms instead of 2.3 for two masks at 512 px: the tint is a lookup table, and a
+    1-bit mask copies pixels instead of weighing every one."""
     overlay = image.convert("RGB")
     for n, mask in enumerate(masks):
         tinted = overlay.point(_tint_table(palette_colour(n)))
