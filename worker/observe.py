@@ -34,11 +34,19 @@ T = TypeVar("T")
 
 
 class JobFailed(Exception):
-    """How Celery sees a job that ended `failed` (Flower's FAILURE shows this text)."""
+    """How Celery sees a job that ended `failed` (Flower's FAILURE shows this text).
+
+    Its args are exactly its parameters: Celery pickles a task's exception, and one it cannot
+    rebuild becomes an UnpickleableExceptionWrapper, which the task's `throws` no longer matches
+    (an ERROR line and a traceback for every failed job)."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(code, message)
         self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 class Observer:

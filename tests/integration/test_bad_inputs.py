@@ -147,9 +147,12 @@ def test_bad_input_corpus(client: Client, s3: object, worker, image_server: str)
             problems += _mismatch(case, job.status, job.error)
         for case, key in zip([c for c in corpus if c.entry == RECORD], forged_keys):
             problems += _untouched(client, s3, case, key, run_id)
-        dropped = worker.log_path.read_text(errors="replace").count("dropping a forged message or record")
+        log = worker.log_path.read_text(errors="replace")
+        dropped = log.count("dropping a forged message or record")
         if dropped < len(forged_keys):
             problems.append(f"the worker log shows {dropped} dropped forged messages, expected {len(forged_keys)}")
+        if "raised unexpected" in log:  # Celery's ERROR line and traceback for a task's unexpected exception
+            problems.append("a failed job logged as an unexpected task error: " + log[log.index("raised unexpected"):][:300])
     finally:
         if forged_keys:
             client.store.redis.delete(*forged_keys)
