@@ -39,6 +39,17 @@ def load_served(settings: Settings, names: list[str], device: str) -> dict[str, 
     return pipelines
 
 
+def with_role_views(pipelines: dict[str, Pipeline]) -> dict[str, Pipeline]:
+    """`pipelines`, plus the models a loaded default holds without being loaded by name: segment's
+    default holds the semantic model (`segment/segformer`, tasks.models.ROLE_MODELS), so the worker
+    also serves the jobs that name it, on that model's own queue, from the same weights."""
+    segment, semantic = ROLE_MODELS["segment"], ROLE_MODELS["semantic"]
+    default = pipelines.get(segment)
+    if semantic in pipelines or getattr(default, "semantic", None) is None:
+        return pipelines
+    return {**pipelines, semantic: default.semantic_only()}
+
+
 def load_pipelines(settings: Settings, kinds: list[JobKind], device: str) -> dict[JobKind, Pipeline]:
     """The default models of `kinds`, checked against the memory budget, loaded and warmed up,
     by kind (what the benchmarks serve)."""

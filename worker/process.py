@@ -59,7 +59,7 @@ def run_worker(
     import torch
 
     from worker.device import check_device
-    from worker.loader import check_memory, load_served
+    from worker.loader import check_memory, load_served, with_role_views
 
     check_device(device)
     if device.startswith("cuda") and settings.gpu_memory_fraction:
@@ -70,8 +70,8 @@ def run_worker(
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     weights = check_memory(settings, models, device)  # refuses a set that does not fit, before loading
-    serve(settings, lambda: load_served(settings, models, device), name, device, loglevel, metrics_address,
-          weights_bytes=weights)
+    serve(settings, lambda: with_role_views(load_served(settings, models, device)), name, device, loglevel,
+          metrics_address, weights_bytes=weights)
 
 
 def serve(

@@ -74,6 +74,19 @@ def test_one_worker_serves_two_caption_models_chosen_per_job(choice_client: Clie
     assert default.to_dict()["model_id"] == str(tiny_models / "caption")
 
 
+def test_a_default_worker_serves_jobs_naming_segments_semantic_default(client: Client, tiny_models: Path) -> None:
+    """docs/models.md: `segment/segformer` is segment's default without labels, held by the
+    default pipeline: a job naming it runs on a default worker instead of waiting for one that
+    loaded it alone, and is refused labels as such a worker refuses them."""
+    named = client.segment(scene(seed=5), model="segformer")
+    with_labels = client.segment(scene(seed=6), labels=["sun"], model="segment/segformer")
+    assert named.wait(timeout=TIMEOUT).status == "succeeded", named.to_dict()
+    assert (named.to_dict()["model"], named.to_dict()["model_id"]) == ("segformer", str(tiny_models / "segment-semantic"))
+    assert named.output["segments"] and named.output["overlay"]
+    assert with_labels.wait(timeout=TIMEOUT).status == "failed"
+    assert with_labels.error["code"] == "invalid_input" and "takes no labels" in with_labels.error["message"]
+
+
 def test_a_model_no_worker_loaded_waits_on_its_own_queue_until_its_deadline(
     choice_client: Client, choice_env: dict[str, str],
 ) -> None:

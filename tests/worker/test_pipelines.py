@@ -194,6 +194,27 @@ def test_overlay_tints_masked_pixels_only(segment_pipeline: SegmentPipeline) -> 
     assert np.abs(overlay[mask] - expected).max() <= 1
 
 
+def test_segments_default_also_serves_its_semantic_model_by_name(segment_pipeline: SegmentPipeline) -> None:
+    """A worker that loaded segment's default serves `segment/segformer` jobs from the same weights
+    (worker/loader.py with_role_views), refusing labels as that model alone does."""
+    from tasks.models import ROLE_MODELS
+    from worker.loader import with_role_views
+
+    served = with_role_views({ROLE_MODELS["segment"]: segment_pipeline})
+    view = served[ROLE_MODELS["semantic"]]
+    assert list(served) == [ROLE_MODELS["segment"], ROLE_MODELS["semantic"]]
+    assert view.semantic is segment_pipeline.semantic and view.prompted is None  # shared, not loaded again
+    assert view.model_label == segment_pipeline.semantic_label
+    image = scene()
+    alone = run_one(view, SegmentRequest(image="x"), image, no_progress)
+    default = run_one(segment_pipeline, SegmentRequest(image="x"), image, no_progress)
+    assert [s["label"] for s in alone.output["segments"]] == [s["label"] for s in default.output["segments"]]
+    with pytest.raises(InvalidInput, match="takes no labels"):
+        run_one(view, SegmentRequest(image="x", labels=["sun"]), image, no_progress)
+    assert segment_pipeline.prompted is not None  # the default itself is untouched
+    assert with_role_views(served) == served  # served by name already: nothing added
+
+
 def test_overlay_is_pillows_blend_then_paste_of_each_mask_in_turn() -> None:
     """The lookup-table overlay gives the very pixels of the plain way: each mask in turn, the whole
     picture blended with its colour and pasted through it (overlapping masks included)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import colorsys
+import copy
 from dataclasses import dataclass
 from functools import partial
 from typing import Hashable
@@ -88,6 +89,18 @@ class SegmentPipeline:
         if load_processor(AutoConfig, spec).model_type == "clipseg":
             return cls.load(spec, None, device, dtype)
         return cls.load(None, spec, device, dtype)
+
+    def semantic_only(self) -> SegmentPipeline:
+        """This pipeline's semantic model alone, sharing its weights: it serves the jobs that name
+        that model (`segment/segformer`) on a worker that loaded segment's default, refusing labels
+        as a worker serving that model alone does."""
+        if self.semantic is None:
+            raise ValueError(f"segment model {self.model_label!r} holds no semantic model")
+        view = copy.copy(self)
+        view.prompted = view.prompted_processor = view.prompted_label = view.prompted_side = None
+        view.max_label_tokens = 0
+        view.model_label = self.semantic_label
+        return view
 
     def warm_up(self) -> None:
         image = Image.new("RGB", (64, 48), (120, 160, 200))
