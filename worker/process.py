@@ -13,10 +13,12 @@ import logging
 import os
 import socket
 import threading
+import warnings
 from typing import Any, Callable
 
 import redis
 from celery import signals
+from PIL import Image
 
 from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
@@ -85,6 +87,10 @@ def serve(
 
     Separate from `run_worker` so the benchmarks can serve stand-in pipelines
     through exactly the same runtime."""
+    # Pillow warns about pictures over 89 Mpx; decode_image refuses them itself (over 40 Mpx
+    # unless raised) with a clearer message: the warning would only add a log line to a job
+    # that fails anyway (worker/images.py).
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     client = redis.Redis.from_url(settings.redis_url)
     heartbeat = Heartbeat(
         client, settings.redis_prefix, name,

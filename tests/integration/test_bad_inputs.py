@@ -151,6 +151,8 @@ def test_bad_input_corpus(client: Client, s3: object, worker, image_server: str)
         dropped = log.count("dropping a forged message or record")
         if dropped < len(forged_keys):
             problems.append(f"the worker log shows {dropped} dropped forged messages, expected {len(forged_keys)}")
+        if "DecompressionBombWarning" in log:  # decode_image refuses those sizes itself (worker/process.py)
+            problems.append("Pillow's DecompressionBombWarning in the worker log")
         if "raised unexpected" in log:  # Celery's ERROR line and traceback for a task's unexpected exception
             problems.append("a failed job logged as an unexpected task error: " + log[log.index("raised unexpected"):][:300])
     finally:
