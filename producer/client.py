@@ -278,7 +278,7 @@ class Client:
                 raise InvalidInput(
                     f"image {path} has {size} bytes, more than the limit {self.settings.limits.max_image_bytes}"
                 )
-            return self._upload(path.read_bytes())
+            return self._upload(path.read_bytes(), f"image {path}")
         raise InvalidInput(
             f"image must be a path, bytes, a PIL image or a URI string, got {type(image).__name__}"
         )
@@ -296,13 +296,14 @@ class Client:
         normal = os.path.normpath(path)
         return normal.startswith(f"{root}{os.sep}") and os.path.isfile(normal)
 
-    def _upload(self, data: bytes) -> str:
+    def _upload(self, data: bytes, what: str = "image") -> str:
+        """Store `data` (`what`: how an error names it, e.g. its file) where workers read inputs."""
         limit = self.settings.limits.max_image_bytes
         if len(data) > limit:
-            raise InvalidInput(f"image has {len(data)} bytes, more than the limit {limit}")
+            raise InvalidInput(f"{what} has {len(data)} bytes, more than the limit {limit}")
         extension = image_extension(data)
         if extension is None:
-            raise InvalidInput("image is not a JPEG, PNG or WebP file")
+            raise InvalidInput(f"{what} is not a JPEG, PNG or WebP file")
         digest = hashlib.sha256(data).hexdigest()
         key = input_key(digest, extension)
         # Content-addressed: the same image submitted twice is stored once.

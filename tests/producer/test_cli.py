@@ -58,7 +58,7 @@ def test_errors_and_exit_codes(service_env: dict, worker) -> None:
     assert "no job 'no-such-job'" in missing.stderr
     not_image = run_visionq("submit", "caption", "file:///etc/passwd", "--wait", env=service_env)
     assert not_image.returncode == 2
-    assert "not a JPEG, PNG or WebP" in not_image.stderr
+    assert "image /etc/passwd is not a JPEG, PNG or WebP file" in not_image.stderr  # refused at submit, named
     failed = run_visionq("submit", "generate", "word " * 300, "--width", "64", "--height", "64",
                          "--wait", env=service_env)
     assert failed.returncode == 1
