@@ -5,10 +5,10 @@ job record's ``error = {"code", "message"}`` in one place.
 """
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     INVALID_INPUT = "invalid_input"  # the request or its image is bad; never retried
     MODEL_ERROR = "model_error"  # the model raised while running this job
     OUT_OF_MEMORY = "out_of_memory"  # the job does not fit on the device

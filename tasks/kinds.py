@@ -1,10 +1,10 @@
 """Job kinds and the Celery queue each one travels on."""
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class JobKind(str, Enum):
+class JobKind(StrEnum):
     CAPTION = "caption"  # image (+ optional prompt prefix) -> text
     SEGMENT = "segment"  # image (+ optional text labels) -> masks and an overlay
     GENERATE = "generate"  # prompt -> images (diffusion)
@@ -18,7 +18,7 @@ class JobKind(str, Enum):
         return f"visionq.run.{self.value}"
 
 
-class Priority(str, Enum):
+class Priority(StrEnum):
     """Within a kind, higher first; FIFO within one priority.
 
     Strict: a worker always takes a queued high job before any normal one, so a

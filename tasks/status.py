@@ -1,10 +1,10 @@
 """Job statuses and the only transitions allowed between them."""
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     QUEUED = "queued"  # accepted, waiting in its kind's queue
     RUNNING = "running"  # a worker holds it (again after a redelivery, with attempt + 1)
     SUCCEEDED = "succeeded"  # output is complete and stored; final

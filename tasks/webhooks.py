@@ -19,7 +19,7 @@ import random
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -28,7 +28,7 @@ from tasks.limits import Limits
 from tasks.ssrf import AllowList, check_url
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     STARTED = "job.started"  # a worker took the job (again after a redelivery)
     PROGRESS = "job.progress"  # throttled: at most one per second per job
     SUCCEEDED = "job.succeeded"
@@ -160,7 +160,7 @@ def verify(
 # --- Deliveries ---------------------------------------------------------------------
 
 
-class DeliveryStatus(str, Enum):
+class DeliveryStatus(StrEnum):
     PENDING = "pending"  # waiting for its next attempt (scheduled or on the queue)
     DELIVERED = "delivered"  # the receiver answered 2xx
     DEAD = "dead"  # given up (schedule exhausted or not retryable); can be replayed
