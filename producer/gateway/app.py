@@ -80,7 +80,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
-        return JSONResponse(error_body(exc), status_code=http_status(exc), headers=headers)
+        status = http_status(exc)
+        if status == 401:  # RFC 9110: a 401 names the scheme the OpenAPI document declares
+            headers["WWW-Authenticate"] = 'Bearer realm="visionq"'
+        return JSONResponse(error_body(exc), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -67,7 +67,8 @@ class FileLinks:
         check_job_id(job_id)
         if not FILE_NAME.fullmatch(name):
             raise NotFound(f"no file {name[:100]!r} in job {job_id}")
-        if not hmac.compare_digest(self.signature(job_id, name, expires), sig):
+        # As bytes: compare_digest refuses str with non-ASCII characters, and `sig` is anything a URL held.
+        if not hmac.compare_digest(self.signature(job_id, name, expires).encode(), sig.encode()):
             raise Forbidden(f"the signature of this link to {job_id}/{name} is not valid")
         if expires < time.time():
             raise Forbidden(f"this link to {job_id}/{name} expired at {expires} (Unix time)")

@@ -104,7 +104,15 @@ _JOB_BODY = {
             "schema": {
                 "type": "object", "required": ["request"],
                 "properties": {
-                    "request": {"$ref": "#/components/schemas/JobBody"},
+                    # Not JobBody: its `input` (and the input's `image`) may be left out here, since
+                    # the `image` part is the image; the gateway checks the rest as for JSON.
+                    "request": {
+                        "type": "object", "required": ["kind"],
+                        "properties": {"kind": {"type": "string", "enum": ["caption", "segment", "generate"]},
+                                       "input": {"type": "object"}},
+                        "description": "the job as in the JSON body (JobBody), `input` optional and without "
+                                       "its `image`: the `image` part is the image",
+                    },
                     "image": {"type": "string", "format": "binary", "description": "the image file (JPEG, PNG, WebP)"},
                 },
             },
@@ -246,7 +254,7 @@ def get_file(
     request: Request, job_id: Annotated[str, JOB_ID],
     name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")],
     expires: Annotated[int, Query(ge=0, le=2**40)],
-    sig: Annotated[str, Query(pattern=r"^[A-Za-z0-9_\-]{43}$")],
+    sig: Annotated[str, Query(max_length=128)],  # any other: 403 like a wrong one (files.py)
 ) -> FileResponse:
     path = services_of(request).file_links.local_file(job_id, name, expires, sig)
     media = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".json": JSON_TYPE}

@@ -133,9 +133,13 @@ class JobRecord(BaseModel):
     model: str | None = Field(description="the model's name within the kind (blip, vit-gpt2)")
     model_id: str | None = Field(None, description="the weights that ran it: Hugging Face id or folder, @revision")
     attempt: int
+    cancel_requested: bool = Field(description="a client asked to cancel it while it was running")
+    idempotency_key: str | None
     priority: str
     webhook: dict[str, Any] | None
+    webhook_attempts: list[dict[str, Any]] = Field(description="every webhook delivery attempt (docs/webhooks.md)")
     tenant: str | None
+    queue_timeout_s: float | None = Field(description="seconds it may wait queued before it fails expired")
 
 
 class JobList(BaseModel):
