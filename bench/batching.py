@@ -53,12 +53,12 @@ def model_only_gain(pipeline: Any, request: Any, image_bytes: bytes, batch: int,
     rounds = max(1, math.ceil(min_s / max(time.perf_counter() - started, 1e-6)))
     batched, single = [], []
     for _ in range(repeats):
-        batched.append(batch * rounds / _timed(one_batch, rounds))
-        single.append(batch * rounds / _timed(one_by_one, rounds))
+        batched.append(batch * rounds / time_rounds(one_batch, rounds))
+        single.append(batch * rounds / time_rounds(one_by_one, rounds))
     return median(batched), median(single)
 
 
-def _timed(call: Callable[[], None], rounds: int) -> float:
+def time_rounds(call: Callable[[], None], rounds: int) -> float:
     started = time.perf_counter()
     for _ in range(rounds):
         call()

@@ -95,6 +95,38 @@ def test_model_only_ceiling_times_each_way_over_several_rounds() -> None:
     assert batched > 2 * single > 0  # eight jobs a call against one
 
 
+def test_convoy_scenario_runs_the_model_alone_beside_threads_and_beside_a_process(tmp_path: Path) -> None:
+    out = tmp_path / "convoy.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "convoy", "--smoke", "--json", str(out)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=110,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    scenario = json.loads(out.read_text())["scenarios"]["convoy"]
+    assert [row["figure"] for row in scenario["rows"]] == [
+        "jobs/s, 8 Python threads beside it, same process", "jobs/s, the same 8 threads in another process",
+        "model thread CPU ms/job, threads in the same process",
+    ] * 2
+    assert all(row["value"] > 0 and row["baseline"] == "alone" and row["ratio"] > 0 for row in scenario["rows"])
+    assert set(scenario["data"]) == {"caption (tiny BLIP)", "segment 2 labels (tiny CLIPSeg)"}
+
+
+def test_convoy_churn_threads_stop_when_told() -> None:
+    import threading
+    import time
+
+    from bench.convoy import churn
+
+    stop = threading.Event()
+    runner = threading.Thread(target=churn, args=(stop, 3))
+    runner.start()
+    time.sleep(0.05)
+    assert runner.is_alive()  # the threads keep going until told
+    stop.set()
+    runner.join(5)
+    assert not runner.is_alive()
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_the_stacks_local_storage_is_made_where_asked_and_removed_with_it(tmp_path: Path) -> None:
