@@ -39,11 +39,12 @@ def serve(args: argparse.Namespace) -> int:
         return code
     from tasks.errors import VisionqError
     from worker.model_memory import ModelsDoNotFit
-    from worker.process import default_worker_name, run_worker
+    from worker.process import default_worker_name, run_worker, worker_node_name
 
     try:
         metrics_address = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
-        run_worker(settings, models, device, args.name or default_worker_name(device), args.loglevel, metrics_address)
+        name = worker_node_name(args.name) if args.name else default_worker_name(device)
+        run_worker(settings, models, device, name, args.loglevel, metrics_address)
     except ModelsDoNotFit as exc:  # refused before loading: the message names each model and the budget
         print(f"visionq worker: {exc.message}", file=sys.stderr)
         return 1

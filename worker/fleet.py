@@ -4,7 +4,8 @@ The supervisor never imports torch: each child is a fresh `python -P -m worker w
 process (`-P`: nothing is imported from the working folder, where a user's own
 `tasks.py` would shadow ours) whose device is pinned (CUDA_VISIBLE_DEVICES) before its own torch import,
 so CUDA is never initialised in a process that forks. A child that dies is
-restarted with exponential backoff; SIGTERM/SIGINT are forwarded so every child
+restarted with exponential backoff, unless it exited 0 (it was asked to stop: SIGTERM to it,
+`celery control shutdown`); the supervisor ends when every child has. SIGTERM/SIGINT are forwarded so every child
 drains (finishes the job in hand) before the supervisor exits.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Slot:
     started_at: float = 0.0
     backoff_s: float = 1.0
     restart_at: float | None = field(default=None)
+    stopped: bool = False  # exited 0: asked to stop, so not restarted
 
 
 def parse_gpus(text: str, count_gpus: object = None) -> list[int]:
@@ -100,6 +102,9 @@ class Supervisor:
             self._start(slot)
         while not self.stopping:
             self._watch()
+            if all(slot.stopped for slot in self.slots):
+                log.info("every worker stopped as asked; exiting")
+                break
             time.sleep(0.5)
         return self._drain()
 
@@ -121,6 +126,11 @@ class Supervisor:
             assert slot.process is not None
             code = slot.process.poll()
             if code is None:
+                continue
+            if code == 0:  # asked to stop (SIGTERM to it, `celery control shutdown`): it stays stopped
+                if not slot.stopped:
+                    log.info("%s stopped as asked (exit 0); not restarting it", slot.name)
+                slot.stopped = True
                 continue
             if now - slot.started_at > HEALTHY_AFTER_S:
                 slot.backoff_s = 1.0

@@ -30,6 +30,7 @@ from tasks.storage import open_storage
 from tasks.store import Delivery, JobStore
 from worker import loader
 from worker.broker import TRANSPORT
+from worker.control import answer_remote_control
 from worker.heartbeat import Heartbeat
 from worker.inputs import InputReader
 from worker.pipelines.base import Pipeline
@@ -50,6 +51,12 @@ def default_worker_name(device: str) -> str:
     if device.startswith("cuda") and gpu:
         label = f"gpu{gpu}"
     return f"visionq-{label}-{os.getpid()}@{socket.gethostname()}"
+
+
+def worker_node_name(name: str) -> str:
+    """--name as the node name both `visionq workers` and Celery's `-d` use: Celery would turn
+    a name without "@" into "celery@NAME"; here it becomes "NAME@<host>", as the defaults are."""
+    return name if "@" in name else f"{name}@{socket.gethostname()}"
 
 
 def run_worker(
@@ -139,6 +146,7 @@ def serve(
         Sweeper(store, celery_publisher(app), settings.sweep_grace_s).start()
         asked_to_stop = threading.Event()
         signals.worker_shutting_down.connect(lambda **_: asked_to_stop.set(), weak=False)
+        answer_remote_control(name, queues, asked_to_stop)  # `celery control shutdown` is asking too
         slots = task_slots(settings, pipelines)
         # JSON logs (VISIONQ_LOG_FORMAT=json): no banner, so every line is a JSON object.
         quiet = ["--quiet"] if settings.log_format == "json" else []

@@ -146,6 +146,31 @@ def test_sigkill_mid_job_is_redelivered_and_the_child_restarted(fleet_client: Cl
     wait_until(lambda: any(w.get("restarts") == 1 for w in ready_workers(fleet_client)), TIMEOUT, "restart counted")
 
 
+def test_celery_control_shutdown_stops_a_child_for_good_and_add_consumer_keeps_to_served_queues(
+    fleet_client: Client, supervisor_factory
+) -> None:
+    """`celery control shutdown` is an operator asking: exit 0, no restart (a crash exits 70 and
+    is restarted). `add_consumer` for a model the worker has not loaded would take its messages
+    and drop them as unregistered tasks: refused."""
+    from tasks.app import make_celery
+
+    supervisor = supervisor_factory("--device", "cpu", "--replicas", "1", "--kinds", "caption")
+    wait_until(lambda: ready_workers(fleet_client), TIMEOUT, "ready worker")
+    [name] = [w["name"] for w in ready_workers(fleet_client)]
+    app = make_celery(fleet_client.settings)
+    [refused] = app.control.add_consumer("visionq.segment", destination=[name], reply=True, timeout=10)
+    assert "does not serve queue 'visionq.segment'" in refused[name]["error"]
+    [added] = app.control.add_consumer("visionq.caption", destination=[name], reply=True, timeout=10)
+    assert "ok" in added[name]
+    job = fleet_client.caption(scene())  # the worker still serves
+    assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
+
+    app.control.shutdown(destination=[name])
+    assert supervisor.process.wait(timeout=TIMEOUT) == 0  # its only child stopped as asked
+    log = supervisor.log.read_text()
+    assert "stopped as asked" in log and "restarting in" not in log and "exiting 70" not in log
+
+
 def test_priorities_high_first_within_a_kind(
     fleet_client: Client, fleet_env: dict, tmp_path: Path
 ) -> None:

@@ -40,3 +40,12 @@ def test_pinning_happens_in_the_environment_before_torch() -> None:
         pin_device("cuda:x", {})
     with pytest.raises(ValueError):
         pin_device("tpu", {})
+
+
+def test_a_name_without_host_gets_this_hosts_so_celery_addresses_it_by_the_same_name() -> None:
+    import socket
+
+    from worker.process import worker_node_name
+
+    assert worker_node_name("w1") == f"w1@{socket.gethostname()}"  # Celery alone would make it celery@w1
+    assert worker_node_name("gpu0@node-7") == "gpu0@node-7"
