@@ -25,8 +25,9 @@ from tasks.schemas import (
 from tasks.served_models import choose_model, registered_models
 from tasks.settings import Settings
 from tasks.storage import Storage, input_key, open_storage
-from tasks.store import Enqueue, JobStore, NewJob
+from tasks.store import Enqueue, JobStore, NewJob, same_submit
 from tasks.webhooks import secret_key, validate_webhook
+from producer.http_errors import Conflict
 from producer.http_source import HttpJobSource
 from producer.job import Job
 from producer.redis_source import RedisJobSource
@@ -177,8 +178,8 @@ class Client:
         return results  # type: ignore[return-value]
 
     def _submit(self, kind: JobKind, params: dict[str, Any], **options: Any) -> Job:
-        """Options every kind takes: `idempotency_key` (the same key within the TTL
-        returns the same job), `webhook` (URL called back with signed events),
+        """Options every kind takes: `idempotency_key` (the same key and request within the TTL
+        return the same job; the key with another request raises `Conflict`), `webhook` (URL called back with signed events),
         `webhook_events` (default: the final ones) and `webhook_secret` (whsec_...;
         default VISIONQ_WEBHOOK_SECRET), `priority` (high | normal | low), `queue_timeout_s`
         (seconds it may wait for a worker to start it before it fails `expired`; default
@@ -186,7 +187,10 @@ class Client:
         the kind, e.g. "vit-gpt2"; "caption/vit-gpt2" too; default: the kind's default)."""
         if self.gateway is not None:
             return Job(self.gateway, self.gateway.submit_job(kind, params, **options))
-        return self._store([self._prepare(kind, params, **options)])[0]
+        [stored] = self._store([self._prepare(kind, params, **options)])
+        if isinstance(stored, VisionqError):
+            raise stored
+        return stored
 
     def _submit_through_gateway(self, request: Any) -> Job | VisionqError:
         try:
@@ -226,14 +230,18 @@ class Client:
         enqueue = job_enqueue(new.record, message, self.settings.redis_prefix, self._sent_event_db)
         return _Prepared(new, enqueue, webhook_secret)
 
-    def _store(self, prepared: list[_Prepared]) -> list[Job]:
-        """Records and messages written together (tasks/store.py), then what follows a new job."""
+    def _store(self, prepared: list[_Prepared]) -> list[Job | VisionqError]:
+        """Records and messages written together (tasks/store.py), then what follows a new job. A
+        request whose idempotency key holds another request's job gets a `Conflict`, as over HTTP."""
         stored = self.store.create_many([(p.new, p.enqueue) for p in prepared])
-        jobs = []
+        jobs: list[Job | VisionqError] = []
         for p, (record, created) in zip(prepared, stored):
-            if created:
-                if p.webhook_secret is not None:
-                    self.deliveries.set_job_secret(record.id, p.webhook_secret)
+            if not created and not same_submit(record, p.new.record):
+                jobs.append(Conflict(f"idempotency_key {record.idempotency_key!r} was used for job {record.id} "
+                                     f"with another request"))
+                continue
+            if created and p.webhook_secret is not None:
+                self.deliveries.set_job_secret(record.id, p.webhook_secret)
             jobs.append(Job(self.jobs, record))
         return jobs
 

@@ -166,6 +166,14 @@ class NewJob:
     queued_message: dict[str, Any] | None
 
 
+def same_submit(held: JobRecord, new: JobRecord) -> bool:
+    """Whether `new`, refused because its idempotency key is held, asks for the job that holds it:
+    the same kind, input, priority, webhook and model. Otherwise the caller is told (a conflict),
+    never handed an unrelated job."""
+    return (held.kind, held.input, held.priority, held.webhook, held.model) == \
+        (new.kind, new.input, new.priority, new.webhook, new.model)
+
+
 @dataclass(frozen=True)
 class Transition:
     applied: bool  # False: refused (the job was in a status the table does not move from)

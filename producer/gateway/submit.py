@@ -23,7 +23,7 @@ from tasks.record import JobRecord
 from tasks.schemas import JobRequest, parse_request, request_to_message, request_to_record
 from tasks.served_models import choose_model, registered_models
 from tasks.storage import S3Storage, input_key
-from tasks.store import Enqueue, NewJob
+from tasks.store import Enqueue, NewJob, same_submit
 from tasks.webhooks import validate_webhook
 
 # The top-level fields of a job body; the method's parameters are in `input`.
@@ -64,7 +64,7 @@ class Submitter:
         return Checked(*self._parse(caller.tenant, body, image))
 
     def submit_checked(self, caller: ApiKey, checked: Checked, *, idempotency_key: str | None = None) -> Submission:
-        request, priority, webhook = checked.request, checked.priority, checked.webhook
+        webhook = checked.webhook
         if idempotency_key is not None and not 0 < len(idempotency_key) <= self.settings.limits.max_key_chars:
             raise InvalidInput(
                 f"Idempotency-Key has {len(idempotency_key)} characters; it must have 1..{self.settings.limits.max_key_chars}"
@@ -73,11 +73,11 @@ class Submitter:
         services.rate_limiter.take(caller.key_id, caller.rate)
         token = services.tenant_jobs.admit(caller.tenant, caller.max_queued)
         try:
-            record, created = services.store.create_many([self._new_job(caller, checked, idempotency_key)])[0]
+            new_job = self._new_job(caller, checked, idempotency_key)
+            record, created = services.store.create_many([new_job])[0]
             if not created:
                 services.tenant_jobs.release(caller.tenant, token)
-                if _fingerprint(record) != (request.kind.value, request_to_record(request), priority.value, webhook,
-                                            checked.model):
+                if not same_submit(record, new_job[0].record):
                     raise Conflict(
                         f"Idempotency-Key {idempotency_key!r} was used for job {record.id} with another body"
                     )
@@ -202,7 +202,3 @@ class Submitter:
         if storage.exists(key):
             return storage.ref(key, data, _CONTENT_TYPES[extension]).uri
         return storage.put(key, data, _CONTENT_TYPES[extension]).uri
-
-def _fingerprint(record: JobRecord) -> tuple[str, dict[str, Any], str, dict[str, Any] | None, str | None]:
-    """What makes two submits the same job (for Idempotency-Key repeats)."""
-    return record.kind.value, record.input, record.priority, record.webhook, record.model

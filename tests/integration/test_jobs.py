@@ -16,6 +16,7 @@ from PIL import Image
 from producer import Client, InvalidInput
 from tasks.kinds import JobKind
 from tests.conftest import BUCKET
+from tests.support.cli import run_visionq
 from tests.support.images import encode, scene
 from tests.support.waiting import wait_until
 
@@ -115,6 +116,31 @@ def test_idempotency_key_submits_once(client: Client) -> None:
     assert first.id == second.id
     assert second.wait(timeout=TIMEOUT).status == "succeeded"
     assert second.to_dict()["attempt"] == 1
+
+
+def test_idempotency_key_reused_with_another_request_is_a_conflict_not_the_other_job(
+    client: Client, service_env: dict[str, str],
+) -> None:
+    """As the gateway's 409: a caller is never handed a job it did not ask for."""
+    from producer.http_errors import Conflict
+
+    held = client.generate("a fox", width=64, height=64, steps=1, idempotency_key="order-43")
+    with pytest.raises(Conflict) as refused:
+        client.generate("another fox", width=64, height=64, steps=1, idempotency_key="order-43")
+    assert refused.value.code == "conflict" and held.id in refused.value.message
+    with pytest.raises(Conflict):
+        client.caption(scene(seed=3), idempotency_key="order-43")  # another kind too
+    results = client.submit_many([
+        {"kind": "generate", "input": {"prompt": "a fox", "width": 64, "height": 64, "steps": 1},
+         "idempotency_key": "order-43"},
+        {"kind": "generate", "input": {"prompt": "a cat", "width": 64, "height": 64, "steps": 1},
+         "idempotency_key": "order-43"},
+    ])
+    assert results[0].id == held.id and isinstance(results[1], Conflict)
+    cli = run_visionq("submit", "generate", "a cat", "--width", "64", "--height", "64", "--steps", "1",
+                      "--idempotency-key", "order-43", env=service_env)
+    assert cli.returncode == 2 and f"was used for job {held.id} with another request" in cli.stderr
+    assert held.wait(timeout=TIMEOUT).status == "succeeded", held.error
 
 
 def test_input_forms(client: Client, tmp_path, s3: object) -> None:
