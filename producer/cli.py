@@ -389,10 +389,13 @@ def _purge(args: argparse.Namespace) -> int:
 
     client = _redis_client()
     kind = JobKind(args.kind)
-    ended = QueueEnds(client.store).purge(kind, f"canceled while queued by `visionq purge {kind.value}`")
+    ends = QueueEnds(client.store)
+    ended = ends.purge(kind, f"canceled while queued by `visionq purge {kind.value}`")
     for record in ended:
         client.events.publish_final(record)  # job.canceled, as for `visionq cancel`
-    print(f"canceled {len(ended)} queued {kind.value} job{'' if len(ended) == 1 else 's'}")
+    dropped = ends.drop_dead_messages(kind)  # e.g. of jobs canceled one by one
+    also = f"; dropped {dropped} message{'' if dropped == 1 else 's'} of jobs already ended" if dropped else ""
+    print(f"canceled {len(ended)} queued {kind.value} job{'' if len(ended) == 1 else 's'}{also}")
     return 0
 
 

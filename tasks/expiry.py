@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from typing import Iterator
 
 from tasks.errors import InvalidInput, JobCanceled, JobExpired, VisionqError
 from tasks.kinds import JobKind
 from tasks.record import JobRecord, parse_time, utc_now
-from tasks.served_models import queue_lists
+from tasks.served_models import models_by_kind, queue_lists
 from tasks.settings import Settings
 from tasks.status import JobStatus
 from tasks.store import JobStore
@@ -40,7 +41,7 @@ return 1
 """
 
 # KEYS: queue lists. ARGV: job ids. Removes their messages; returns how many.
-# A message's first `"id": "` is Celery's task id header, the job id.
+# A message's first `"id": "` is Celery's task id header, the job id (_MESSAGE_ID in Python).
 _REMOVE_MESSAGES = """
 local doomed, removed = {}, 0
 for i = 1, #ARGV do doomed[ARGV[i]] = true end
@@ -52,6 +53,7 @@ for k = 1, #KEYS do
 end
 return removed
 """
+_MESSAGE_ID = re.compile(r'"id": ?"([^"]+)"')
 
 
 def check_queue_timeout(value: object, kind: JobKind, settings: Settings) -> float:
@@ -128,6 +130,34 @@ class QueueEnds:
                 ended.append(final)
         self._remove_messages(ended)
         return ended
+
+    def drop_dead_messages(self, kind: JobKind) -> int:
+        """Take out of `kind`'s queues (every model's) the messages of jobs already final or gone,
+        e.g. canceled one by one while queued: a worker would drop them unrun, but until then
+        they count in the queue depth an autoscaler reads. Returns how many were removed."""
+        removed = 0
+        for name in models_by_kind(self.store.redis, self.store.prefix)[kind]:
+            lists = queue_lists(kind, name, self.store.prefix)
+            with self.store.redis.pipeline(transaction=False) as pipe:
+                for key in lists:
+                    pipe.lrange(key, 0, -1)
+                ids = list(dict.fromkeys(
+                    match.group(1) for raw in pipe.execute() for message in raw
+                    if (match := _MESSAGE_ID.search(message.decode(errors="replace")))
+                ))
+            if not ids:
+                continue
+            with self.store.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hget(self.store.job_key(job_id), "status")
+                statuses = pipe.execute()
+            # Only a record still queued or running keeps its message: a message and its record are
+            # written together (the submit script), so a message without one is of a job long gone.
+            dead = [job_id for job_id, raw in zip(ids, statuses)
+                    if raw is None or json.loads(raw) not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value)]
+            if dead:
+                removed += int(self._remove(keys=lists, args=dead))
+        return removed
 
     def _queued_of(self, kind: JobKind) -> Iterator[JobRecord]:
         for chunk in _chunks((i.decode() for i, _ in self.store.redis.zscan_iter(self.store.queued_key)), 500):

@@ -81,21 +81,23 @@ def test_purge_cancels_a_kinds_queued_jobs_and_drops_their_messages(
     obs_env: dict[str, str], obs_client: Any, obs_worker: Any,
 ) -> None:
     _visionq(obs_env, "purge", "generate")  # whatever earlier tests left queued
-    messages_before = _queued_messages(obs_client, JobKind.GENERATE)  # (messages of jobs canceled earlier stay)
+    assert _queued_messages(obs_client, JobKind.GENERATE) == 0
     jobs = [obs_client.generate(f"purged {i}", priority=p) for i, p in enumerate(["high", "normal", "low"])]
-    assert _queued_messages(obs_client, JobKind.GENERATE) == messages_before + 3
+    canceled = obs_client.generate("canceled on its own").cancel()  # its message stays until a purge
+    assert canceled.status == "canceled"
+    assert _queued_messages(obs_client, JobKind.GENERATE) == 4
     queues = json.loads(_visionq(obs_env, "queues", "--json").stdout)
-    assert queues["generate"]["total"] == messages_before + 3 and queues["generate"]["oldest_age_s"] > 0
+    assert queues["generate"]["total"] == 4 and queues["generate"]["oldest_age_s"] > 0
 
     result = _visionq(obs_env, "purge", "generate")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "canceled 3 queued generate jobs"
+    assert result.stdout.strip() == "canceled 3 queued generate jobs; dropped 1 message of jobs already ended"
     for job in jobs:
         assert job.wait(timeout=10).status == "canceled"
         assert "visionq purge generate" in job.error["message"]
-    assert _queued_messages(obs_client, JobKind.GENERATE) == messages_before
+    assert _queued_messages(obs_client, JobKind.GENERATE) == 0  # an autoscaler reads an empty queue
     queues = json.loads(_visionq(obs_env, "queues", "--json").stdout)
-    assert queues["generate"]["total"] == messages_before and queues["generate"]["oldest_age_s"] == 0.0
+    assert queues["generate"]["total"] == 0 and queues["generate"]["oldest_age_s"] == 0.0
     assert _visionq(obs_env, "purge", "generate").stdout.strip() == "canceled 0 queued generate jobs"
 
 
