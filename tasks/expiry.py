@@ -65,7 +65,8 @@ def check_queue_timeout(value: object, kind: JobKind, settings: Settings) -> flo
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidInput(f"queue_timeout_s {value!r} must be a number of seconds")
     if not 0 < value <= settings.job_ttl_s:
-        raise InvalidInput(f"queue_timeout_s {value:g} must be above 0 and at most {settings.job_ttl_s} (the job TTL)")
+        shown = int(value) if float(value).is_integer() else value  # as typed: 99999999, not 1e+08
+        raise InvalidInput(f"queue_timeout_s {shown} must be above 0 and at most {settings.job_ttl_s} (the job TTL)")
     return float(value)
 
 

@@ -179,6 +179,12 @@ class Settings(BaseModel):
         for kind, timeout in self.queue_timeouts_s.items():
             if timeout <= 0:
                 raise ValueError(f"VISIONQ_QUEUE_TIMEOUT_{kind.upper()}_S must be positive, got {timeout:g}")
+            # A deadline must fall while the record exists. The default alone is cut to a shorter TTL.
+            if timeout > self.job_ttl_s and timeout != DEFAULT_QUEUE_TIMEOUTS_S.get(kind):
+                raise ValueError(
+                    f"VISIONQ_QUEUE_TIMEOUT_{kind.upper()}_S {timeout:.0f} is longer than VISIONQ_JOB_TTL_S "
+                    f"{self.job_ttl_s}: a job's start deadline must fall while its record exists"
+                )
         return self
 
     def __repr_args__(self) -> Any:

@@ -29,6 +29,11 @@ def test_queue_timeout_defaults_per_kind_and_is_checked() -> None:
         Settings.from_env({"VISIONQ_QUEUE_TIMEOUT_CAPTION_S": "0"})
     with pytest.raises(SettingsError, match="VISIONQ_QUEUE_TIMEOUT_CAPTION_S"):
         Settings.from_env({"VISIONQ_QUEUE_TIMEOUT_CAPTON_S": "60"})  # a typo is refused, with the right name
+    # Set longer than the record lives: refused, not cut short in silence (the default alone is cut).
+    with pytest.raises(SettingsError, match="VISIONQ_QUEUE_TIMEOUT_SEGMENT_S 99999999 is longer than VISIONQ_JOB_TTL_S"):
+        Settings.from_env({"VISIONQ_QUEUE_TIMEOUT_SEGMENT_S": "99999999"})
+    with pytest.raises(InvalidInput, match="queue_timeout_s 99999999 must be"):  # as typed, not 1e+08
+        check_queue_timeout(99999999, JobKind.CAPTION, settings)
 
 
 def test_the_start_deadline_counts_from_created_at() -> None:
