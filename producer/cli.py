@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, where it is handled, not at exit
+        return code
     except JobNotFound as exc:
         print(f"visionq: {exc}", file=sys.stderr)
         return 3
@@ -42,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"\nvisionq: {exc}", file=sys.stderr)
         return 4
+    except BrokenPipeError:  # `visionq workers --json | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141  # as a program that SIGPIPE ends
     except redis.ConnectionError as exc:
         print(f"visionq: cannot reach Redis (VISIONQ_REDIS_URL): {exc}", file=sys.stderr)
         return 5

@@ -152,7 +152,7 @@ class ModelExecutor:
             raise item.refusal() from None
         started = time.perf_counter()
         result = call_pipeline(finish)  # this job's own post-processing, here rather than on the model thread
-        return result, batch_size, model_ms + _ms_since(started)
+        return result, batch_size, round(model_ms + _ms_since(started), 3)
 
     def _loop(self) -> None:
         while True:

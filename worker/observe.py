@@ -140,8 +140,9 @@ def log_final(record: JobRecord) -> None:
         "error_code": error.get("code"), "attempt": record.attempt, "worker": record.worker,
     }
     for name in ("queue_ms", "run_ms", "encode_ms", "upload_ms", "total_ms", "batch_size"):
-        if record.metrics.get(name) is not None:
-            fields[name] = record.metrics[name]
+        value = record.metrics.get(name)
+        if value is not None:
+            fields[name] = round(value, 3) if isinstance(value, float) else value  # no 36.477000000000004
     durations = " ".join(f"{k}={v}" for k, v in fields.items() if k.endswith("_ms") or k == "batch_size")
     code = f" {fields['error_code']}" if fields["error_code"] else ""
     log.info("job %s %s %s%s %s", record.id, record.kind.value, record.status.value, code, durations, extra=fields)

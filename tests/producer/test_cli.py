@@ -91,6 +91,19 @@ def test_workers_command(service_env: dict, worker) -> None:
     assert sorted(mine[0]["kinds"]) == ["caption", "generate", "segment"]
 
 
+def test_a_reader_that_leaves_early_ends_the_command_quietly(service_env: dict, worker) -> None:
+    """`visionq workers --json | head -1`: no "Broken pipe" error, no traceback at exit."""
+    import subprocess
+
+    from tests.support.cli import visionq_command, visionq_env
+
+    process = subprocess.Popen([*visionq_command(), "workers", "--json"], env=visionq_env(service_env, True),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # gone before the command writes a byte
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 141 and stderr == b""
+
+
 def test_help_shows_each_options_default(capsys: pytest.CaptureFixture[str]) -> None:
     from producer.cli import build_parser
 
