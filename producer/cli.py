@@ -367,13 +367,14 @@ def _queues(args: argparse.Namespace) -> int:
         print(json.dumps(depths, indent=2))
         return 0
     serving = _serving_models(client)
-    print(f"{'kind':10} {'high':>6} {'normal':>6} {'low':>6} {'total':>6} {'oldest_s':>9}")
+    width = max([10, *(len(name) + 2 for d in depths.values() for name in d["models"])])  # model rows indent 2
+    print(f"{'kind':{width}} {'high':>6} {'normal':>6} {'low':>6} {'total':>6} {'oldest_s':>9}")
     for kind, d in depths.items():
-        print(f"{kind:10} {d['high']:6} {d['normal']:6} {d['low']:6} {d['total']:6} {d['oldest_age_s']:9.1f}")
+        print(f"{kind:{width}} {d['high']:6} {d['normal']:6} {d['low']:6} {d['total']:6} {d['oldest_age_s']:9.1f}")
         for name, m in d["models"].items():
             live = serving.get(f"{kind}/{name}", 0)
             if m["total"] or live:  # models nobody serves and nobody waits for stay quiet
-                print(f"  {name:8} {m['high']:6} {m['normal']:6} {m['low']:6} {m['total']:6}  "
+                print(f"  {name:{width - 2}} {m['high']:6} {m['normal']:6} {m['low']:6} {m['total']:6}  "
                       f"{live} live worker{'' if live == 1 else 's'}")
     return 0
 

@@ -113,3 +113,25 @@ def test_help_shows_each_options_default(capsys: pytest.CaptureFixture[str]) -> 
     for shown in ("--width WIDTH pixels, a multiple of 8 (default: 512)", "(default: 0.0)", "(default: normal)"):
         assert shown in text, text
     assert "(default: None)" not in text
+
+
+def test_queues_table_keeps_its_columns_under_long_model_names(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+    import types
+
+    from producer import cli
+    from tasks import queues
+
+    per_model = {"high": 0, "normal": 2, "low": 0, "total": 2}
+    depths = {"segment": {**per_model, "models": {"clipseg": per_model, "owlv2-sam-large": per_model}}}
+    monkeypatch.setattr(queues, "queue_depths", lambda *_: depths)
+    monkeypatch.setattr(queues, "oldest_queued_age_s", lambda *_: {"segment": 1.5})
+    monkeypatch.setattr(cli, "_client", lambda: types.SimpleNamespace(
+        gateway=None, store=types.SimpleNamespace(redis=None), settings=types.SimpleNamespace(redis_prefix="p")))
+    monkeypatch.setattr(cli, "_serving_models", lambda _client: {"segment/clipseg": 1})
+    assert cli._queues(argparse.Namespace(json=False)) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    end = header.index("high") + len("high")  # the columns are right-aligned: every row's first count ends here
+    assert len(rows) == 3 and all(row[end - 1] in "0123456789" and row[end] == " " for row in rows), rows
