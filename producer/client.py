@@ -19,6 +19,7 @@ from tasks.errors import InvalidInput, VisionqError
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
 from tasks.messages import job_enqueue, redis_db
+from tasks.redis_connect import connect
 from tasks.schemas import (
     IMAGE_SCHEMES, missing_local_image, parse_request, request_to_message, request_to_record,
 )
@@ -100,8 +101,9 @@ class Client:
             self.gateway = self.jobs = HttpJobSource(api_url, key)
             return
         self.settings = settings or Settings.from_env(redis_url=redis_url, storage_url=storage_url)
-        self.store = JobStore.from_url(
-            self.settings.redis_url, ttl_s=self.settings.job_ttl_s, prefix=self.settings.redis_prefix
+        self.store = JobStore(
+            connect(self.settings.redis_url, self.settings.redis_sentinel_master),
+            ttl_s=self.settings.job_ttl_s, prefix=self.settings.redis_prefix,
         )
         self.celery = make_celery(self.settings)
         self.deliveries = DeliveryStore(

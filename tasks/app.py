@@ -9,6 +9,7 @@ from celery import Celery
 from kombu import Queue
 
 from tasks.kinds import PRIORITY_STEPS, WEBHOOKS_QUEUE, JobKind
+from tasks.redis_connect import is_sentinel
 from tasks.settings import Settings
 
 
@@ -50,6 +51,8 @@ def make_celery(settings: Settings, app_class: type[Celery] = Celery) -> Celery:
             # Queues, unacked sets and bindings all under our prefix: several
             # deployments (or test runs) can share one Redis without taking each other's jobs.
             "global_keyprefix": f"{settings.redis_prefix}:",
+            # With a sentinel:// URL (kombu's `sentinel` transport): the primary Sentinel names.
+            **({"master_name": settings.redis_sentinel_master} if is_sentinel(settings.redis_url) else {}),
         },
         broker_connection_retry_on_startup=True,
         # rediss://: verify the server's certificate, as the job store (redis-py) does.

@@ -14,8 +14,8 @@ import logging
 import sys
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
-from urllib.parse import urlsplit
 
+from tasks.redis_connect import url_password
 from tasks.settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -28,7 +28,7 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskN
 
 def secrets_of(settings: Settings, env: Mapping[str, str]) -> list[str]:
     """The values that must never reach a log line."""
-    found = [settings.webhook_secret or "", urlsplit(settings.redis_url).password or ""]
+    found = [settings.webhook_secret or "", url_password(settings.redis_url) or ""]
     if settings.webhook_secret:
         found.append(settings.webhook_secret.removeprefix("whsec_"))
     found += [env.get(name, "") for name in SECRET_VARIABLES]

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 from tasks.kinds import Priority, priority_list_key
 from tasks.models import model_queue
 from tasks.record import JobRecord
+from tasks.redis_connect import is_sentinel, parse_sentinel_url
 from tasks.store import Enqueue
 
 # Celery writes these null callbacks with every message; a consumer expects the key set.
@@ -95,7 +96,10 @@ def sent_event(
 
 
 def redis_db(redis_url: str) -> int:
-    """The database number of a redis:// URL (its path, or ?db=; 0 by default), as kombu reads it."""
+    """The database number of a redis:// URL (its path, or ?db=; 0 by default), or of a
+    sentinel:// one (its path), as kombu reads it."""
+    if is_sentinel(redis_url):
+        return parse_sentinel_url(redis_url).db
     parts = urlsplit(redis_url)
     query = parse_qs(parts.query)
     if "db" in query:

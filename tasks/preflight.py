@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlparse
 
 import redis
 
+from tasks.redis_connect import connect
 from tasks.settings import Settings, redacted_url
 
 CONNECT_TIMEOUT_S = 5.0
@@ -21,12 +22,12 @@ class Unreachable(RuntimeError):
 
 
 def check_services(settings: Settings) -> None:
-    check_redis(settings.redis_url)
+    check_redis(settings.redis_url, settings.redis_sentinel_master)
     check_storage(settings.storage_url)
 
 
-def check_redis(url: str) -> None:
-    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S)
+def check_redis(url: str, sentinel_master: str = "mymaster") -> None:
+    client = connect(url, sentinel_master, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S)
     try:
         client.ping()
     except redis.RedisError as exc:

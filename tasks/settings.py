@@ -26,6 +26,7 @@ from tasks.limits import Limits
 from tasks.models import (  # noqa: F401 - DEFAULT_MODELS and MODEL_DIR_NAMES re-exported
     CATALOGUE, DEFAULT_MODELS, MODEL_DIR_NAMES, ROLE_MODELS, ModelRef, parse_model_list,
 )
+from tasks.redis_connect import is_sentinel, parse_sentinel_url
 from tasks.ssrf import AllowList, BucketAllowList
 from tasks.webhooks import secret_key
 
@@ -67,6 +68,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_sentinel_master: str = Field("mymaster", min_length=1, max_length=200)  # with a sentinel:// URL
     storage_url: str = Field(default_factory=_default_storage_url)
     redis_prefix: str = Field("visionq", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")  # every Redis key of ours starts with it
     job_ttl_s: int = Field(7 * DAY_S, gt=0)
@@ -164,8 +166,10 @@ class Settings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{redacted_url(value)!r} must be a redis://, rediss:// or unix:// URL")
+        if is_sentinel(value):
+            parse_sentinel_url(value)  # a ValueError says what is wrong
+        elif not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{redacted_url(value)!r} must be a redis://, rediss://, unix:// or sentinel:// URL")
         return value
 
     @model_validator(mode="after")
@@ -249,7 +253,10 @@ def named_models_in(models_dir: str | Path) -> dict[str, ModelRef]:
 
 
 def redacted_url(url: str) -> str:
-    """The URL without its password, for logs and terminals: redis://user:***@host:6379/0."""
+    """The URL without its password, for logs and terminals: redis://user:***@host:6379/0 (each
+    part of a `;`-separated Sentinel URL alike)."""
+    if ";" in url:
+        return ";".join(redacted_url(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -49,7 +49,10 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
+from tasks.redis_connect import is_sentinel
+
 TRANSPORT = "worker.broker:Transport"  # Celery's `broker_transport`: kombu imports it by this name
+SENTINEL_TRANSPORT = "worker.broker:SentinelTransport"
 
 
 class AcknowledgedTags:
@@ -205,3 +208,16 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The same channel, its connections to the primary Redis Sentinel names (a sentinel:// URL)."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+def transport_for(redis_url: str) -> str:
+    """Celery's `broker_transport` for this worker's Redis URL."""
+    return SENTINEL_TRANSPORT if is_sentinel(redis_url) else TRANSPORT

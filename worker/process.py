@@ -16,7 +16,6 @@ import threading
 import warnings
 from typing import Any, Callable
 
-import redis
 from celery import signals
 from PIL import Image
 
@@ -24,12 +23,13 @@ from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
 from tasks.kinds import JobKind
 from tasks.models import model_queue
+from tasks.redis_connect import connect
 from tasks.served_models import publish_served
 from tasks.settings import Settings
 from tasks.storage import open_storage
 from tasks.store import Delivery, JobStore
 from worker import loader
-from worker.broker import TRANSPORT
+from worker.broker import transport_for
 from worker.control import answer_remote_control
 from worker.heartbeat import Heartbeat
 from worker.inputs import InputReader
@@ -98,7 +98,7 @@ def serve(
     # unless raised) with a clearer message: the warning would only add a log line to a job
     # that fails anyway (worker/images.py).
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url, settings.redis_sentinel_master)
     heartbeat = Heartbeat(
         client, settings.redis_prefix, name,
         {"device": device, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -122,7 +122,8 @@ def serve(
         )
         store = JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix)
         app = make_celery(settings)
-        app.conf.broker_transport = TRANSPORT  # kombu's Redis transport, one client reused per channel (worker/broker.py)
+        # kombu's Redis (or Sentinel) transport, one client reused per channel (worker/broker.py)
+        app.conf.broker_transport = transport_for(settings.redis_url)
         app.conf.worker_consumer = "worker.celery_events:BatchedEventsConsumer"  # task events in batches
         deliveries = DeliveryStore(client, prefix=settings.redis_prefix, ttl_s=settings.job_ttl_s)
         runner = JobRunner(

@@ -4,16 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 
-import redis
-
 from producer.gateway.keys import KeyStore
 from tasks.errors import JobNotFound
+from tasks.redis_connect import connect
 from tasks.settings import Settings
 
 
 def _key_store() -> KeyStore:
     settings = Settings.from_env()
-    return KeyStore(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
+    return KeyStore(connect(settings.redis_url, settings.redis_sentinel_master), settings.redis_prefix)
 
 
 def gateway(args: argparse.Namespace) -> int:

@@ -85,3 +85,32 @@ def test_secrets_stay_out_of_repr_and_errors() -> None:
 def test_redacted_url_keeps_urls_without_password() -> None:
     assert redacted_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert redacted_url("rediss://:pw@h:1/0") == "rediss://:***@h:1/0"
+
+
+def test_a_sentinel_url_names_its_sentinels_database_and_the_primarys_password() -> None:
+    from tasks.messages import redis_db
+    from tasks.redis_connect import parse_sentinel_url, url_password
+
+    url = "sentinel://:s3cret@10.0.0.1:26379;sentinel://10.0.0.2;sentinel://10.0.0.3:26380/2"
+    settings = Settings.from_env({"VISIONQ_REDIS_URL": url, "VISIONQ_REDIS_SENTINEL_MASTER": "cache-a"})
+    assert settings.redis_sentinel_master == "cache-a"
+    address = parse_sentinel_url(url)
+    assert address.sentinels == [("10.0.0.1", 26379), ("10.0.0.2", 26379), ("10.0.0.3", 26380)]
+    assert (address.db, address.password, redis_db(url), url_password(url)) == (2, "s3cret", 2, "s3cret")
+    shown = repr(settings)
+    assert "s3cret" not in shown and "sentinel://:***@10.0.0.1:26379;sentinel://10.0.0.2" in shown
+    for bad in ("sentinel://", "sentinel://h:1;redis://h:2", "sentinel://h:port", "sentinel://h:1/zero"):
+        with pytest.raises(SettingsError, match="VISIONQ_REDIS_URL"):
+            Settings.from_env({"VISIONQ_REDIS_URL": bad})
+
+
+def test_celery_and_the_worker_take_kombus_sentinel_transport_for_a_sentinel_url() -> None:
+    from tasks.app import make_celery
+    from worker.broker import SENTINEL_TRANSPORT, TRANSPORT, transport_for
+
+    settings = Settings.from_env({"VISIONQ_REDIS_URL": "sentinel://127.0.0.1:26379/0",
+                                  "VISIONQ_REDIS_SENTINEL_MASTER": "cache-a"})
+    assert make_celery(settings).conf.broker_transport_options["master_name"] == "cache-a"
+    assert "master_name" not in make_celery(Settings.from_env({})).conf.broker_transport_options
+    assert transport_for(settings.redis_url) == SENTINEL_TRANSPORT
+    assert transport_for("redis://127.0.0.1:6379/0") == TRANSPORT

@@ -1,0 +1,93 @@
+"""One Redis for every process, by its address or through Redis Sentinel.
+
+`VISIONQ_REDIS_URL` is a `redis://`, `rediss://` or `unix://` URL, or Celery's and kombu's
+Sentinel form: `sentinel://[:password@]host:port[;sentinel://host:port...][/db]`, the
+sentinels to ask, separated by `;`. `VISIONQ_REDIS_SENTINEL_MASTER` names the primary they
+monitor (`mymaster` by default). The password, when given, is the primary's; the sentinels
+are asked without one. Every client then talks to whichever server Sentinel reports as
+primary, and finds the new one after a failover (redis-py's `SentinelConnectionPool`; kombu's
+`sentinel` transport for Celery's messages).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+
+SENTINEL_SCHEME = "sentinel"
+DEFAULT_SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    sentinels: list[tuple[str, int]]
+    db: int
+    password: str | None
+    username: str | None
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith(f"{SENTINEL_SCHEME}://")
+
+
+def parse_sentinel_url(url: str) -> SentinelAddress:
+    """The sentinels, database and primary's credentials of a `sentinel://` URL; ValueError
+    naming what is wrong (never the password)."""
+    sentinels: list[tuple[str, int]] = []
+    db, password, username = 0, None, None
+    for part in url.split(";"):
+        parts = urlsplit(part)
+        if parts.scheme != SENTINEL_SCHEME or not parts.hostname:
+            raise ValueError("each part of a Sentinel URL must read sentinel://host:port, separated by ';'")
+        try:
+            port = parts.port or DEFAULT_SENTINEL_PORT
+        except ValueError:
+            raise ValueError(f"sentinel {parts.hostname}: the port must be a number") from None
+        sentinels.append((parts.hostname, port))
+        if parts.password is not None:
+            password, username = unquote(parts.password), unquote(parts.username) if parts.username else None
+        path = parts.path.strip("/")
+        if path:
+            if not path.isdigit():
+                raise ValueError(f"a Sentinel URL's path is a database number, got {path!r}")
+            db = int(path)
+    return SentinelAddress(sentinels, db, password, username)
+
+
+def url_password(url: str) -> str | None:
+    """The password a Redis URL carries (a Sentinel URL: the primary's), for log redaction."""
+    if is_sentinel(url):
+        return parse_sentinel_url(url).password
+    password = urlsplit(url).password
+    return None if password is None else unquote(password)
+
+
+def connect(url: str, master: str, **kwargs: Any) -> redis.Redis:
+    """A redis-py client for `url` (keyword arguments: redis-py's connection options)."""
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **kwargs)
+    address = parse_sentinel_url(url)
+    sentinel = redis.sentinel.Sentinel(address.sentinels, sentinel_kwargs=_sentinel_kwargs(kwargs))
+    return sentinel.master_for(master, db=address.db, password=address.password, username=address.username,
+                               **kwargs)
+
+
+def connect_async(url: str, master: str, **kwargs: Any) -> redis.asyncio.Redis:
+    """The asyncio client for `url`, as `connect`."""
+    if not is_sentinel(url):
+        return redis.asyncio.Redis.from_url(url, **kwargs)
+    address = parse_sentinel_url(url)
+    sentinel = redis.asyncio.sentinel.Sentinel(address.sentinels, sentinel_kwargs=_sentinel_kwargs(kwargs))
+    return sentinel.master_for(master, db=address.db, password=address.password, username=address.username,
+                               **kwargs)
+
+
+def _sentinel_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The sentinels get the same timeouts as the primary (an unreachable sentinel must not hang a
+    start-up check), never its password."""
+    return {name: value for name, value in kwargs.items() if name.startswith("socket_")}

@@ -1,0 +1,137 @@
+"""Redis Sentinel: producers, workers and the CLI find the primary through a sentinel
+(`VISIONQ_REDIS_URL=sentinel://…`), and a worker follows a failover to the new primary.
+
+A primary, a replica and one sentinel of our own (`redis-server --sentinel`), on free ports.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from producer import Client
+from producer.launch import WorkerProcess, visionq_argv
+from producer.redis_server import RedisServer, find_redis_server, free_port
+from tasks.settings import Settings
+from tests.support.cli import run_visionq
+from tests.support.images import scene
+from tests.support.waiting import wait_until
+from tests.support.workers import REPO
+
+pytestmark = pytest.mark.integration
+
+PRIMARY = "vqprimary"
+TIMEOUT = 120
+
+
+class Sentinel:
+    """One `redis-server --sentinel` watching `primary_port`; stopped by the pid we started."""
+
+    def __init__(self, directory: Path, primary_port: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        config = directory / "sentinel.conf"  # a sentinel rewrites its own configuration file
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\nlogfile {directory / 'sentinel.log'}\n"
+            f"sentinel monitor {PRIMARY} 127.0.0.1 {primary_port} 1\n"
+            f"sentinel down-after-milliseconds {PRIMARY} 2000\nsentinel failover-timeout {PRIMARY} 20000\n"
+        )
+        self.process = subprocess.Popen([find_redis_server(), str(config), "--sentinel"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.client = redis.Redis(port=self.port, decode_responses=True)
+        wait_until(self._answers, 10, "the sentinel answers")
+
+    @property
+    def url(self) -> str:
+        return f"sentinel://127.0.0.1:{self.port}/0"
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def primary_port(self) -> int:
+        return int(self.client.sentinel_get_master_addr_by_name(PRIMARY)[1])
+
+    def knows_a_replica(self) -> bool:
+        return bool(self.client.sentinel_slaves(PRIMARY))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def sentinel_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, Sentinel]]:
+    with RedisServer(directory=tmp_path / "primary") as primary, RedisServer(directory=tmp_path / "replica") as replica:
+        redis.Redis(port=replica.port).replicaof("127.0.0.1", primary.port)
+        wait_until(lambda: redis.Redis(port=replica.port).info("replication")["master_link_status"] == "up",
+                   30, "the replica in sync")
+        sentinel = Sentinel(tmp_path / "sentinel", primary.port)
+        try:
+            yield primary, replica, sentinel
+        finally:
+            sentinel.stop()
+
+
+def _env(service_env: dict[str, str], sentinel: Sentinel, key_prefix: str) -> dict[str, str]:
+    return {**service_env, "VISIONQ_REDIS_URL": sentinel.url, "VISIONQ_REDIS_SENTINEL_MASTER": PRIMARY,
+            "VISIONQ_REDIS_PREFIX": key_prefix}
+
+
+def _worker(env: dict[str, str], primary: RedisServer, key_prefix: str, tmp_path: Path) -> WorkerProcess:
+    # The harness reads the worker's heartbeat at the primary's own address; the worker only knows the sentinel.
+    return WorkerProcess(visionq_argv("worker", "--device", "cpu", "--kinds", "caption"), env=env,
+                         log_path=tmp_path / "worker.log", redis_url=primary.url, prefix=key_prefix, cwd=REPO)
+
+
+def test_jobs_travel_through_the_primary_sentinel_names(
+    sentinel_redis: tuple[RedisServer, RedisServer, Sentinel], service_env: dict[str, str], key_prefix: str,
+    tmp_path: Path,
+) -> None:
+    primary, _replica, sentinel = sentinel_redis
+    env = _env(service_env, sentinel, key_prefix)
+    worker = _worker(env, primary, key_prefix, tmp_path).start().wait_ready(TIMEOUT)
+    try:
+        client = Client(settings=Settings.from_env(env))
+        job = client.caption(scene(seed=11))
+        assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
+        assert redis.Redis(port=primary.port).exists(f"{key_prefix}:job:{job.id}")  # on the primary
+        status = run_visionq("status", job.id, "--json", env=env)
+        assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded", status.stderr
+        queues = run_visionq("queues", "--json", env=env)
+        assert queues.returncode == 0 and json.loads(queues.stdout)["caption"]["total"] == 0, queues.stderr
+    finally:
+        worker.stop()
+
+
+@pytest.mark.faults
+def test_a_worker_follows_a_failover_to_the_new_primary(
+    sentinel_redis: tuple[RedisServer, RedisServer, Sentinel], service_env: dict[str, str], key_prefix: str,
+    tmp_path: Path,
+) -> None:
+    primary, replica, sentinel = sentinel_redis
+    env = _env(service_env, sentinel, key_prefix)
+    worker = _worker(env, primary, key_prefix, tmp_path).start().wait_ready(TIMEOUT)
+    try:
+        client = Client(settings=Settings.from_env(env))
+        assert client.caption(scene(seed=12)).wait(timeout=TIMEOUT).status == "succeeded"
+        wait_until(sentinel.knows_a_replica, 30, "the sentinel found the replica")  # it asks the primary every 10 s
+        sentinel.client.execute_command("SENTINEL", "FAILOVER", PRIMARY)
+        wait_until(lambda: sentinel.primary_port() == replica.port, 60, "the replica promoted")
+        # The failover ends when the old primary follows the new one: until then it still takes writes.
+        wait_until(lambda: redis.Redis(port=primary.port).info("replication")["role"] == "slave", 60,
+                   "the old primary demoted")
+        started = time.monotonic()
+        job = client.caption(scene(seed=13))  # written to the new primary
+        assert job.wait(timeout=TIMEOUT).status == "succeeded", f"{job.error}\n{worker.log_tail()}"
+        assert redis.Redis(port=replica.port).exists(f"{key_prefix}:job:{job.id}")
+        print(f"after the failover, the next job took {time.monotonic() - started:.1f} s")
+    finally:
+        worker.stop()
