@@ -5,12 +5,14 @@ A primary, a replica and one sentinel of our own (`redis-server --sentinel`), on
 """
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 import redis
 
@@ -19,7 +21,8 @@ from producer.launch import WorkerProcess, visionq_argv
 from producer.redis_server import RedisServer, find_redis_server, free_port
 from tasks.settings import Settings
 from tests.support.cli import run_visionq
-from tests.support.images import scene
+from tests.support.gateway import GatewayProcess
+from tests.support.images import encode, scene
 from tests.support.waiting import wait_until
 from tests.support.workers import REPO
 
@@ -107,6 +110,14 @@ def test_jobs_travel_through_the_primary_sentinel_names(
         assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded", status.stderr
         queues = run_visionq("queues", "--json", env=env)
         assert queues.returncode == 0 and json.loads(queues.stdout)["caption"]["total"] == 0, queues.stderr
+        created = run_visionq("keys", "create", "acme", "--json", env=env)
+        assert created.returncode == 0, created.stderr
+        key = json.loads(created.stdout)["key"]
+        with GatewayProcess(env, tmp_path) as gateway:  # its sync and asyncio clients, through the sentinel
+            image = "data:image/png;base64," + base64.b64encode(encode(scene(seed=14))).decode()
+            answer = httpx.post(f"{gateway.url}/v1/jobs", json={"kind": "caption", "input": {"image": image}},
+                                headers={"Authorization": f"Bearer {key}", "Prefer": "wait=60"}, timeout=90)
+            assert answer.status_code == 201 and answer.json()["status"] == "succeeded", answer.text
     finally:
         worker.stop()
 
