@@ -147,7 +147,7 @@ def serve(
         Sweeper(store, celery_publisher(app), settings.sweep_grace_s).start()
         asked_to_stop = threading.Event()
         signals.worker_shutting_down.connect(lambda **_: asked_to_stop.set(), weak=False)
-        answer_remote_control(name, queues, asked_to_stop)  # `celery control shutdown` is asking too
+        answer_remote_control(name, queues)  # `celery control shutdown` asks too (worker/control.py)
         slots = task_slots(settings, pipelines)
         # JSON logs (VISIONQ_LOG_FORMAT=json): no banner, so every line is a JSON object.
         quiet = ["--quiet"] if settings.log_format == "json" else []

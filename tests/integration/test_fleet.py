@@ -149,24 +149,28 @@ def test_sigkill_mid_job_is_redelivered_and_the_child_restarted(fleet_client: Cl
 def test_celery_control_shutdown_stops_a_child_for_good_and_add_consumer_keeps_to_served_queues(
     fleet_client: Client, supervisor_factory
 ) -> None:
-    """`celery control shutdown` is an operator asking: exit 0, no restart (a crash exits 70 and
-    is restarted). `add_consumer` for a model the worker has not loaded would take its messages
-    and drop them as unregistered tasks: refused."""
+    """`celery control shutdown` is an operator asking: the job in hand finishes (draining), then
+    exit 0 and no restart (a crash exits 70 and is restarted). `add_consumer` for a model the
+    worker has not loaded would take its messages and drop them as unregistered tasks: refused."""
     from tasks.app import make_celery
 
-    supervisor = supervisor_factory("--device", "cpu", "--replicas", "1", "--kinds", "caption")
+    supervisor = supervisor_factory("--device", "cpu", "--replicas", "1", "--kinds", "generate")
     wait_until(lambda: ready_workers(fleet_client), TIMEOUT, "ready worker")
     [name] = [w["name"] for w in ready_workers(fleet_client)]
     app = make_celery(fleet_client.settings)
     [refused] = app.control.add_consumer("visionq.segment", destination=[name], reply=True, timeout=10)
     assert "does not serve queue 'visionq.segment'" in refused[name]["error"]
-    [added] = app.control.add_consumer("visionq.caption", destination=[name], reply=True, timeout=10)
+    [added] = app.control.add_consumer("visionq.generate", destination=[name], reply=True, timeout=10)
     assert "ok" in added[name]
-    job = fleet_client.caption(scene())  # the worker still serves
-    assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
 
+    job = fleet_client.generate("long", width=256, height=256, steps=80, seed=5)
+    wait_until(lambda: job.refresh().progress > 0, TIMEOUT, "job running")
     app.control.shutdown(destination=[name])
+    wait_until(lambda: any(w["state"] == "draining" for w in
+                           list_workers(fleet_client.store.redis, fleet_client.settings.redis_prefix)),
+               TIMEOUT, "draining state")
     assert supervisor.process.wait(timeout=TIMEOUT) == 0  # its only child stopped as asked
+    assert job.refresh().status == "succeeded" and job.to_dict()["attempt"] == 1  # finished before it exited
     log = supervisor.log.read_text()
     assert "stopped as asked" in log and "restarting in" not in log and "exiting 70" not in log
 
