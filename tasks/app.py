@@ -9,12 +9,13 @@ from celery import Celery
 from kombu import Queue
 
 from tasks.kinds import PRIORITY_STEPS, WEBHOOKS_QUEUE, JobKind
-from tasks.redis_connect import is_sentinel
+from tasks.redis_connect import is_sentinel, kombu_sentinel_url
 from tasks.settings import Settings
 
 
 def make_celery(settings: Settings, app_class: type[Celery] = Celery) -> Celery:
-    app = app_class("visionq", broker=settings.redis_url, set_as_current=False)
+    broker = kombu_sentinel_url(settings.redis_url) if is_sentinel(settings.redis_url) else settings.redis_url
+    app = app_class("visionq", broker=broker, set_as_current=False)
     app.conf.update(
         # JSON only, everywhere: a pickle payload from the queue would be code execution.
         task_serializer="json",

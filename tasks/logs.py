@@ -14,6 +14,7 @@ import logging
 import sys
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
+from urllib.parse import quote
 
 from tasks.redis_connect import url_password
 from tasks.settings import Settings
@@ -28,7 +29,8 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskN
 
 def secrets_of(settings: Settings, env: Mapping[str, str]) -> list[str]:
     """The values that must never reach a log line."""
-    found = [settings.webhook_secret or "", url_password(settings.redis_url) or ""]
+    password = url_password(settings.redis_url) or ""
+    found = [settings.webhook_secret or "", password, quote(password, safe="")]  # as given, and as a URL spells it
     if settings.webhook_secret:
         found.append(settings.webhook_secret.removeprefix("whsec_"))
     found += [env.get(name, "") for name in SECRET_VARIABLES]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import redis
 import redis.asyncio
@@ -39,7 +39,8 @@ def parse_sentinel_url(url: str) -> SentinelAddress:
     """The sentinels, database and primary's credentials of a `sentinel://` URL; ValueError
     naming what is wrong (never the password)."""
     sentinels: list[tuple[str, int]] = []
-    db, password, username = 0, None, None
+    dbs: set[int] = set()
+    credentials: set[tuple[str | None, str]] = set()
     for part in url.split(";"):
         parts = urlsplit(part)
         if parts.scheme != SENTINEL_SCHEME or not parts.hostname:
@@ -50,13 +51,29 @@ def parse_sentinel_url(url: str) -> SentinelAddress:
             raise ValueError(f"sentinel {parts.hostname}: the port must be a number") from None
         sentinels.append((parts.hostname, port))
         if parts.password is not None:
-            password, username = unquote(parts.password), unquote(parts.username) if parts.username else None
+            credentials.add((unquote(parts.username) if parts.username else None, unquote(parts.password)))
         path = parts.path.strip("/")
         if path:
             if not path.isdigit():
                 raise ValueError(f"a Sentinel URL's path is a database number, got {path!r}")
-            db = int(path)
-    return SentinelAddress(sentinels, db, password, username)
+            dbs.add(int(path))
+    # kombu reads each part on its own (the one it connects through): parts that disagree would
+    # send Celery's messages and the job records to different databases or credentials.
+    if len(dbs) > 1 or len(credentials) > 1:
+        raise ValueError("the parts of a Sentinel URL name different databases or passwords; give them once")
+    username, password = next(iter(credentials), (None, None))
+    return SentinelAddress(sentinels, next(iter(dbs), 0), password, username)
+
+
+def kombu_sentinel_url(url: str) -> str:
+    """The Sentinel URL with the primary's credentials and database on every part, as kombu reads
+    it: kombu takes them from the part it connects through, and moves to the next part when one
+    fails (during a failover), so a password given only on the first part would be lost then."""
+    address = parse_sentinel_url(url)
+    userinfo = ""
+    if address.password is not None:
+        userinfo = f"{quote(address.username or '', safe='')}:{quote(address.password, safe='')}@"
+    return ";".join(f"{SENTINEL_SCHEME}://{userinfo}{host}:{port}/{address.db}" for host, port in address.sentinels)
 
 
 def url_password(url: str) -> str | None:

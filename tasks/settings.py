@@ -183,12 +183,6 @@ class Settings(BaseModel):
         for kind, timeout in self.queue_timeouts_s.items():
             if timeout <= 0:
                 raise ValueError(f"VISIONQ_QUEUE_TIMEOUT_{kind.upper()}_S must be positive, got {timeout:g}")
-            # A deadline must fall while the record exists. The default alone is cut to a shorter TTL.
-            if timeout > self.job_ttl_s and timeout != DEFAULT_QUEUE_TIMEOUTS_S.get(kind):
-                raise ValueError(
-                    f"VISIONQ_QUEUE_TIMEOUT_{kind.upper()}_S {timeout:.0f} is longer than VISIONQ_JOB_TTL_S "
-                    f"{self.job_ttl_s}: a job's start deadline must fall while its record exists"
-                )
         return self
 
     def __repr_args__(self) -> Any:
@@ -220,9 +214,18 @@ class Settings(BaseModel):
         values["queue_timeouts_s"] = _per_kind(env, "VISIONQ_QUEUE_TIMEOUT_{}_S", DEFAULT_QUEUE_TIMEOUTS_S, float)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            return cls(**values)
+            settings = cls(**values)
         except ValidationError as exc:
             raise SettingsError(_describe(exc, set(overrides))) from None
+        # A deadline must fall while the record exists: one set longer is refused, the built-in
+        # default alone is cut to a shorter TTL (tasks/expiry.py).
+        for kind in JobKind:
+            variable = f"VISIONQ_QUEUE_TIMEOUT_{kind.name}_S"
+            timeout = settings.queue_timeouts_s[kind.value]
+            if variable in env and timeout > settings.job_ttl_s:
+                raise SettingsError(f"{variable} {env[variable]} is longer than VISIONQ_JOB_TTL_S {settings.job_ttl_s}: "
+                                    "a job's start deadline must fall while its record exists")
+        return settings
 
     def with_models_dir(self, models_dir: str | Path) -> Settings:
         """Every model read from a folder laid out like `visionq models tiny DIR`."""
@@ -255,7 +258,7 @@ def named_models_in(models_dir: str | Path) -> dict[str, ModelRef]:
 def redacted_url(url: str) -> str:
     """The URL without its password, for logs and terminals: redis://user:***@host:6379/0 (each
     part of a `;`-separated Sentinel URL alike)."""
-    if ";" in url:
+    if is_sentinel(url) and ";" in url:
         return ";".join(redacted_url(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:

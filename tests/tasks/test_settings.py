@@ -99,9 +99,12 @@ def test_a_sentinel_url_names_its_sentinels_database_and_the_primarys_password()
     assert (address.db, address.password, redis_db(url), url_password(url)) == (2, "s3cret", 2, "s3cret")
     shown = repr(settings)
     assert "s3cret" not in shown and "sentinel://:***@10.0.0.1:26379;sentinel://10.0.0.2" in shown
-    for bad in ("sentinel://", "sentinel://h:1;redis://h:2", "sentinel://h:port", "sentinel://h:1/zero"):
+    for bad in ("sentinel://", "sentinel://h:1;redis://h:2", "sentinel://h:port", "sentinel://h:1/zero",
+                "sentinel://h:1/1;sentinel://h:2/2", "sentinel://:a@h:1;sentinel://:b@h:2"):  # parts that disagree
         with pytest.raises(SettingsError, match="VISIONQ_REDIS_URL"):
             Settings.from_env({"VISIONQ_REDIS_URL": bad})
+    # A ';' in a redis:// password is part of the password: never split, never shown.
+    assert "pa;ss" not in repr(Settings.from_env({"VISIONQ_REDIS_URL": "redis://:pa;ss@h:6379/0"}))
 
 
 def test_celery_and_the_worker_take_kombus_sentinel_transport_for_a_sentinel_url() -> None:
@@ -111,6 +114,14 @@ def test_celery_and_the_worker_take_kombus_sentinel_transport_for_a_sentinel_url
     settings = Settings.from_env({"VISIONQ_REDIS_URL": "sentinel://127.0.0.1:26379/0",
                                   "VISIONQ_REDIS_SENTINEL_MASTER": "cache-a"})
     assert make_celery(settings).conf.broker_transport_options["master_name"] == "cache-a"
+    # kombu reads each part alone, and moves to the next when one fails: every part carries the
+    # primary's password and the database, as the job store uses them.
+    from kombu.utils.url import url_to_parts
+
+    spread = Settings.from_env({"VISIONQ_REDIS_URL": "sentinel://:p%40ss@h1:26379;sentinel://h2/3"})
+    parts = [url_to_parts(alt) for alt in make_celery(spread).connection_for_write().alt]
+    assert [(p.hostname, p.port, p.password, p.path) for p in parts] == [
+        ("h1", 26379, "p@ss", "3"), ("h2", 26379, "p@ss", "3")]
     assert "master_name" not in make_celery(Settings.from_env({})).conf.broker_transport_options
     assert transport_for(settings.redis_url) == SENTINEL_TRANSPORT
     assert transport_for("redis://127.0.0.1:6379/0") == TRANSPORT
