@@ -82,7 +82,7 @@ def _run_with_redis(env: dict[str, str], force_tiny: bool) -> int:
     settings = Settings.from_env(env)
     worker = WorkerProcess(
         visionq_argv("worker", *worker_args), env=env, log_path=log_path,
-        redis_url=settings.redis_url, prefix=settings.redis_prefix,
+        redis_url=settings.redis_url, prefix=settings.redis_prefix, sentinel_master=settings.redis_sentinel_master,
     ).start()
     print(f"worker:  pid {worker.pid}, log {log_path}")
     try:

@@ -15,11 +15,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import redis
 
 from tasks.heartbeats import worker_with_pid
+from tasks.redis_connect import connect
 
 # Where the `producer`, `tasks` and `worker` packages this process runs from live.
 PACKAGES_ROOT = Path(__file__).resolve().parents[1]
@@ -53,9 +54,10 @@ class WorkerProcess:
 
     def __init__(
         self, argv: list[str], *, env: dict[str, str], log_path: Path, redis_url: str, prefix: str,
-        cwd: Path | None = None,
+        cwd: Path | None = None, sentinel_master: str = "mymaster",
     ) -> None:
         self.argv = argv
+        self.sentinel_master = sentinel_master  # with a sentinel:// redis_url
         self.env = env
         self.log_path = log_path
         self.redis_url = redis_url
@@ -79,7 +81,7 @@ class WorkerProcess:
     def heartbeat(self) -> dict[str, Any] | None:
         """This process's heartbeat, or None before its first one."""
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.redis_url)
+            self._redis = connect(self.redis_url, self.sentinel_master)
         return worker_with_pid(self._redis, self.prefix, self.pid)
 
     def is_ready(self) -> bool:
@@ -114,20 +116,6 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
-
-
-def start_worker(
-    args: Iterable[str], *, env: dict[str, str], log_path: Path, redis_url: str, prefix: str,
-    timeout_s: float, cwd: Path | None = None,
-) -> WorkerProcess:
-    """`visionq ARGS` started and waited for until ready; stopped again if it never gets there."""
-    worker = WorkerProcess(visionq_argv(*args), env=env, log_path=log_path, redis_url=redis_url,
-                           prefix=prefix, cwd=cwd).start()
-    try:
-        return worker.wait_ready(timeout_s)
-    except BaseException:
-        worker.stop()
-        raise
 
 
 def wait_all_ready(workers: list[WorkerProcess], timeout_s: float, poll_s: float = 0.1) -> None:

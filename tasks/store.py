@@ -202,10 +202,6 @@ class JobStore:
         self._cancel = client.register_script(_CANCEL)
         self._create = client.register_script(_CREATE)
 
-    @classmethod
-    def from_url(cls, url: str, *, ttl_s: int, prefix: str = "visionq") -> JobStore:
-        return cls(redis.Redis.from_url(url), ttl_s=ttl_s, prefix=prefix)
-
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
 

@@ -118,7 +118,7 @@ def test_output_urls_presigned_for_the_public_endpoint(
         settings = Settings.from_env(queued_env)
         data = encode(scene(seed=9))
         ref: FileRef = open_storage(settings.storage_url).put(f"jobs/{job['id']}/output-0.png", data, "image/png")
-        store = JobStore.from_url(settings.redis_url, ttl_s=3600, prefix=settings.redis_prefix)
+        store = JobStore(redis.Redis.from_url(settings.redis_url), ttl_s=3600, prefix=settings.redis_prefix)
         store.transition(job["id"], JobStatus.RUNNING, attempt_increment=1)
         store.transition(job["id"], JobStatus.SUCCEEDED, output={"images": [ref.to_dict()], "seed": 1})
         image = http.get(f"/v1/jobs/{job['id']}").json()["output"]["images"][0]

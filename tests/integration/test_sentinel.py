@@ -9,6 +9,7 @@ import base64
 import json
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -17,14 +18,13 @@ import pytest
 import redis
 
 from producer import Client
-from producer.launch import WorkerProcess, visionq_argv
 from producer.redis_server import RedisServer, find_redis_server, free_port
 from tasks.settings import Settings
 from tests.support.cli import run_visionq
 from tests.support.gateway import GatewayProcess
 from tests.support.images import encode, scene
 from tests.support.waiting import wait_until
-from tests.support.workers import REPO
+from tests.support.workers import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -70,79 +70,68 @@ class Sentinel:
         self.process.wait(timeout=10)
 
 
+@dataclass
+class Deployment:
+    """A worker and a client that know only the sentinel, and the servers behind it."""
+
+    primary: RedisServer
+    replica: RedisServer
+    sentinel: Sentinel
+    env: dict[str, str]
+    prefix: str
+    worker: WorkerProcess
+    client: Client
+
+
 @pytest.fixture
-def sentinel_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, Sentinel]]:
+def deployment(service_env: dict[str, str], key_prefix: str, tmp_path: Path) -> Iterator[Deployment]:
     with RedisServer(directory=tmp_path / "primary") as primary, RedisServer(directory=tmp_path / "replica") as replica:
         redis.Redis(port=replica.port).replicaof("127.0.0.1", primary.port)
         wait_until(lambda: redis.Redis(port=replica.port).info("replication")["master_link_status"] == "up",
                    30, "the replica in sync")
         sentinel = Sentinel(tmp_path / "sentinel", primary.port)
+        env = {**service_env, "VISIONQ_REDIS_URL": sentinel.url, "VISIONQ_REDIS_SENTINEL_MASTER": PRIMARY,
+               "VISIONQ_REDIS_PREFIX": key_prefix}
+        worker = WorkerProcess(env, tmp_path, ["worker", "--device", "cpu", "--kinds", "caption"])  # reads it via the sentinel
         try:
-            yield primary, replica, sentinel
+            worker.start().wait_ready(TIMEOUT)
+            yield Deployment(primary, replica, sentinel, env, key_prefix, worker, Client(settings=Settings.from_env(env)))
         finally:
+            worker.stop()
             sentinel.stop()
 
 
-def _env(service_env: dict[str, str], sentinel: Sentinel, key_prefix: str) -> dict[str, str]:
-    return {**service_env, "VISIONQ_REDIS_URL": sentinel.url, "VISIONQ_REDIS_SENTINEL_MASTER": PRIMARY,
-            "VISIONQ_REDIS_PREFIX": key_prefix}
-
-
-def _worker(env: dict[str, str], primary: RedisServer, key_prefix: str, tmp_path: Path) -> WorkerProcess:
-    # The harness reads the worker's heartbeat at the primary's own address; the worker only knows the sentinel.
-    return WorkerProcess(visionq_argv("worker", "--device", "cpu", "--kinds", "caption"), env=env,
-                         log_path=tmp_path / "worker.log", redis_url=primary.url, prefix=key_prefix, cwd=REPO)
-
-
-def test_jobs_travel_through_the_primary_sentinel_names(
-    sentinel_redis: tuple[RedisServer, RedisServer, Sentinel], service_env: dict[str, str], key_prefix: str,
-    tmp_path: Path,
-) -> None:
-    primary, _replica, sentinel = sentinel_redis
-    env = _env(service_env, sentinel, key_prefix)
-    worker = _worker(env, primary, key_prefix, tmp_path).start().wait_ready(TIMEOUT)
-    try:
-        client = Client(settings=Settings.from_env(env))
-        job = client.caption(scene(seed=11))
-        assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
-        assert redis.Redis(port=primary.port).exists(f"{key_prefix}:job:{job.id}")  # on the primary
-        status = run_visionq("status", job.id, "--json", env=env)
-        assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded", status.stderr
-        queues = run_visionq("queues", "--json", env=env)
-        assert queues.returncode == 0 and json.loads(queues.stdout)["caption"]["total"] == 0, queues.stderr
-        created = run_visionq("keys", "create", "acme", "--json", env=env)
-        assert created.returncode == 0, created.stderr
-        key = json.loads(created.stdout)["key"]
-        with GatewayProcess(env, tmp_path) as gateway:  # its sync and asyncio clients, through the sentinel
-            image = "data:image/png;base64," + base64.b64encode(encode(scene(seed=14))).decode()
-            answer = httpx.post(f"{gateway.url}/v1/jobs", json={"kind": "caption", "input": {"image": image}},
-                                headers={"Authorization": f"Bearer {key}", "Prefer": "wait=60"}, timeout=90)
-            assert answer.status_code == 201 and answer.json()["status"] == "succeeded", answer.text
-    finally:
-        worker.stop()
+def test_jobs_travel_through_the_primary_sentinel_names(deployment: Deployment, tmp_path: Path) -> None:
+    d = deployment
+    job = d.client.caption(scene(seed=11))
+    assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
+    assert redis.Redis(port=d.primary.port).exists(f"{d.prefix}:job:{job.id}")  # on the primary
+    status = run_visionq("status", job.id, "--json", env=d.env)
+    assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded", status.stderr
+    queues = run_visionq("queues", "--json", env=d.env)
+    assert queues.returncode == 0 and json.loads(queues.stdout)["caption"]["total"] == 0, queues.stderr
+    created = run_visionq("keys", "create", "acme", "--json", env=d.env)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["key"]
+    with GatewayProcess(d.env, tmp_path) as gateway:  # its sync and asyncio clients, through the sentinel
+        image = "data:image/png;base64," + base64.b64encode(encode(scene(seed=14))).decode()
+        answer = httpx.post(f"{gateway.url}/v1/jobs", json={"kind": "caption", "input": {"image": image}},
+                            headers={"Authorization": f"Bearer {key}", "Prefer": "wait=60"}, timeout=90)
+        assert answer.status_code == 201 and answer.json()["status"] == "succeeded", answer.text
 
 
 @pytest.mark.faults
-def test_a_worker_follows_a_failover_to_the_new_primary(
-    sentinel_redis: tuple[RedisServer, RedisServer, Sentinel], service_env: dict[str, str], key_prefix: str,
-    tmp_path: Path,
-) -> None:
-    primary, replica, sentinel = sentinel_redis
-    env = _env(service_env, sentinel, key_prefix)
-    worker = _worker(env, primary, key_prefix, tmp_path).start().wait_ready(TIMEOUT)
-    try:
-        client = Client(settings=Settings.from_env(env))
-        assert client.caption(scene(seed=12)).wait(timeout=TIMEOUT).status == "succeeded"
-        wait_until(sentinel.knows_a_replica, 30, "the sentinel found the replica")  # it asks the primary every 10 s
-        sentinel.client.execute_command("SENTINEL", "FAILOVER", PRIMARY)
-        wait_until(lambda: sentinel.primary_port() == replica.port, 60, "the replica promoted")
-        # The failover ends when the old primary follows the new one: until then it still takes writes.
-        wait_until(lambda: redis.Redis(port=primary.port).info("replication")["role"] == "slave", 60,
-                   "the old primary demoted")
-        started = time.monotonic()
-        job = client.caption(scene(seed=13))  # written to the new primary
-        assert job.wait(timeout=TIMEOUT).status == "succeeded", f"{job.error}\n{worker.log_tail()}"
-        assert redis.Redis(port=replica.port).exists(f"{key_prefix}:job:{job.id}")
-        print(f"after the failover, the next job took {time.monotonic() - started:.1f} s")
-    finally:
-        worker.stop()
+def test_a_worker_follows_a_failover_to_the_new_primary(deployment: Deployment) -> None:
+    d = deployment
+    assert d.client.caption(scene(seed=12)).wait(timeout=TIMEOUT).status == "succeeded"
+    wait_until(d.sentinel.knows_a_replica, 30, "the sentinel found the replica")  # it asks the primary every 10 s
+    d.sentinel.client.execute_command("SENTINEL", "FAILOVER", PRIMARY)
+    wait_until(lambda: d.sentinel.primary_port() == d.replica.port, 60, "the replica promoted")
+    # The failover ends when the old primary follows the new one: until then it still takes writes.
+    wait_until(lambda: redis.Redis(port=d.primary.port).info("replication")["role"] == "slave", 60,
+               "the old primary demoted")
+    started = time.monotonic()
+    job = d.client.caption(scene(seed=13))  # written to the new primary
+    assert job.wait(timeout=TIMEOUT).status == "succeeded", f"{job.error}\n{d.worker.log_tail()}"
+    assert redis.Redis(port=d.replica.port).exists(f"{d.prefix}:job:{job.id}")
+    print(f"after the failover, the next job took {time.monotonic() - started:.1f} s")
