@@ -122,7 +122,7 @@ def test_idempotency_key_reused_with_another_request_is_a_conflict_not_the_other
     client: Client, service_env: dict[str, str],
 ) -> None:
     """As the gateway's 409: a caller is never handed a job it did not ask for."""
-    from producer.http_errors import Conflict
+    from producer import Conflict
 
     held = client.generate("a fox", width=64, height=64, steps=1, idempotency_key="order-43")
     with pytest.raises(Conflict) as refused:

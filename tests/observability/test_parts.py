@@ -32,6 +32,9 @@ def test_queue_timeout_defaults_per_kind_and_is_checked() -> None:
     # Set longer than the record lives: refused, not cut short in silence (the default alone is cut).
     with pytest.raises(SettingsError, match="VISIONQ_QUEUE_TIMEOUT_SEGMENT_S 99999999 is longer than VISIONQ_JOB_TTL_S"):
         Settings.from_env({"VISIONQ_QUEUE_TIMEOUT_SEGMENT_S": "99999999"})
+    with pytest.raises(SettingsError, match="VISIONQ_QUEUE_TIMEOUT_CAPTION_S 3600 is longer"):  # the default's value, set
+        Settings.from_env({"VISIONQ_QUEUE_TIMEOUT_CAPTION_S": "3600", "VISIONQ_JOB_TTL_S": "1800"})
+    assert Settings.from_env({"VISIONQ_JOB_TTL_S": "1800"}).queue_timeout_s(JobKind.CAPTION) == 3600  # cut at submit
     with pytest.raises(InvalidInput, match="queue_timeout_s 99999999 must be"):  # as typed, not 1e+08
         check_queue_timeout(99999999, JobKind.CAPTION, settings)
 
