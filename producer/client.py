@@ -19,7 +19,7 @@ from tasks.errors import InvalidInput, VisionqError
 from tasks.images import image_extension
 from tasks.kinds import JobKind, Priority
 from tasks.messages import job_enqueue, redis_db
-from tasks.redis_connect import connect
+from tasks.redis_connect import client_for
 from tasks.schemas import (
     IMAGE_SCHEMES, missing_local_image, parse_request, request_to_message, request_to_record,
 )
@@ -102,7 +102,7 @@ class Client:
             return
         self.settings = settings or Settings.from_env(redis_url=redis_url, storage_url=storage_url)
         self.store = JobStore(
-            connect(self.settings.redis_url, self.settings.redis_sentinel_master),
+            client_for(self.settings),
             ttl_s=self.settings.job_ttl_s, prefix=self.settings.redis_prefix,
         )
         self.celery = make_celery(self.settings)

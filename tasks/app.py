@@ -14,7 +14,8 @@ from tasks.settings import Settings
 
 
 def make_celery(settings: Settings, app_class: type[Celery] = Celery) -> Celery:
-    broker = kombu_sentinel_url(settings.redis_url) if is_sentinel(settings.redis_url) else settings.redis_url
+    sentinel = is_sentinel(settings.redis_url)
+    broker = kombu_sentinel_url(settings.redis_url) if sentinel else settings.redis_url
     app = app_class("visionq", broker=broker, set_as_current=False)
     app.conf.update(
         # JSON only, everywhere: a pickle payload from the queue would be code execution.
@@ -53,7 +54,7 @@ def make_celery(settings: Settings, app_class: type[Celery] = Celery) -> Celery:
             # deployments (or test runs) can share one Redis without taking each other's jobs.
             "global_keyprefix": f"{settings.redis_prefix}:",
             # With a sentinel:// URL (kombu's `sentinel` transport): the primary Sentinel names.
-            **({"master_name": settings.redis_sentinel_master} if is_sentinel(settings.redis_url) else {}),
+            **({"master_name": settings.redis_sentinel_master} if sentinel else {}),
         },
         broker_connection_retry_on_startup=True,
         # rediss://: verify the server's certificate, as the job store (redis-py) does.

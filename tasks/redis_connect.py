@@ -11,13 +11,16 @@ primary, and finds the new one after a failover (redis-py's `SentinelConnectionP
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
 
 SENTINEL_SCHEME = "sentinel"
 DEFAULT_SENTINEL_PORT = 26379
@@ -82,6 +85,16 @@ def url_password(url: str) -> str | None:
         return parse_sentinel_url(url).password
     password = urlsplit(url).password
     return None if password is None else unquote(password)
+
+
+def client_for(settings: Settings, **kwargs: Any) -> redis.Redis:
+    """The Redis of a process's settings: `VISIONQ_REDIS_URL`, through its Sentinel master if it names sentinels."""
+    return connect(settings.redis_url, settings.redis_sentinel_master, **kwargs)
+
+
+def async_client_for(settings: Settings, **kwargs: Any) -> redis.asyncio.Redis:
+    """`client_for`, the asyncio client."""
+    return connect_async(settings.redis_url, settings.redis_sentinel_master, **kwargs)
 
 
 def connect(url: str, master: str, **kwargs: Any) -> redis.Redis:

@@ -23,7 +23,7 @@ from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
 from tasks.kinds import JobKind
 from tasks.models import model_queue
-from tasks.redis_connect import connect
+from tasks.redis_connect import client_for
 from tasks.served_models import publish_served
 from tasks.settings import Settings
 from tasks.storage import open_storage
@@ -98,7 +98,7 @@ def serve(
     # unless raised) with a clearer message: the warning would only add a log line to a job
     # that fails anyway (worker/images.py).
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    client = connect(settings.redis_url, settings.redis_sentinel_master)
+    client = client_for(settings)
     heartbeat = Heartbeat(
         client, settings.redis_prefix, name,
         {"device": device, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),

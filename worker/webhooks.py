@@ -20,7 +20,7 @@ from tasks.app import make_celery
 from tasks.deliveries import DELIVER_TASK, DeliveryStore, EventPublisher, enqueue_delivery
 from tasks.kinds import WEBHOOKS_QUEUE
 from tasks.record import utc_now
-from tasks.redis_connect import connect
+from tasks.redis_connect import client_for
 from tasks.settings import Settings
 from tasks.ssrf import UrlRefused
 from tasks.store import JobStore
@@ -118,7 +118,7 @@ class RetryScheduler(threading.Thread):
 def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "INFO") -> None:
     if settings.webhook_secret:
         secret_key(settings.webhook_secret)  # a weak VISIONQ_WEBHOOK_SECRET stops the start, named
-    client = connect(settings.redis_url, settings.redis_sentinel_master)
+    client = client_for(settings)
     deliveries = DeliveryStore(client, prefix=settings.redis_prefix, ttl_s=settings.job_ttl_s)
     store = JobStore(client, ttl_s=settings.job_ttl_s, prefix=settings.redis_prefix)
     deliverer = Deliverer(settings, deliveries, store)

@@ -6,13 +6,13 @@ import json
 
 from producer.gateway.keys import KeyStore
 from tasks.errors import JobNotFound
-from tasks.redis_connect import connect
+from tasks.redis_connect import client_for
 from tasks.settings import Settings
 
 
 def _key_store() -> KeyStore:
     settings = Settings.from_env()
-    return KeyStore(connect(settings.redis_url, settings.redis_sentinel_master), settings.redis_prefix)
+    return KeyStore(client_for(settings), settings.redis_prefix)
 
 
 def gateway(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from producer.gateway.ratelimit import RateLimiter
 from producer.gateway.tenants import TenantJobs
 from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
-from tasks.redis_connect import connect, connect_async
+from tasks.redis_connect import async_client_for, client_for
 from tasks.settings import Settings
 from tasks.storage import Storage, open_storage
 from tasks.store import JobStore
@@ -25,7 +25,7 @@ from tasks.store import JobStore
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = connect(settings.redis_url, settings.redis_sentinel_master)
+        self.redis = client_for(settings)
         prefix = settings.redis_prefix
         self.store = JobStore(self.redis, ttl_s=settings.job_ttl_s, prefix=prefix)
         self.deliveries = DeliveryStore(self.redis, prefix=prefix, ttl_s=settings.job_ttl_s)
@@ -39,7 +39,7 @@ class Services:
     async def open_async(self) -> None:
         """For the routes that wait (server-sent events, `Prefer: wait`): no thread is held while
         they do. Made on the server's event loop (at start-up), which its connections belong to."""
-        self.async_redis = connect_async(self.settings.redis_url, self.settings.redis_sentinel_master)
+        self.async_redis = async_client_for(self.settings)
 
     async def close_async(self) -> None:
         if self.async_redis is not None:
