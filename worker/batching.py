@@ -9,7 +9,7 @@ batching, Ray Serve's @serve.batch). Each job keeps its own record, outputs and
 errors: a batch that fails for another reason than memory is re-run job by job,
 so one bad job fails alone; a batch that runs out of memory is split in halves.
 A pipeline with `infer_batch` leaves each job's post-processing (masks, overlays) to
-the job's task thread: the model thread runs only what batches. Messages stay
+the job's task thread (its `finish`): the model thread runs only what batches. Messages stay
 unacknowledged in Redis until their own task thread finishes, so batching keeps
 Celery's delivery guarantees (acks_late, redelivery on crash).
 
@@ -34,7 +34,7 @@ from typing import Any, Callable, Hashable
 from tasks.errors import ModelError, OutOfMemory, VisionqError
 from tasks.kinds import JobKind
 from tasks.record import utc_now
-from worker.pipelines.base import Pipeline, PipelineResult, infer_batch, no_progress
+from worker.pipelines.base import Pipeline, PipelineResult, finish, infer_batch, no_progress
 
 log = logging.getLogger("visionq.worker")
 MAX_ADAPTIVE_WAIT_S = 0.1  # the longest a batch under load waits for companions
@@ -49,7 +49,7 @@ class _Item:
     kind: JobKind
     pipeline: Pipeline
     request: Any
-    image: Any
+    model_input: Any  # what the pipeline's preprocess made of the job's image
     progress: Callable[[float], None]
     job_id: str
     limit_s: float
@@ -121,19 +121,21 @@ class ModelExecutor:
         self._queue.put(_RECOUNT)
 
     def run(
-        self, kind: JobKind, pipeline: Pipeline, request: Any, image: Any,
+        self, kind: JobKind, pipeline: Pipeline, request: Any, model_input: Any,
         progress: Callable[[float], None], job_id: str, limit_s: float, start: Callable[[str], None],
-        priority: int = 0, start_first: bool = False,
+        priority: int = 0, start_first: bool = False, image: Any = None,
     ) -> tuple[PipelineResult, int, float]:
         """(result, batch size, milliseconds of model and of this job's own post-processing) for this
-        job; blocks until done. The post-processing runs here, on the caller's thread. `start` runs
-        here once the model thread takes the job, while the model runs (`start_first`: before)."""
+        job; blocks until done. `model_input` is what the pipeline's preprocess made of the job's
+        `image`; the post-processing (`finish`, given both) runs here, on the caller's thread.
+        `start` runs here once the model thread takes the job, while the model runs (`start_first`:
+        before)."""
         key = None
         if self.max_batch.get(kind, 1) > 1:
             own_key = pipeline.batch_key(request)
             # Two models of one kind never share a batch: the pipeline is part of the key.
             key = None if own_key is None else (kind, id(pipeline), own_key)
-        item = _Item(kind, pipeline, request, image, progress, job_id, limit_s, start, key, priority, start_first)
+        item = _Item(kind, pipeline, request, model_input, progress, job_id, limit_s, start, key, priority, start_first)
         with self._arriving_lock:
             self._queue.put(item)
             self._arriving = max(0, self._arriving - 1)
@@ -142,7 +144,7 @@ class ModelExecutor:
         attend = getattr(progress, "attend", None)  # the job's I/O while the model runs it (worker/runtime.py)
         if attend is not None and item.refusal() is None:
             attend(item.future)
-        finish, batch_size, model_ms = item.future.result()
+        output, batch_size, model_ms = item.future.result()
         # The last checkpoint is here, not on the model thread: there it would wait for this
         # job's running transition (its refusal decides), and the model would idle behind a
         # Redis round trip instead of taking the next job.
@@ -151,7 +153,8 @@ class ModelExecutor:
         except _Refused:
             raise item.refusal() from None
         started = time.perf_counter()
-        result = call_pipeline(finish)  # this job's own post-processing, here rather than on the model thread
+        # This job's own post-processing, here rather than on the model thread.
+        result = call_pipeline(lambda: finish(pipeline, request, image, output))
         return result, batch_size, round(model_ms + _ms_since(started), 3)
 
     def _loop(self) -> None:
@@ -237,7 +240,7 @@ class ModelExecutor:
         progress = batch[0].checkpoint if len(batch) == 1 else no_progress
         try:
             results = call_pipeline(
-                lambda: infer_batch(pipeline, [i.request for i in batch], [i.image for i in batch], progress)
+                lambda: infer_batch(pipeline, [i.request for i in batch], [i.model_input for i in batch], progress)
             )
         except OutOfMemory as exc:
             if len(batch) == 1:

@@ -137,7 +137,7 @@ class JobRunner:
             clock.pause()  # waiting behind this worker's other jobs is not this job's time
             result, metrics["batch_size"], metrics["run_ms"] = self.executor.run(
                 kind, pipeline, request, model_input, progress, job_id, clock.limit_s,
-                start, Priority.NORMAL.level if priority is None else priority, start_first=redelivered,
+                start, Priority.NORMAL.level if priority is None else priority, start_first=redelivered, image=image,
             )
             progress.model_done()
             # The model is done; a cancel requested meanwhile wins in the final transition (_finish).

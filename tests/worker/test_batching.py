@@ -323,7 +323,7 @@ def test_a_job_refused_at_its_start_gets_no_share_of_its_batch() -> None:
 
 
 class Finishing(Recorder):
-    """A pipeline that leaves each job's post-processing to a finisher, recording the thread it ran on."""
+    """A pipeline that leaves each job's post-processing to `finish`, recording the thread it ran on."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -332,16 +332,16 @@ class Finishing(Recorder):
     def infer_batch(self, requests: list[Any], images: list[Any], progress: Any) -> list[Any]:
         self.gate.wait(5)
         self.batches.append(list(requests))
-        return [lambda r=r: self._finish(r) for r in requests]
+        return list(requests)
 
-    def _finish(self, request: Any) -> PipelineResult:
+    def finish(self, request: Any, image: Any, output: Any) -> PipelineResult:
         self.finished_on[request] = threading.current_thread().name
         if request == 4:
             raise RuntimeError("post-processing broke")
-        return PipelineResult(output={"echo": request})
+        return PipelineResult(output={"echo": output})
 
 
-def test_finishers_run_on_the_jobs_own_threads_and_fail_alone() -> None:
+def test_finish_runs_on_the_jobs_own_threads_and_fails_alone() -> None:
     pipeline = Finishing()
     executor = ModelExecutor({JobKind.CAPTION: 4}, max_wait_ms=300)
     threads, results = submit_all(executor, pipeline, [0, 2, 4, 6, 8])

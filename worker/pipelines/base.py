@@ -64,12 +64,13 @@ class Pipeline(Protocol):
         (it may raise JobCanceled to stop); the finishing 1.0 is the caller's checkpoint."""
 
 
-# A job's own post-processing after the model (masks, overlays, decoding), as a call that
-# returns its PipelineResult. A pipeline may offer `infer_batch(requests, images, progress)
-# -> list[Finisher]`: the model's part of run_batch, one finisher per request. The worker calls
-# the finishers on the jobs' own task threads, so the model thread runs only what batches and
-# the next batch does not wait for this one's per-job work (worker/batching.py).
-Finisher = Callable[[], PipelineResult]
+# A pipeline may split run_batch in three (all optional; worker/batching.py):
+#   preprocess(request, image) -> model_input   per job, on the job's task thread;
+#   infer_batch(requests, model_inputs, progress) -> outputs   the model's part, one output per
+#       request: what batches, and all that runs on the model thread (or in the model process,
+#       worker/model_process.py, so outputs are plain data: text, tensors);
+#   finish(request, image, output) -> PipelineResult   the job's own post-processing (masks,
+#       overlays), back on its task thread: the next batch does not wait for this one's per-job work.
 
 
 def input_side(pipeline: Pipeline) -> int | None:
@@ -101,14 +102,20 @@ def preprocess(pipeline: Pipeline, request: Any, image: Image.Image | None) -> A
     return image if own is None else own(request, image)
 
 
-def infer_batch(pipeline: Pipeline, requests: list[Any], images: list[Any],
-                progress: ProgressCallback) -> list[Finisher]:
-    """The pipeline's `infer_batch` (on `preprocess`'s outputs) where it has one; else run_batch,
-    with nothing left to finish."""
+def infer_batch(pipeline: Pipeline, requests: list[Any], model_inputs: list[Any],
+                progress: ProgressCallback) -> list[Any]:
+    """The pipeline's `infer_batch` (on `preprocess`'s outputs) where it has one; else run_batch's
+    results, with nothing left to finish."""
     infer = getattr(pipeline, "infer_batch", None)
     if infer is not None:
-        return infer(requests, images, progress)
-    return [lambda result=result: result for result in pipeline.run_batch(requests, images, progress)]
+        return infer(requests, model_inputs, progress)
+    return pipeline.run_batch(requests, model_inputs, progress)
+
+
+def finish(pipeline: Pipeline, request: Any, image: Image.Image | None, output: Any) -> PipelineResult:
+    """The job's result from its share of `infer_batch`: the pipeline's `finish` where it has one."""
+    own = getattr(pipeline, "finish", None)
+    return output if own is None else own(request, image, output)
 
 
 def run_one(pipeline: Pipeline, request: Any, image: Image.Image | None,

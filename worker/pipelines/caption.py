@@ -14,7 +14,6 @@ takes its positions from the attention mask.
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Hashable
 
 import torch
@@ -28,7 +27,7 @@ from tasks.errors import InvalidInput, ModelError
 from tasks.schemas import CaptionRequest
 from worker.loading import check_tokenizer, count_tokens, load_model, load_processor
 from worker.pipelines.base import (
-    Finisher, ModelSpec, PipelineResult, ProgressCallback, no_progress, resized_side, run_one,
+    ModelSpec, PipelineResult, ProgressCallback, no_progress, resized_side, run_one,
 )
 
 # The VLM's instruction when a job brings none.
@@ -83,7 +82,8 @@ class CaptionPipeline:
                   progress: ProgressCallback) -> list[PipelineResult]:
         """Jobs with one batch_key, as one generate() call."""
         pixels = [self.preprocess(request, image) for request, image in zip(requests, images)]
-        return [finish() for finish in self.infer_batch(requests, pixels, progress)]
+        texts = self.infer_batch(requests, pixels, progress)
+        return [self.finish(request, image, text) for request, image, text in zip(requests, images, texts)]
 
     def preprocess(self, request: CaptionRequest, image: Image.Image | None) -> Any:
         """Per job, on its own task thread (worker/pipelines/base.py): its checks, and its image as
@@ -98,15 +98,18 @@ class CaptionPipeline:
         return image
 
     def infer_batch(self, requests: list[CaptionRequest], pixels: list[Any],
-                    progress: ProgressCallback) -> list[Finisher]:
-        """run_batch's generate() call, on what `preprocess` returned."""
+                    progress: ProgressCallback) -> list[str]:
+        """run_batch's generate() call, on what `preprocess` returned: each job's caption."""
         first = requests[0]
         inputs = self.prepare(pixels, first.prompt)
         self.check_length(inputs, first.max_new_tokens)
         with torch.inference_mode():
             tokens = self.model.generate(**inputs, **self.generate_options, max_new_tokens=first.max_new_tokens,
                                          num_beams=first.num_beams)
-        return [partial(PipelineResult, output={"text": text.strip()}) for text in self.decode(tokens, inputs)]
+        return [text.strip() for text in self.decode(tokens, inputs)]
+
+    def finish(self, request: CaptionRequest, image: Image.Image | None, text: str) -> PipelineResult:
+        return PipelineResult(output={"text": text})
 
     def check_inputs(self, request: CaptionRequest) -> None:
         """Refuse, before any image work, a prompt that cannot fit with max_new_tokens."""

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import colorsys
 import copy
-from dataclasses import dataclass
-from functools import partial
 from typing import Hashable
 
 import numpy as np
@@ -21,7 +19,7 @@ from tasks.schemas import SegmentRequest
 from worker.images import reduced
 from worker.loading import check_token_limit, check_tokenizer, load_model, load_processor, text_token_limit
 from worker.pipelines.base import (
-    FileSlot, Finisher, ModelSpec, PipelineResult, ProgressCallback, no_progress, resized_side, run_one,
+    FileSlot, ModelSpec, PipelineResult, ProgressCallback, no_progress, resized_side, run_one,
 )
 
 OVERLAY_OPACITY = 0.5
@@ -30,15 +28,6 @@ OVERLAY_OPACITY = 0.5
 # ADE20K) to a 40 Mpx input would need tens of GB, for detail the model never had
 # (SegFormer predicts at 1/4 of its 512 px input).
 SEMANTIC_WORK_SIDE = 512
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A job's image, at its own size (its masks and overlay are drawn at that size), and the
-    model's pixels for it (`SegmentPipeline.preprocess`)."""
-
-    image: Image.Image
-    pixels: torch.Tensor
 
 
 class SegmentPipeline:
@@ -116,13 +105,15 @@ class SegmentPipeline:
     def run_batch(self, requests: list[SegmentRequest], images: list[Image.Image | None],
                   progress: ProgressCallback) -> list[PipelineResult]:
         """Jobs with one batch_key, as one forward pass (all image/label pairs together)."""
-        prepared = [self.preprocess(request, image) for request, image in zip(requests, images)]
-        return [finish() for finish in self.infer_batch(requests, prepared, progress)]
+        pixels = [self.preprocess(request, image) for request, image in zip(requests, images)]
+        logits = self.infer_batch(requests, pixels, progress)
+        return [self.finish(request, image, own) for request, image, own in zip(requests, images, logits)]
 
-    def preprocess(self, request: SegmentRequest, image: Image.Image | None) -> Prepared:
+    def preprocess(self, request: SegmentRequest, image: Image.Image | None) -> torch.Tensor:
         """Per job, on its own task thread (worker/pipelines/base.py): its checks, and its image as
         the model's pixels, made from a copy box-averaged toward the processor's side: the model
-        thread used to process whole images, ~95 ms for a 12 MP photo before its forward pass."""
+        thread used to process whole images, ~95 ms for a 12 MP photo before its forward pass.
+        Its masks and overlay are drawn at the image's own size (`finish`)."""
         if image is None:
             raise InvalidInput("segment needs an image")
         if request.labels is None:
@@ -136,39 +127,34 @@ class SegmentPipeline:
             # Each image once, however many labels: the CLIPSeg processor would resize it per label.
             processor, side = self.prompted_processor.image_processor, self.prompted_side
         small = image if side is None else reduced(image, side)
-        return Prepared(image, processor(images=small, return_tensors="pt")["pixel_values"])
+        return processor(images=small, return_tensors="pt")["pixel_values"]
 
-    def infer_batch(self, requests: list[SegmentRequest], prepared: list[Prepared],
-                    progress: ProgressCallback) -> list[Finisher]:
-        """run_batch's forward pass, on what `preprocess` returned; each job's masks and overlay are
-        left to its finisher (worker/pipelines/base.py): they were most of a batched CLIPSeg job's
-        time on a CPU."""
-        pixels = torch.cat([job.pixels for job in prepared]).to(self.device, self.dtype)
+    def infer_batch(self, requests: list[SegmentRequest], pixels: list[torch.Tensor],
+                    progress: ProgressCallback) -> list[torch.Tensor]:
+        """run_batch's forward pass, on what `preprocess` returned: each job's logits.
+        Its masks and overlay are left to `finish` (worker/pipelines/base.py): they were most of a
+        batched CLIPSeg job's time on a CPU."""
+        batch = torch.cat(pixels).to(self.device, self.dtype)
         if requests[0].labels is None:
             with torch.inference_mode():
-                logits = self.semantic(pixel_values=pixels).logits
-            return [partial(self._semantic_result, job.image, own) for job, own in zip(prepared, logits)]
+                logits = self.semantic(pixel_values=batch).logits
+            return list(logits)
         labels = [label for request in requests for label in request.labels]
         text = self.prompted_processor.tokenizer(labels, padding=True, return_tensors="pt").to(self.device)
-        repeats = torch.tensor([len(request.labels) for request in requests], device=pixels.device)
-        pixels = pixels.repeat_interleave(repeats, dim=0)
+        repeats = torch.tensor([len(request.labels) for request in requests], device=batch.device)
+        batch = batch.repeat_interleave(repeats, dim=0)
         with torch.inference_mode():
             logits = self.prompted(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-                                   pixel_values=pixels).logits
+                                   pixel_values=batch).logits
         logits = logits.reshape(len(labels), *logits.shape[-2:])
-        finishers, offset = [], 0
-        for request, job in zip(requests, prepared):
-            own = logits[offset:offset + len(request.labels)]
-            offset += len(request.labels)
-            finishers.append(partial(self._prompted_result, request, job.image, own))
-        return finishers
+        return list(logits.split([len(request.labels) for request in requests]))
 
-    def _prompted_result(self, request: SegmentRequest, image: Image.Image, logits: torch.Tensor) -> PipelineResult:
+    def finish(self, request: SegmentRequest, image: Image.Image, logits: torch.Tensor) -> PipelineResult:
+        """The job's masks and overlay, at its image's size, from its share of the logits."""
+        if request.labels is None:
+            return segment_result(image, self._present_classes(_class_map(logits, image.size)), self.semantic_label)
         masks = threshold_masks(logits, image.size, request.threshold)
         return segment_result(image, list(zip(request.labels, masks)), self.prompted_label)
-
-    def _semantic_result(self, image: Image.Image, logits: torch.Tensor) -> PipelineResult:
-        return segment_result(image, self._present_classes(_class_map(logits, image.size)), self.semantic_label)
 
     def check_labels(self, labels: list[str]) -> None:
         for n, label in enumerate(labels):
