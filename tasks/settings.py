@@ -104,6 +104,9 @@ class Settings(BaseModel):
     # Celery task events (task-sent/received/started/succeeded/failed/revoked): what Flower
     # and `celery events` show. One small Redis PUBLISH per event; off saves that.
     task_events: bool = True
+    # The models in a process of their own beside the worker's (worker/model_process.py): the
+    # worker's per-job Python then no longer shares an interpreter lock with the model's.
+    model_process: bool = False
     log_format: str = Field("text", pattern=r"^(text|json)$")  # json: one JSON object per line
     max_batch: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MAX_BATCH))
     # Cap of this worker's share of its GPU (several workers per GPU).

@@ -20,6 +20,20 @@ def model_loads() -> int:
     return _loads
 
 
+def add_loads(count: int) -> None:
+    """Loads made on this worker's behalf by its model process (worker/model_process.py)."""
+    global _loads
+    _loads += count
+
+
+def _count_load() -> None:
+    from worker.loading import loading_shapes_only
+
+    global _loads
+    if not loading_shapes_only():  # a copy without weights (worker/model_process.py) is no load
+        _loads += 1
+
+
 def load_served(settings: Settings, names: list[str], device: str) -> dict[str, Pipeline]:
     """Every model of `names` ("kind/name", tasks.models) loaded on `device` and warmed up with one
     real inference, keyed by name. Whether they fit is `check_memory`'s question, asked first."""
@@ -122,8 +136,7 @@ def load_served_pipeline(name: str, settings: Settings, device: str, dtype: obje
     if len(specs) == 2:
         from worker.pipelines.detect_segment import DetectSegmentPipeline
 
-        global _loads
-        _loads += 1
+        _count_load()
         return DetectSegmentPipeline.load(specs[0], specs[1], device, dtype)
     return load_pipeline(kind, specs[0], device, dtype)
 
@@ -138,8 +151,7 @@ def load_default_pipeline(kind: JobKind, settings: Settings, device: str, dtype:
     if kind is JobKind.SEGMENT:
         from worker.pipelines.segment import SegmentPipeline
 
-        global _loads
-        _loads += 1
+        _count_load()
         # Segment's default serves labels (CLIPSeg) and no labels (the semantic model) alike.
         return SegmentPipeline.load(_spec(settings, "segment"), _spec(settings, "semantic"), device, dtype)
     return load_pipeline(kind, _spec(settings, kind.value), device, dtype)
@@ -150,8 +162,7 @@ def load_pipeline(kind: JobKind, spec: ModelSpec, device: str, dtype: object) ->
 
     A worker may hold several of a kind, keyed by the model's name (tasks.models).
     """
-    global _loads
-    _loads += 1
+    _count_load()
     if kind is JobKind.CAPTION:
         from worker.pipelines.caption import CaptionPipeline
 

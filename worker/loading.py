@@ -5,8 +5,10 @@ so tests exercise exactly the path production uses.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import diffusers.utils.logging as diffusers_logging
 import torch
@@ -17,6 +19,24 @@ from worker.pipelines.base import ModelSpec
 
 # Weights in these formats are pickles: loading one can run arbitrary code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Inside `shapes_only()`: models are built from their config on torch's "meta" device, no weights read.
+_SHAPES_ONLY: ContextVar[bool] = ContextVar("visionq_shapes_only", default=False)
+
+
+@contextmanager
+def shapes_only() -> Iterator[None]:
+    """Pipelines loaded inside hold their processors, tokenizers and configs, but models without
+    weights (device "meta"): what a worker whose weights live in its model process needs to
+    preprocess and finish jobs (worker/model_process.py). Load them with device "meta"."""
+    token = _SHAPES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.reset(token)
+
+
+def loading_shapes_only() -> bool:
+    return _SHAPES_ONLY.get()
 
 
 def pick_dtype(device: str) -> torch.dtype:
@@ -25,7 +45,15 @@ def pick_dtype(device: str) -> torch.dtype:
 
 
 def load_model(loader: Any, spec: ModelSpec, **kwargs: Any) -> Any:
-    """Weights (a model or a diffusers pipeline) for `spec`: safetensors only, never remote code."""
+    """Weights (a model or a diffusers pipeline) for `spec`: safetensors only, never remote code.
+    Inside `shapes_only()`, a transformers model built from its config on the "meta" device."""
+    if _SHAPES_ONLY.get():
+        from transformers import AutoConfig
+
+        config = load_processor(AutoConfig, spec)
+        build = getattr(loader, "from_config", None) or loader._from_config  # Auto classes, model classes
+        with torch.device("meta"):
+            return build(config)
     _refuse_pickle_only(spec)
     return _from_pretrained(loader, spec, use_safetensors=True, **kwargs)
 

@@ -64,13 +64,32 @@ def run_worker(
     metrics_address: tuple[str, int] | None = None,
 ) -> None:
     """Load and warm up `models` ("kind/name", tasks.models) on `device`, then serve them
-    (and /metrics on `metrics_address`, (host, port), when given)."""
-    import torch
-
+    (and /metrics on `metrics_address`, (host, port), when given); with VISIONQ_MODEL_PROCESS,
+    from a model process of their own (worker/model_process.py)."""
     from worker.device import check_device
     from worker.loader import check_memory, load_served, with_role_views
 
     check_device(device)
+    weights = check_memory(settings, models, device)  # refuses a set that does not fit, before loading
+    if settings.model_process:
+        from worker.model_process import ModelProcess
+
+        prepare_torch(settings, "cpu")  # its threads for preprocessing and finishing; CUDA is the model process's
+        model_process = ModelProcess(settings, models, device)  # loads while this process announces `loading`
+        try:
+            serve(settings, model_process.pipelines, name, device, loglevel, metrics_address, weights_bytes=weights)
+        finally:
+            model_process.stop()
+        return
+    prepare_torch(settings, device)
+    serve(settings, lambda: with_role_views(load_served(settings, models, device)), name, device, loglevel,
+          metrics_address, weights_bytes=weights)
+
+
+def prepare_torch(settings: Settings, device: str) -> None:
+    """torch's settings for the process that runs the models (this one, or the model process)."""
+    import torch
+
     if device.startswith("cuda") and settings.gpu_memory_fraction:
         # A hard budget for this process's allocator: models and batches beyond it raise
         # CUDA out-of-memory here (batch halved, then out_of_memory) instead of starving
@@ -78,9 +97,6 @@ def run_worker(
         torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, 0)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    weights = check_memory(settings, models, device)  # refuses a set that does not fit, before loading
-    serve(settings, lambda: with_role_views(load_served(settings, models, device)), name, device, loglevel,
-          metrics_address, weights_bytes=weights)
 
 
 def serve(
@@ -182,14 +198,16 @@ def task_slots(settings: Settings, pipelines: dict[str, Pipeline]) -> int:
     fetches its input or encodes and uploads its outputs (with one, the model idled ~12 % between
     tiny SD generations). A kind whose pipelines never batch (`batches = False`) needs no more than
     two. More threads would only wait, and switch contexts (two batches' worth of threads, tried,
-    did not make a tiny caption model's batches come faster on 2 cores)."""
+    did not make a tiny caption model's batches come faster on 2 cores). With the models in a
+    process of their own, twice that: the next batch's jobs are received, decoded and preprocessed
+    while this one runs (docs/performance.md)."""
     slots = 2
     for model, pipeline in pipelines.items():
         kind = model.split("/", 1)[0]
         wanted = settings.max_batch.get(kind, 1)
         if not getattr(pipeline, "batches", True):
             wanted = min(wanted, 2)
-        slots = max(slots, wanted)
+        slots = max(slots, wanted * 2 if settings.model_process else wanted)
     return slots
 
 

@@ -1,0 +1,303 @@
+"""The models in a process of their own (VISIONQ_MODEL_PROCESS=true).
+
+A tiny or Python-heavy model is thousands of torch calls a batch; each releases the
+interpreter lock and takes it back, and in one process any other runnable thread (Celery's
+consumer, the task threads decoding the next jobs and storing the last ones) takes it in
+between and keeps it for its switch interval: the model thread ran at 0.3-0.5x its speed
+beside them (CPython's convoy effect; `python -m bench --quick convoy`, docs/performance.md).
+
+Here the weights live in a spawned model process with one thread, which only runs each
+batch's `infer_batch`. The worker process keeps everything else: Celery, the transitions,
+input fetch and decode, each pipeline's `preprocess` and `finish` (from a copy of the pipeline
+loaded without weights, its model built on torch's "meta" device: processors, tokenizer and
+config only), outputs and batch formation (worker/batching.py). What crosses the pipe is a
+batch's requests and preprocessed inputs, then its outputs (text, logits, a generated image),
+copied to the CPU.
+
+One batch at a time (the worker's model thread is the only caller). The worker sends
+("run", model, requests, inputs); the model process answers ("progress", fraction) at each of
+the pipeline's checkpoints without waiting, and stops at the next one once the worker sends
+"halt" (its checkpoint raised: a cancel, the time limit, a refused start), answering
+"stopped". A batch ends with ("done", outputs) or ("error", a VisionqError). The model process
+dies with the worker (PR_SET_PDEATHSIG, and it exits at the pipe's end); a model process that
+dies ends the worker (exit 70), so that its unacknowledged messages are delivered again and
+VISIONQ_MAX_ATTEMPTS bounds a job that kills it each time.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Hashable
+
+from tasks.errors import ModelError, VisionqError
+from tasks.settings import Settings
+from worker.pipelines.base import Pipeline, PipelineResult, ProgressCallback
+
+log = logging.getLogger("visionq.worker")
+
+EXIT_MODEL_PROCESS_LOST = 70  # EX_SOFTWARE, as a worker that stopped on its own
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the worker needs to know of a pipeline loaded in the model process."""
+
+    model_label: str
+    batches: bool
+    input_side: int | None
+    # Whether it has `preprocess` or `finish`, run in the worker by a copy without weights.
+    host_half: bool
+    # The pipeline class's batch_key, called without an instance where no copy is held: a batch
+    # key is a function of the request alone (worker/pipelines/base.py).
+    batch_key: Callable[[Any, Any], Hashable | None]
+
+
+class ModelProcess:
+    """The model process, seen from the worker: only the worker's model thread runs batches;
+    `stop` may come from any thread."""
+
+    def __init__(self, settings: Settings, names: list[str], device: str) -> None:
+        context = multiprocessing.get_context("spawn")  # never fork: CUDA and loaded weights do not survive it
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve, args=(child, settings, names, device, os.getpid()), name="visionq-model-process",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        self._settings, self._names, self._device = settings, names, device
+        self._sending = threading.Lock()
+        self._stopping = False
+        # An idle worker never touches the pipe: this thread notices the model process's end.
+        threading.Thread(target=self._watch, name="visionq-model-process-watch", daemon=True).start()
+
+    def pipelines(self) -> dict[str, Pipeline]:
+        """Wait until the model process has loaded and warmed up its pipelines, load here the
+        copies without weights of those that preprocess or finish their jobs, and return the
+        pipelines as the worker uses them, by model name. Raises what loading raised there."""
+        from worker import loader
+        from worker.loading import pick_dtype, shapes_only
+
+        message = self._recv()
+        if message[0] == "error":
+            raise message[1]
+        served: dict[str, Served] = message[1]
+        loader.add_loads(message[2])
+        names = [name for name, info in served.items() if info.host_half and name in self._names]
+        with shapes_only():
+            hosts = loader.with_role_views({
+                name: loader.load_served_pipeline(name, self._settings, "meta", pick_dtype(self._device))
+                for name in names
+            })
+        return {name: RemotePipeline(self, name, info, hosts.get(name)) for name, info in served.items()}
+
+    def infer_batch(self, name: str, requests: list[Any], inputs: list[Any], progress: ProgressCallback) -> list[Any]:
+        """On the worker's model thread. Progress comes without a round trip; the answer "halt"
+        only when the checkpoint raised, and then what it raised is this batch's outcome."""
+        self._send(("run", name, requests, inputs))
+        while True:
+            message = self._recv()
+            if message[0] == "progress":
+                try:
+                    progress(message[1])
+                except BaseException:
+                    self._send(("halt",))
+                    while self._recv()[0] not in ("stopped", "done", "error"):
+                        pass
+                    raise
+            elif message[0] == "done":
+                return message[1]
+            else:
+                raise message[1]
+
+    def stop(self) -> None:
+        """Ask the model process to exit; end it if it does not."""
+        self._stopping = True
+        try:
+            with self._sending:
+                self._conn.send(("exit",))
+        except OSError:
+            pass
+        self._process.join(STOP_TIMEOUT_S)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+    def _watch(self) -> None:
+        wait([self._process.sentinel])
+        if not self._stopping:
+            self._lost()
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            with self._sending:
+                self._conn.send(message)
+        except OSError:
+            self._lost()
+
+    def _recv(self) -> tuple[Any, ...]:
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self._lost()
+            raise  # not reached
+
+    def _lost(self) -> None:
+        self._process.join(1.0)
+        if self._stopping:
+            raise SystemExit(0)  # the worker is stopping: its model thread ends here
+        log.critical("the model process exited (code %s); ending this worker so that its jobs are delivered again",
+                     self._process.exitcode)
+        os._exit(EXIT_MODEL_PROCESS_LOST)
+
+
+class RemotePipeline:
+    """A pipeline of the model process, as the worker's runtime and model thread use it: its
+    `preprocess` and `finish` run here, on the copy without weights (`host`)."""
+
+    def __init__(self, process: ModelProcess, name: str, served: Served, host: Pipeline | None) -> None:
+        self.process = process
+        self.name = name
+        self.model_label = served.model_label
+        self.batches = served.batches
+        self.input_side = served.input_side
+        self._batch_key = served.batch_key
+        self.host = host
+        for part in ("preprocess", "finish"):
+            own = getattr(host, part, None)
+            if own is not None:
+                setattr(self, part, own)
+
+    def warm_up(self) -> None:
+        pass  # warmed up in the model process, before it answered
+
+    def batch_key(self, request: Any) -> Hashable | None:
+        return self.host.batch_key(request) if self.host is not None else self._batch_key(None, request)
+
+    def infer_batch(self, requests: list[Any], inputs: list[Any], progress: ProgressCallback) -> list[Any]:
+        return self.process.infer_batch(self.name, requests, inputs, progress)
+
+    def run_batch(self, requests: list[Any], images: list[Any], progress: ProgressCallback) -> list[PipelineResult]:
+        from worker.pipelines.base import finish, preprocess
+
+        inputs = [preprocess(self, request, image) for request, image in zip(requests, images)]
+        outputs = self.infer_batch(requests, inputs, progress)
+        return [finish(self, request, image, output) for request, image, output in zip(requests, images, outputs)]
+
+
+# ---------------------------------------------------------------------------- the model process
+
+class _Halt(BaseException):
+    """The worker's checkpoint raised: the batch unwinds. A BaseException, so that call_pipeline
+    does not report it as a model failure."""
+
+
+def _serve(conn: Connection, settings: Settings, names: list[str], device: str, worker_pid: int) -> None:
+    from tasks.logs import configure_logging
+    from worker import loader
+    from worker.process import prepare_torch
+
+    _die_with(worker_pid)
+    # Ctrl-C reaches the whole process group: the worker shuts down warmly and ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(settings, os.environ)
+    try:
+        prepare_torch(settings, device)
+        pipelines = loader.with_role_views(loader.load_served(settings, names, device))
+    except VisionqError as exc:
+        conn.send(("error", exc))
+        return
+    except Exception as exc:  # noqa: BLE001 - the worker reports it as a model that cannot load
+        log.exception("loading failed")
+        conn.send(("error", ModelError(f"{type(exc).__name__}: {exc}")))
+        return
+    conn.send(("ready", {name: _served(pipeline) for name, pipeline in pipelines.items()}, loader.model_loads()))
+    _ModelServer(conn, pipelines).serve()
+
+
+def _served(pipeline: Pipeline) -> Served:
+    from worker.pipelines.base import input_side
+
+    return Served(
+        model_label=pipeline.model_label, batches=getattr(pipeline, "batches", True), input_side=input_side(pipeline),
+        host_half=hasattr(pipeline, "preprocess") or hasattr(pipeline, "finish"), batch_key=type(pipeline).batch_key,
+    )
+
+
+class _ModelServer:
+    """The model process's one thread: it reads a batch, runs it, answers, and reads the next."""
+
+    def __init__(self, conn: Connection, pipelines: dict[str, Pipeline]) -> None:
+        self.conn = conn
+        self.pipelines = pipelines
+        self.exiting = False
+
+    def serve(self) -> None:
+        while not self.exiting:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                return
+            if message[0] == "run":
+                self._run(*message[1:])
+            elif message[0] == "exit":
+                return
+            # a late "halt" (the batch had ended) is dropped
+
+    def _run(self, name: str, requests: list[Any], inputs: list[Any]) -> None:
+        from worker.batching import call_pipeline
+        from worker.pipelines.base import infer_batch
+
+        pipeline = self.pipelines[name]
+        try:
+            outputs = call_pipeline(lambda: infer_batch(pipeline, requests, inputs, self._checkpoint))
+            answer: tuple[Any, ...] = ("done", [_portable(output) for output in outputs])
+        except _Halt:
+            answer = ("stopped",)
+        except VisionqError as exc:
+            answer = ("error", exc)
+        self.conn.send(answer)
+
+    def _checkpoint(self, fraction: float) -> None:
+        # No round trip: the worker answers only to stop the batch.
+        self.conn.send(("progress", fraction))
+        if self.conn.poll():
+            message = self.conn.recv()
+            self.exiting = message[0] == "exit"
+            if message[0] in ("halt", "exit"):
+                raise _Halt
+
+
+def _portable(value: Any) -> Any:
+    """`value` as it can cross the pipe: tensors copied to the CPU, each with storage of its own
+    (a pickled view would carry its whole batch's storage)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_portable(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _portable(item) for key, item in value.items()}
+    return value
+
+
+def _die_with(worker_pid: int) -> None:
+    """SIGKILL this process when the worker dies, however it dies (Linux; elsewhere the pipe's
+    end is what ends it)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except OSError:
+        pass
+    if os.getppid() != worker_pid:  # the worker died before the line above
+        os._exit(0)
