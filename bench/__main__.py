@@ -26,7 +26,7 @@ from bench.report import ScenarioResult, main_table
 
 SCENARIOS = (
     "hotpath", "overhead", "preloaded", "submit", "latency", "scaleout", "batching", "events", "gateway", "inputs",
-    "convoy",
+    "convoy", "model_process",
 )
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 

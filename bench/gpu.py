@@ -175,9 +175,22 @@ def _run(workdir: Path, plan: GpuPlan, smoke: bool, started: float) -> ScenarioR
                     Row(NAME, f"{spec.case}, batch {batch}", "images/s service", service[spec.case]["images_per_s"],
                         "direct: model+encode", measured["full_images_per_s"], runs),
                 ]
+        batch = plan.batch_sizes[-1]
+        if str(batch) in data["service"] and time.monotonic() - started <= BUDGET_S:
+            _progress(f"service: batch {batch}, models in a process of their own")
+            split = _measure_service(stack, models, plan, cases, batch, uri, model_process=True)
+            data["service_model_process"] = {str(batch): split}
+            for spec in cases:
+                rows.append(Row(NAME, f"{spec.case}, batch {batch}", "images/s service, model process",
+                                split[spec.case]["images_per_s"], "images/s service, in-process (shipped)",
+                                data["service"][str(batch)][spec.case]["images_per_s"], f"{plan.repeats} bursts"))
+        else:
+            notes.append("models in a process of their own (VISIONQ_MODEL_PROCESS): not measured, past the budget")
     finally:
         stack.close()
     notes += [
+        "model process: the same worker with VISIONQ_MODEL_PROCESS=true (the weights in a process of "
+        "their own, worker/model_process.py), at the largest batch size, after the others.",
         "direct: the worker's pipeline objects in this process (fp16 on CUDA): run_batch() for caption and "
         "segment, num_images for generate, on one decoded 512x512 JPEG; images/s over at least "
         f"{plan.direct_s:g} s after two untimed calls. model+encode adds the PNG encoding of every output.",
@@ -282,10 +295,13 @@ def _direct_call(pipeline: Any, spec: JobSpec, batch: int, image: Any, settings:
 
 def _measure_service(
     stack: Stack, models: Path, plan: GpuPlan, cases: tuple[JobSpec, ...], batch: int, uri: str,
+    model_process: bool = False,
 ) -> dict[str, Any]:
     spec = WorkerSpec(
-        f"worker batch {batch}", "worker", ("worker", "--device", plan.device, "--models", str(models)),
-        (("VISIONQ_MAX_BATCH_CAPTION", str(batch)), ("VISIONQ_MAX_BATCH_SEGMENT", str(batch))),
+        f"worker batch {batch}" + (" model process" if model_process else ""), "worker",
+        ("worker", "--device", plan.device, "--models", str(models)),
+        (("VISIONQ_MAX_BATCH_CAPTION", str(batch)), ("VISIONQ_MAX_BATCH_SEGMENT", str(batch)),
+         ("VISIONQ_MODEL_PROCESS", "true" if model_process else "false")),
     )
     worker, = stack.start([spec], timeout_s=300)
     client = stack.client(worker.prefix)

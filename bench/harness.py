@@ -73,12 +73,16 @@ class WorkerSpec:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def real_worker(models_dir: Path, kinds: str, *, one_at_a_time: bool) -> WorkerSpec:
-    """`visionq worker` itself, on the CPU, with the tiny models."""
-    label = f"worker {kinds}" + (" max_batch 1" if one_at_a_time else "")
+def real_worker(models_dir: Path, kinds: str, *, one_at_a_time: bool, model_process: bool = False) -> WorkerSpec:
+    """`visionq worker` itself, on the CPU, with the tiny models (in a model process of their own
+    with `model_process`, VISIONQ_MODEL_PROCESS)."""
+    label = f"worker {kinds}" + (" max_batch 1" if one_at_a_time else "") + (" model process" if model_process else "")
+    env = dict(ONE_AT_A_TIME_ENV) if one_at_a_time else {}
+    if model_process:
+        env["VISIONQ_MODEL_PROCESS"] = "true"
     return WorkerSpec(
         label, "producer.cli", ("worker", "--device", "cpu", "--models", str(models_dir), "--kinds", kinds),
-        tuple(ONE_AT_A_TIME_ENV.items()) if one_at_a_time else (),
+        tuple(env.items()),
     )
 
 

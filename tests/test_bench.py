@@ -111,6 +111,19 @@ def test_convoy_scenario_runs_the_model_alone_beside_threads_and_beside_a_proces
     assert set(scenario["data"]) == {"caption (tiny BLIP)", "segment 2 labels (tiny CLIPSeg)"}
 
 
+def test_model_process_scenario_runs_both_workers(tmp_path: Path) -> None:
+    out = tmp_path / "split.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "model_process", "--smoke", "--json", str(out)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    scenario = json.loads(out.read_text())["scenarios"]["model_process"]
+    assert [row["baseline"] for row in scenario["rows"]] == ["in the worker's process (shipped)"]
+    assert all(row["value"] > 0 and row["ratio"] > 0 for row in scenario["rows"])
+    assert set(scenario["data"]) == {"caption"}
+
+
 def test_convoy_churn_threads_stop_when_told() -> None:
     import threading
     import time
@@ -167,16 +180,22 @@ def test_full_size_configs_build_the_published_architectures() -> None:
 @pytest.mark.timeout(120)
 def test_gpu_script_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
     """No CI machine has a GPU: --smoke runs the same steps there on the tiny models."""
+    from bench.gpu import SMOKE_CASES, SMOKE_PLAN
+
     out = tmp_path / "gpu.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench.gpu", "--smoke", "--json", str(out)],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=110,
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = report["gpu"]["rows"]
     assert {row["case"].split(",")[0] for row in rows} >= {"caption (tiny BLIP)", "segment 2 labels (tiny CLIPSeg)"}
     assert all(row["value"] > 0 and row["ratio"] > 0 for row in rows)
+    # The largest batch again, with the models in a process of their own.
+    assert [row["case"] for row in rows if row["figure"] == "images/s service, model process"] == [
+        f"{spec.case}, batch {SMOKE_PLAN.batch_sizes[-1]}" for spec in SMOKE_CASES
+    ]
 
 
 def _env() -> dict[str, str]:
