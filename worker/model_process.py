@@ -18,7 +18,10 @@ One batch at a time (the worker's model thread is the only caller). The worker s
 ("run", model, requests, inputs); the model process answers ("progress", fraction) at each of
 the pipeline's checkpoints without waiting, and stops at the next one once the worker sends
 "halt" (its checkpoint raised: a cancel, the time limit, a refused start), answering
-"stopped". A batch ends with ("done", outputs) or ("error", a VisionqError). The model process
+"stopped". A batch ends with ("done", outputs) or ("error", a VisionqError); "exit" is read between
+batches only, so a stopping worker never cuts one short. Messages are plain pickles
+(`_put`, `_get`): multiprocessing's own pickler would move tensors through /dev/shm, 64 MiB
+in a default container. The model process
 dies with the worker (PR_SET_PDEATHSIG, and it exits at the pipe's end); a model process that
 dies ends the worker (exit 70), so that its unacknowledged messages are delivered again and
 VISIONQ_MAX_ATTEMPTS bounds a job that kills it each time.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 from dataclasses import dataclass
@@ -36,7 +40,7 @@ from typing import Any, Callable, Hashable
 
 from tasks.errors import ModelError, VisionqError
 from tasks.settings import Settings
-from worker.pipelines.base import Pipeline, PipelineResult, ProgressCallback
+from worker.pipelines.base import Pipeline, PipelineResult, ProgressCallback, run_parts
 
 log = logging.getLogger("visionq.worker")
 
@@ -53,8 +57,8 @@ class Served:
     input_side: int | None
     # Whether it has `preprocess` or `finish`, run in the worker by a copy without weights.
     host_half: bool
-    # The pipeline class's batch_key, called without an instance where no copy is held: a batch
-    # key is a function of the request alone (worker/pipelines/base.py).
+    # The pipeline class's batch_key, called without an instance where no copy is held (generate,
+    # detect_segment): theirs read only the request.
     batch_key: Callable[[Any, Any], Hashable | None]
 
 
@@ -74,6 +78,8 @@ class ModelProcess:
         self._settings, self._names, self._device = settings, names, device
         self._sending = threading.Lock()
         self._stopping = False
+        # Model name -> weights bytes, as the model process sized them before loading (filled by `pipelines`).
+        self.weights_bytes: dict[str, int] = {}
         # An idle worker never touches the pipe: this thread notices the model process's end.
         threading.Thread(target=self._watch, name="visionq-model-process-watch", daemon=True).start()
 
@@ -87,8 +93,9 @@ class ModelProcess:
         message = self._recv()
         if message[0] == "error":
             raise message[1]
-        served: dict[str, Served] = message[1]
-        loader.add_loads(message[2])
+        _, served, loads, weights = message
+        loader.add_loads(loads)
+        self.weights_bytes.update(weights)
         names = [name for name, info in served.items() if info.host_half and name in self._names]
         with shapes_only():
             hosts = loader.with_role_views({
@@ -121,7 +128,7 @@ class ModelProcess:
         self._stopping = True
         try:
             with self._sending:
-                self._conn.send(("exit",))
+                _put(self._conn, ("exit",))
         except OSError:
             pass
         self._process.join(STOP_TIMEOUT_S)
@@ -137,13 +144,13 @@ class ModelProcess:
     def _send(self, message: tuple[Any, ...]) -> None:
         try:
             with self._sending:
-                self._conn.send(message)
+                _put(self._conn, message)
         except OSError:
             self._lost()
 
     def _recv(self) -> tuple[Any, ...]:
         try:
-            return self._conn.recv()
+            return _get(self._conn)
         except (EOFError, OSError):
             self._lost()
             raise  # not reached
@@ -184,11 +191,7 @@ class RemotePipeline:
         return self.process.infer_batch(self.name, requests, inputs, progress)
 
     def run_batch(self, requests: list[Any], images: list[Any], progress: ProgressCallback) -> list[PipelineResult]:
-        from worker.pipelines.base import finish, preprocess
-
-        inputs = [preprocess(self, request, image) for request, image in zip(requests, images)]
-        outputs = self.infer_batch(requests, inputs, progress)
-        return [finish(self, request, image, output) for request, image, output in zip(requests, images, outputs)]
+        return run_parts(self, requests, images, progress)
 
 
 # ---------------------------------------------------------------------------- the model process
@@ -204,21 +207,34 @@ def _serve(conn: Connection, settings: Settings, names: list[str], device: str, 
     from worker.process import prepare_torch
 
     _die_with(worker_pid)
-    # Ctrl-C reaches the whole process group: the worker shuts down warmly and ends this process.
+    # Ctrl-C and a supervisor's SIGTERM may reach the whole process group: the worker drains,
+    # then ends this process ("exit", or its own end).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(settings, os.environ)
     try:
+        # Sized here, not in the worker: asking for the GPU's memory would give the worker a CUDA context.
+        weights = loader.check_memory(settings, names, device)
         prepare_torch(settings, device)
         pipelines = loader.with_role_views(loader.load_served(settings, names, device))
-    except VisionqError as exc:
-        conn.send(("error", exc))
-        return
     except Exception as exc:  # noqa: BLE001 - the worker reports it as a model that cannot load
-        log.exception("loading failed")
-        conn.send(("error", ModelError(f"{type(exc).__name__}: {exc}")))
+        if not isinstance(exc, VisionqError):
+            log.exception("loading failed")
+            exc = ModelError(f"{type(exc).__name__}: {exc}")
+        _put(conn, ("error", exc))
+        _wait_for_exit(conn)  # ending now would read as a crash to the worker's watch
         return
-    conn.send(("ready", {name: _served(pipeline) for name, pipeline in pipelines.items()}, loader.model_loads()))
+    ready = {name: _served(pipeline) for name, pipeline in pipelines.items()}
+    _put(conn, ("ready", ready, loader.model_loads(), weights))
     _ModelServer(conn, pipelines).serve()
+
+
+def _wait_for_exit(conn: Connection) -> None:
+    try:
+        while _get(conn)[0] != "exit":
+            pass
+    except (EOFError, OSError):
+        pass
 
 
 def _served(pipeline: Pipeline) -> Served:
@@ -241,7 +257,7 @@ class _ModelServer:
     def serve(self) -> None:
         while not self.exiting:
             try:
-                message = self.conn.recv()
+                message = _get(self.conn)
             except (EOFError, OSError):
                 return
             if message[0] == "run":
@@ -249,6 +265,7 @@ class _ModelServer:
             elif message[0] == "exit":
                 return
             # a late "halt" (the batch had ended) is dropped
+            del message  # not kept alive, inputs and all, while the next one is awaited
 
     def _run(self, name: str, requests: list[Any], inputs: list[Any]) -> None:
         from worker.batching import call_pipeline
@@ -262,16 +279,28 @@ class _ModelServer:
             answer = ("stopped",)
         except VisionqError as exc:
             answer = ("error", exc)
-        self.conn.send(answer)
+        try:
+            _put(self.conn, answer)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:  # an output that cannot cross fails its batch
+            log.exception("a batch's answer could not be sent")
+            _put(self.conn, ("error", ModelError(f"the model's output cannot be sent: {type(exc).__name__}: {exc}")))
 
     def _checkpoint(self, fraction: float) -> None:
         # No round trip: the worker answers only to stop the batch.
-        self.conn.send(("progress", fraction))
-        if self.conn.poll():
-            message = self.conn.recv()
-            self.exiting = message[0] == "exit"
-            if message[0] in ("halt", "exit"):
+        _put(self.conn, ("progress", fraction))
+        while self.conn.poll():
+            message = _get(self.conn)
+            if message[0] == "halt":
                 raise _Halt
+            self.exiting = self.exiting or message[0] == "exit"  # after this batch
+
+
+def _put(conn: Connection, message: tuple[Any, ...]) -> None:
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _get(conn: Connection) -> tuple[Any, ...]:
+    return pickle.loads(conn.recv_bytes())
 
 
 def _portable(value: Any) -> Any:

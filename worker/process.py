@@ -70,17 +70,18 @@ def run_worker(
     from worker.loader import check_memory, load_served, with_role_views
 
     check_device(device)
-    weights = check_memory(settings, models, device)  # refuses a set that does not fit, before loading
     if settings.model_process:
         from worker.model_process import ModelProcess
 
         prepare_torch(settings, "cpu")  # its threads for preprocessing and finishing; CUDA is the model process's
-        model_process = ModelProcess(settings, models, device)  # loads while this process announces `loading`
+        model_process = ModelProcess(settings, models, device)  # sizes and loads while this process announces `loading`
         try:
-            serve(settings, model_process.pipelines, name, device, loglevel, metrics_address, weights_bytes=weights)
+            serve(settings, model_process.pipelines, name, device, loglevel, metrics_address,
+                  weights_bytes=model_process.weights_bytes)
         finally:
             model_process.stop()
         return
+    weights = check_memory(settings, models, device)  # refuses a set that does not fit, before loading
     prepare_torch(settings, device)
     serve(settings, lambda: with_role_views(load_served(settings, models, device)), name, device, loglevel,
           metrics_address, weights_bytes=weights)

@@ -118,6 +118,14 @@ def finish(pipeline: Pipeline, request: Any, image: Image.Image | None, output: 
     return output if own is None else own(request, image, output)
 
 
+def run_parts(pipeline: Pipeline, requests: list[Any], images: list[Image.Image | None],
+              progress: ProgressCallback) -> list[PipelineResult]:
+    """run_batch for a pipeline split in three: each job's preprocess, one infer_batch, each job's finish."""
+    inputs = [preprocess(pipeline, request, image) for request, image in zip(requests, images)]
+    outputs = infer_batch(pipeline, requests, inputs, progress)
+    return [finish(pipeline, request, image, output) for request, image, output in zip(requests, images, outputs)]
+
+
 def run_one(pipeline: Pipeline, request: Any, image: Image.Image | None,
             progress: ProgressCallback) -> PipelineResult:
     """One job: a batch of one, then the job's final checkpoint (1.0 may raise JobCanceled)."""

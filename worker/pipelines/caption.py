@@ -27,7 +27,7 @@ from tasks.errors import InvalidInput, ModelError
 from tasks.schemas import CaptionRequest
 from worker.loading import check_tokenizer, count_tokens, load_model, load_processor
 from worker.pipelines.base import (
-    ModelSpec, PipelineResult, ProgressCallback, no_progress, resized_side, run_one,
+    ModelSpec, PipelineResult, ProgressCallback, no_progress, resized_side, run_one, run_parts,
 )
 
 # The VLM's instruction when a job brings none.
@@ -81,9 +81,7 @@ class CaptionPipeline:
     def run_batch(self, requests: list[CaptionRequest], images: list[Image.Image | None],
                   progress: ProgressCallback) -> list[PipelineResult]:
         """Jobs with one batch_key, as one generate() call."""
-        pixels = [self.preprocess(request, image) for request, image in zip(requests, images)]
-        texts = self.infer_batch(requests, pixels, progress)
-        return [self.finish(request, image, text) for request, image, text in zip(requests, images, texts)]
+        return run_parts(self, requests, images, progress)
 
     def preprocess(self, request: CaptionRequest, image: Image.Image | None) -> Any:
         """Per job, on its own task thread (worker/pipelines/base.py): its checks, and its image as

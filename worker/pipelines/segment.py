@@ -19,7 +19,7 @@ from tasks.schemas import SegmentRequest
 from worker.images import reduced
 from worker.loading import check_token_limit, check_tokenizer, load_model, load_processor, text_token_limit
 from worker.pipelines.base import (
-    FileSlot, ModelSpec, PipelineResult, ProgressCallback, no_progress, resized_side, run_one,
+    FileSlot, ModelSpec, PipelineResult, ProgressCallback, no_progress, resized_side, run_one, run_parts,
 )
 
 OVERLAY_OPACITY = 0.5
@@ -105,9 +105,7 @@ class SegmentPipeline:
     def run_batch(self, requests: list[SegmentRequest], images: list[Image.Image | None],
                   progress: ProgressCallback) -> list[PipelineResult]:
         """Jobs with one batch_key, as one forward pass (all image/label pairs together)."""
-        pixels = [self.preprocess(request, image) for request, image in zip(requests, images)]
-        logits = self.infer_batch(requests, pixels, progress)
-        return [self.finish(request, image, own) for request, image, own in zip(requests, images, logits)]
+        return run_parts(self, requests, images, progress)
 
     def preprocess(self, request: SegmentRequest, image: Image.Image | None) -> torch.Tensor:
         """Per job, on its own task thread (worker/pipelines/base.py): its checks, and its image as

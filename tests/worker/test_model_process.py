@@ -1,0 +1,121 @@
+"""The model process's side of the pipe (worker/model_process.py `_ModelServer`), driven here
+through a real Pipe with fake pipelines: what a batch answers when it ends, is halted, is told
+to exit midway, fails, runs out of memory or returns what cannot be pickled."""
+from __future__ import annotations
+
+import threading
+import time
+from multiprocessing import Pipe
+from typing import Any, Iterator
+
+import pytest
+
+from tasks.errors import ModelError, OutOfMemory
+from worker.model_process import _get, _ModelServer, _put
+
+
+class Stepper:
+    """A pipeline whose batch reports `steps` checkpoints, `pause_s` apart, then echoes its inputs."""
+
+    def __init__(self, steps: int = 1, pause_s: float = 0.0) -> None:
+        self.steps, self.pause_s = steps, pause_s
+        self.finished = threading.Event()
+
+    def batch_key(self, request: Any) -> None:
+        return None
+
+    def infer_batch(self, requests: list[Any], inputs: list[Any], progress: Any) -> list[Any]:
+        for step in range(self.steps):
+            time.sleep(self.pause_s)
+            progress((step + 1) / (self.steps + 1))
+        if requests[0] == "oom":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if requests[0] == "broken":
+            raise ValueError("the model broke")
+        self.finished.set()
+        if requests[0] == "unpicklable":
+            return [lambda: None]
+        return [("echo", value) for value in inputs]
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Any, Stepper, threading.Thread]]:
+    worker_end, model_end = Pipe()
+    pipeline = Stepper(steps=20, pause_s=0.02)
+    server = threading.Thread(target=_ModelServer(model_end, {"m": pipeline}).serve, daemon=True)
+    server.start()
+    yield worker_end, pipeline, server
+    try:
+        _put(worker_end, ("exit",))
+    except OSError:
+        pass
+    server.join(5)
+
+
+def answer(conn: Any) -> tuple[Any, ...]:
+    """The batch's last message, progress skipped."""
+    while True:
+        message = _get(conn)
+        if message[0] != "progress":
+            return message
+
+
+def test_a_batch_answers_its_outputs_after_its_progress(served: tuple[Any, Stepper, threading.Thread]) -> None:
+    conn, _pipeline, _server = served
+    _put(conn, ("run", "m", ["a", "b"], [1, 2]))
+    first = _get(conn)
+    assert first[0] == "progress" and 0 < first[1] < 1
+    assert answer(conn) == ("done", [("echo", 1), ("echo", 2)])
+
+
+def test_halt_stops_the_batch_at_its_next_checkpoint_and_the_next_batch_runs(
+    served: tuple[Any, Stepper, threading.Thread],
+) -> None:
+    conn, pipeline, _server = served
+    _put(conn, ("run", "m", ["a"], [1]))
+    assert _get(conn)[0] == "progress"
+    _put(conn, ("halt",))
+    assert answer(conn) == ("stopped",)
+    assert not pipeline.finished.is_set()
+    _put(conn, ("run", "m", ["b"], [2]))
+    assert answer(conn) == ("done", [("echo", 2)])
+
+
+def test_exit_midway_lets_the_batch_finish_then_ends_the_server(
+    served: tuple[Any, Stepper, threading.Thread],
+) -> None:
+    """A stopping worker never cuts a batch short: its jobs get their answer."""
+    conn, _pipeline, server = served
+    _put(conn, ("run", "m", ["a"], [1]))
+    assert _get(conn)[0] == "progress"
+    _put(conn, ("exit",))
+    assert answer(conn) == ("done", [("echo", 1)])
+    server.join(5)
+    assert not server.is_alive()
+
+
+@pytest.mark.parametrize(("request_", "error", "text"), [
+    ("broken", ModelError, "ValueError: the model broke"),
+    ("oom", OutOfMemory, "does not fit in device memory"),  # worker/batching.py halves the batch on this
+    ("unpicklable", ModelError, "cannot be sent"),
+])
+def test_a_failed_batch_answers_a_coded_error_and_the_server_serves_on(
+    served: tuple[Any, Stepper, threading.Thread], request_: str, error: type, text: str,
+) -> None:
+    conn, _pipeline, _server = served
+    _put(conn, ("run", "m", [request_], [1]))
+    kind, exc = answer(conn)
+    assert kind == "error" and type(exc) is error and text in exc.message
+    _put(conn, ("run", "m", ["a"], [3]))
+    assert answer(conn) == ("done", [("echo", 3)])
+
+
+def test_tensor_outputs_cross_with_storage_of_their_own(served: tuple[Any, Stepper, threading.Thread]) -> None:
+    import torch
+
+    conn, _pipeline, _server = served
+    whole = torch.arange(1000.0)
+    _put(conn, ("run", "m", ["a"], [whole[:3]]))
+    _kind, [(_, view)] = answer(conn)
+    assert view.tolist() == [0.0, 1.0, 2.0]
+    assert view.untyped_storage().nbytes() == 3 * 4  # not the 1000 floats it was a view of
