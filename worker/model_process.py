@@ -11,20 +11,20 @@ batch's `infer_batch`. The worker process keeps everything else: Celery, the tra
 input fetch and decode, each pipeline's `preprocess` and `finish` (from a copy of the pipeline
 loaded without weights, its model built on torch's "meta" device: processors, tokenizer and
 config only), outputs and batch formation (worker/batching.py). What crosses the pipe is a
-batch's requests and preprocessed inputs, then its outputs (text, logits, a generated image),
-copied to the CPU.
+batch's requests and preprocessed inputs, then its outputs, copied to the CPU.
 
 One batch at a time (the worker's model thread is the only caller). The worker sends
 ("run", model, requests, inputs); the model process answers ("progress", fraction) at each of
 the pipeline's checkpoints without waiting, and stops at the next one once the worker sends
 "halt" (its checkpoint raised: a cancel, the time limit, a refused start), answering
-"stopped". A batch ends with ("done", outputs) or ("error", a VisionqError); "exit" is read between
-batches only, so a stopping worker never cuts one short. Messages are plain pickles
-(`_put`, `_get`): multiprocessing's own pickler would move tensors through /dev/shm, 64 MiB
-in a default container. The model process
-dies with the worker (PR_SET_PDEATHSIG, and it exits at the pipe's end); a model process that
-dies ends the worker (exit 70), so that its unacknowledged messages are delivered again and
-VISIONQ_MAX_ATTEMPTS bounds a job that kills it each time.
+"stopped". A batch ends with ("done", outputs) or ("error", a VisionqError). "exit" is acted
+on between batches only, so a stopping worker never cuts one short. Messages are plain
+pickles (`_put`, `_get`): multiprocessing's own pickler would move tensors through /dev/shm,
+64 MiB in a default container.
+
+The model process dies with the worker (PR_SET_PDEATHSIG, and it exits at the pipe's end); a
+model process that dies ends the worker (exit 70), so that its unacknowledged messages are
+delivered again and VISIONQ_MAX_ATTEMPTS bounds a job that kills it each time.
 """
 from __future__ import annotations
 
