@@ -105,23 +105,16 @@ def service_env(redis_server: RedisServer, s3_env: dict[str, str], tiny_models: 
 @pytest.fixture(scope="session")
 def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """One real `visionq worker` process serving every kind with the tiny models."""
-    process = WorkerProcess(service_env, log_dir=tmp_path_factory.mktemp("worker-logs"))
-    process.start()
-    try:
+    with WorkerProcess(service_env, log_dir=tmp_path_factory.mktemp("worker-logs")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="session")
 def deliverer(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """The webhook delivery worker (`visionq webhooks`)."""
-    process = WorkerProcess(service_env, tmp_path_factory.mktemp("deliverer-logs"), ["webhooks", "--concurrency", "8"])
-    process.start()
-    try:
+    logs = tmp_path_factory.mktemp("deliverer-logs")
+    with WorkerProcess(service_env, logs, ["webhooks", "--concurrency", "8"]) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -38,12 +38,8 @@ def beta(gateway_keys: KeyStore) -> NewKey:
 
 @pytest.fixture(scope="session")
 def gateway_worker(gateway_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(gateway_env, log_dir=tmp_path_factory.mktemp("gateway-worker"))
-    process.start()
-    try:
+    with WorkerProcess(gateway_env, log_dir=tmp_path_factory.mktemp("gateway-worker")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="session")

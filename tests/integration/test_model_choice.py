@@ -38,13 +38,9 @@ def choice_env(service_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def two_model_worker(choice_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(choice_env, tmp_path_factory.mktemp("choice-worker"),
-                            ["worker", "--device", "cpu", "--serve", TWO_CAPTIONERS])
-    process.start()
-    try:
+    with WorkerProcess(choice_env, tmp_path_factory.mktemp("choice-worker"),
+                       ["worker", "--device", "cpu", "--serve", TWO_CAPTIONERS]) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

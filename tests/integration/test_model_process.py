@@ -33,12 +33,8 @@ def split_env(service_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def split_worker(split_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(split_env, tmp_path_factory.mktemp("split-worker"))
-    process.start()
-    try:
+    with WorkerProcess(split_env, tmp_path_factory.mktemp("split-worker")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

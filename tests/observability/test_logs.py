@@ -20,12 +20,8 @@ URL_TOKEN = "tok-9f8e7d6c5b4a"
 
 @pytest.fixture
 def deliverer(obs_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(obs_env, tmp_path, ["webhooks", "--concurrency", "2"])
-    process.start()
-    try:
+    with WorkerProcess(obs_env, tmp_path, ["webhooks", "--concurrency", "2"]) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:

@@ -34,3 +34,10 @@ class WorkerProcess(_Launched):
             raise
         return self
 
+    def __enter__(self) -> WorkerProcess:
+        """`with WorkerProcess(...) as worker:` started and ready inside, stopped after."""
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
