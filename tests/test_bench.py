@@ -37,6 +37,7 @@ def test_table_aligns_numbers_right() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.bench
 @pytest.mark.timeout(210)
 def test_smoke_run_writes_figures_with_baselines(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
@@ -98,6 +99,7 @@ def test_model_only_ceiling_times_each_way_over_several_rounds() -> None:
     assert batched > 2 * single > 0  # eight jobs a call against one
 
 
+@pytest.mark.bench
 def test_convoy_scenario_runs_the_model_alone_beside_threads_and_beside_a_process(tmp_path: Path) -> None:
     out = tmp_path / "convoy.json"
     result = subprocess.run(
@@ -167,6 +169,7 @@ def test_full_size_configs_build_the_published_architectures() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.bench
 @pytest.mark.timeout(190)
 def test_gpu_script_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
     """No CI machine has a GPU: --smoke runs the same steps there on the tiny models."""
