@@ -38,9 +38,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Hashable
 
+import torch
+
 from tasks.errors import ModelError, VisionqError
 from tasks.settings import Settings
-from worker.pipelines.base import Pipeline, PipelineResult, ProgressCallback, run_parts
+from worker.batching import call_pipeline
+from worker.pipelines.base import Pipeline, PipelineResult, ProgressCallback, infer_batch, input_side, run_parts
 
 log = logging.getLogger("visionq.worker")
 
@@ -57,8 +60,8 @@ class Served:
     input_side: int | None
     # Whether it has `preprocess` or `finish`, run in the worker by a copy without weights.
     host_half: bool
-    # The pipeline class's batch_key, called without an instance where no copy is held (generate,
-    # detect_segment): theirs read only the request.
+    # The pipeline class's batch_key, called without an instance: every pipeline's reads only
+    # the request (worker/pipelines/base.py).
     batch_key: Callable[[Any, Any], Hashable | None]
 
 
@@ -175,7 +178,6 @@ class RemotePipeline:
         self.batches = served.batches
         self.input_side = served.input_side
         self._batch_key = served.batch_key
-        self.host = host
         for part in ("preprocess", "finish"):
             own = getattr(host, part, None)
             if own is not None:
@@ -185,7 +187,7 @@ class RemotePipeline:
         pass  # warmed up in the model process, before it answered
 
     def batch_key(self, request: Any) -> Hashable | None:
-        return self.host.batch_key(request) if self.host is not None else self._batch_key(None, request)
+        return self._batch_key(None, request)
 
     def infer_batch(self, requests: list[Any], inputs: list[Any], progress: ProgressCallback) -> list[Any]:
         return self.process.infer_batch(self.name, requests, inputs, progress)
@@ -238,8 +240,6 @@ def _wait_for_exit(conn: Connection) -> None:
 
 
 def _served(pipeline: Pipeline) -> Served:
-    from worker.pipelines.base import input_side
-
     return Served(
         model_label=pipeline.model_label, batches=getattr(pipeline, "batches", True), input_side=input_side(pipeline),
         host_half=hasattr(pipeline, "preprocess") or hasattr(pipeline, "finish"), batch_key=type(pipeline).batch_key,
@@ -268,9 +268,6 @@ class _ModelServer:
             del message  # not kept alive, inputs and all, while the next one is awaited
 
     def _run(self, name: str, requests: list[Any], inputs: list[Any]) -> None:
-        from worker.batching import call_pipeline
-        from worker.pipelines.base import infer_batch
-
         pipeline = self.pipelines[name]
         try:
             outputs = call_pipeline(lambda: infer_batch(pipeline, requests, inputs, self._checkpoint))
@@ -306,8 +303,6 @@ def _get(conn: Connection) -> tuple[Any, ...]:
 def _portable(value: Any) -> Any:
     """`value` as it can cross the pipe: tensors copied to the CPU, each with storage of its own
     (a pickled view would carry its whole batch's storage)."""
-    import torch
-
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, (list, tuple)):

@@ -56,7 +56,8 @@ class Pipeline(Protocol):
     def warm_up(self) -> None: ...
 
     def batch_key(self, request: Any) -> Hashable | None:
-        """Jobs with equal keys may share one `run_batch` call; None: this job runs alone."""
+        """Jobs with equal keys may share one `run_batch` call; None: this job runs alone. A function
+        of the request alone (worker/model_process.py calls it without an instance)."""
 
     def run_batch(self, requests: list[Any], images: list[Image.Image | None],
                   progress: ProgressCallback) -> list[PipelineResult]:
