@@ -13,6 +13,10 @@ the job's task thread (its `finish`): the model thread runs only what batches. M
 unacknowledged in Redis until their own task thread finishes, so batching keeps
 Celery's delivery guarantees (acks_late, redelivery on crash).
 
+With the models in a process of their own (worker/model_process.py) there are two model
+threads: while one batch runs there, the next is formed and sent, and waits in the model
+process's pipe; its jobs turn `running` when sent.
+
 A job turns `running` when the model thread takes it, but the model does not wait for
 that Redis round trip: the job's own task thread makes it while the model already
 computes (on two cores the round trip took 1.7-2.2 ms of a 23 ms tiny SD job, Redis
@@ -38,6 +42,9 @@ from worker.pipelines.base import Pipeline, PipelineResult, finish, infer_batch,
 
 log = logging.getLogger("visionq.worker")
 MAX_ADAPTIVE_WAIT_S = 0.1  # the longest a batch under load waits for companions
+# Model threads when the models run in a process of their own (worker/model_process.py): one
+# batch runs there while the next waits in its pipe.
+BATCHES_IN_FLIGHT = 2
 # Put on the queue when an announced job will not come: a batch waiting for companions
 # blocks on the queue (no polling that would take the GIL from the task threads decoding
 # them) and this wakes it to look again whether any are still on their way.
@@ -88,9 +95,12 @@ class _Refused(BaseException):
 
 
 class ModelExecutor:
-    """Runs pipeline calls on one thread, in batches where the kind allows."""
+    """Runs pipeline calls on one thread, in batches where the kind allows (on two, one batch
+    each, when the models run in a process of their own: BATCHES_IN_FLIGHT)."""
 
-    def __init__(self, max_batch: dict[JobKind, int], max_wait_ms: float) -> None:
+    def __init__(self, max_batch: dict[JobKind, int], max_wait_ms: float, threads: int = 1) -> None:
+        """`threads`: model threads, each forming a batch and running it; more than one only when the
+        models run in a process of their own, which queues the batches (worker/model_process.py)."""
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self._queue: queue.Queue[Any] = queue.Queue()  # _Item, or _RECOUNT
@@ -106,8 +116,10 @@ class ModelExecutor:
         # waits a whole batch run for the next. An idle worker never waits (_collect).
         self._batch_s: dict[int, float] = {}  # by id(pipeline): moving average of a batch's run time
         self._under_load = False
-        self._thread = threading.Thread(target=self._loop, name="visionq-model", daemon=True)
-        self._thread.start()
+        self._collecting = threading.Lock()  # one thread forms a batch at a time
+        for number in range(threads):
+            name = "visionq-model" if threads == 1 else f"visionq-model-{number + 1}"
+            threading.Thread(target=self._loop, name=name, daemon=True).start()
 
     def expect(self) -> None:
         """A task thread has taken a job and will hand it over soon."""
@@ -159,7 +171,8 @@ class ModelExecutor:
 
     def _loop(self) -> None:
         while True:
-            batch = self._collect()
+            with self._collecting:
+                batch = self._collect()
             self._execute(batch)
 
     def _collect(self) -> list[_Item]:

@@ -13,14 +13,19 @@ loaded without weights, its model built on torch's "meta" device: processors, to
 config only), outputs and batch formation (worker/batching.py). What crosses the pipe is a
 batch's requests and preprocessed inputs, then its outputs, copied to the CPU.
 
-One batch at a time (the worker's model thread is the only caller). The worker sends
-("run", model, requests, inputs); the model process answers ("progress", fraction) at each of
-the pipeline's checkpoints without waiting, and stops at the next one once the worker sends
-"halt" (its checkpoint raised: a cancel, the time limit, a refused start), answering
-"stopped". A batch ends with ("done", outputs) or ("error", a VisionqError). "exit" is acted
-on between batches only, so a stopping worker never cuts one short. Messages are plain
-pickles (`_put`, `_get`): multiprocessing's own pickler would move tensors through /dev/shm,
-64 MiB in a default container.
+Two batches in flight: the worker has two model threads (worker/batching.py), and while the
+model process runs one batch the next already waits in its pipe, so the model never idles for
+a round trip between batches (measured: 0.3-0.6 ms a tiny SD job, 1.5-5 ms a tiny caption batch
+of 8, before). Each batch has an id. The worker sends ("run", id, model, requests, inputs); the
+model process runs batches in the order they came and answers ("progress", id, fraction) at
+each of the pipeline's checkpoints without waiting. It stops a batch at its next checkpoint,
+or before it starts, once the worker sends ("halt", id) (its checkpoint raised: a cancel, the
+time limit, a refused start), answering ("stopped", id). A batch ends with ("done", id,
+outputs) or ("error", id, a VisionqError). "exit" is acted on once the batches received
+before it have run, so a stopping worker never cuts one short. One reader thread in the
+worker hands each answer to its batch's caller. Messages are plain pickles (`_put`, `_get`):
+multiprocessing's own pickler would move tensors through /dev/shm, 64 MiB in a default
+container.
 
 The model process dies with the worker (PR_SET_PDEATHSIG, and it exits at the pipe's end); a
 model process that dies ends the worker (exit 70), so that its unacknowledged messages are
@@ -28,12 +33,15 @@ delivered again and VISIONQ_MAX_ATTEMPTS bounds a job that kills it each time.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import threading
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Hashable
@@ -66,8 +74,8 @@ class Served:
 
 
 class ModelProcess:
-    """The model process, seen from the worker: only the worker's model thread runs batches;
-    `stop` may come from any thread."""
+    """The model process, seen from the worker: the worker's model threads run batches
+    (`infer_batch`, several at once); `stop` may come from any thread."""
 
     def __init__(self, settings: Settings, names: list[str], device: str) -> None:
         context = multiprocessing.get_context("spawn")  # never fork: CUDA and loaded weights do not survive it
@@ -81,6 +89,8 @@ class ModelProcess:
         self._settings, self._names, self._device = settings, names, device
         self._sending = threading.Lock()
         self._stopping = False
+        self._ids = itertools.count(1)
+        self._answers: dict[int, queue.SimpleQueue[tuple[Any, ...]]] = {}  # batch id -> its messages
         # Model name -> weights bytes, as the model process sized them before loading (filled by `pipelines`).
         self.weights_bytes: dict[str, int] = {}
         # An idle worker never touches the pipe: this thread notices the model process's end.
@@ -97,6 +107,7 @@ class ModelProcess:
         if message[0] == "error":
             raise message[1]
         _, served, loads, weights = message
+        threading.Thread(target=self._read, name="visionq-model-process-reader", daemon=True).start()
         loader.add_loads(loads)
         self.weights_bytes.update(weights)
         names = [name for name, info in served.items() if info.host_half and name in self._names]
@@ -108,23 +119,31 @@ class ModelProcess:
         return {name: RemotePipeline(self, name, info, hosts.get(name)) for name, info in served.items()}
 
     def infer_batch(self, name: str, requests: list[Any], inputs: list[Any], progress: ProgressCallback) -> list[Any]:
-        """On the worker's model thread. Progress comes without a round trip; the answer "halt"
-        only when the checkpoint raised, and then what it raised is this batch's outcome."""
-        self._send(("run", name, requests, inputs))
-        while True:
-            message = self._recv()
-            if message[0] == "progress":
-                try:
-                    progress(message[1])
-                except BaseException:
-                    self._send(("halt",))
-                    while self._recv()[0] not in ("stopped", "done", "error"):
-                        pass
-                    raise
-            elif message[0] == "done":
-                return message[1]
-            else:
-                raise message[1]
+        """On one of the worker's model threads. Progress comes without a round trip; the answer
+        "halt" only when the checkpoint raised, and then what it raised is this batch's outcome."""
+        batch_id = next(self._ids)
+        answers: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._answers[batch_id] = answers
+        try:
+            self._send(("run", batch_id, name, requests, inputs))
+            while True:
+                message = answers.get()
+                if message[0] == "progress":
+                    try:
+                        progress(message[2])
+                    except BaseException:
+                        self._send(("halt", batch_id))
+                        while answers.get()[0] not in ("stopped", "done", "error", "lost"):
+                            pass
+                        raise
+                elif message[0] == "done":
+                    return message[2]
+                elif message[0] == "lost":
+                    raise SystemExit(0)  # the worker is stopping: its model thread ends here
+                else:
+                    raise message[2]
+        finally:
+            del self._answers[batch_id]
 
     def stop(self) -> None:
         """Ask the model process to exit; end it if it does not."""
@@ -138,6 +157,20 @@ class ModelProcess:
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
+
+    def _read(self) -> None:
+        """The reader thread: each answer to its batch's caller."""
+        while True:
+            try:
+                message = _get(self._conn)
+            except (EOFError, OSError):
+                for answers in list(self._answers.values()):
+                    answers.put(("lost",))
+                self._lost()
+                return
+            answers = self._answers.get(message[1])
+            if answers is not None:  # none: a halted batch's caller has gone
+                answers.put(message)
 
     def _watch(self) -> None:
         wait([self._process.sentinel])
@@ -161,7 +194,7 @@ class ModelProcess:
     def _lost(self) -> None:
         self._process.join(1.0)
         if self._stopping:
-            raise SystemExit(0)  # the worker is stopping: its model thread ends here
+            raise SystemExit(0)  # the worker is stopping: this thread ends here
         log.critical("the model process exited (code %s); ending this worker so that its jobs are delivered again",
                      self._process.exitcode)
         os._exit(EXIT_MODEL_PROCESS_LOST)
@@ -247,49 +280,73 @@ def _served(pipeline: Pipeline) -> Served:
 
 
 class _ModelServer:
-    """The model process's one thread: it reads a batch, runs it, answers, and reads the next."""
+    """The model process's one thread: it runs the batches in the order they came, reading the
+    pipe between batches and at each checkpoint."""
 
     def __init__(self, conn: Connection, pipelines: dict[str, Pipeline]) -> None:
         self.conn = conn
         self.pipelines = pipelines
+        self.waiting: deque[tuple[Any, ...]] = deque()  # "run" messages not yet run
+        self.halted: set[int] = set()  # ids of waiting batches halted before they ran
+        self.running: int | None = None
         self.exiting = False
 
     def serve(self) -> None:
-        while not self.exiting:
-            try:
-                message = _get(self.conn)
-            except (EOFError, OSError):
-                return
-            if message[0] == "run":
-                self._run(*message[1:])
-            elif message[0] == "exit":
-                return
-            # a late "halt" (the batch had ended) is dropped
-            del message  # not kept alive, inputs and all, while the next one is awaited
+        while self.waiting or not self.exiting:
+            if not self.waiting:
+                try:
+                    self._take(_get(self.conn))
+                except (EOFError, OSError):
+                    return
+                continue
+            _, batch_id, name, requests, inputs = self.waiting.popleft()
+            if batch_id in self.halted:
+                self.halted.discard(batch_id)
+                self._answer(("stopped", batch_id))
+            else:
+                self._run(batch_id, name, requests, inputs)
+            del requests, inputs  # not kept alive while the next one is awaited
 
-    def _run(self, name: str, requests: list[Any], inputs: list[Any]) -> None:
+    def _take(self, message: tuple[Any, ...]) -> None:
+        """A message from the worker, between batches or at a checkpoint."""
+        if message[0] == "run":
+            self.waiting.append(message)
+        elif message[0] == "halt":
+            if message[1] == self.running:
+                raise _Halt
+            if any(waiting[1] == message[1] for waiting in self.waiting):
+                self.halted.add(message[1])
+            # else a late "halt": the batch had ended
+        elif message[0] == "exit":
+            self.exiting = True  # once the batches received before it have run
+
+    def _run(self, batch_id: int, name: str, requests: list[Any], inputs: list[Any]) -> None:
         pipeline = self.pipelines[name]
+        self.running = batch_id
         try:
             outputs = call_pipeline(lambda: infer_batch(pipeline, requests, inputs, self._checkpoint))
-            answer: tuple[Any, ...] = ("done", [_portable(output) for output in outputs])
+            answer: tuple[Any, ...] = ("done", batch_id, [_portable(output) for output in outputs])
         except _Halt:
-            answer = ("stopped",)
+            answer = ("stopped", batch_id)
         except VisionqError as exc:
-            answer = ("error", exc)
+            answer = ("error", batch_id, exc)
+        finally:
+            self.running = None
+        self._answer(answer)
+
+    def _answer(self, answer: tuple[Any, ...]) -> None:
         try:
             _put(self.conn, answer)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:  # an output that cannot cross fails its batch
             log.exception("a batch's answer could not be sent")
-            _put(self.conn, ("error", ModelError(f"the model's output cannot be sent: {type(exc).__name__}: {exc}")))
+            error = ModelError(f"the model's output cannot be sent: {type(exc).__name__}: {exc}")
+            _put(self.conn, ("error", answer[1], error))
 
     def _checkpoint(self, fraction: float) -> None:
         # No round trip: the worker answers only to stop the batch.
-        _put(self.conn, ("progress", fraction))
+        _put(self.conn, ("progress", self.running, fraction))
         while self.conn.poll():
-            message = _get(self.conn)
-            if message[0] == "halt":
-                raise _Halt
-            self.exiting = self.exiting or message[0] == "exit"  # after this batch
+            self._take(_get(self.conn))
 
 
 def _put(conn: Connection, message: tuple[Any, ...]) -> None:

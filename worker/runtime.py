@@ -31,7 +31,7 @@ from tasks.status import JobStatus
 from tasks.storage import Storage
 from tasks.store import Delivery, JobStore
 from tasks.webhooks import EventType
-from worker.batching import ModelExecutor
+from worker.batching import BATCHES_IN_FLIGHT, ModelExecutor
 from worker.broker import acknowledged
 from worker.images import decode_image
 from worker.inputs import InputReader
@@ -72,7 +72,8 @@ class JobRunner:
         self.watchdog = watchdog
         # Called with each record this runner made final (worker/observe.py: metrics, logs, Celery's view).
         self.on_final: list[Callable[[JobRecord], None]] = []
-        self.executor = ModelExecutor({JobKind(k): n for k, n in settings.max_batch.items()}, settings.max_wait_ms)
+        self.executor = ModelExecutor({JobKind(k): n for k, n in settings.max_batch.items()}, settings.max_wait_ms,
+                                      threads=BATCHES_IN_FLIGHT if settings.model_process else 1)
 
     def run(
         self, kind: JobKind, job_id: str, request_data: dict[str, Any], *, model: str | None = None,

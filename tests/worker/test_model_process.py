@@ -1,6 +1,7 @@
 """The model process's side of the pipe (worker/model_process.py `_ModelServer`), driven here
-through a real Pipe with fake pipelines: what a batch answers when it ends, is halted, is told
-to exit midway, fails, runs out of memory or returns what cannot be pickled."""
+through a real Pipe with fake pipelines: what a batch answers when it ends, is halted (running
+or still waiting), is told to exit midway, fails, runs out of memory or returns what cannot be
+pickled; batches sent while one runs run next, in order."""
 from __future__ import annotations
 
 import threading
@@ -62,34 +63,64 @@ def answer(conn: Any) -> tuple[Any, ...]:
 
 def test_a_batch_answers_its_outputs_after_its_progress(served: tuple[Any, Stepper, threading.Thread]) -> None:
     conn, _pipeline, _server = served
-    _put(conn, ("run", "m", ["a", "b"], [1, 2]))
+    _put(conn, ("run", 1, "m", ["a", "b"], [1, 2]))
     first = _get(conn)
-    assert first[0] == "progress" and 0 < first[1] < 1
-    assert answer(conn) == ("done", [("echo", 1), ("echo", 2)])
+    assert first[:2] == ("progress", 1) and 0 < first[2] < 1
+    assert answer(conn) == ("done", 1, [("echo", 1), ("echo", 2)])
+
+
+def test_batches_sent_while_one_runs_run_next_in_the_order_they_came(
+    served: tuple[Any, Stepper, threading.Thread],
+) -> None:
+    conn, _pipeline, _server = served
+    _put(conn, ("run", 1, "m", ["a"], [1]))
+    assert _get(conn)[:2] == ("progress", 1)  # running: the next two wait in the pipe
+    _put(conn, ("run", 2, "m", ["b"], [2]))
+    _put(conn, ("run", 3, "m", ["c"], [3]))
+    assert [answer(conn) for _ in range(3)] == [
+        ("done", 1, [("echo", 1)]), ("done", 2, [("echo", 2)]), ("done", 3, [("echo", 3)]),
+    ]
 
 
 def test_halt_stops_the_batch_at_its_next_checkpoint_and_the_next_batch_runs(
     served: tuple[Any, Stepper, threading.Thread],
 ) -> None:
     conn, pipeline, _server = served
-    _put(conn, ("run", "m", ["a"], [1]))
+    _put(conn, ("run", 1, "m", ["a"], [1]))
     assert _get(conn)[0] == "progress"
-    _put(conn, ("halt",))
-    assert answer(conn) == ("stopped",)
+    _put(conn, ("halt", 1))
+    assert answer(conn) == ("stopped", 1)
     assert not pipeline.finished.is_set()
-    _put(conn, ("run", "m", ["b"], [2]))
-    assert answer(conn) == ("done", [("echo", 2)])
+    _put(conn, ("run", 2, "m", ["b"], [2]))
+    assert answer(conn) == ("done", 2, [("echo", 2)])
 
 
-def test_exit_midway_lets_the_batch_finish_then_ends_the_server(
+def test_a_waiting_batch_halted_never_runs_and_the_running_one_is_untouched(
     served: tuple[Any, Stepper, threading.Thread],
 ) -> None:
-    """A stopping worker never cuts a batch short: its jobs get their answer."""
+    conn, pipeline, _server = served
+    _put(conn, ("run", 1, "m", ["a"], [1]))
+    assert _get(conn)[:2] == ("progress", 1)
+    _put(conn, ("run", 2, "m", ["b"], [2]))
+    _put(conn, ("halt", 2))
+    _put(conn, ("halt", 7))  # late: no such batch any more
+    assert answer(conn) == ("done", 1, [("echo", 1)])
+    assert answer(conn) == ("stopped", 2)
+    _put(conn, ("run", 3, "m", ["c"], [3]))
+    assert answer(conn) == ("done", 3, [("echo", 3)])
+
+
+def test_exit_midway_lets_the_batches_received_finish_then_ends_the_server(
+    served: tuple[Any, Stepper, threading.Thread],
+) -> None:
+    """A stopping worker never cuts a batch short: its jobs get their answer, the waiting one's too."""
     conn, _pipeline, server = served
-    _put(conn, ("run", "m", ["a"], [1]))
+    _put(conn, ("run", 1, "m", ["a"], [1]))
     assert _get(conn)[0] == "progress"
+    _put(conn, ("run", 2, "m", ["b"], [2]))
     _put(conn, ("exit",))
-    assert answer(conn) == ("done", [("echo", 1)])
+    assert answer(conn) == ("done", 1, [("echo", 1)])
+    assert answer(conn) == ("done", 2, [("echo", 2)])
     server.join(5)
     assert not server.is_alive()
 
@@ -103,11 +134,11 @@ def test_a_failed_batch_answers_a_coded_error_and_the_server_serves_on(
     served: tuple[Any, Stepper, threading.Thread], request_: str, error: type, text: str,
 ) -> None:
     conn, _pipeline, _server = served
-    _put(conn, ("run", "m", [request_], [1]))
-    kind, exc = answer(conn)
-    assert kind == "error" and type(exc) is error and text in exc.message
-    _put(conn, ("run", "m", ["a"], [3]))
-    assert answer(conn) == ("done", [("echo", 3)])
+    _put(conn, ("run", 1, "m", [request_], [1]))
+    kind, batch_id, exc = answer(conn)
+    assert (kind, batch_id) == ("error", 1) and type(exc) is error and text in exc.message
+    _put(conn, ("run", 2, "m", ["a"], [3]))
+    assert answer(conn) == ("done", 2, [("echo", 3)])
 
 
 def test_tensor_outputs_cross_with_storage_of_their_own(served: tuple[Any, Stepper, threading.Thread]) -> None:
@@ -115,7 +146,7 @@ def test_tensor_outputs_cross_with_storage_of_their_own(served: tuple[Any, Stepp
 
     conn, _pipeline, _server = served
     whole = torch.arange(1000.0)
-    _put(conn, ("run", "m", ["a"], [whole[:3]]))
-    _kind, [(_, view)] = answer(conn)
+    _put(conn, ("run", 1, "m", ["a"], [whole[:3]]))
+    _kind, _batch_id, [(_, view)] = answer(conn)
     assert view.tolist() == [0.0, 1.0, 2.0]
     assert view.untyped_storage().nbytes() == 3 * 4  # not the 1000 floats it was a view of
