@@ -60,7 +60,8 @@ def test_smoke_run_writes_figures_with_baselines(tmp_path: Path) -> None:
     latency = report["scenarios"]["latency"]["data"]["distributions"]
     assert {"idle: queue_ms", "80% load: enqueue -> wait returned ms"} <= latency.keys()
     split = report["scenarios"]["model_process"]  # the shipped worker against VISIONQ_MODEL_PROCESS
-    assert [row["baseline"] for row in split["rows"]] == ["in the worker's process (shipped)"]
+    assert [row["baseline"] for row in split["rows"]] == [
+        "in the worker's process (shipped)", "batching off (max_batch 1)", "8 calls of 1"]
     assert set(split["data"]) == {"caption"}
 
 
