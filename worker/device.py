@@ -8,7 +8,13 @@ on the way there.
 from __future__ import annotations
 
 import os
-from typing import MutableMapping
+import sys
+from typing import Any, MutableMapping
+
+# (device, allocated bytes, reserved bytes) rows that this worker's model process reported
+# (worker/model_process.py): with VISIONQ_MODEL_PROCESS the worker's own process never
+# initialises CUDA, and these stand for its figures.
+_reported_gpu_memory: list[tuple[str, float, float]] = []
 
 
 def pin_device(device: str, env: MutableMapping[str, str] = os.environ) -> str:
@@ -37,3 +43,27 @@ def check_device(device: str) -> None:
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"device {device} requested but CUDA is not available in this process")
+
+
+def gpu_memory() -> list[tuple[str, float, float]]:
+    """(device, allocated bytes, reserved bytes) per CUDA device this worker uses: this process's
+    own figures, or, where this process never initialised CUDA, the latest its model process
+    reported; none before CUDA is up (or on the CPU).
+
+    Never initialises CUDA itself (a scrape during loading must not race the loader)."""
+    torch: Any = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return list(_reported_gpu_memory)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    physical = [part.strip() for part in visible.split(",") if part.strip()]
+    rows = []
+    for index in range(torch.cuda.device_count()):
+        # The GPU's index on the host, as nvidia-smi shows it, when the worker is pinned.
+        label = f"cuda:{physical[index]}" if index < len(physical) else f"cuda:{index}"
+        rows.append((label, float(torch.cuda.memory_allocated(index)), float(torch.cuda.memory_reserved(index))))
+    return rows
+
+
+def report_gpu_memory(rows: list[tuple[str, float, float]]) -> None:
+    """The model process's figures, as `gpu_memory` gives them in the worker's process."""
+    _reported_gpu_memory[:] = rows

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from typing import Any, Callable
@@ -14,6 +13,7 @@ from celery import signals
 
 from tasks.record import utc_now
 from tasks.heartbeats import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S, worker_key
+from worker.device import gpu_memory
 
 LAZY_WRITE_S = 1.0  # how late a lazy update may reach Redis
 
@@ -105,15 +105,15 @@ class Heartbeat:
 
 
 def _memory_mb() -> dict[str, float]:
-    """Resident memory of this process, and the GPU memory torch holds if it is loaded."""
+    """Resident memory of this process, and the GPU memory torch holds once CUDA is up (in this
+    process or its model process)."""
     memory: dict[str, float] = {}
     try:
         with open("/proc/self/statm") as statm:
             memory["rss"] = round(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
     except OSError:
         pass
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        memory["gpu_allocated"] = round(torch.cuda.memory_allocated() / 2**20, 1)
-        memory["gpu_reserved"] = round(torch.cuda.memory_reserved() / 2**20, 1)
+    for _device, allocated, reserved in gpu_memory()[:1]:  # the worker's GPU (it is pinned to one)
+        memory["gpu_allocated"] = round(allocated / 2**20, 1)
+        memory["gpu_reserved"] = round(reserved / 2**20, 1)
     return memory

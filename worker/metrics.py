@@ -10,9 +10,7 @@ for counters. Reference: docs/observability.md.
 """
 from __future__ import annotations
 
-import os
-import sys
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -20,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from tasks.models import default_model
 from tasks.record import JobRecord
+from worker.device import gpu_memory
 
 WORKER_STATES = ("loading", "ready", "busy", "draining")
 
@@ -103,25 +102,10 @@ class _LiveCollector(Collector):
             "visionq_gpu_memory_reserved_bytes", "GPU memory this worker's allocator reserved (tensors + cache)",
             labels=["device"],
         )
-        for device, allocated, cached in _gpu_memory():
+        for device, allocated, cached in gpu_memory():
             used.add_metric([device], allocated)
             reserved.add_metric([device], cached)
         yield used
         yield reserved
 
 
-def _gpu_memory() -> list[tuple[str, float, float]]:
-    """(device, allocated, reserved) per CUDA device this process uses; none before CUDA is up.
-
-    Never initialises CUDA itself (a scrape during loading must not race the loader)."""
-    torch: Any = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_initialized():
-        return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    physical = [part.strip() for part in visible.split(",") if part.strip()]
-    rows = []
-    for index in range(torch.cuda.device_count()):
-        # The GPU's index on the host, as nvidia-smi shows it, when the worker is pinned.
-        label = f"cuda:{physical[index]}" if index < len(physical) else f"cuda:{index}"
-        rows.append((label, float(torch.cuda.memory_allocated(index)), float(torch.cuda.memory_reserved(index))))
-    return rows

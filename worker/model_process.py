@@ -23,7 +23,9 @@ or before it starts, once the worker sends ("halt", id) (its checkpoint raised: 
 time limit, a refused start), answering ("stopped", id). A batch ends with ("done", id,
 outputs) or ("error", id, a VisionqError). "exit" is acted on once the batches received
 before it have run, so a stopping worker never cuts one short. One reader thread in the
-worker hands each answer to its batch's caller. Messages are plain pickles (`_put`, `_get`):
+worker hands each answer to its batch's caller. The model process also sends ("memory", rows)
+once loaded and after any batch that changed them: its GPU memory figures, which the worker's
+heartbeat and /metrics show (worker/device.py `gpu_memory`). Messages are plain pickles (`_put`, `_get`):
 multiprocessing's own pickler would move tensors through /dev/shm, 64 MiB in a default
 container.
 
@@ -51,6 +53,7 @@ import torch
 from tasks.errors import ModelError, VisionqError
 from tasks.settings import Settings
 from worker.batching import call_pipeline
+from worker.device import gpu_memory, report_gpu_memory
 from worker.pipelines.base import Pipeline, PipelineResult, ProgressCallback, infer_batch, input_side, run_parts
 
 log = logging.getLogger("visionq.worker")
@@ -168,6 +171,9 @@ class ModelProcess:
                     answers.put(("lost",))
                 self._lost()
                 return
+            if message[0] == "memory":
+                report_gpu_memory(message[1])
+                continue
             answers = self._answers.get(message[1])
             if answers is not None:  # none: a halted batch's caller has gone
                 answers.put(message)
@@ -290,8 +296,10 @@ class _ModelServer:
         self.halted: set[int] = set()  # ids of waiting batches halted before they ran
         self.running: int | None = None
         self.exiting = False
+        self.memory_reported: list[tuple[str, float, float]] = []
 
     def serve(self) -> None:
+        self._report_memory()
         while self.waiting or not self.exiting:
             if not self.waiting:
                 try:
@@ -305,7 +313,15 @@ class _ModelServer:
                 self._answer(("stopped", batch_id))
             else:
                 self._run(batch_id, name, requests, inputs)
+                self._report_memory()
             del requests, inputs  # not kept alive while the next one is awaited
+
+    def _report_memory(self) -> None:
+        """The GPU memory figures, when they changed, for the worker's heartbeat and /metrics."""
+        rows = gpu_memory()
+        if rows != self.memory_reported:
+            _put(self.conn, ("memory", rows))
+            self.memory_reported = rows
 
     def _take(self, message: tuple[Any, ...]) -> None:
         """A message from the worker, between batches or at a checkpoint."""

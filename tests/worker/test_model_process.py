@@ -141,6 +141,58 @@ def test_a_failed_batch_answers_a_coded_error_and_the_server_serves_on(
     assert answer(conn) == ("done", 2, [("echo", 3)])
 
 
+def test_gpu_memory_figures_are_reported_when_they_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the models in a process of their own only the model process sees CUDA; its figures
+    reach the worker's heartbeat and /metrics as "memory" messages: once up, then after a batch
+    that changed them."""
+    from worker import model_process
+
+    figures = [[("cuda:3", 100.0, 200.0)]]
+    monkeypatch.setattr(model_process, "gpu_memory", lambda: figures[-1])
+
+    class Allocating(Stepper):
+        def infer_batch(self, requests: list[Any], inputs: list[Any], progress: Any) -> list[Any]:
+            if requests[0] == "grow":
+                figures.append([("cuda:3", 150.0, 256.0)])
+            return super().infer_batch(requests, inputs, progress)
+
+    worker_end, model_end = Pipe()
+    server = threading.Thread(target=_ModelServer(model_end, {"m": Allocating()}).serve, daemon=True)
+    server.start()
+    try:
+        assert _get(worker_end) == ("memory", [("cuda:3", 100.0, 200.0)])
+        for batch_id, request in enumerate(["a", "grow", "a"], start=1):
+            _put(worker_end, ("run", batch_id, "m", [request], [batch_id]))
+        assert answer(worker_end) == ("done", 1, [("echo", 1)])  # unchanged figures: nothing sent
+        assert answer(worker_end) == ("done", 2, [("echo", 2)])
+        assert _get(worker_end) == ("memory", [("cuda:3", 150.0, 256.0)])
+        assert answer(worker_end) == ("done", 3, [("echo", 3)])
+    finally:
+        _put(worker_end, ("exit",))
+        server.join(5)
+
+
+def test_reported_gpu_memory_is_what_the_heartbeat_and_metrics_show() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from worker.device import gpu_memory, report_gpu_memory
+    from worker.heartbeat import _memory_mb
+    from worker.metrics import _LiveCollector
+
+    assert gpu_memory() == []  # the CPU: no CUDA in this process, nothing reported
+    report_gpu_memory([("cuda:3", 100 * 2**20, 200 * 2**20)])
+    try:
+        assert gpu_memory() == [("cuda:3", 100 * 2**20, 200 * 2**20)]
+        assert _memory_mb()["gpu_allocated"] == 100.0 and _memory_mb()["gpu_reserved"] == 200.0
+        registry = CollectorRegistry()
+        registry.register(_LiveCollector(lambda: "ready"))
+        text = generate_latest(registry).decode()
+        assert 'visionq_gpu_memory_used_bytes{device="cuda:3"} 1.048576e+08' in text
+        assert 'visionq_gpu_memory_reserved_bytes{device="cuda:3"} 2.097152e+08' in text
+    finally:
+        report_gpu_memory([])
+
+
 def test_tensor_outputs_cross_with_storage_of_their_own(served: tuple[Any, Stepper, threading.Thread]) -> None:
     import torch
 
