@@ -353,3 +353,27 @@ def test_finish_runs_on_the_jobs_own_threads_and_fails_alone() -> None:
     assert isinstance(results[2], ModelError) and "post-processing broke" in str(results[2])
     assert {i: results[i][0].output["echo"] for i in (0, 1, 3, 4)} == {0: 0, 1: 2, 3: 6, 4: 8}
     assert len(pipeline.finished_on) == 5 and "visionq-model" not in set(pipeline.finished_on.values())
+
+
+def test_two_model_threads_run_a_second_batch_while_the_first_is_still_running() -> None:
+    """With the models in a process of their own (BATCHES_IN_FLIGHT), the next batch is formed
+    and handed over while one runs; each job still gets its own result, once."""
+    running = threading.Semaphore(0)
+    release = threading.Event()
+
+    class Holding(Recorder):
+        def run_batch(self, requests: list[Any], images: list[Any], progress: Any) -> list[PipelineResult]:
+            running.release()
+            release.wait(5)
+            return super().run_batch(requests, images, progress)
+
+    pipeline = Holding()
+    pipeline.gate.set()
+    executor = ModelExecutor({JobKind.CAPTION: 2}, max_wait_ms=50, threads=2)
+    threads, results = submit_all(executor, pipeline, [2, 4, 6, 8])
+    assert running.acquire(timeout=5) and running.acquire(timeout=5)  # two batches in at once
+    release.set()
+    for t in threads:
+        t.join()
+    assert sorted(r for b in pipeline.batches for r in b) == [2, 4, 6, 8]
+    assert [results[i][0].output["echo"] for i in range(4)] == [2, 4, 6, 8]
