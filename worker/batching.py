@@ -15,7 +15,7 @@ Celery's delivery guarantees (acks_late, redelivery on crash).
 
 With the models in a process of their own (worker/model_process.py) there are two model
 threads: while one batch runs there, the next is formed and sent, and waits in the model
-process's pipe; its jobs turn `running` when sent.
+process's pipe; its jobs are taken (turn `running`) when it starts running there.
 
 A job turns `running` when the model thread takes it, but the model does not wait for
 that Redis round trip: the job's own task thread makes it while the model already
@@ -228,15 +228,20 @@ class ModelExecutor:
                 self._pending.append(item)
 
     def _execute(self, batch: list[_Item]) -> None:
-        taken_at = utc_now()
-        for item in batch:
-            item.taken_at = taken_at
-            item.taken.set()  # its task thread starts it now
-        # A redelivery starts before the model runs it: the start refuses a job whose runs
-        # keep killing their worker, and this one must not be the next.
-        batch = [item for item in batch if not item.start_first or self._start_first(item)]
-        if batch:
-            self._run(batch)
+        # A pipeline that queues batches (the model process, two in flight) says when one starts
+        # running there: its jobs are taken then, so that waiting behind the batch ahead counts
+        # against neither their time limit nor their attempts. A redelivery starts before the
+        # model runs it: the start refuses a job whose runs keep killing their worker, and this
+        # one must not be the next.
+        queued = getattr(batch[0].pipeline, "queues_batches", False) and not any(i.start_first for i in batch)
+        if not queued:
+            _take(batch)
+        try:
+            batch = [item for item in batch if not item.start_first or self._start_first(item)]
+            if batch:
+                self._run(batch, (lambda: _take(batch)) if queued else None)
+        finally:
+            _take(batch)  # a batch that ended without starting: its task threads see how it ended
 
     @staticmethod
     def _start_first(item: _Item) -> bool:
@@ -245,15 +250,23 @@ class ModelExecutor:
             item.future.set_exception(refusal)
         return refusal is None
 
-    def _run(self, batch: list[_Item]) -> None:
+    def _run(self, batch: list[_Item], on_start: Callable[[], None] | None = None) -> None:
+        """`on_start`: the batch is queued by its pipeline; called when it starts running there."""
         started = time.perf_counter()
         pipeline = batch[0].pipeline
         # A job alone reports its own progress (and may be canceled midway); in a
         # batch of several, each job's checkpoint comes once the batch is done.
         progress = batch[0].checkpoint if len(batch) == 1 else no_progress
+
+        def begin() -> None:
+            nonlocal started
+            started = time.perf_counter()  # run_ms leaves out the wait in the queue
+            on_start()
+
         try:
             results = call_pipeline(
-                lambda: infer_batch(pipeline, [i.request for i in batch], [i.model_input for i in batch], progress)
+                lambda: infer_batch(pipeline, [i.request for i in batch], [i.model_input for i in batch], progress,
+                                    on_start=None if on_start is None else begin)
             )
         except OutOfMemory as exc:
             if len(batch) == 1:
@@ -261,8 +274,8 @@ class ModelExecutor:
                 return
             log.warning("batch of %d ran out of memory; retrying in halves", len(batch))
             half = len(batch) // 2
-            self._run(batch[:half])
-            self._run(batch[half:])
+            self._run(batch[:half], on_start)
+            self._run(batch[half:], on_start)
             return
         except VisionqError as exc:
             if len(batch) == 1:
@@ -270,7 +283,7 @@ class ModelExecutor:
                 return
             log.warning("batch of %d failed; running its jobs one by one", len(batch))
             for item in batch:
-                self._run([item])
+                self._run([item], on_start)
             return
         except BaseException as exc:  # noqa: BLE001 - JobCanceled and the like, delivered to the jobs' threads
             for item in batch:
@@ -282,6 +295,15 @@ class ModelExecutor:
         self._batch_s[id(pipeline)] = seconds if previous is None else 0.7 * previous + 0.3 * seconds
         for item, result in zip(batch, results):
             item.future.set_result((result, len(batch), run_ms))  # its own thread makes the last checkpoint
+
+
+def _take(batch: list[_Item]) -> None:
+    """The model took these jobs: their task threads start them now (once; later calls change nothing)."""
+    taken_at = utc_now()
+    for item in batch:
+        if not item.taken.is_set():
+            item.taken_at = taken_at
+            item.taken.set()
 
 
 def _fail(item: _Item, exc: BaseException) -> None:

@@ -17,17 +17,19 @@ Two batches in flight: the worker has two model threads (worker/batching.py), an
 model process runs one batch the next already waits in its pipe, so the model never idles for
 a round trip between batches (measured: 0.3-0.6 ms a tiny SD job, 1.5-5 ms a tiny caption batch
 of 8, before). Each batch has an id. The worker sends ("run", id, model, requests, inputs); the
-model process runs batches in the order they came and answers ("progress", id, fraction) at
-each of the pipeline's checkpoints without waiting. It stops a batch at its next checkpoint,
-or before it starts, once the worker sends ("halt", id) (its checkpoint raised: a cancel, the
-time limit, a refused start), answering ("stopped", id). A batch ends with ("done", id,
-outputs) or ("error", id, a VisionqError). "exit" is acted on once the batches received
-before it have run, so a stopping worker never cuts one short. One reader thread in the
-worker hands each answer to its batch's caller. The model process also sends ("memory", rows)
-once loaded and after any batch that changed them: its GPU memory figures, which the worker's
-heartbeat and /metrics show (worker/device.py `gpu_memory`). Messages are plain pickles (`_put`, `_get`):
-multiprocessing's own pickler would move tensors through /dev/shm, 64 MiB in a default
-container.
+model process runs batches in the order they came, says ("started", id) as it starts one (its
+jobs turn `running` then: waiting behind the batch ahead counts against neither their time
+limit nor their attempts), and answers ("progress", id, fraction) at each of the pipeline's
+checkpoints without waiting. The worker sends ("halt", id) when its checkpoint raised (a
+cancel, the time limit, a refused start): the batch stops at its next checkpoint and answers
+("stopped", id); a batch halted before it started would answer that without running. A batch
+ends with ("done", id, outputs) or ("error", id, a VisionqError). "exit" ends the model process
+once the batches it has read run (a worker exits only once its jobs are done, so none are left
+unread). The model process also sends ("memory", rows) once loaded and after any batch that
+changed them: its GPU memory figures, which the worker's heartbeat and /metrics show
+(worker/device.py `gpu_memory`). One reader thread in the worker hands each message to its
+batch's thread. Messages are plain pickles (`_put`, `_get`): multiprocessing's own pickler
+would move tensors through /dev/shm, 64 MiB in a default container.
 
 The model process dies with the worker (PR_SET_PDEATHSIG, and it exits at the pipe's end); a
 model process that dies ends the worker (exit 70), so that its unacknowledged messages are
@@ -121,9 +123,11 @@ class ModelProcess:
             })
         return {name: RemotePipeline(self, name, info, hosts.get(name)) for name, info in served.items()}
 
-    def infer_batch(self, name: str, requests: list[Any], inputs: list[Any], progress: ProgressCallback) -> list[Any]:
-        """On one of the worker's model threads. Progress comes without a round trip; the answer
-        "halt" only when the checkpoint raised, and then what it raised is this batch's outcome."""
+    def infer_batch(self, name: str, requests: list[Any], inputs: list[Any], progress: ProgressCallback,
+                    on_start: Callable[[], None] | None = None) -> list[Any]:
+        """On one of the worker's model threads; `on_start` is called when the batch starts running
+        there. Progress comes without a round trip; the answer "halt" only when the checkpoint
+        raised, and then what it raised is this batch's outcome."""
         batch_id = next(self._ids)
         answers: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._answers[batch_id] = answers
@@ -131,7 +135,10 @@ class ModelProcess:
             self._send(("run", batch_id, name, requests, inputs))
             while True:
                 message = answers.get()
-                if message[0] == "progress":
+                if message[0] == "started":
+                    if on_start is not None:
+                        on_start()
+                elif message[0] == "progress":
                     try:
                         progress(message[2])
                     except BaseException:
@@ -151,32 +158,43 @@ class ModelProcess:
     def stop(self) -> None:
         """Ask the model process to exit; end it if it does not."""
         self._stopping = True
-        try:
-            with self._sending:
+        # The lock may be held by a send blocked behind a batch that does not read its pipe
+        # (no checkpoint): then the process is ended below without being asked.
+        if self._sending.acquire(timeout=STOP_TIMEOUT_S):
+            try:
                 _put(self._conn, ("exit",))
-        except OSError:
-            pass
+            except OSError:
+                pass
+            finally:
+                self._sending.release()
         self._process.join(STOP_TIMEOUT_S)
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
 
     def _read(self) -> None:
-        """The reader thread: each answer to its batch's caller."""
+        """The reader thread: each message to its batch's thread."""
         while True:
             try:
                 message = _get(self._conn)
             except (EOFError, OSError):
-                for answers in list(self._answers.values()):
-                    answers.put(("lost",))
+                if self._stopping:  # the model threads end (SystemExit) rather than wait forever
+                    for answers in list(self._answers.values()):
+                        answers.put(("lost",))
                 self._lost()
                 return
+            except BaseException:  # noqa: BLE001 - a message that cannot be read: its batch could never end
+                log.exception("a message from the model process could not be read; ending this worker so that "
+                              "its jobs are delivered again")
+                os._exit(EXIT_MODEL_PROCESS_LOST)
             if message[0] == "memory":
                 report_gpu_memory(message[1])
-                continue
-            answers = self._answers.get(message[1])
-            if answers is not None:  # none: a halted batch's caller has gone
-                answers.put(message)
+            else:
+                answers = self._answers.get(message[1])
+                if answers is not None:  # none: a halted batch's thread has gone
+                    answers.put(message)
+                del answers
+            del message  # not kept alive, outputs and all, while the next is awaited
 
     def _watch(self) -> None:
         wait([self._process.sentinel])
@@ -207,8 +225,10 @@ class ModelProcess:
 
 
 class RemotePipeline:
-    """A pipeline of the model process, as the worker's runtime and model thread use it: its
+    """A pipeline of the model process, as the worker's runtime and model threads use it: its
     `preprocess` and `finish` run here, on the copy without weights (`host`)."""
+
+    queues_batches = True  # its batches wait in the model process's pipe: infer_batch takes on_start
 
     def __init__(self, process: ModelProcess, name: str, served: Served, host: Pipeline | None) -> None:
         self.process = process
@@ -228,8 +248,9 @@ class RemotePipeline:
     def batch_key(self, request: Any) -> Hashable | None:
         return self._batch_key(None, request)
 
-    def infer_batch(self, requests: list[Any], inputs: list[Any], progress: ProgressCallback) -> list[Any]:
-        return self.process.infer_batch(self.name, requests, inputs, progress)
+    def infer_batch(self, requests: list[Any], inputs: list[Any], progress: ProgressCallback,
+                    on_start: Callable[[], None] | None = None) -> list[Any]:
+        return self.process.infer_batch(self.name, requests, inputs, progress, on_start)
 
     def run_batch(self, requests: list[Any], images: list[Any], progress: ProgressCallback) -> list[PipelineResult]:
         return run_parts(self, requests, images, progress)
@@ -312,6 +333,7 @@ class _ModelServer:
                 self.halted.discard(batch_id)
                 self._answer(("stopped", batch_id))
             else:
+                _put(self.conn, ("started", batch_id))
                 self._run(batch_id, name, requests, inputs)
                 self._report_memory()
             del requests, inputs  # not kept alive while the next one is awaited

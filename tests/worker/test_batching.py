@@ -377,3 +377,29 @@ def test_two_model_threads_run_a_second_batch_while_the_first_is_still_running()
         t.join()
     assert sorted(r for b in pipeline.batches for r in b) == [2, 4, 6, 8]
     assert [results[i][0].output["echo"] for i in range(4)] == [2, 4, 6, 8]
+
+
+def test_a_queued_batch_is_taken_when_its_pipeline_starts_it_not_when_it_is_sent() -> None:
+    """The model process queues batches: its jobs turn running (their time limit and attempt
+    start) when the batch starts there, not while it waits behind the one ahead."""
+    go = threading.Event()
+
+    class Queueing(Recorder):
+        queues_batches = True
+
+        def infer_batch(self, requests: list[Any], inputs: list[Any], progress: Any, on_start: Any = None) -> list[Any]:
+            go.wait(5)  # waiting behind another batch
+            on_start()
+            return [PipelineResult(output={"echo": r}) for r in requests]
+
+    starts: list[str] = []
+    results: list[Any] = []
+    executor = ModelExecutor({JobKind.CAPTION: 2}, max_wait_ms=5, threads=2)
+    job = threading.Thread(target=lambda: results.append(executor.run(
+        JobKind.CAPTION, Queueing(), 2, None, lambda f: None, "job", 60, starts.append)))
+    job.start()
+    time.sleep(0.3)
+    assert starts == []  # sent, not started
+    go.set()
+    job.join(5)
+    assert len(starts) == 1 and results[0][0].output == {"echo": 2}

@@ -54,16 +54,23 @@ def served() -> Iterator[tuple[Any, Stepper, threading.Thread]]:
 
 
 def answer(conn: Any) -> tuple[Any, ...]:
-    """The batch's last message, progress skipped."""
+    """The batch's last message, its start and progress skipped."""
     while True:
         message = _get(conn)
-        if message[0] != "progress":
+        if message[0] not in ("started", "progress"):
             return message
+
+
+def running(conn: Any, batch_id: int) -> None:
+    """Wait until batch `batch_id` has started and reported progress once."""
+    assert _get(conn) == ("started", batch_id)
+    assert _get(conn)[:2] == ("progress", batch_id)
 
 
 def test_a_batch_answers_its_outputs_after_its_progress(served: tuple[Any, Stepper, threading.Thread]) -> None:
     conn, _pipeline, _server = served
     _put(conn, ("run", 1, "m", ["a", "b"], [1, 2]))
+    assert _get(conn) == ("started", 1)  # the worker marks the batch's jobs running now
     first = _get(conn)
     assert first[:2] == ("progress", 1) and 0 < first[2] < 1
     assert answer(conn) == ("done", 1, [("echo", 1), ("echo", 2)])
@@ -74,7 +81,7 @@ def test_batches_sent_while_one_runs_run_next_in_the_order_they_came(
 ) -> None:
     conn, _pipeline, _server = served
     _put(conn, ("run", 1, "m", ["a"], [1]))
-    assert _get(conn)[:2] == ("progress", 1)  # running: the next two wait in the pipe
+    running(conn, 1)  # the next two wait in the pipe
     _put(conn, ("run", 2, "m", ["b"], [2]))
     _put(conn, ("run", 3, "m", ["c"], [3]))
     assert [answer(conn) for _ in range(3)] == [
@@ -87,7 +94,7 @@ def test_halt_stops_the_batch_at_its_next_checkpoint_and_the_next_batch_runs(
 ) -> None:
     conn, pipeline, _server = served
     _put(conn, ("run", 1, "m", ["a"], [1]))
-    assert _get(conn)[0] == "progress"
+    running(conn, 1)
     _put(conn, ("halt", 1))
     assert answer(conn) == ("stopped", 1)
     assert not pipeline.finished.is_set()
@@ -100,7 +107,7 @@ def test_a_waiting_batch_halted_never_runs_and_the_running_one_is_untouched(
 ) -> None:
     conn, pipeline, _server = served
     _put(conn, ("run", 1, "m", ["a"], [1]))
-    assert _get(conn)[:2] == ("progress", 1)
+    running(conn, 1)
     _put(conn, ("run", 2, "m", ["b"], [2]))
     _put(conn, ("halt", 2))
     _put(conn, ("halt", 7))  # late: no such batch any more
@@ -116,7 +123,7 @@ def test_exit_midway_lets_the_batches_received_finish_then_ends_the_server(
     """A stopping worker never cuts a batch short: its jobs get their answer, the waiting one's too."""
     conn, _pipeline, server = served
     _put(conn, ("run", 1, "m", ["a"], [1]))
-    assert _get(conn)[0] == "progress"
+    running(conn, 1)
     _put(conn, ("run", 2, "m", ["b"], [2]))
     _put(conn, ("exit",))
     assert answer(conn) == ("done", 1, [("echo", 1)])

@@ -104,10 +104,13 @@ def preprocess(pipeline: Pipeline, request: Any, image: Image.Image | None) -> A
 
 
 def infer_batch(pipeline: Pipeline, requests: list[Any], model_inputs: list[Any],
-                progress: ProgressCallback) -> list[Any]:
+                progress: ProgressCallback, on_start: Callable[[], None] | None = None) -> list[Any]:
     """The pipeline's `infer_batch` (on `preprocess`'s outputs) where it has one; else run_batch's
-    results, with nothing left to finish."""
+    results, with nothing left to finish. `on_start`: called when the batch starts running, for a
+    pipeline that queues batches (`queues_batches`: the model process's)."""
     infer = getattr(pipeline, "infer_batch", None)
+    if on_start is not None:
+        return infer(requests, model_inputs, progress, on_start=on_start)
     if infer is not None:
         return infer(requests, model_inputs, progress)
     return pipeline.run_batch(requests, model_inputs, progress)
