@@ -63,8 +63,8 @@ def run(stack: Stack, plan: Plan) -> ScenarioResult:
             ]
             data[kind] = rates
     notes = [
-        "all workers: the shipped settings (max_batch 8 for caption and segment, 1 for generate) but where "
-        "a row says max_batch 1, VISIONQ_TORCH_THREADS=1; the model process gets twice max_batch task slots "
+        "all workers: VISIONQ_TORCH_THREADS=1 and the shipped max_batch (8 for caption and segment, 1 for "
+        "generate), except the rows' 'max_batch 1'; the model process gets twice max_batch task slots "
         "(worker/process.py task_slots) and two batches in flight (worker/batching.py BATCHES_IN_FLIGHT).",
         "batching with the model process, as the batching scenario's target reads it: the on/off ratio "
         "over the model-only ceiling's ratio.",
