@@ -117,6 +117,8 @@ class ModelExecutor:
         self._batch_s: dict[int, float] = {}  # by id(pipeline): moving average of a batch's run time
         self._under_load = False
         self._collecting = threading.Lock()  # one thread forms a batch at a time
+        self._flight = threading.Condition()  # guards _in_flight: batches handed to the model, not yet ended
+        self._in_flight = 0
         for number in range(threads):
             name = "visionq-model" if threads == 1 else f"visionq-model-{number + 1}"
             threading.Thread(target=self._loop, name=name, daemon=True).start()
@@ -232,16 +234,25 @@ class ModelExecutor:
         # running there: its jobs are taken then, so that waiting behind the batch ahead counts
         # against neither their time limit nor their attempts. A redelivery starts before the
         # model runs it: the start refuses a job whose runs keep killing their worker, and this
-        # one must not be the next.
-        queued = getattr(batch[0].pipeline, "queues_batches", False) and not any(i.start_first for i in batch)
-        if not queued:
-            _take(batch)
+        # one must not be the next. In a queued pipeline such a batch first waits for the batches
+        # ahead to end, so that it starts as it is sent.
+        queued = getattr(batch[0].pipeline, "queues_batches", False)
+        redelivered = any(item.start_first for item in batch)
+        with self._flight:
+            if queued and redelivered:
+                self._flight.wait_for(lambda: self._in_flight == 0)
+            self._in_flight += 1
         try:
+            if not queued or redelivered:
+                _take(batch)
             batch = [item for item in batch if not item.start_first or self._start_first(item)]
             if batch:
-                self._run(batch, (lambda: _take(batch)) if queued else None)
+                self._run(batch, (lambda: _take(batch)) if queued and not redelivered else None)
         finally:
             _take(batch)  # a batch that ended without starting: its task threads see how it ended
+            with self._flight:
+                self._in_flight -= 1
+                self._flight.notify_all()
 
     @staticmethod
     def _start_first(item: _Item) -> bool:

@@ -91,6 +91,7 @@ class ModelProcess:
         )
         self._process.start()
         child.close()
+        log.info("models in a process of their own (VISIONQ_MODEL_PROCESS): pid %s", self._process.pid)
         self._settings, self._names, self._device = settings, names, device
         self._sending = threading.Lock()
         self._stopping = False

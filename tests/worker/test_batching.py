@@ -403,3 +403,42 @@ def test_a_queued_batch_is_taken_when_its_pipeline_starts_it_not_when_it_is_sent
     go.set()
     job.join(5)
     assert len(starts) == 1 and results[0][0].output == {"echo": 2}
+
+
+def test_a_redelivered_job_of_a_queued_pipeline_starts_only_once_the_batch_ahead_has_ended() -> None:
+    """A redelivery is started before the model runs it; in the model process's queue it would
+    otherwise start (its clock, its attempt) while it waits behind another batch."""
+    release = threading.Event()
+    starts: list[str] = []
+
+    class Queueing(Recorder):
+        queues_batches = True
+
+        def infer_batch(self, requests: list[Any], inputs: list[Any], progress: Any, on_start: Any = None) -> list[Any]:
+            if on_start is not None:
+                on_start()
+            if requests[0] == 2:
+                release.wait(5)  # the batch ahead runs on
+            return [PipelineResult(output={"echo": r}) for r in requests]
+
+    pipeline = Queueing()
+    executor = ModelExecutor({JobKind.CAPTION: 1}, max_wait_ms=5, threads=2)
+
+    def job(request: int, name: str, redelivered: bool) -> threading.Thread:
+        thread = threading.Thread(target=lambda: executor.run(
+            JobKind.CAPTION, pipeline, request, None, lambda f: None, name, 60, lambda _at: starts.append(name),
+            start_first=redelivered))
+        thread.start()
+        return thread
+
+    ahead = job(2, "ahead", redelivered=False)
+    deadline = time.monotonic() + 5
+    while starts != ["ahead"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    again = job(4, "redelivered", redelivered=True)
+    time.sleep(0.3)
+    assert starts == ["ahead"]
+    release.set()
+    ahead.join(5)
+    again.join(5)
+    assert starts == ["ahead", "redelivered"]
