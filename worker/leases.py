@@ -26,6 +26,18 @@ def unacked_index_key(prefix: str) -> str:
     return f"{prefix}:unacked_index"
 
 
+# This process's leases (one per worker process), for `give_back_all`.
+_ALL: list[Leases] = []
+
+
+def give_back_all() -> None:
+    """The worker is about to exit on its own with jobs in hand (its model process died, a job
+    stuck past its time limit): what it holds becomes deliverable again at kombu's next look
+    for abandoned messages (every few seconds), not a visibility timeout (an hour) later."""
+    for leases in list(_ALL):
+        leases.give_back()
+
+
 class Leases:
     def __init__(self, client: redis.Redis, prefix: str, visibility_timeout_s: float) -> None:
         self.client = client
@@ -35,8 +47,10 @@ class Leases:
         self.interval_s = max(0.2, min(30.0, visibility_timeout_s / 4))
         self._tags: set[str] = set()
         self._lock = threading.Lock()
+        self._given_back = False
         self._thread = threading.Thread(target=self._loop, name="visionq-leases", daemon=True)
         self._thread.start()
+        _ALL.append(self)
 
     @contextmanager
     def hold(self, delivery_tag: str | None) -> Iterator[None]:
@@ -53,10 +67,21 @@ class Leases:
 
     def renew(self) -> None:
         with self._lock:
-            tags = list(self._tags)
+            tags = [] if self._given_back else list(self._tags)
         if tags:
             # XX: only tags still unacknowledged; an acknowledged one is not brought back.
             self.client.zadd(self.key, {tag: time.time() for tag in tags}, xx=True)
+
+    def give_back(self) -> None:
+        """Date the messages held here as taken at the epoch: abandoned, for kombu's next look."""
+        with self._lock:
+            self._given_back = True  # no renewal dates them again before the exit
+            tags = list(self._tags)
+        if tags:
+            try:
+                self.client.zadd(self.key, {tag: 0 for tag in tags}, xx=True)
+            except redis.RedisError as exc:  # they come back after the visibility timeout
+                log.warning("messages in hand not given back, Redis unavailable: %s", exc)
 
     def _loop(self) -> None:
         while True:

@@ -187,7 +187,7 @@ class ModelProcess:
             except BaseException:  # noqa: BLE001 - a message that cannot be read: its batch could never end
                 log.exception("a message from the model process could not be read; ending this worker so that "
                               "its jobs are delivered again")
-                os._exit(EXIT_MODEL_PROCESS_LOST)
+                _exit_lost()
             if message[0] == "memory":
                 report_gpu_memory(message[1])
             else:
@@ -222,7 +222,15 @@ class ModelProcess:
             raise SystemExit(0)  # the worker is stopping: this thread ends here
         log.critical("the model process exited (code %s); ending this worker so that its jobs are delivered again",
                      self._process.exitcode)
-        os._exit(EXIT_MODEL_PROCESS_LOST)
+        _exit_lost()
+
+
+def _exit_lost() -> None:
+    """End the worker, exit 70, its messages given back for the next worker to take at once."""
+    from worker.leases import give_back_all
+
+    give_back_all()
+    os._exit(EXIT_MODEL_PROCESS_LOST)
 
 
 class RemotePipeline:

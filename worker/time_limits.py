@@ -22,6 +22,7 @@ from tasks.errors import JobTimeout
 from tasks.record import utc_now
 from tasks.status import JobStatus
 from tasks.store import JobStore
+from worker.leases import give_back_all
 
 log = logging.getLogger("visionq.worker")
 
@@ -112,4 +113,5 @@ class Watchdog:
                 self.store.transition(job_id, JobStatus.FAILED, completed_at=utc_now(), error=error.to_dict())
             except redis.RedisError:
                 pass  # Redis is away: the message, still unacknowledged, is delivered again
+        give_back_all()  # the other jobs in hand are cut short too: delivered again at once
         self._exit(self.exit_code)

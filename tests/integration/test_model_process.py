@@ -1,8 +1,8 @@
 """VISIONQ_MODEL_PROCESS=true: a real worker whose weights live in a model process of its own
 (worker/model_process.py). Every kind gives the same output as the in-process worker (the
 session's `worker`) on the same input, bad input still fails alone and quickly, a running
-generation is canceled midway, and a model process that dies ends its worker (exit 70) so that
-its jobs are delivered again."""
+generation is canceled midway, and a model process that dies ends its worker (exit 70), whose
+jobs the next worker runs at once."""
 from __future__ import annotations
 
 import os
@@ -112,7 +112,17 @@ def test_a_running_generation_is_canceled_midway(split_client: Client) -> None:
 
 
 # Last: it ends the module's worker.
-def test_a_model_process_that_dies_ends_its_worker(split_worker: WorkerProcess) -> None:
+def test_a_model_process_that_dies_ends_its_worker_which_gives_its_jobs_back(
+    split_client: Client, split_worker: WorkerProcess, split_env: dict[str, str], tmp_path: Path,
+) -> None:
+    """Exit 70, and the messages the worker held are delivered again at once: the next worker
+    runs them though the visibility timeout is an hour here (worker/leases.py give_back_all)."""
+    jobs = [split_client.generate("cut short", width=128, height=128, steps=100, seed=seed) for seed in range(6)]
+    wait_until(lambda: jobs[0].refresh().progress > 0.0, what="the first generation under way")
     os.kill(model_process_of(split_worker), signal.SIGKILL)
     wait_until(lambda: split_worker.process.poll() is not None, timeout_s=30, what="the worker's exit")
     assert split_worker.process.returncode == EXIT_MODEL_PROCESS_LOST
+    assert Settings.from_env(split_env).visibility_timeout_s >= 3600
+    with WorkerProcess(split_env, tmp_path):
+        for job in jobs:
+            assert job.wait(timeout=TIMEOUT).status == "succeeded", job.to_dict()

@@ -97,3 +97,24 @@ def test_the_delivery_tag_a_lease_renews_is_found_in_a_celery_task_request(
         request = Context(Request(message, app=app, task=app.tasks[JobKind.GENERATE.task_name]).request_dict)
         assert message.delivery_tag and delivery_tag(request) == message.delivery_tag
         message.ack()
+
+
+def test_messages_given_back_on_a_deliberate_exit_are_abandoned_at_once_and_never_renewed(
+    redis_client: redis.Redis, key_prefix: str,
+) -> None:
+    """A worker that exits on its own (its model process died, a job stuck past its limit) gives
+    back what it holds: kombu's next look for abandoned messages takes them, not one an hour on."""
+    from worker.leases import give_back_all
+
+    key = unacked_index_key(key_prefix)
+    now = time.time()
+    redis_client.zadd(key, {"held": now, "acknowledged": now})
+    leases = Leases(redis_client, key_prefix, visibility_timeout_s=3600)
+    with leases.hold("held"):
+        redis_client.zrem(key, "acknowledged")
+        with leases.hold("acknowledged"):
+            give_back_all()
+            assert redis_client.zscore(key, "held") == 0  # older than any visibility timeout
+            assert redis_client.zscore(key, "acknowledged") is None  # not brought back
+            leases.renew()  # the renewal thread, between the give-back and the exit
+            assert redis_client.zscore(key, "held") == 0
