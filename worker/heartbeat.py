@@ -104,15 +104,35 @@ class Heartbeat:
 
 
 
-def _memory_mb() -> dict[str, float]:
-    """Resident memory of this process, and the GPU memory torch holds once CUDA is up (in this
-    process or its model process)."""
-    memory: dict[str, float] = {}
+# Processes of this worker whose memory counts as its own: its model process
+# (worker/model_process.py), registered by `count_memory_of`.
+_COMPANIONS: list[int] = []
+
+
+def count_memory_of(pid: int) -> None:
+    """Count process `pid`'s resident memory in this worker's (`rss`, and `model_process_rss`)."""
+    _COMPANIONS.append(pid)
+
+
+def _rss_mb(pid: int | str) -> float | None:
     try:
-        with open("/proc/self/statm") as statm:
-            memory["rss"] = round(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-    except OSError:
-        pass
+        with open(f"/proc/{pid}/statm") as statm:
+            return round(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _memory_mb() -> dict[str, float]:
+    """Resident memory of this worker (its model process included, also on its own), and the GPU
+    memory torch holds once CUDA is up (in this process or its model process)."""
+    memory: dict[str, float] = {}
+    own = _rss_mb("self")
+    if own is not None:
+        memory["rss"] = own
+    companions = [rss for rss in map(_rss_mb, _COMPANIONS) if rss is not None]
+    if companions:
+        memory["model_process_rss"] = round(sum(companions), 1)
+        memory["rss"] = round(memory.get("rss", 0.0) + sum(companions), 1)
     for _device, allocated, reserved in gpu_memory()[:1]:  # the worker's GPU (it is pinned to one)
         memory["gpu_allocated"] = round(allocated / 2**20, 1)
         memory["gpu_reserved"] = round(reserved / 2**20, 1)

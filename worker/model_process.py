@@ -56,6 +56,7 @@ from tasks.errors import ModelError, VisionqError
 from tasks.settings import Settings
 from worker.batching import call_pipeline
 from worker.device import gpu_memory, report_gpu_memory
+from worker.heartbeat import count_memory_of
 from worker.pipelines.base import Pipeline, PipelineResult, ProgressCallback, infer_batch, input_side, run_parts
 
 log = logging.getLogger("visionq.worker")
@@ -92,6 +93,7 @@ class ModelProcess:
         self._process.start()
         child.close()
         log.info("models in a process of their own (VISIONQ_MODEL_PROCESS): pid %s", self._process.pid)
+        count_memory_of(self._process.pid)  # the heartbeat's rss is the worker's, both processes
         self._settings, self._names, self._device = settings, names, device
         self._sending = threading.Lock()
         self._stopping = False

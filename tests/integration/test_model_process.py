@@ -89,7 +89,10 @@ def test_the_weights_live_in_the_model_process_which_ignores_a_group_sigterm(
     os.kill(model_process, signal.SIGTERM)
     assert split_client.caption(scene(seed=1)).wait(timeout=TIMEOUT).status == "succeeded"
     assert model_process_of(split_worker) == model_process
-    assert split_worker.heartbeat()["model_loads"] == 3  # counted once, where the weights loaded
+    beat = split_worker.heartbeat()
+    assert beat["model_loads"] == 3  # counted once, where the weights loaded
+    memory = beat["memory_mb"]  # the worker's resident memory counts its model process's too
+    assert memory["model_process_rss"] > 0 and memory["rss"] > memory["model_process_rss"]
 
 
 def test_bad_input_fails_alone_before_the_model(split_client: Client) -> None:
