@@ -111,9 +111,10 @@ class ModelExecutor:
         self._arriving = 0
         self._arriving_lock = threading.Lock()
         # Under load (work was waiting when the last batch formed), a batch waits for companions up
-        # to half its pipeline's recent batch time, not just max_wait_ms: on a small machine the
-        # next jobs' fetch and decode take longer than 5 ms, and a job that misses this batch
-        # waits a whole batch run for the next. An idle worker never waits (_collect).
+        # to half its pipeline's recent batch time (a whole one with the model process), not just
+        # max_wait_ms: on a small machine the next jobs' fetch and decode take longer than 5 ms,
+        # and a job that misses this batch waits a whole batch run for the next. An idle worker
+        # never waits (_collect).
         self._batch_s: dict[int, float] = {}  # by id(pipeline): moving average of a batch's run time
         self._under_load = False
         self._collecting = threading.Lock()  # one thread forms a batch at a time
@@ -197,7 +198,10 @@ class ModelExecutor:
         under_load = self._under_load
         wait_s = self.max_wait_s
         if under_load and limit > 1:
-            wait_s = max(wait_s, min(MAX_ADAPTIVE_WAIT_S, self._batch_s.get(id(first.pipeline), 0.0) / 2))
+            # A batch of a pipeline that queues batches waits behind the one running there anyway:
+            # it may wait for companions up to a whole batch time.
+            share = 1.0 if getattr(first.pipeline, "queues_batches", False) else 0.5
+            wait_s = max(wait_s, min(MAX_ADAPTIVE_WAIT_S, self._batch_s.get(id(first.pipeline), 0.0) * share))
         deadline = time.monotonic() + wait_s
         while len(batch) < limit:
             remaining = deadline - time.monotonic()
