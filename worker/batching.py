@@ -118,8 +118,11 @@ class ModelExecutor:
         self._batch_s: dict[int, float] = {}  # by id(pipeline): moving average of a batch's run time
         self._under_load = False
         self._collecting = threading.Lock()  # one thread forms a batch at a time
-        self._flight = threading.Condition()  # guards _in_flight: batches handed to the model, not yet ended
+        # Batches handed to the model and not yet ended, and redelivered batches of a pipeline that
+        # queues (waiting for none to be ahead, or running): guarded by _flight.
+        self._flight = threading.Condition()
         self._in_flight = 0
+        self._redeliveries = 0
         for number in range(threads):
             name = "visionq-model" if threads == 1 else f"visionq-model-{number + 1}"
             threading.Thread(target=self._loop, name=name, daemon=True).start()
@@ -239,12 +242,15 @@ class ModelExecutor:
         # against neither their time limit nor their attempts. A redelivery starts before the
         # model runs it: the start refuses a job whose runs keep killing their worker, and this
         # one must not be the next. In a queued pipeline such a batch first waits for the batches
-        # ahead to end, so that it starts as it is sent.
+        # ahead to end, so that it starts as it is sent, and no other batch is sent meanwhile.
         queued = getattr(batch[0].pipeline, "queues_batches", False)
-        redelivered = any(item.start_first for item in batch)
+        redelivered = queued and any(item.start_first for item in batch)
         with self._flight:
-            if queued and redelivered:
+            if redelivered:  # other batches wait meanwhile: under load it would never find none ahead
+                self._redeliveries += 1
                 self._flight.wait_for(lambda: self._in_flight == 0)
+            elif queued:
+                self._flight.wait_for(lambda: self._redeliveries == 0)
             self._in_flight += 1
         try:
             if not queued or redelivered:
@@ -256,6 +262,7 @@ class ModelExecutor:
             _take(batch)  # a batch that ended without starting: its task threads see how it ended
             with self._flight:
                 self._in_flight -= 1
+                self._redeliveries -= redelivered
                 self._flight.notify_all()
 
     @staticmethod
