@@ -58,6 +58,13 @@ def model_only_gain(pipeline: Any, request: Any, image_bytes: bytes, batch: int,
     return median(batched), median(single)
 
 
+def ceiling_row(scenario: str, spec: Any, pipeline: Any, uri: str, image_bytes: bytes, repeats: int) -> Row:
+    """The model-only batching ceiling of `spec`'s job (`model_only_gain`) as a printed row."""
+    batched, single = model_only_gain(pipeline, spec.request(uri, Settings().limits), image_bytes, MAX_BATCH, repeats)
+    return Row(scenario, f"{spec.case}, model only (the ceiling)", f"jobs/s, one batch of {MAX_BATCH}", batched,
+               f"{MAX_BATCH} calls of 1", single, f"{repeats} x {MIN_TIMED_S:g} s or more")
+
+
 def time_rounds(call: Callable[[], None], rounds: int) -> float:
     started = time.perf_counter()
     for _ in range(rounds):
@@ -74,11 +81,7 @@ def run(stack: Stack, plan: Plan) -> ScenarioResult:
     depths = DEPTHS if plan.mode != "smoke" else (1, 4)
     pipelines = load_tiny(stack.models_dir, [JobKind.CAPTION, JobKind.SEGMENT])
     for spec, kind in ((CAPTION, "caption"), (SEGMENT, "segment")):
-        batched, single = model_only_gain(pipelines[spec.kind], spec.request(uri, Settings().limits), image_bytes,
-                                          MAX_BATCH, plan.repeats)
-        rows.append(Row(NAME, f"{spec.case}, model only (the ceiling)", f"jobs/s, one batch of {MAX_BATCH}",
-                        batched, f"{MAX_BATCH} calls of 1", single,
-                        f"{plan.repeats} x {MIN_TIMED_S:g} s or more"))
+        rows.append(ceiling_row(NAME, spec, pipelines[spec.kind], uri, image_bytes, plan.repeats))
         # Both workers run side by side and are measured in turn, burst by burst (and at depth 1,
         # job by job): drift on a shared machine hits on and off alike, which is what lets a
         # difference of a few percent show.

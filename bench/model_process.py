@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 
-from bench.batching import MAX_BATCH, MIN_TIMED_S, model_only_gain
+from bench.batching import MAX_BATCH, ceiling_row
 from bench.direct import load_tiny, time_direct
 from bench.harness import Plan, Stack, bench_image, burst, real_worker
 from bench.jobs import CAPTION, GENERATE, SEGMENT, JobSpec
@@ -38,23 +38,22 @@ def run(stack: Stack, plan: Plan) -> ScenarioResult:
         cases = [(CAPTION, "caption", 4)]
     pipelines = load_tiny(stack.models_dir, [spec.kind for spec, _, _ in cases])
     for spec, kind, jobs in cases:
-        pipeline, request = pipelines[spec.kind], spec.request(uri, Settings().limits)
         runs = f"{plan.repeats} x {jobs} jobs"
         if spec.needs_image:  # batched kinds: the batching gain against the model's
             rates = _paired(stack, spec, kind, uri, jobs, plan.repeats, (IN_PROCESS, SPLIT, SPLIT_UNBATCHED))
-            batched, single = model_only_gain(pipeline, request, image_bytes, MAX_BATCH, plan.repeats)
+            ceiling = ceiling_row(NAME, spec, pipelines[spec.kind], uri, image_bytes, plan.repeats)
             rows += [
                 Row(NAME, f"{spec.case}, bursts of {jobs}", "jobs/s, models in a process of their own",
                     rates[SPLIT], "in the worker's process (shipped)", rates[IN_PROCESS], runs),
                 Row(NAME, f"{spec.case}, bursts of {jobs}, models in a process of their own",
                     f"jobs/s, batching on (max_batch {MAX_BATCH})", rates[SPLIT], "batching off (max_batch 1)",
                     rates[SPLIT_UNBATCHED], runs),
-                Row(NAME, f"{spec.case}, model only (the ceiling)", f"jobs/s, one batch of {MAX_BATCH}", batched,
-                    f"{MAX_BATCH} calls of 1", single, f"{plan.repeats} x {MIN_TIMED_S:g} s or more"),
+                ceiling,
             ]
-            data[kind] = {**rates, "ceiling gain": batched / single}
+            data[kind] = {**rates, "ceiling gain": ceiling.ratio}
         else:
-            rates = _paired(stack, spec, kind, uri, jobs, plan.repeats, (IN_PROCESS, SPLIT), direct=(pipeline, request))
+            direct = (pipelines[spec.kind], spec.request(uri, Settings().limits))
+            rates = _paired(stack, spec, kind, uri, jobs, plan.repeats, (IN_PROCESS, SPLIT), direct=direct)
             rows += [
                 Row(NAME, f"{spec.case}, bursts of {jobs}", "jobs/s, models in a process of their own",
                     rates[SPLIT], "in the worker's process (shipped)", rates[IN_PROCESS], runs),

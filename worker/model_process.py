@@ -57,6 +57,7 @@ from tasks.settings import Settings
 from worker.batching import call_pipeline
 from worker.device import gpu_memory, report_gpu_memory
 from worker.heartbeat import count_memory_of
+from worker.leases import exit_giving_back
 from worker.pipelines.base import Pipeline, PipelineResult, ProgressCallback, infer_batch, input_side, run_parts
 
 log = logging.getLogger("visionq.worker")
@@ -189,7 +190,7 @@ class ModelProcess:
             except BaseException:  # noqa: BLE001 - a message that cannot be read: its batch could never end
                 log.exception("a message from the model process could not be read; ending this worker so that "
                               "its jobs are delivered again")
-                _exit_lost()
+                exit_giving_back(EXIT_MODEL_PROCESS_LOST)
             if message[0] == "memory":
                 report_gpu_memory(message[1])
             else:
@@ -224,15 +225,7 @@ class ModelProcess:
             raise SystemExit(0)  # the worker is stopping: this thread ends here
         log.critical("the model process exited (code %s); ending this worker so that its jobs are delivered again",
                      self._process.exitcode)
-        _exit_lost()
-
-
-def _exit_lost() -> None:
-    """End the worker, exit 70, its messages given back for the next worker to take at once."""
-    from worker.leases import give_back_all
-
-    give_back_all()
-    os._exit(EXIT_MODEL_PROCESS_LOST)
+        exit_giving_back(EXIT_MODEL_PROCESS_LOST)
 
 
 class RemotePipeline:

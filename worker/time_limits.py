@@ -10,7 +10,6 @@ VISIONQ_STORAGE_RETRY_S (tasks/storage.py) rather than ended as a timeout.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from tasks.errors import JobTimeout
 from tasks.record import utc_now
 from tasks.status import JobStatus
 from tasks.store import JobStore
-from worker.leases import give_back_all
+from worker.leases import exit_giving_back
 
 log = logging.getLogger("visionq.worker")
 
@@ -78,7 +77,9 @@ class Watchdog:
     grace_s = 5.0
     exit_code = 75
 
-    def __init__(self, store: JobStore, exit: Callable[[int], None] = os._exit) -> None:
+    def __init__(self, store: JobStore, exit: Callable[[int], None] = exit_giving_back) -> None:
+        """`exit`: ends the process; the default first gives back the messages it holds, as the
+        other jobs in hand are cut short too (worker/leases.py)."""
         self.store = store
         self._exit = exit
         self._lock = threading.Lock()
@@ -113,5 +114,4 @@ class Watchdog:
                 self.store.transition(job_id, JobStatus.FAILED, completed_at=utc_now(), error=error.to_dict())
             except redis.RedisError:
                 pass  # Redis is away: the message, still unacknowledged, is delivered again
-        give_back_all()  # the other jobs in hand are cut short too: delivered again at once
         self._exit(self.exit_code)
