@@ -25,7 +25,7 @@ from tasks.status import JobStatus
 from tasks.store import JobStore
 
 # KEYS[1] job hash, KEYS[2] queued index, KEYS[3] deadlines, KEYS[4] unpublished final
-# events (JobStore.unpublished_key). ARGV: error JSON, completed_at JSON, ttl, event channel,
+# events (JobStore.unpublished_key), KEYS[5] the results to write (JobStore.unwritten_key). ARGV: error JSON, completed_at JSON, ttl, event channel,
 # job id. Ends the job `failed`/`canceled` (ARGV[6]) only while it is queued.
 _END_QUEUED = """
 local raw, webhook = unpack(redis.call('HMGET', KEYS[1], 'status', 'webhook'))
@@ -36,7 +36,9 @@ redis.call('ZREM', KEYS[2], ARGV[5])
 redis.call('HDEL', KEYS[1], 'message')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[6])
-if webhook and webhook ~= 'null' then redis.call('ZADD', KEYS[4], redis.call('TIME')[1], ARGV[5]) end
+local now = redis.call('TIME')[1]
+if webhook and webhook ~= 'null' then redis.call('ZADD', KEYS[4], now, ARGV[5]) end
+redis.call('ZADD', KEYS[5], now, ARGV[5])
 return 1
 """
 
@@ -177,7 +179,7 @@ class QueueEnds:
         completed_at = utc_now()
         ended = self._end(
             keys=[self.store.job_key(record.id), self.store.queued_key, self.store.deadlines_key,
-                  self.store.unpublished_key],
+                  self.store.unpublished_key, self.store.unwritten_key],
             args=[json.dumps(error.to_dict()), json.dumps(completed_at), self.store.ttl_s,
                   self.store.events_channel(record.id), record.id, status.value],
         )

@@ -124,7 +124,8 @@ return 0
 
 # A queued job is canceled on the spot (it will never run); a running one is
 # flagged and the worker stops at its next checkpoint; a final one is left alone.
-# KEYS: the job hash, the queued index, the start deadlines, the unpublished final events.
+# KEYS: the job hash, the queued index, the start deadlines, the unpublished final events, the
+# results to write (a job canceled here gets its result.json from a worker: worker/results.py).
 _CANCEL = """
 local raw, webhook = unpack(redis.call('HMGET', KEYS[1], 'status', 'webhook'))
 if not raw then return 'missing' end
@@ -135,7 +136,9 @@ if current == 'queued' then
   redis.call('ZREM', KEYS[3], ARGV[4])
   redis.call('HDEL', KEYS[1], 'message')
   redis.call('PUBLISH', ARGV[3], 'canceled')
-  if webhook and webhook ~= 'null' then redis.call('ZADD', KEYS[4], redis.call('TIME')[1], ARGV[4]) end
+  local now = redis.call('TIME')[1]
+  if webhook and webhook ~= 'null' then redis.call('ZADD', KEYS[4], now, ARGV[4]) end
+  redis.call('ZADD', KEYS[5], now, ARGV[4])
   return 'canceled now'
 end
 if current == 'running' then
@@ -225,6 +228,18 @@ class JobStore:
         takes it out (tasks/deliveries.py). What a process that died in between left behind is
         published by the delivery worker after VISIONQ_SWEEP_GRACE_S."""
         return f"{self.prefix}:webhooks:unpublished"
+
+    @property
+    def unwritten_key(self) -> str:
+        """Sorted set of the jobs that ended without a worker's final transition (canceled or
+        expired while queued, ended by a watchdog), scored by when they ended: their result.json
+        is still to be written, by a worker (worker/results.py). The script that ends such a job
+        adds it, in the same step; a worker's own final transition writes result.json itself."""
+        return f"{self.prefix}:results:unwritten"
+
+    def note_unwritten(self, job_id: str) -> None:
+        """Ask for `job_id`'s result.json to be written from its record (worker/results.py)."""
+        self.redis.zadd(self.unwritten_key, {job_id: time.time()})
 
     def _idempotency_key(self, key: str, tenant: str | None = None) -> str:
         # A gateway tenant's keys live apart: two tenants may pick the same key.
@@ -404,7 +419,7 @@ class JobStore:
         Returns the status after, and whether this call canceled the job."""
         error = json.dumps({"code": "canceled", "message": "canceled before it started"})
         result = self._cancel(
-            keys=[self.job_key(job_id), self.queued_key, self.deadlines_key, self.unpublished_key],
+            keys=[self.job_key(job_id), self.queued_key, self.deadlines_key, self.unpublished_key, self.unwritten_key],
             args=[json.dumps(utc_now()), error, self.events_channel(job_id), job_id],
         )
         if result == b"missing":

@@ -37,6 +37,7 @@ from worker.pipelines.base import Pipeline
 from worker.leases import Leases, delivery_tag, survive_reconnects, unacked_index_key
 from worker.observe import JobFailed, Observer, model_of_queue
 from worker.runtime import JobRunner
+from worker.results import ResultWriter
 from worker.sweeper import Sweeper, celery_publisher, unacked_key
 from worker.time_limits import Watchdog
 
@@ -162,6 +163,7 @@ def serve(
         register_tasks(app, runner, kinds, leases, observer)
         heartbeat.follow_celery(lambda: {"jobs_done": runner.jobs_done, "model_loads": loader.model_loads()})
         Sweeper(store, celery_publisher(app), settings.sweep_grace_s).start()
+        ResultWriter(store, storage).start()  # result.json of the jobs no worker ended
         asked_to_stop = threading.Event()
         signals.worker_shutting_down.connect(lambda **_: asked_to_stop.set(), weak=False)
         answer_remote_control(name, queues)  # `celery control shutdown` asks too (worker/control.py)

@@ -15,6 +15,7 @@ import pytest
 from producer.launch import child_env, visionq_argv
 from tasks.kinds import JobKind, Priority, queue_list_key
 from tasks.settings import Settings
+from tasks.storage import job_key
 from tests.observability.conftest import scrape
 from tests.support.waiting import wait_until
 from tests.support.workers import REPO
@@ -43,6 +44,11 @@ def test_a_job_no_worker_starts_fails_expired_with_its_final_event(obs_client: A
     assert _queued_messages(obs_client, JobKind.GENERATE) == messages_before  # its message left the queue too
     key = 'visionq_jobs_total{error_code="expired",kind="generate",model="sd",status="failed"}'
     wait_until(lambda: scrape(metrics_url).get(key, 0) - before.get(key, 0) == 1, 30, "the expiry counted once")
+    # No worker ended it, yet its result.json is written, from its record (worker/results.py).
+    storage, result_key = obs_client.storage, job_key(job.id, "result.json")
+    wait_until(lambda: storage.exists(result_key), 30, "the expired job's result.json")
+    stored = json.loads(storage.read(storage.ref(result_key, b"", "application/json").uri, 1 << 20))
+    assert stored["status"] == "failed" and stored["error"]["code"] == "expired" and stored["id"] == job.id
 
 
 @pytest.mark.integration

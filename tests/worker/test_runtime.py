@@ -442,7 +442,7 @@ def test_watchdog_fails_a_stuck_job_then_ends_the_process(harness) -> None:
 
     from worker.time_limits import JobClock, Watchdog
 
-    _, submit, store, _ = harness
+    _, submit, store, storage = harness
     job_id, _ = submit(JobKind.GENERATE, {"prompt": "a fox"})
     exits: list[int] = []
     watchdog = Watchdog(store, exit=exits.append)  # a recording exit: this process stays
@@ -456,6 +456,11 @@ def test_watchdog_fails_a_stuck_job_then_ends_the_process(harness) -> None:
     assert exits and exits[0] == Watchdog.exit_code
     record = store.get(job_id)
     assert record.status is JobStatus.FAILED and record.error["code"] == "timeout"
+    # The process exits before it could write result.json: a worker's result writer does.
+    from worker.results import ResultWriter
+    assert ResultWriter(store, storage).write() == [job_id]
+    stored = json.loads((Path(storage.root) / "jobs" / job_id / "result.json").read_bytes())
+    assert stored["status"] == "failed" and stored["error"]["code"] == "timeout"
 
 
 def test_waiting_for_storage_is_off_the_clock(harness) -> None:

@@ -1,0 +1,92 @@
+"""The result writer against a real Redis and real local storage: a job that ended without a
+worker's final transition (canceled, purged or expired while queued) gets its result.json."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from tasks.expiry import QueueEnds
+from tasks.kinds import JobKind
+from tasks.status import JobStatus
+from tasks.storage import LocalStorage
+from tasks.store import JobStore
+from worker import results
+from worker.results import ResultWriter
+
+pytestmark = pytest.mark.integration  # a real redis-server
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, key_prefix: str) -> JobStore:
+    return JobStore(redis_client, ttl_s=60, prefix=key_prefix)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "storage")
+
+
+def stored_result(storage: LocalStorage, job_id: str) -> dict:
+    return json.loads((storage.root / "jobs" / job_id / "result.json").read_bytes())
+
+
+def noted(store: JobStore) -> list[str]:
+    return [i.decode() for i in store.redis.zrange(store.unwritten_key, 0, -1)]
+
+
+def test_a_job_canceled_while_queued_gets_its_result_json(store: JobStore, storage: LocalStorage) -> None:
+    record, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
+    running, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k2"})
+    store.transition(running.id, JobStatus.RUNNING)
+    store.request_cancel(record.id)
+    store.request_cancel(running.id)  # only flagged: its worker ends it and writes its file
+    assert noted(store) == [record.id]
+    assert ResultWriter(store, storage).write() == [record.id]
+    result = stored_result(storage, record.id)
+    assert result["status"] == "canceled" and result["error"]["code"] == "canceled"
+    assert result == json.loads(json.dumps(store.get(record.id).to_json_fields()))  # what the record says
+    assert noted(store) == []
+    assert not (storage.root / "jobs" / running.id).exists()
+
+
+def test_expired_and_purged_jobs_get_their_result_json(store: JobStore, storage: LocalStorage) -> None:
+    expiring, _ = store.create(JobKind.GENERATE, {"prompt": "a"}, queue_timeout_s=1)
+    purged, _ = store.create(JobKind.SEGMENT, {"image": "s3://b/k", "prompts": ["car"]})
+    ends = QueueEnds(store)
+    assert [r.id for r in ends.expire_due(now=time.time() + 10)] == [expiring.id]
+    assert [r.id for r in ends.purge(JobKind.SEGMENT, "purged by an operator")] == [purged.id]
+    assert sorted(ResultWriter(store, storage).write()) == sorted([expiring.id, purged.id])
+    assert stored_result(storage, expiring.id)["error"]["code"] == "expired"
+    assert stored_result(storage, purged.id)["status"] == "canceled"
+
+
+def test_a_storage_outage_keeps_the_jobs_noted(store: JobStore, tmp_path: Path) -> None:
+    record, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
+    store.request_cancel(record.id)
+    (tmp_path / "blocked").write_text("a file where the storage folder should be")
+    assert ResultWriter(store, LocalStorage(tmp_path / "blocked")).write() == []
+    assert noted(store) == [record.id]  # for the next round
+    working = LocalStorage(tmp_path / "storage")
+    assert ResultWriter(store, working).write() == [record.id]
+    assert stored_result(working, record.id)["status"] == "canceled"
+
+
+def test_a_gone_record_is_dropped_and_a_not_yet_final_one_waits(
+    store: JobStore, storage: LocalStorage, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gone, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
+    waiting, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k2"})
+    store.redis.delete(store.job_key(gone.id))
+    store.note_unwritten(gone.id)
+    store.note_unwritten(waiting.id)  # as the watchdog does, before its transition
+    writer = ResultWriter(store, storage)
+    assert writer.write() == []
+    assert noted(store) == [waiting.id]
+    monkeypatch.setattr(results, "NOT_FINAL_AFTER_S", -1.0)  # its ending was refused long ago
+    assert writer.write() == []
+    assert noted(store) == []
+    assert not (storage.root / "jobs").exists()
