@@ -14,10 +14,11 @@ import json
 import math
 import re
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tasks.errors import InvalidInput, JobCanceled, JobExpired, VisionqError
-from tasks.kinds import JobKind
+from tasks.kinds import JobKind, Priority, priority_list_key
+from tasks.models import model_queue
 from tasks.record import JobRecord, parse_time, utc_now
 from tasks.served_models import models_by_kind, queue_lists
 from tasks.settings import Settings
@@ -42,20 +43,37 @@ redis.call('ZADD', KEYS[5], now, ARGV[5])
 return 1
 """
 
-# KEYS: queue lists. ARGV: job ids. Removes their messages; returns how many.
-# A message's first `"id": "` is Celery's task id header, the job id (_MESSAGE_ID in Python).
-_REMOVE_MESSAGES = """
-local doomed, removed = {}, 0
-for i = 1, #ARGV do doomed[ARGV[i]] = true end
-for k = 1, #KEYS do
-  for _, raw in ipairs(redis.call('LRANGE', KEYS[k], 0, -1)) do
-    local id = string.match(raw, '"id": ?"([^"]+)"')
-    if id and doomed[id] then removed = removed + redis.call('LREM', KEYS[k], 1, raw) end
+# KEYS[1]: a queue list. ARGV: the chunk's distance from the list's tail (0: it ends at the tail),
+# its length, then job ids. Removes the chunk's messages of those jobs; returns how many. Each is
+# overwritten in place by a tombstone (no message is one: they are JSON), then the tombstones are
+# removed counting from the tail, which stops at the last one: every step walks from the tail, so
+# the script holds Redis for the chunk and its distance from the tail, never for the whole list
+# (one LRANGE 0 -1 and an LREM from the head per job held Redis ~7 s for 200 jobs in a queue of
+# 100,000). A message's first `"id": "` is Celery's task id header, the job id (_MESSAGE_ID in Python).
+_REMOVE_FROM_CHUNK = """
+local length = redis.call('LLEN', KEYS[1])
+local last = length - 1 - tonumber(ARGV[1])
+if last < 0 then return 0 end
+local first = math.max(0, last - tonumber(ARGV[2]) + 1)
+local doomed = {}
+for i = 3, #ARGV do doomed[ARGV[i]] = true end
+local marked = 0
+for n, raw in ipairs(redis.call('LRANGE', KEYS[1], first - length, last - length)) do
+  local id = string.match(raw, '"id": ?"([^"]+)"')
+  if id and doomed[id] then
+    redis.call('LSET', KEYS[1], first + n - 1 - length, 'visionq:removed')
+    marked = marked + 1
   end
 end
-return removed
+if marked > 0 then redis.call('LREM', KEYS[1], -marked, 'visionq:removed') end
+return marked
 """
-_MESSAGE_ID = re.compile(r'"id": ?"([^"]+)"')
+SCAN_CHUNK = 200  # messages read at a time: one carrying its image inline can be MBs
+# How far into a queue list the expirer looks for the messages of the jobs it ended. A queue is
+# first in, first out, so theirs are among the oldest, at the tail; one it does not find there (a
+# worker holds it, or the sweeper published it again) stays until a worker takes it and drops it.
+EXPIRY_SCAN_LIMIT = 10_000
+_MESSAGE_ID = re.compile(rb'"id": ?"([^"]+)"')
 
 
 def check_queue_timeout(value: object, kind: JobKind, settings: Settings) -> float:
@@ -104,7 +122,7 @@ class QueueEnds:
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self._end = store.redis.register_script(_END_QUEUED)
-        self._remove = store.redis.register_script(_REMOVE_MESSAGES)
+        self._remove = store.redis.register_script(_REMOVE_FROM_CHUNK)
 
     def expire_due(self, now: float | None = None, limit: int = 200) -> list[JobRecord]:
         """Fail `expired` the queued jobs past their deadline; returns the records this call ended."""
@@ -121,7 +139,7 @@ class QueueEnds:
             final = self._end_queued(record, JobStatus.FAILED, expired_error(record, now))
             if final is not None:
                 ended.append(final)
-        self._remove_messages(ended)
+        self._remove_messages(ended, EXPIRY_SCAN_LIMIT)
         return ended
 
     def purge(self, kind: JobKind, reason: str) -> list[JobRecord]:
@@ -131,7 +149,7 @@ class QueueEnds:
             final = self._end_queued(record, JobStatus.CANCELED, JobCanceled(reason))
             if final is not None:
                 ended.append(final)
-        self._remove_messages(ended)
+        self._remove_messages(ended, None)
         return ended
 
     def drop_dead_messages(self, kind: JobKind) -> int:
@@ -140,26 +158,38 @@ class QueueEnds:
         they count in the queue depth an autoscaler reads. Returns how many were removed."""
         removed = 0
         for name in models_by_kind(self.store.redis, self.store.prefix)[kind]:
-            lists = queue_lists(kind, name, self.store.prefix)
-            with self.store.redis.pipeline(transaction=False) as pipe:
-                for key in lists:
-                    pipe.lrange(key, 0, -1)
-                ids = list(dict.fromkeys(
-                    match.group(1) for raw in pipe.execute() for message in raw
-                    if (match := _MESSAGE_ID.search(message.decode(errors="replace")))
-                ))
-            if not ids:
-                continue
-            with self.store.redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hget(self.store.job_key(job_id), "status")
-                statuses = pipe.execute()
-            # Only a record still queued or running keeps its message: a message and its record are
-            # written together (the submit script), so a message without one is of a job long gone.
-            dead = [job_id for job_id, raw in zip(ids, statuses)
-                    if raw is None or json.loads(raw) not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value)]
-            if dead:
-                removed += int(self._remove(keys=lists, args=dead))
+            for key in queue_lists(kind, name, self.store.prefix):
+                removed += self._sweep_list(key, self._dead_among)
+        return removed
+
+    def _dead_among(self, ids: list[str]) -> set[str]:
+        """Of these jobs, those whose record is final or gone. Only a record still queued or
+        running keeps its message: a message and its record are written together (the submit
+        script), so a message without one is of a job long gone."""
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self.store.job_key(job_id), "status")
+            statuses = pipe.execute()
+        return {job_id for job_id, raw in zip(ids, statuses)
+                if raw is None or json.loads(raw) not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value)}
+
+    def _sweep_list(self, key: str, doomed_among: Callable[[list[str]], set[str]],
+                    scan_limit: int | None = None, wanted: int | None = None) -> int:
+        """Remove from the queue list `key` the messages of the jobs `doomed_among` picks from each
+        chunk's job ids, reading a chunk at a time from the tail (the oldest first), so Redis is
+        never held for the whole list; stops after `wanted` removals or `scan_limit` messages read
+        (None: no limit). Returns how many were removed. A message popped from the tail meanwhile
+        shifts the rest toward it, past the chunks read: one may be missed, never a wrong one removed."""
+        removed = offset = 0
+        while (wanted is None or removed < wanted) and (scan_limit is None or offset < scan_limit):
+            chunk = self.store.redis.lrange(key, -(offset + SCAN_CHUNK), -(offset + 1))
+            ids = [match.group(1).decode() for raw in chunk if (match := _MESSAGE_ID.search(raw))]
+            picked = doomed_among(ids) if ids else set()
+            gone = int(self._remove(keys=[key], args=[offset, SCAN_CHUNK, *picked])) if picked else 0
+            removed += gone
+            offset += len(chunk) - gone
+            if len(chunk) < SCAN_CHUNK:
+                break  # read up to the head
         return removed
 
     def _queued_of(self, kind: JobKind) -> Iterator[JobRecord]:
@@ -188,12 +218,14 @@ class QueueEnds:
         record.status, record.error, record.completed_at = status, error.to_dict(), completed_at
         return record
 
-    def _remove_messages(self, records: list[JobRecord]) -> None:
-        by_queue: dict[tuple[JobKind, str | None], list[str]] = {}
-        for record in records:  # each job's message is on the queue of its model
-            by_queue.setdefault((record.kind, record.model), []).append(record.id)
-        for (kind, model), ids in by_queue.items():
-            self._remove(keys=queue_lists(kind, model, self.store.prefix), args=ids)
+    def _remove_messages(self, records: list[JobRecord], scan_limit: int | None) -> None:
+        by_list: dict[str, set[str]] = {}
+        for record in records:  # each job's message is on its model's queue, in its priority's list
+            key = priority_list_key(model_queue(record.kind.value, record.model), Priority(record.priority),
+                                    self.store.prefix)
+            by_list.setdefault(key, set()).add(record.id)
+        for key, ids in by_list.items():
+            self._sweep_list(key, ids.intersection, scan_limit, wanted=len(ids))
 
 
 def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:

@@ -1,0 +1,100 @@
+"""Taking the messages of expired, purged and dead jobs out of a deep queue, against a real Redis:
+the right messages go, the others stay in order, and Redis is never held for the whole list."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from tasks import expiry
+from tasks.expiry import QueueEnds
+from tasks.kinds import JobKind, Priority, priority_list_key
+from tasks.messages import task_message
+from tasks.models import model_queue
+from tasks.store import JobStore
+
+pytestmark = pytest.mark.integration  # a real redis-server
+
+DEPTH = 3000
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, key_prefix: str) -> JobStore:
+    return JobStore(redis_client, ttl_s=600, prefix=key_prefix)
+
+
+def fill(store: JobStore, jobs: int, queue_timeout_s: float = 600) -> tuple[str, list[str]]:
+    """`jobs` queued caption jobs with their Celery messages, the first submitted at the list's tail."""
+    queue = model_queue("caption", None)
+    key = priority_list_key(queue, Priority.NORMAL, store.prefix)
+    ids = []
+    with store.redis.pipeline(transaction=False) as pipe:
+        for n in range(jobs):
+            record, _ = store.create(JobKind.CAPTION, {"image": f"s3://b/{n}"}, queue_timeout_s=queue_timeout_s)
+            ids.append(record.id)
+            kwargs = {"job_id": record.id, "request": {"image": f"s3://b/{n}"}}
+            pipe.lpush(key, task_message(JobKind.CAPTION.task_name, record.id, kwargs, queue, Priority.NORMAL))
+        pipe.execute()
+    return key, ids
+
+
+def queued_ids(store: JobStore, key: str) -> list[str]:
+    """Oldest first."""
+    return [expiry._MESSAGE_ID.search(raw).group(1).decode() for raw in reversed(store.redis.lrange(key, 0, -1))]
+
+
+def lrange_calls(store: JobStore) -> int:
+    return int(store.redis.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
+
+
+def test_expiry_takes_the_oldest_messages_reading_only_the_tail(store: JobStore) -> None:
+    key, ids = fill(store, 5, queue_timeout_s=1)
+    key, more = fill(store, DEPTH)
+    before = lrange_calls(store)
+    ended = QueueEnds(store).expire_due(now=time.time() + 10)
+    # One chunk read and re-read inside the script, where a whole-list read would be 2 x DEPTH / chunk.
+    assert lrange_calls(store) - before <= 2
+    assert sorted(r.id for r in ended) == sorted(ids)
+    assert queued_ids(store, key) == more  # the rest, in order
+
+
+def test_a_message_past_the_scan_limit_stays_for_a_worker_to_drop(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(expiry, "SCAN_CHUNK", 10)
+    monkeypatch.setattr(expiry, "EXPIRY_SCAN_LIMIT", 20)
+    key, older = fill(store, 30)
+    key, expiring = fill(store, 1, queue_timeout_s=1)  # 30 messages from the tail: past the limit
+    assert [r.id for r in QueueEnds(store).expire_due(now=time.time() + 10)] == expiring
+    assert queued_ids(store, key) == older + expiring  # the job is final; its message left for a worker
+
+
+def test_purge_takes_every_message_of_a_deep_queue_a_chunk_at_a_time(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(expiry, "SCAN_CHUNK", 50)
+    key, ids = fill(store, 420)
+    ended = QueueEnds(store).purge(JobKind.CAPTION, "an operator purged it")
+    assert len(ended) == 420 and store.redis.llen(key) == 0
+    assert store.get(ids[0]).status.value == "canceled"
+
+
+def test_dead_messages_are_dropped_and_live_ones_kept(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(expiry, "SCAN_CHUNK", 7)
+    key, ids = fill(store, 40)
+    canceled = ids[3::4]
+    for job_id in canceled:
+        store.request_cancel(job_id)
+    store.redis.delete(store.job_key(ids[0]))  # a record long gone
+    assert QueueEnds(store).drop_dead_messages(JobKind.CAPTION) == len(canceled) + 1
+    assert queued_ids(store, key) == [i for i in ids[1:] if i not in canceled]
+
+
+def test_the_chunk_script_removes_only_the_named_jobs_within_its_chunk(store: JobStore) -> None:
+    key, ids = fill(store, 10)
+    ends = QueueEnds(store)
+    # Tail offset 2, length 3: the 3rd to 5th oldest. ids[0] is outside it, ids[9] is not named.
+    assert ends._remove(keys=[key], args=[2, 3, ids[0], ids[3], ids[4]]) == 2
+    assert queued_ids(store, key) == [i for i in ids if i not in (ids[3], ids[4])]
+    assert ends._remove(keys=[key], args=[50, 3, ids[0]]) == 0  # past the head: nothing
