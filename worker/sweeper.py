@@ -4,9 +4,10 @@ kombu's Redis transport takes a message with BRPOP and only then records it in
 its unacked hash; a worker killed between the two loses the message, and its job
 would stay `queued` forever. The job store is the source of truth: every worker
 runs this sweeper, which looks at jobs queued for longer than
-VISIONQ_SWEEP_GRACE_S, searches every priority list of their queue and the
-unacked hash for their message, and publishes the message again for those found
-nowhere (twice, a second apart, so a live worker's hand-over of a few
+VISIONQ_SWEEP_GRACE_S, searches kombu's unacked hash and every queue list for
+their message (their own list first, a chunk at a time from its tail, where the
+oldest wait: Redis is never held for a whole list), and publishes the message again
+for those found nowhere (twice, a second apart, so a live worker's hand-over of a few
 milliseconds is not mistaken for a loss). This is safe because a job's status
 only moves by check-and-set: a second copy of a message finds the job running or
 final and does nothing harmful. A republish is not an attempt (only a run that
@@ -22,7 +23,7 @@ from typing import Any, Callable
 
 from tasks.errors import JobNotFound
 from tasks.expiry import past_start_deadline
-from tasks.kinds import JobKind, Priority
+from tasks.kinds import JobKind, Priority, priority_list_key
 from tasks.models import model_queue
 from tasks.served_models import queue_lists
 from tasks.status import JobStatus
@@ -31,31 +32,35 @@ from worker.chores import Chore
 
 log = logging.getLogger("visionq.sweeper")
 
-# KEYS: the queue lists to search, then kombu's unacked hash. ARGV: job ids.
-# Returns the ids whose message is in none of them. A message's first `"id": "`
-# is Celery's task id header, which is the job id (the producer sets it so).
-_ABSENT = """
-local wanted, left = {}, 0
-for i = 1, #ARGV do wanted[ARGV[i]] = true; left = left + 1 end
-local function strike(raw)
+# The ids among ARGV[3...] whose message is in a chunk of the queue list KEYS[1]: ARGV[1] messages
+# from its tail (where the oldest wait), ARGV[2] long; then how many messages the chunk held. One
+# script per chunk, walking from the tail: Redis is held for the chunk, never for a whole list (one
+# script over every list held it 2.2 s in a queue 100,000 deep, every sweeper round). A message's
+# first `"id": "` is Celery's task id header, which is the job id (the producer sets it so).
+_FOUND_IN_CHUNK = """
+local wanted = {}
+for i = 3, #ARGV do wanted[ARGV[i]] = true end
+local offset, size = tonumber(ARGV[1]), tonumber(ARGV[2])
+local items = redis.call('LRANGE', KEYS[1], -(offset + size), -(offset + 1))
+local found = {}
+for _, raw in ipairs(items) do
   local id = string.match(raw, '"id": ?"([^"]+)"')
-  if id and wanted[id] then wanted[id] = nil; left = left - 1 end
+  if id and wanted[id] then wanted[id] = nil; table.insert(found, id) end
 end
-for k = 1, #KEYS - 1 do
-  local length = redis.call('LLEN', KEYS[k])
-  local start = 0
-  while start < length and left > 0 do
-    for _, raw in ipairs(redis.call('LRANGE', KEYS[k], start, start + 999)) do strike(raw) end
-    start = start + 1000
-  end
-end
-if left > 0 then
-  for _, raw in ipairs(redis.call('HVALS', KEYS[#KEYS])) do strike(raw) end
-end
-local absent = {}
-for id, _ in pairs(wanted) do table.insert(absent, id) end
-return absent
+table.insert(found, #items)
+return found
 """
+# The ids among ARGV whose message is in kombu's unacked hash KEYS[1] (as long as workers x prefetch).
+_FOUND_UNACKED = """
+local wanted, found = {}, {}
+for i = 1, #ARGV do wanted[ARGV[i]] = true end
+for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do
+  local id = string.match(raw, '"id": ?"([^"]+)"')
+  if id and wanted[id] then wanted[id] = nil; table.insert(found, id) end
+end
+return found
+"""
+SCAN_CHUNK = 200  # messages per script: one carrying its image inline can be MBs
 
 
 def unacked_key(prefix: str) -> str:
@@ -75,7 +80,8 @@ class Sweeper(Chore):
         self.publish = publish
         self.grace_s = grace_s
         self.sleep = sleep
-        self._absent = store.redis.register_script(_ABSENT)
+        self._found_in_chunk = store.redis.register_script(_FOUND_IN_CHUNK)
+        self._found_unacked = store.redis.register_script(_FOUND_UNACKED)
 
     def run_once(self) -> list[str]:
         return self.sweep()
@@ -111,16 +117,31 @@ class Sweeper(Chore):
 
     def _find_absent(self, job_ids: list[str]) -> set[str]:
         prefix = self.store.prefix
-        lists = {key for kind in JobKind for key in queue_lists(kind, None, prefix)}
-        # A job for another model than its kind's default waits on that model's own queue.
+        # Where each job's message should wait (its model's queue, its priority's list) is searched
+        # first; then every other list a message may be on, in case it was published elsewhere.
+        expected: list[str] = []
         with self.store.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hmget(self.store.job_key(job_id), "kind", "model")
-            for kind, model in pipe.execute():
-                if kind is not None and model is not None:
-                    lists.update(queue_lists(JobKind(json.loads(kind)), json.loads(model), prefix))
-        absent = self._absent(keys=[*sorted(lists), unacked_key(prefix)], args=job_ids)
-        return {i.decode() for i in absent}
+                pipe.hmget(self.store.job_key(job_id), "kind", "model", "priority")
+            for kind, model, priority in pipe.execute():
+                if kind is not None:
+                    queue = model_queue(json.loads(kind), None if model is None else json.loads(model))
+                    level = Priority.NORMAL if priority is None else Priority(json.loads(priority))
+                    expected.append(priority_list_key(queue, level, prefix))
+                    if model is not None:  # a job for another model than its kind's default waits on its own queue
+                        expected += queue_lists(JobKind(json.loads(kind)), json.loads(model), prefix)
+        others = sorted({key for kind in JobKind for key in queue_lists(kind, None, prefix)})
+        absent = set(job_ids)
+        absent -= {i.decode() for i in self._found_unacked(keys=[unacked_key(prefix)], args=job_ids)}
+        for key in dict.fromkeys([*expected, *others]):
+            offset = 0
+            while absent:
+                *found, read = self._found_in_chunk(keys=[key], args=[offset, SCAN_CHUNK, *absent])
+                absent -= {i.decode() for i in found}
+                offset += SCAN_CHUNK
+                if read < SCAN_CHUNK:
+                    break  # read up to the head
+        return absent
 
 
 def celery_publisher(app: Any) -> Callable[[JobKind, str, dict[str, Any], Priority, str | None], None]:

@@ -107,3 +107,32 @@ def test_a_job_for_another_model_is_searched_for_and_published_again_on_its_own_
     assert Sweeper(store, publish, grace_s=15, sleep=lambda s: None).sweep() == [record.id]
     assert message_ids(store.redis, own_queue) == [record.id]  # back on the model's queue, not the kind's
     assert message_ids(store.redis, queue_list_key(JobKind.CAPTION, Priority.NORMAL, store.prefix)) == []
+
+
+def test_a_deep_queue_is_read_a_chunk_at_a_time_from_its_tail(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oldest jobs' messages are found in the first chunk; a lost one is searched for a chunk
+    at a time through the whole list, and never in one script that holds Redis for all of it."""
+    from worker import sweeper
+
+    store, publish, queue, submit = setup
+    monkeypatch.setattr(sweeper, "SCAN_CHUNK", 10)
+    oldest = [submit(f"oldest {n}") for n in range(5)]
+    lost = submit("lost")
+    newer = [submit(f"newer {n}") for n in range(60)]
+    store.redis.zadd(store.queued_key, {job_id: time.time() - 1000 for job_id in oldest})  # the candidates
+    store.redis.zadd(store.queued_key, {job_id: time.time() for job_id in [lost, *newer]})
+
+    def scripts_run() -> int:
+        return int(store.redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = scripts_run()
+    assert Sweeper(store, publish, grace_s=15, sleep=lambda s: None).sweep() == []
+    assert scripts_run() - before == 2  # kombu's unacked hash, then the tail's chunk
+    store.redis.lrem(queue, 1, next(raw for raw in store.redis.lrange(queue, 0, -1)
+                                    if json.loads(raw)["headers"]["id"] == lost))
+    store.redis.zadd(store.queued_key, {lost: time.time() - 1000})
+    before = scripts_run()
+    assert Sweeper(store, publish, grace_s=15, sleep=lambda s: None).sweep() == [lost]
+    # Twice (confirmed a second apart): the hash, its own list's 65 messages in 7 chunks, the 8 other lists
+    assert scripts_run() - before == 2 * (1 + 7 + 8)
+    assert message_ids(store.redis, queue)[0] == lost  # published again, at the head
