@@ -26,8 +26,9 @@ from tasks.status import JobStatus
 from tasks.store import JobStore
 
 # KEYS[1] job hash, KEYS[2] queued index, KEYS[3] deadlines, KEYS[4] unpublished final
-# events (JobStore.unpublished_key), KEYS[5] the results to write (JobStore.unwritten_key). ARGV: error JSON, completed_at JSON, ttl, event channel,
-# job id. Ends the job `failed`/`canceled` (ARGV[6]) only while it is queued.
+# events (JobStore.unpublished_key), KEYS[5] the results to write (JobStore.unwritten_key).
+# ARGV: error JSON, completed_at JSON, ttl, event channel, job id. Ends the job
+# `failed`/`canceled` (ARGV[6]) only while it is queued.
 _END_QUEUED = """
 local raw, webhook = unpack(redis.call('HMGET', KEYS[1], 'status', 'webhook'))
 redis.call('ZREM', KEYS[3], ARGV[5])
