@@ -12,7 +12,7 @@ import redis
 from celery import signals
 
 from tasks.record import utc_now
-from tasks.heartbeats import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S, worker_key
+from tasks.heartbeats import HEARTBEAT_INTERVAL_S, announce, withdraw
 from worker.device import gpu_memory
 
 LAZY_WRITE_S = 1.0  # how late a lazy update may reach Redis
@@ -23,7 +23,7 @@ class Heartbeat:
 
     def __init__(self, client: redis.Redis, prefix: str, name: str, info: dict[str, Any]) -> None:
         self.client = client
-        self.key = worker_key(prefix, name)
+        self.prefix, self.name = prefix, name
         self.state: dict[str, Any] = {
             "name": name, "host": socket.gethostname(), "pid": os.getpid(),
             "started_at": utc_now(), "state": "loading", "jobs_done": 0, **info,
@@ -49,14 +49,14 @@ class Heartbeat:
         self.state["updated_at"] = utc_now()
         self.state["memory_mb"] = _memory_mb()
         try:
-            self.client.set(self.key, json.dumps(self.state), ex=HEARTBEAT_TTL_S)
+            announce(self.client, self.prefix, self.name, json.dumps(self.state))
         except redis.RedisError:
             pass  # Redis is briefly away; the next beat tries again
 
     def stop(self) -> None:
         self._stop.set()
         try:
-            self.client.delete(self.key)
+            withdraw(self.client, self.prefix, self.name)
         except redis.RedisError:
             pass
 
