@@ -83,6 +83,7 @@ def _run_with_redis(env: dict[str, str], force_tiny: bool) -> int:
     worker = WorkerProcess(
         visionq_argv("worker", *worker_args), env=env, log_path=log_path,
         redis_url=settings.redis_url, prefix=settings.redis_prefix, sentinel_master=settings.redis_sentinel_master,
+        sentinel_password=settings.redis_sentinel_password,
     ).start()
     print(f"worker:  pid {worker.pid}, log {log_path}")
     try:

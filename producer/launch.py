@@ -54,10 +54,11 @@ class WorkerProcess:
 
     def __init__(
         self, argv: list[str], *, env: dict[str, str], log_path: Path, redis_url: str, prefix: str,
-        cwd: Path | None = None, sentinel_master: str = "mymaster",
+        cwd: Path | None = None, sentinel_master: str = "mymaster", sentinel_password: str | None = None,
     ) -> None:
         self.argv = argv
         self.sentinel_master = sentinel_master  # with a sentinel:// redis_url
+        self.sentinel_password = sentinel_password
         self.env = env
         self.log_path = log_path
         self.redis_url = redis_url
@@ -81,7 +82,7 @@ class WorkerProcess:
     def heartbeat(self) -> dict[str, Any] | None:
         """This process's heartbeat, or None before its first one."""
         if self._redis is None:
-            self._redis = connect(self.redis_url, self.sentinel_master)
+            self._redis = connect(self.redis_url, self.sentinel_master, self.sentinel_password)
         return worker_with_pid(self._redis, self.prefix, self.pid)
 
     def is_ready(self) -> bool:

@@ -55,6 +55,9 @@ def make_celery(settings: Settings, app_class: type[Celery] = Celery) -> Celery:
             "global_keyprefix": f"{settings.redis_prefix}:",
             # With a sentinel:// URL (kombu's `sentinel` transport): the primary Sentinel names.
             **({"master_name": settings.redis_sentinel_master} if sentinel else {}),
+            # ... and the sentinels' own password, when they ask for one.
+            **({"sentinel_kwargs": {"password": settings.redis_sentinel_password}}
+               if sentinel and settings.redis_sentinel_password else {}),
         },
         broker_connection_retry_on_startup=True,
         # rediss://: verify the server's certificate, as the job store (redis-py) does.

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlparse
 
 import redis
 
-from tasks.redis_connect import connect
+from tasks.redis_connect import connect, is_sentinel, parse_sentinel_url
 from tasks.settings import Settings, redacted_url
 
 CONNECT_TIMEOUT_S = 5.0
@@ -22,18 +22,45 @@ class Unreachable(RuntimeError):
 
 
 def check_services(settings: Settings) -> None:
-    check_redis(settings.redis_url, settings.redis_sentinel_master)
+    check_redis(settings.redis_url, settings.redis_sentinel_master, settings.redis_sentinel_password)
     check_storage(settings.storage_url)
 
 
-def check_redis(url: str, sentinel_master: str = "mymaster") -> None:
-    client = connect(url, sentinel_master, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S)
+def check_redis(url: str, sentinel_master: str = "mymaster", sentinel_password: str | None = None) -> None:
+    if is_sentinel(url):
+        _check_sentinels(url, sentinel_master, sentinel_password)
+    client = connect(url, sentinel_master, sentinel_password,
+                     socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S)
     try:
         client.ping()
     except redis.RedisError as exc:
         raise Unreachable(f"cannot reach Redis at {redacted_url(url)} (VISIONQ_REDIS_URL): {exc}") from None
     finally:
         client.close()
+
+
+def _check_sentinels(url: str, master: str, password: str | None) -> None:
+    """Ask each sentinel for the primary: a refusal then names its cause (a missing or wrong
+    sentinel password, an unknown primary name) where redis-py says only "No master found"."""
+    reasons = []
+    for host, port in parse_sentinel_url(url).sentinels:
+        sentinel = redis.Redis(host=host, port=port, password=password,
+                               socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S)
+        try:
+            if sentinel.sentinel_get_master_addr_by_name(master):
+                return
+            reasons.append(f"{host}:{port} monitors no primary named {master!r} (VISIONQ_REDIS_SENTINEL_MASTER)")
+        except redis.AuthenticationError:
+            reasons.append(f"{host}:{port} refused " + (
+                "VISIONQ_REDIS_SENTINEL_PASSWORD" if password else
+                "to answer without a password: set VISIONQ_REDIS_SENTINEL_PASSWORD to the sentinels' own "
+                "(the URL's password is the primary's)"))
+        except redis.RedisError as exc:
+            reasons.append(f"{host}:{port}: {exc}")
+        finally:
+            sentinel.close()
+    raise Unreachable(f"cannot reach Redis through the sentinels of {redacted_url(url)} (VISIONQ_REDIS_URL): "
+                      + "; ".join(reasons))
 
 
 def check_storage(url: str) -> None:

@@ -4,7 +4,8 @@
 Sentinel form: `sentinel://[:password@]host:port[;sentinel://host:port...][/db]`, the
 sentinels to ask, separated by `;`. `VISIONQ_REDIS_SENTINEL_MASTER` names the primary they
 monitor (`mymaster` by default). The password, when given, is the primary's; the sentinels
-are asked without one. Every client then talks to whichever server Sentinel reports as
+are asked with `VISIONQ_REDIS_SENTINEL_PASSWORD` when set (sentinels with `requirepass`, as
+the Bitnami chart's are by default), else without one. Every client then talks to whichever server Sentinel reports as
 primary, and finds the new one after a failover (redis-py's `SentinelConnectionPool`; kombu's
 `sentinel` transport for Celery's messages).
 """
@@ -89,35 +90,40 @@ def url_password(url: str) -> str | None:
 
 def client_for(settings: Settings, **kwargs: Any) -> redis.Redis:
     """The Redis of a process's settings: `VISIONQ_REDIS_URL`, through its Sentinel master if it names sentinels."""
-    return connect(settings.redis_url, settings.redis_sentinel_master, **kwargs)
+    return connect(settings.redis_url, settings.redis_sentinel_master, settings.redis_sentinel_password, **kwargs)
 
 
 def async_client_for(settings: Settings, **kwargs: Any) -> redis.asyncio.Redis:
     """`client_for`, the asyncio client."""
-    return connect_async(settings.redis_url, settings.redis_sentinel_master, **kwargs)
+    return connect_async(settings.redis_url, settings.redis_sentinel_master, settings.redis_sentinel_password,
+                         **kwargs)
 
 
-def connect(url: str, master: str, **kwargs: Any) -> redis.Redis:
+def connect(url: str, master: str, sentinel_password: str | None = None, **kwargs: Any) -> redis.Redis:
     """A redis-py client for `url` (keyword arguments: redis-py's connection options)."""
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url)
-    sentinel = redis.sentinel.Sentinel(address.sentinels, sentinel_kwargs=_sentinel_kwargs(kwargs))
+    sentinel = redis.sentinel.Sentinel(address.sentinels, sentinel_kwargs=_sentinel_kwargs(kwargs, sentinel_password))
     return sentinel.master_for(master, db=address.db, password=address.password, username=address.username,
                                **kwargs)
 
 
-def connect_async(url: str, master: str, **kwargs: Any) -> redis.asyncio.Redis:
+def connect_async(
+    url: str, master: str, sentinel_password: str | None = None, **kwargs: Any,
+) -> redis.asyncio.Redis:
     """The asyncio client for `url`, as `connect`."""
     if not is_sentinel(url):
         return redis.asyncio.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url)
-    sentinel = redis.asyncio.sentinel.Sentinel(address.sentinels, sentinel_kwargs=_sentinel_kwargs(kwargs))
+    sentinel = redis.asyncio.sentinel.Sentinel(
+        address.sentinels, sentinel_kwargs=_sentinel_kwargs(kwargs, sentinel_password))
     return sentinel.master_for(master, db=address.db, password=address.password, username=address.username,
                                **kwargs)
 
 
-def _sentinel_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+def _sentinel_kwargs(kwargs: dict[str, Any], password: str | None) -> dict[str, Any]:
     """The sentinels get the same timeouts as the primary (an unreachable sentinel must not hang a
-    start-up check), never its password."""
-    return {name: value for name, value in kwargs.items() if name.startswith("socket_")}
+    start-up check) and their own password, never the primary's."""
+    chosen = {name: value for name, value in kwargs.items() if name.startswith("socket_")}
+    return chosen if password is None else {**chosen, "password": password}

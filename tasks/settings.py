@@ -69,6 +69,8 @@ class Settings(BaseModel):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_sentinel_master: str = Field("mymaster", min_length=1, max_length=200)  # with a sentinel:// URL
+    # The sentinels' own password (their `requirepass`), when they ask for one: the URL's is the primary's.
+    redis_sentinel_password: str | None = Field(None, repr=False)
     storage_url: str = Field(default_factory=_default_storage_url)
     redis_prefix: str = Field("visionq", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")  # every Redis key of ours starts with it
     job_ttl_s: int = Field(7 * DAY_S, gt=0)
@@ -349,7 +351,7 @@ def _describe(exc: ValidationError, explicit: set[str]) -> str:
         name = field if field in explicit else _SCALAR_VARIABLES.get(field, field or "settings")
         message = error["msg"].removeprefix("Value error, ")
         given = error.get("input")
-        secret = field in ("webhook_secret", "redis_url")  # the message says what is wrong without it
+        secret = field in ("webhook_secret", "redis_url", "redis_sentinel_password")  # the message says what is wrong without it
         shown = "" if secret or isinstance(given, (dict, AllowList, BucketAllowList)) else f" (got {given!r})"
         lines.append(f"{name}: {message}{shown}" if field else message)
     return "; ".join(lines)

@@ -35,18 +35,20 @@ TIMEOUT = 120
 class Sentinel:
     """One `redis-server --sentinel` watching `primary_port`; stopped by the pid we started."""
 
-    def __init__(self, directory: Path, primary_port: int) -> None:
+    def __init__(self, directory: Path, primary_port: int, password: str | None = None) -> None:
+        """`password`: the sentinel's own (`requirepass`), and the primary's, which it monitors with."""
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         config = directory / "sentinel.conf"  # a sentinel rewrites its own configuration file
+        auth = f"requirepass {password}\nsentinel auth-pass {PRIMARY} {password}\n" if password else ""
         config.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {directory}\nlogfile {directory / 'sentinel.log'}\n"
-            f"sentinel monitor {PRIMARY} 127.0.0.1 {primary_port} 1\n"
+            f"sentinel monitor {PRIMARY} 127.0.0.1 {primary_port} 1\n{auth}"
             f"sentinel down-after-milliseconds {PRIMARY} 2000\nsentinel failover-timeout {PRIMARY} 20000\n"
         )
         self.process = subprocess.Popen([find_redis_server(), str(config), "--sentinel"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.client = redis.Redis(port=self.port, decode_responses=True)
+        self.client = redis.Redis(port=self.port, password=password, decode_responses=True)
         wait_until(self._answers, 10, "the sentinel answers")
 
     @property
@@ -135,3 +137,43 @@ def test_a_worker_follows_a_failover_to_the_new_primary(deployment: Deployment) 
     assert job.wait(timeout=TIMEOUT).status == "succeeded", f"{job.error}\n{d.worker.log_tail()}"
     assert redis.Redis(port=d.replica.port).exists(f"{d.prefix}:job:{job.id}")
     print(f"after the failover, the next job took {time.monotonic() - started:.1f} s")
+
+
+def test_sentinels_that_ask_for_a_password(service_env: dict[str, str], key_prefix: str, tmp_path: Path) -> None:
+    """Sentinels with `requirepass` (the Bitnami chart's default): VISIONQ_REDIS_SENTINEL_PASSWORD is
+    theirs, the URL's the primary's; without it, a worker's start-up check says what is missing."""
+    password = "sentinel-and-primary-pw"
+    with RedisServer(directory=tmp_path / "primary") as primary:
+        redis.Redis(port=primary.port).config_set("requirepass", password)
+        sentinel = Sentinel(tmp_path / "sentinel", primary.port, password=password)
+        env = {**service_env, "VISIONQ_REDIS_URL": f"sentinel://:{password}@127.0.0.1:{sentinel.port}/0",
+               "VISIONQ_REDIS_SENTINEL_MASTER": PRIMARY, "VISIONQ_REDIS_PREFIX": key_prefix}
+        worker = None
+        try:
+            refused = run_visionq("worker", "--device", "cpu", "--kinds", "caption", env=env)
+            assert refused.returncode != 0
+            assert "VISIONQ_REDIS_SENTINEL_PASSWORD" in refused.stderr and password not in refused.stderr, \
+                refused.stderr
+            wrong = run_visionq("worker", "--device", "cpu", env={**env, "VISIONQ_REDIS_SENTINEL_PASSWORD": "nope"})
+            assert wrong.returncode != 0 and "refused VISIONQ_REDIS_SENTINEL_PASSWORD" in wrong.stderr, wrong.stderr
+            env["VISIONQ_REDIS_SENTINEL_PASSWORD"] = password
+            unknown = run_visionq("worker", "--device", "cpu", env={**env, "VISIONQ_REDIS_SENTINEL_MASTER": "other"})
+            assert unknown.returncode != 0 and "monitors no primary named 'other'" in unknown.stderr, unknown.stderr
+            worker = WorkerProcess(env, tmp_path, ["worker", "--device", "cpu", "--kinds", "caption"])
+            worker.start().wait_ready(TIMEOUT)  # Celery's messages (kombu) and the job store through it
+            job = Client(settings=Settings.from_env(env)).caption(scene(seed=15))
+            assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
+            status = run_visionq("status", job.id, "--json", env=env)
+            assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded", status.stderr
+            created = run_visionq("keys", "create", "acme", "--json", env=env)
+            assert created.returncode == 0, created.stderr
+            key = json.loads(created.stdout)["key"]
+            with GatewayProcess(env, tmp_path) as gateway:  # its sync and asyncio clients (the wait)
+                image = "data:image/png;base64," + base64.b64encode(encode(scene(seed=16))).decode()
+                answer = httpx.post(f"{gateway.url}/v1/jobs", json={"kind": "caption", "input": {"image": image}},
+                                    headers={"Authorization": f"Bearer {key}", "Prefer": "wait=60"}, timeout=90)
+                assert answer.status_code == 201 and answer.json()["status"] == "succeeded", answer.text
+        finally:
+            if worker is not None:
+                worker.stop()
+            sentinel.stop()

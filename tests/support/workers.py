@@ -23,6 +23,7 @@ class WorkerProcess(_Launched):
             visionq_argv(*self.args), env=full_env, log_path=log_dir / f"worker-{time.monotonic_ns()}.log",
             redis_url=settings.redis_url, prefix=settings.redis_prefix, cwd=REPO,
             sentinel_master=settings.redis_sentinel_master,
+            sentinel_password=settings.redis_sentinel_password,
         )
 
     def start(self, timeout_s: float = 120.0) -> WorkerProcess:
