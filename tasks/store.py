@@ -25,7 +25,9 @@ from tasks.status import FINAL_STATUSES, JobStatus, allowed_sources
 # separated), ttl seconds, event channel, attempt increment, job id, the error to end with when a
 # cancel was requested (JSON; '': a cancel does not change this transition), the delivery tag to
 # acknowledge along ('': none), '1' to return the record after, the most attempts a job that was
-# running may have to be started again ('': no limit), then field/value pairs (JSON).
+# running may have to be started again ('': no limit), '1' to note the job among the results to
+# write (the last KEYS: `JobStore.unwritten_key`; for one whose worker exits before it writes
+# result.json), then field/value pairs (JSON).
 # Returns {outcome, current status, '1' if a cancel is requested, the record's fields (flat) or {}}:
 # the worker's cancel check and record read ride on the transitions it makes anyway. When a
 # requested cancel wins, the job ends `canceled` with that error and none of the output, error or
@@ -52,7 +54,7 @@ local new = ARGV[1]
 if ARGV[7] ~= '' and cancel == '1' then
   new = 'canceled'
   local kept = {'error', ARGV[7]}
-  for i = 11, #ARGV, 2 do
+  for i = 12, #ARGV, 2 do
     if ARGV[i] ~= 'output' and ARGV[i] ~= 'error' and ARGV[i] ~= 'progress' then
       table.insert(kept, ARGV[i]); table.insert(kept, ARGV[i + 1])
     end
@@ -60,7 +62,7 @@ if ARGV[7] ~= '' and cancel == '1' then
   redis.call('HSET', KEYS[1], 'status', cjson.encode(new), unpack(kept))
 else
   -- One HSET for the status and every field: Redis's cost is per command.
-  redis.call('HSET', KEYS[1], 'status', cjson.encode(new), unpack(ARGV, 11))
+  redis.call('HSET', KEYS[1], 'status', cjson.encode(new), unpack(ARGV, 12))
 end
 if current == 'queued' and new ~= 'queued' then
   redis.call('ZREM', KEYS[2], ARGV[6])
@@ -77,6 +79,7 @@ end
 if (new == 'succeeded' or new == 'failed' or new == 'canceled') and webhook and webhook ~= 'null' then
   redis.call('ZADD', KEYS[4], redis.call('TIME')[1], ARGV[6])
 end
+if ARGV[11] == '1' then redis.call('ZADD', KEYS[#KEYS], 0, ARGV[6]) end
 local record = {}
 if ARGV[9] == '1' then record = redis.call('HGETALL', KEYS[1]) end
 if new ~= ARGV[1] then return {'canceled', current, cancel, record} end
@@ -231,15 +234,16 @@ class JobStore:
 
     @property
     def unwritten_key(self) -> str:
-        """Sorted set of the jobs that ended without a worker's final transition (canceled or
-        expired while queued, ended by a watchdog), scored by when they ended: their result.json
-        is still to be written, by a worker (worker/results.py). The script that ends such a job
-        adds it, in the same step; a worker's own final transition writes result.json itself."""
+        """Sorted set of the final jobs whose result.json is still to be written from their record
+        by a worker's result writer (worker/results.py), scored by when it is due (Redis's clock; 0:
+        now). The script that ends a job without a worker's final transition (canceled or expired
+        while queued, failed by a watchdog that then exits) adds it in the same step."""
         return f"{self.prefix}:results:unwritten"
 
     def note_unwritten(self, job_id: str) -> None:
-        """Ask for `job_id`'s result.json to be written from its record (worker/results.py)."""
-        self.redis.zadd(self.unwritten_key, {job_id: time.time()})
+        """Ask for `job_id`'s result.json to be written again from its record (a worker whose final
+        transition was refused: the file it wrote may say otherwise)."""
+        self.redis.zadd(self.unwritten_key, {job_id: 0})
 
     def _idempotency_key(self, key: str, tenant: str | None = None) -> str:
         # A gateway tenant's keys live apart: two tenants may pick the same key.
@@ -377,26 +381,30 @@ class JobStore:
     def advance(
         self, job_id: str, new: JobStatus, *, attempt_increment: int = 0,
         cancel_error: dict[str, str] | None = None, acknowledge: Delivery | None = None,
-        read_back: bool = False, max_attempts: int | None = None, **fields: Any,
+        read_back: bool = False, max_attempts: int | None = None, note_unwritten: bool = False, **fields: Any,
     ) -> Transition:
         """`transition`, with what the worker's hot path folds into it (one round trip for all):
         whether a cancel is requested; `cancel_error`: when one is, the job ends `canceled` with
         this error instead of `new` (its output, error and progress fields are not recorded);
         `acknowledge`: remove this message from kombu's unacked bookkeeping, if applied;
         `read_back`: the record after the change; `max_attempts`: a job that was running (its
-        worker died) and already started that often is not moved, and comes back as `exhausted`."""
+        worker died) and already started that often is not moved, and comes back as `exhausted`;
+        `note_unwritten`: if applied, the job's result.json is left to a worker's result writer
+        (worker/results.py), in the same step."""
         sources = " ".join(s.value for s in allowed_sources(new))
         args: list[Any] = [
             new.value, sources, self.ttl_s, self.events_channel(job_id), attempt_increment, job_id,
             "" if cancel_error is None else json.dumps(cancel_error),
             "" if acknowledge is None else acknowledge.tag, "1" if read_back else "",
-            "" if max_attempts is None else max_attempts,
+            "" if max_attempts is None else max_attempts, "1" if note_unwritten else "",
         ]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
         keys = [self.job_key(job_id), self.queued_key, self.deadlines_key, self.unpublished_key]
         if acknowledge is not None:
             keys += [acknowledge.index_key, acknowledge.hash_key]
+        if note_unwritten:
+            keys.append(self.unwritten_key)
         outcome, _current, cancel, flat = self._transition(keys=keys, args=args)
         if outcome == b"missing":
             raise JobNotFound(f"no job {job_id!r}")

@@ -278,6 +278,10 @@ class JobRunner:
             return
         if not outcome.applied:
             log.warning("job %s was already final; its %s result is not recorded", record.id, status.value)
+            try:  # the result.json written above says otherwise: rewritten from the record
+                self.store.note_unwritten(record.id)
+            except redis.RedisError as exc:
+                log.warning("job %s: result.json may disagree with its record: %s", record.id, exc)
             self.jobs_done += 1
             return
         if delivery is not None:

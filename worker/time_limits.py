@@ -111,9 +111,9 @@ class Watchdog:
         for job_id, clock in stuck.items():
             error = JobTimeout(f"the job ran past its time limit of {clock.limit_s:g} s; its worker was restarted")
             try:
-                # Noted first: this process exits before it could write result.json (worker/results.py).
-                self.store.note_unwritten(job_id)
-                self.store.transition(job_id, JobStatus.FAILED, completed_at=utc_now(), error=error.to_dict())
+                # This process exits before it could write result.json: a result writer does (worker/results.py).
+                self.store.advance(job_id, JobStatus.FAILED, note_unwritten=True, completed_at=utc_now(),
+                                   error=error.to_dict())
             except redis.RedisError:
                 pass  # Redis is away: the message, still unacknowledged, is delivered again
         self._exit(self.exit_code)

@@ -64,29 +64,41 @@ def test_expired_and_purged_jobs_get_their_result_json(store: JobStore, storage:
     assert stored_result(storage, purged.id)["status"] == "canceled"
 
 
-def test_a_storage_outage_keeps_the_jobs_noted(store: JobStore, tmp_path: Path) -> None:
+def test_a_storage_outage_keeps_the_jobs_noted(
+    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     record, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
     store.request_cancel(record.id)
     (tmp_path / "blocked").write_text("a file where the storage folder should be")
     assert ResultWriter(store, LocalStorage(tmp_path / "blocked")).write() == []
-    assert noted(store) == [record.id]  # for the next round
+    assert noted(store) == [record.id]  # kept, claimed for a lease
     working = LocalStorage(tmp_path / "storage")
+    assert ResultWriter(store, working).write() == []  # not due again before its lease ends
+    monkeypatch.setattr(results, "LEASE_S", 0)
+    store.note_unwritten(record.id)  # due now
     assert ResultWriter(store, working).write() == [record.id]
     assert stored_result(working, record.id)["status"] == "canceled"
 
 
-def test_a_gone_record_is_dropped_and_a_not_yet_final_one_waits(
-    store: JobStore, storage: LocalStorage, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_two_writers_never_claim_the_same_note(store: JobStore, storage: LocalStorage) -> None:
+    ids = []
+    for n in range(3):
+        record, _ = store.create(JobKind.CAPTION, {"image": f"s3://b/{n}"})
+        store.request_cancel(record.id)
+        ids.append(record.id)
+    first, second = ResultWriter(store, storage), ResultWriter(store, storage)
+    claimed = [i.decode() for i in first._claim(keys=[store.unwritten_key], args=[2, 60])]
+    assert len(claimed) == 2
+    assert second.write() == [i for i in ids if i not in claimed]  # only the third
+    assert sorted(noted(store)) == sorted(claimed)  # the first's, leased, until it writes them
+
+
+def test_a_gone_record_and_a_job_not_final_are_dropped(store: JobStore, storage: LocalStorage) -> None:
     gone, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
-    waiting, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k2"})
+    queued, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k2"})
     store.redis.delete(store.job_key(gone.id))
     store.note_unwritten(gone.id)
-    store.note_unwritten(waiting.id)  # as the watchdog does, before its transition
-    writer = ResultWriter(store, storage)
-    assert writer.write() == []
-    assert noted(store) == [waiting.id]
-    monkeypatch.setattr(results, "NOT_FINAL_AFTER_S", -1.0)  # its ending was refused long ago
-    assert writer.write() == []
+    store.note_unwritten(queued.id)  # never noted so by the service: whoever ends it writes its file
+    assert ResultWriter(store, storage).write() == []
     assert noted(store) == []
     assert not (storage.root / "jobs").exists()

@@ -463,6 +463,25 @@ def test_watchdog_fails_a_stuck_job_then_ends_the_process(harness) -> None:
     assert stored["status"] == "failed" and stored["error"]["code"] == "timeout"
 
 
+def test_a_refused_final_transition_leaves_result_json_to_say_what_the_record_says(harness) -> None:
+    from worker.results import ResultWriter
+
+    make, submit, store, storage = harness
+    job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
+
+    def ended_meanwhile(request: Any, image: Any, progress: Any) -> PipelineResult:
+        result = succeed(request, image, progress)
+        # As a watchdog (or an operator) would, while the model ran: the worker's success is refused.
+        store.transition(job_id, JobStatus.FAILED, error={"code": "timeout", "message": "too long"})
+        return result
+
+    make(ended_meanwhile).run(JobKind.GENERATE, job_id, message)
+    result_json = storage.root / "jobs" / job_id / "result.json"
+    assert json.loads(result_json.read_bytes())["status"] == "succeeded"  # written before the transition
+    assert ResultWriter(store, storage).write() == [job_id]
+    assert json.loads(result_json.read_bytes())["status"] == "failed"
+
+
 def test_waiting_for_storage_is_off_the_clock(harness) -> None:
     """A storage outage is waited out (VISIONQ_STORAGE_RETRY_S), not ended as a timeout."""
     make, submit, store, storage = harness
