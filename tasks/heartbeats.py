@@ -31,6 +31,12 @@ def workers_index_key(prefix: str) -> str:
     return f"{prefix}:workers"
 
 
+def indexed_marker_key(prefix: str) -> str:
+    """Set (for good) by the first heartbeat of a worker that writes the index: from then on the
+    index is the list, even while it is empty (a fleet scaled to zero)."""
+    return f"{prefix}:workers-indexed"
+
+
 def announce(client: redis.Redis, prefix: str, name: str, state: str) -> None:
     """A heartbeat: the worker's key, which expires unless renewed, and its name in the index."""
     index = workers_index_key(prefix)
@@ -38,6 +44,7 @@ def announce(client: redis.Redis, prefix: str, name: str, state: str) -> None:
         pipe.set(worker_key(prefix, name), state, ex=HEARTBEAT_TTL_S)
         pipe.zadd(index, {name: time.time()})
         pipe.expire(index, INDEX_KEEP_S)
+        pipe.set(indexed_marker_key(prefix), "1")
         pipe.execute()
 
 
@@ -54,11 +61,11 @@ def list_workers(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     with client.pipeline(transaction=False) as pipe:
         pipe.zremrangebyscore(index, "-inf", time.time() - INDEX_KEEP_S)
         pipe.zrange(index, 0, -1)
-        pipe.exists(index)
+        pipe.exists(indexed_marker_key(prefix))
         _, names, indexed = pipe.execute()
     if indexed:
         keys = sorted(worker_key(prefix, name.decode()) for name in names)
-    else:  # no worker of this version beat within INDEX_KEEP_S: look for older ones' keys
+    else:  # no worker of this version ever beat here: look for earlier versions' keys
         keys = sorted(client.scan_iter(match=worker_key(prefix, "*"), count=1000))
     values = client.mget(keys) if keys else []
     return [json.loads(v) for v in values if v is not None]

@@ -16,20 +16,15 @@ def beat(client: redis.Redis, prefix: str, name: str, state: str = "ready") -> N
     announce(client, prefix, name, json.dumps({"name": name, "state": state}))
 
 
-def scans(client: redis.Redis) -> int:
-    return int(client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
-
-
-def test_workers_are_listed_from_their_index_without_a_scan(redis_client: redis.Redis, key_prefix: str) -> None:
-    with redis_client.pipeline(transaction=False) as pipe:  # job records: what a SCAN would walk
-        for n in range(2000):
-            pipe.hset(f"{key_prefix}:job:{n:032x}", "status", '"succeeded"')
-        pipe.execute()
+def test_workers_are_listed_from_their_index_without_a_scan(
+    redis_client: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     beat(redis_client, key_prefix, "b@host")
     beat(redis_client, key_prefix, "a@host", "busy")
-    before = scans(redis_client)
+    scanned: list[object] = []
+    monkeypatch.setattr(redis_client, "scan_iter", lambda *a, **k: scanned.append(a) or iter(()))
     assert [w["name"] for w in list_workers(redis_client, key_prefix)] == ["a@host", "b@host"]
-    assert scans(redis_client) == before
+    assert scanned == []
     withdraw(redis_client, key_prefix, "a@host")
     assert [w["name"] for w in list_workers(redis_client, key_prefix)] == ["b@host"]
 
@@ -55,3 +50,14 @@ def test_workers_of_an_earlier_version_without_the_index_are_still_found(
 ) -> None:
     redis_client.set(worker_key(key_prefix, "older@host"), json.dumps({"name": "older@host"}), ex=15)
     assert [w["name"] for w in list_workers(redis_client, key_prefix)] == ["older@host"]
+
+
+def test_a_fleet_scaled_to_zero_is_listed_without_a_scan(
+    redis_client: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    beat(redis_client, key_prefix, "only@host")
+    withdraw(redis_client, key_prefix, "only@host")  # the last worker stops: its index is empty, gone
+    scanned: list[object] = []
+    monkeypatch.setattr(redis_client, "scan_iter", lambda *a, **k: scanned.append(a) or iter(()))
+    assert list_workers(redis_client, key_prefix) == []
+    assert scanned == []
