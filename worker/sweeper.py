@@ -61,6 +61,9 @@ end
 return found
 """
 SCAN_CHUNK = 200  # messages per script: one carrying its image inline can be MBs
+# Consecutive chunks overlap by this many messages: the ones workers pop from the tail between two
+# chunks shift the rest toward it, and without the overlap as many would be read by neither.
+SCAN_OVERLAP = 50
 
 
 def unacked_key(prefix: str) -> str:
@@ -132,15 +135,18 @@ class Sweeper(Chore):
                         expected += queue_lists(JobKind(json.loads(kind)), json.loads(model), prefix)
         others = sorted({key for kind in JobKind for key in queue_lists(kind, None, prefix)})
         absent = set(job_ids)
-        absent -= {i.decode() for i in self._found_unacked(keys=[unacked_key(prefix)], args=job_ids)}
+        # The lists first, kombu's unacked hash last: a message moves from the first to the second
+        # (a worker takes it), never back while its worker lives, so one moving meanwhile is still seen.
         for key in dict.fromkeys([*expected, *others]):
             offset = 0
             while absent:
                 *found, read = self._found_in_chunk(keys=[key], args=[offset, SCAN_CHUNK, *absent])
                 absent -= {i.decode() for i in found}
-                offset += SCAN_CHUNK
                 if read < SCAN_CHUNK:
                     break  # read up to the head
+                offset += SCAN_CHUNK - SCAN_OVERLAP
+        if absent:
+            absent -= {i.decode() for i in self._found_unacked(keys=[unacked_key(prefix)], args=list(absent))}
         return absent
 
 

@@ -116,23 +116,47 @@ def test_a_deep_queue_is_read_a_chunk_at_a_time_from_its_tail(setup, monkeypatch
 
     store, publish, queue, submit = setup
     monkeypatch.setattr(sweeper, "SCAN_CHUNK", 10)
+    monkeypatch.setattr(sweeper, "SCAN_OVERLAP", 3)
     oldest = [submit(f"oldest {n}") for n in range(5)]
     lost = submit("lost")
     newer = [submit(f"newer {n}") for n in range(60)]
     store.redis.zadd(store.queued_key, {job_id: time.time() - 1000 for job_id in oldest})  # the candidates
     store.redis.zadd(store.queued_key, {job_id: time.time() for job_id in [lost, *newer]})
+    chunks: list[tuple[str, int]] = []
 
-    def scripts_run() -> int:
-        return int(store.redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    def sweeper_reading_chunks() -> Sweeper:
+        swept = Sweeper(store, publish, grace_s=15, sleep=lambda s: None)
+        read = swept._found_in_chunk
+        swept._found_in_chunk = lambda keys, args: chunks.append((keys[0], args[0])) or read(keys=keys, args=args)
+        return swept
 
-    before = scripts_run()
-    assert Sweeper(store, publish, grace_s=15, sleep=lambda s: None).sweep() == []
-    assert scripts_run() - before == 2  # kombu's unacked hash, then the tail's chunk
+    assert sweeper_reading_chunks().sweep() == []
+    assert chunks == [(queue, 0)]  # the tail's chunk of its own list, found there
     store.redis.lrem(queue, 1, next(raw for raw in store.redis.lrange(queue, 0, -1)
                                     if json.loads(raw)["headers"]["id"] == lost))
     store.redis.zadd(store.queued_key, {lost: time.time() - 1000})
-    before = scripts_run()
-    assert Sweeper(store, publish, grace_s=15, sleep=lambda s: None).sweep() == [lost]
-    # Twice (confirmed a second apart): the hash, its own list's 65 messages in 7 chunks, the 8 other lists
-    assert scripts_run() - before == 2 * (1 + 7 + 8)
+    chunks.clear()
+    assert sweeper_reading_chunks().sweep() == [lost]
+    # Twice (confirmed a second apart): its own list's 65 messages in overlapping chunks, then the 8 others
+    own = [offset for key, offset in chunks if key == queue]
+    assert own == [0, 7, 14, 21, 28, 35, 42, 49, 56] * 2
+    assert len(chunks) == 2 * (9 + 8)
     assert message_ids(store.redis, queue)[0] == lost  # published again, at the head
+
+
+def test_a_message_taken_by_a_worker_while_the_lists_are_read_is_seen_in_the_unacked_hash(setup) -> None:
+    """A worker takes the message (list -> unacked hash) as the search begins: the lists are read
+    first and the hash last, so one search sees it; the other order would see it in neither."""
+    store, publish, queue, submit = setup
+    taken = submit("taken meanwhile")
+    swept = Sweeper(store, publish, grace_s=15, sleep=lambda s: None)
+    read = swept._found_in_chunk
+
+    def a_worker_takes_it_first(keys: list[str], args: list) -> list:
+        raw = store.redis.rpop(queue)  # BRPOP, then kombu's bookkeeping: in the unacked hash
+        if raw is not None:
+            store.redis.hset(unacked_key(store.prefix), "tag-3", json.dumps([json.loads(raw), "", "visionq.generate"]))
+        return read(keys=keys, args=args)
+
+    swept._found_in_chunk = a_worker_takes_it_first
+    assert swept._find_absent([taken]) == set()
