@@ -11,8 +11,8 @@ of the queue lists, so queue depths (the autoscaler's signal) count live jobs on
 from __future__ import annotations
 
 import json
+import logging
 import math
-import re
 import time
 from typing import Callable, Iterator
 
@@ -24,6 +24,8 @@ from tasks.served_models import models_by_kind, queue_lists
 from tasks.settings import Settings
 from tasks.status import JobStatus
 from tasks.store import JobStore
+
+log = logging.getLogger("visionq.expiry")
 
 # KEYS[1] job hash, KEYS[2] queued index, KEYS[3] deadlines, KEYS[4] unpublished final
 # events (JobStore.unpublished_key), KEYS[5] the results to write (JobStore.unwritten_key).
@@ -50,7 +52,7 @@ return 1
 # removed counting from the tail, which stops at the last one: every step walks from the tail, so
 # the script holds Redis for the chunk and its distance from the tail, never for the whole list
 # (one LRANGE 0 -1 and an LREM from the head per job held Redis ~7 s for 200 jobs in a queue of
-# 100,000). A message's first `"id": "` is Celery's task id header, the job id (_MESSAGE_ID in Python).
+# 100,000). A message's first `"id": "` is Celery's task id header, the job id.
 _REMOVE_FROM_CHUNK = """
 local length = redis.call('LLEN', KEYS[1])
 local last = length - 1 - tonumber(ARGV[1])
@@ -69,12 +71,20 @@ end
 if marked > 0 then redis.call('LREM', KEYS[1], -marked, 'visionq:removed') end
 return marked
 """
+# KEYS[1]: a queue list. ARGV: a chunk's distance from the tail and its length, as above. Returns
+# {how many messages the chunk holds, the job id of each ('' where none is found), tail first}:
+# only the ids cross the network, never the messages (one with its image inline can be MBs).
+_IDS_IN_CHUNK = """
+local items = redis.call('LRANGE', KEYS[1], -(tonumber(ARGV[1]) + tonumber(ARGV[2])), -(tonumber(ARGV[1]) + 1))
+local out = {#items}
+for n = #items, 1, -1 do table.insert(out, string.match(items[n], '"id": ?"([^"]+)"') or '') end
+return out
+"""
 SCAN_CHUNK = 200  # messages read at a time: one carrying its image inline can be MBs
 # How far into a queue list the expirer looks for the messages of the jobs it ended. A queue is
 # first in, first out, so theirs are among the oldest, at the tail; one it does not find there (a
 # worker holds it, or the sweeper published it again) stays until a worker takes it and drops it.
 EXPIRY_SCAN_LIMIT = 10_000
-_MESSAGE_ID = re.compile(rb'"id": ?"([^"]+)"')
 
 
 def check_queue_timeout(value: object, kind: JobKind, settings: Settings) -> float:
@@ -124,6 +134,7 @@ class QueueEnds:
         self.store = store
         self._end = store.redis.register_script(_END_QUEUED)
         self._remove = store.redis.register_script(_REMOVE_FROM_CHUNK)
+        self._ids_in_chunk = store.redis.register_script(_IDS_IN_CHUNK)
 
     def expire_due(self, now: float | None = None, limit: int = 200) -> list[JobRecord]:
         """Fail `expired` the queued jobs past their deadline; returns the records this call ended."""
@@ -183,13 +194,13 @@ class QueueEnds:
         shifts the rest toward it, past the chunks read: one may be missed, never a wrong one removed."""
         removed = offset = 0
         while (wanted is None or removed < wanted) and (scan_limit is None or offset < scan_limit):
-            chunk = self.store.redis.lrange(key, -(offset + SCAN_CHUNK), -(offset + 1))
-            ids = [match.group(1).decode() for raw in chunk if (match := _MESSAGE_ID.search(raw))]
+            read, *raw_ids = self._ids_in_chunk(keys=[key], args=[offset, SCAN_CHUNK])
+            ids = [i.decode(errors="replace") for i in raw_ids if i]
             picked = doomed_among(ids) if ids else set()
             gone = int(self._remove(keys=[key], args=[offset, SCAN_CHUNK, *picked])) if picked else 0
             removed += gone
-            offset += len(chunk) - gone
-            if len(chunk) < SCAN_CHUNK:
+            offset += read - gone
+            if read < SCAN_CHUNK:
                 break  # read up to the head
         return removed
 
@@ -220,13 +231,19 @@ class QueueEnds:
         return record
 
     def _remove_messages(self, records: list[JobRecord], scan_limit: int | None) -> None:
-        by_list: dict[str, set[str]] = {}
-        for record in records:  # each job's message is on its model's queue, in its priority's list
-            key = priority_list_key(model_queue(record.kind.value, record.model), Priority(record.priority),
-                                    self.store.prefix)
-            by_list.setdefault(key, set()).add(record.id)
-        for key, ids in by_list.items():
-            self._sweep_list(key, ids.intersection, scan_limit, wanted=len(ids))
+        """Take these ended jobs' messages out of their queue lists. A failure is logged, never
+        raised: the jobs are ended already, and their callers still owe them their final event; a
+        message left behind is dropped by the worker that takes it."""
+        try:
+            by_list: dict[str, set[str]] = {}
+            for record in records:  # each job's message is on its model's queue, in its priority's list
+                key = priority_list_key(model_queue(record.kind.value, record.model), Priority(record.priority),
+                                        self.store.prefix)
+                by_list.setdefault(key, set()).add(record.id)
+            for key, ids in by_list.items():
+                self._sweep_list(key, ids.intersection, scan_limit, wanted=len(ids))
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.exception("the messages of %d ended jobs were not all taken out of their queues", len(records))
 
 
 def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
