@@ -215,7 +215,7 @@ def _overlay(image: Image.Image, masks: list[np.ndarray]) -> Image.Image:
     return overlay
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)  # a semantic model has up to ~150 classes
 def _tint_table(n: int) -> tuple[int, ...]:
     """Per band, every value moved OVERLAY_OPACITY of the way to the n-th palette colour, as
     Image.blend computes it. Cached: built in Python, it cost 0.1 ms per mask of every job."""
