@@ -18,6 +18,7 @@ SERVING_STATES = ("ready", "busy")
 # How long a name stays in the workers' index after its last beat. Liveness is the heartbeat
 # key's own TTL (Redis's clock); this only bounds the index, so hosts' clocks may differ.
 INDEX_KEEP_S = 3600
+MARKER_KEEP_S = 7 * 24 * 3600  # see indexed_marker_key
 
 
 def worker_key(prefix: str, name: str) -> str:
@@ -32,8 +33,9 @@ def workers_index_key(prefix: str) -> str:
 
 
 def indexed_marker_key(prefix: str) -> str:
-    """Set (for good) by the first heartbeat of a worker that writes the index: from then on the
-    index is the list, even while it is empty (a fleet scaled to zero)."""
+    """Renewed by every heartbeat that writes the index, kept MARKER_KEEP_S: while it exists the
+    index is the list, even empty (a fleet scaled to zero). After a rollback to a version without
+    the index, delete it (or wait a week) for the older workers to be listed again."""
     return f"{prefix}:workers-indexed"
 
 
@@ -44,7 +46,7 @@ def announce(client: redis.Redis, prefix: str, name: str, state: str) -> None:
         pipe.set(worker_key(prefix, name), state, ex=HEARTBEAT_TTL_S)
         pipe.zadd(index, {name: time.time()})
         pipe.expire(index, INDEX_KEEP_S)
-        pipe.set(indexed_marker_key(prefix), "1")
+        pipe.set(indexed_marker_key(prefix), "1", ex=MARKER_KEEP_S)
         pipe.execute()
 
 

@@ -163,7 +163,7 @@ def serve(
         register_tasks(app, runner, kinds, leases, observer)
         heartbeat.follow_celery(lambda: {"jobs_done": runner.jobs_done, "model_loads": loader.model_loads()})
         Sweeper(store, celery_publisher(app), settings.sweep_grace_s).start()
-        ResultWriter(store, storage).start()  # result.json of the jobs no worker ended
+        ResultWriter(store, storage, settings.storage_retry_s).start()  # result.json of the jobs no worker ended
         asked_to_stop = threading.Event()
         signals.worker_shutting_down.connect(lambda **_: asked_to_stop.set(), weak=False)
         answer_remote_control(name, queues)  # `celery control shutdown` asks too (worker/control.py)

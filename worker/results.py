@@ -9,12 +9,15 @@ final transition was refused (the job had ended otherwise): the file it wrote is
 
 Each round claims the notes that are due by moving them a lease ahead (one script), so writers
 on several workers never take the same note; a note is removed only once its file is written
-(or its record is gone), so a storage outage or a writer that dies delays the file and loses
-nothing: the note comes due again when its lease ends.
+(or its record is gone), and only if it is still the claim it was (a note made again meanwhile
+stays), so a storage outage or a writer that dies delays the file and loses nothing: the note
+comes due again when its lease ends. The lease outlasts a storage call's whole retry budget
+(VISIONQ_STORAGE_RETRY_S), and a round ends halfway through its lease.
 """
 from __future__ import annotations
 
 import logging
+import time
 
 from tasks.errors import JobNotFound, StorageError, VisionqError
 from tasks.storage import Storage
@@ -26,25 +29,36 @@ log = logging.getLogger("visionq.results")
 
 INTERVAL_S = 1.0
 PER_ROUND = 200  # a purge of thousands is written over several rounds
-LEASE_S = 60  # a claimed note not written by then (its writer died, storage is away) comes due again
+LEASE_BEYOND_RETRY_S = 60  # the lease: the storage retry budget and this
 
 # KEYS[1]: the results to write. ARGV: how many, lease seconds. The notes due now (Redis's clock),
-# each moved a lease ahead; returns their ids.
+# each moved a lease ahead; returns {the lease's end, their ids}.
 _CLAIM = """
-local now = tonumber(redis.call('TIME')[1])
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id) end
+local lease_end = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', lease_end - tonumber(ARGV[2]), 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], lease_end, id) end
+table.insert(due, 1, tostring(lease_end))
 return due
+"""
+# KEYS[1]: the results to write. ARGV: a job id, the end of the lease it was claimed with. Removes
+# the note only if it is still that claim: one made again meanwhile (a refused transition's, due
+# now) or claimed again by another writer after the lease ran out stays.
+_DONE = """
+if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
 """
 
 
 class ResultWriter(Chore):
     name = "result-writer"
 
-    def __init__(self, store: JobStore, storage: Storage, interval_s: float = INTERVAL_S) -> None:
+    def __init__(self, store: JobStore, storage: Storage, storage_retry_s: float,
+                 interval_s: float = INTERVAL_S) -> None:
+        """`storage_retry_s`: how long one storage call may wait out an outage (VISIONQ_STORAGE_RETRY_S)."""
         super().__init__(store, interval_s)
         self.storage = storage
+        self.lease_s = int(storage_retry_s) + LEASE_BEYOND_RETRY_S
         self._claim = store.redis.register_script(_CLAIM)
+        self._done = store.redis.register_script(_DONE)
 
     def run_once(self) -> list[str]:
         return self.write()
@@ -52,20 +66,24 @@ class ResultWriter(Chore):
     def write(self) -> list[str]:
         """Write the result.json of the notes due; returns the ids written."""
         written = []
-        for raw_id in self._claim(keys=[self.store.unwritten_key], args=[PER_ROUND, LEASE_S]):
+        started = time.monotonic()
+        lease_end, *claimed = self._claim(keys=[self.store.unwritten_key], args=[PER_ROUND, self.lease_s])
+        for raw_id in claimed:
+            if time.monotonic() - started > self.lease_s / 2:
+                break  # the rest come due again when their lease ends, before another writer could write them twice
             job_id = raw_id.decode()
             try:
                 record = self.store.get(job_id)
             except JobNotFound:
-                self.store.redis.zrem(self.store.unwritten_key, job_id)  # expired or deleted: nothing to write
+                self._drop(job_id, lease_end)  # expired or deleted: nothing to write
                 continue
             except VisionqError as exc:  # a record nobody can read: writing it would only fail again
                 log.warning("job %s: its record cannot be read (%s); no result.json", job_id, exc.message)
-                self.store.redis.zrem(self.store.unwritten_key, job_id)
+                self._drop(job_id, lease_end)
                 continue
             if not record.status.is_final:  # never noted so: whoever ends it writes its file
                 log.warning("job %s is %s, not final; no result.json yet", job_id, record.status.value)
-                self.store.redis.zrem(self.store.unwritten_key, job_id)
+                self._drop(job_id, lease_end)
                 continue
             try:
                 publish_record(self.storage, record)
@@ -73,8 +91,12 @@ class ResultWriter(Chore):
                 log.warning("result.json of job %s not written yet: %s", job_id, exc.message)
                 break  # the store is away: this round's other notes come due again after their lease
             except VisionqError as exc:
-                log.warning("result.json of job %s not written (retried in %d s): %s", job_id, LEASE_S, exc.message)
+                log.warning("result.json of job %s not written (again in %d s): %s", job_id, self.lease_s,
+                            exc.message)
                 continue
-            self.store.redis.zrem(self.store.unwritten_key, job_id)
+            self._drop(job_id, lease_end)
             written.append(job_id)
         return written
+
+    def _drop(self, job_id: str, lease_end: bytes) -> None:
+        self._done(keys=[self.store.unwritten_key], args=[job_id, lease_end])

@@ -250,9 +250,11 @@ class JobRunner:
         started = record.status is not JobStatus.QUEUED  # else it failed before the model took it
         if not started:
             final.worker, final.attempt = self.worker_name, record.attempt + 1
+        unwritten = False  # result.json left to a worker's result writer (worker/results.py)
         try:
             publish_record(self.storage, final)
         except VisionqError as exc:
+            unwritten = True
             if status is JobStatus.SUCCEEDED:  # without result.json the outputs are not complete
                 final = replace(final, status=JobStatus.FAILED, output=None, error=exc.to_dict())
             else:
@@ -271,17 +273,15 @@ class JobRunner:
         try:
             outcome = until_redis_answers(lambda: self.store.advance(
                 record.id, final.status, attempt_increment=0 if started else 1, cancel_error=canceled,
-                acknowledge=delivery, **fields,
+                acknowledge=delivery, note_unwritten=unwritten, **fields,
             ))
         except JobNotFound:
             log.warning("job %s: its record is gone (expired or deleted); its result is not recorded", record.id)
             return
         if not outcome.applied:
             log.warning("job %s was already final; its %s result is not recorded", record.id, status.value)
-            try:  # the result.json written above says otherwise: rewritten from the record
-                self.store.note_unwritten(record.id)
-            except redis.RedisError as exc:
-                log.warning("job %s: result.json may disagree with its record: %s", record.id, exc)
+            # The result.json written above says otherwise: rewritten from the record.
+            until_redis_answers(lambda: self.store.note_unwritten(record.id))
             self.jobs_done += 1
             return
         if delivery is not None:
@@ -291,7 +291,8 @@ class JobRunner:
             try:
                 publish_record(self.storage, final)  # result.json says what the record says
             except VisionqError as exc:
-                log.warning("job %s: result.json not rewritten: %s", record.id, exc.message)
+                log.warning("job %s: result.json not rewritten yet: %s", record.id, exc.message)
+                until_redis_answers(lambda: self.store.note_unwritten(record.id))
         self._publish(final, None)
         for callback in self.on_final:
             callback(final)

@@ -64,6 +64,7 @@ SCAN_CHUNK = 200  # messages per script: one carrying its image inline can be MB
 # Consecutive chunks overlap by this many messages: the ones workers pop from the tail between two
 # chunks shift the rest toward it, and without the overlap as many would be read by neither.
 SCAN_OVERLAP = 50
+assert 0 <= SCAN_OVERLAP < SCAN_CHUNK  # else a list would be read from its tail forever
 
 
 def unacked_key(prefix: str) -> str:

@@ -118,3 +118,12 @@ def test_an_error_taking_messages_out_still_returns_the_ended_jobs(
     ends._ids_in_chunk = redis_goes_away
     assert sorted(r.id for r in ends.expire_due(now=time.time() + 10)) == sorted(ids)
     assert all(store.get(i).status.value == "failed" for i in ids)
+
+
+def test_a_chunks_ids_come_tail_first_with_its_length(store: JobStore) -> None:
+    key, ids = fill(store, 5)
+    store.redis.rpush(key, "not a celery message")  # at the tail
+    read, *found = QueueEnds(store)._ids_in_chunk(keys=[key], args=[0, 4])
+    assert read == 4 and [i.decode() for i in found] == ["", *ids[:3]]
+    read, *found = QueueEnds(store)._ids_in_chunk(keys=[key], args=[4, 4])
+    assert read == 2 and [i.decode() for i in found] == ids[3:]

@@ -34,6 +34,13 @@ def stored_result(storage: LocalStorage, job_id: str) -> dict:
     return json.loads((storage.root / "jobs" / job_id / "result.json").read_bytes())
 
 
+def writer(store: JobStore, storage: LocalStorage, lease_s: int = 60) -> ResultWriter:
+    """A result writer whose claims last `lease_s` (a storage retry budget of 0 and the margin)."""
+    monkeypatched = ResultWriter(store, storage, storage_retry_s=0)
+    monkeypatched.lease_s = lease_s
+    return monkeypatched
+
+
 def noted(store: JobStore) -> list[str]:
     return [i.decode() for i in store.redis.zrange(store.unwritten_key, 0, -1)]
 
@@ -45,7 +52,7 @@ def test_a_job_canceled_while_queued_gets_its_result_json(store: JobStore, stora
     store.request_cancel(record.id)
     store.request_cancel(running.id)  # only flagged: its worker ends it and writes its file
     assert noted(store) == [record.id]
-    assert ResultWriter(store, storage).write() == [record.id]
+    assert writer(store, storage).write() == [record.id]
     result = stored_result(storage, record.id)
     assert result["status"] == "canceled" and result["error"]["code"] == "canceled"
     assert result == json.loads(json.dumps(store.get(record.id).to_json_fields()))  # what the record says
@@ -59,25 +66,40 @@ def test_expired_and_purged_jobs_get_their_result_json(store: JobStore, storage:
     ends = QueueEnds(store)
     assert [r.id for r in ends.expire_due(now=time.time() + 10)] == [expiring.id]
     assert [r.id for r in ends.purge(JobKind.SEGMENT, "purged by an operator")] == [purged.id]
-    assert sorted(ResultWriter(store, storage).write()) == sorted([expiring.id, purged.id])
+    assert sorted(writer(store, storage).write()) == sorted([expiring.id, purged.id])
     assert stored_result(storage, expiring.id)["error"]["code"] == "expired"
     assert stored_result(storage, purged.id)["status"] == "canceled"
 
 
-def test_a_storage_outage_keeps_the_jobs_noted(
-    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_storage_outage_keeps_the_jobs_noted_until_their_lease_ends(store: JobStore, tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("a file where the storage folder should be")
+    away, working = LocalStorage(tmp_path / "blocked"), LocalStorage(tmp_path / "storage")
+    leased, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
+    store.request_cancel(leased.id)
+    assert writer(store, away).write() == []
+    assert noted(store) == [leased.id]  # kept, claimed for a lease of 60 s
+    assert writer(store, working).write() == []  # not due again before its lease ends
+    short, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k2"})
+    store.request_cancel(short.id)
+    assert writer(store, away, lease_s=0).write() == []  # a lease that ends at once
+    assert writer(store, working).write() == [short.id]  # due again on its own
+    assert stored_result(working, short.id)["status"] == "canceled"
+
+
+def test_a_note_made_again_while_its_claim_is_written_stays(store: JobStore, storage: LocalStorage) -> None:
     record, _ = store.create(JobKind.CAPTION, {"image": "s3://b/k"})
     store.request_cancel(record.id)
-    (tmp_path / "blocked").write_text("a file where the storage folder should be")
-    assert ResultWriter(store, LocalStorage(tmp_path / "blocked")).write() == []
-    assert noted(store) == [record.id]  # kept, claimed for a lease
-    working = LocalStorage(tmp_path / "storage")
-    assert ResultWriter(store, working).write() == []  # not due again before its lease ends
-    monkeypatch.setattr(results, "LEASE_S", 0)
-    store.note_unwritten(record.id)  # due now
-    assert ResultWriter(store, working).write() == [record.id]
-    assert stored_result(working, record.id)["status"] == "canceled"
+    racing = writer(store, storage)
+    claim = racing._claim
+
+    def noted_again_meanwhile(keys: list[str], args: list) -> list:
+        claimed = claim(keys=keys, args=args)
+        store.note_unwritten(record.id)  # a refused transition's worker wrote another result.json
+        return claimed
+
+    racing._claim = noted_again_meanwhile
+    assert racing.write() == [record.id]
+    assert noted(store) == [record.id]  # still due: the next round writes it again from the record
 
 
 def test_two_writers_never_claim_the_same_note(store: JobStore, storage: LocalStorage) -> None:
@@ -86,8 +108,8 @@ def test_two_writers_never_claim_the_same_note(store: JobStore, storage: LocalSt
         record, _ = store.create(JobKind.CAPTION, {"image": f"s3://b/{n}"})
         store.request_cancel(record.id)
         ids.append(record.id)
-    first, second = ResultWriter(store, storage), ResultWriter(store, storage)
-    claimed = [i.decode() for i in first._claim(keys=[store.unwritten_key], args=[2, 60])]
+    first, second = writer(store, storage), writer(store, storage)
+    _lease_end, *claimed = [i.decode() for i in first._claim(keys=[store.unwritten_key], args=[2, 60])]
     assert len(claimed) == 2
     assert second.write() == [i for i in ids if i not in claimed]  # only the third
     assert sorted(noted(store)) == sorted(claimed)  # the first's, leased, until it writes them
@@ -99,6 +121,22 @@ def test_a_gone_record_and_a_job_not_final_are_dropped(store: JobStore, storage:
     store.redis.delete(store.job_key(gone.id))
     store.note_unwritten(gone.id)
     store.note_unwritten(queued.id)  # never noted so by the service: whoever ends it writes its file
-    assert ResultWriter(store, storage).write() == []
+    assert writer(store, storage).write() == []
     assert noted(store) == []
     assert not (storage.root / "jobs").exists()
+
+
+def test_a_transition_notes_the_job_only_when_applied_and_beside_an_acknowledgement(store: JobStore) -> None:
+    from tasks.store import Delivery
+
+    record, _ = store.create(JobKind.GENERATE, {"prompt": "a"})
+    store.transition(record.id, JobStatus.RUNNING)
+    delivery = Delivery("tag-1", f"{store.prefix}:unacked_index", f"{store.prefix}:unacked")
+    store.redis.hset(delivery.hash_key, "tag-1", "[]")
+    outcome = store.advance(record.id, JobStatus.FAILED, acknowledge=delivery, note_unwritten=True,
+                            error={"code": "timeout", "message": "m"})
+    assert outcome.applied and noted(store) == [record.id]  # the last of seven keys
+    assert store.redis.hget(delivery.hash_key, "tag-1") is None  # and acknowledged
+    store.redis.delete(store.unwritten_key)
+    refused = store.advance(record.id, JobStatus.SUCCEEDED, note_unwritten=True)
+    assert not refused.applied and noted(store) == []

@@ -458,7 +458,7 @@ def test_watchdog_fails_a_stuck_job_then_ends_the_process(harness) -> None:
     assert record.status is JobStatus.FAILED and record.error["code"] == "timeout"
     # The process exits before it could write result.json: a worker's result writer does.
     from worker.results import ResultWriter
-    assert ResultWriter(store, storage).write() == [job_id]
+    assert ResultWriter(store, storage, storage_retry_s=0).write() == [job_id]
     stored = json.loads((Path(storage.root) / "jobs" / job_id / "result.json").read_bytes())
     assert stored["status"] == "failed" and stored["error"]["code"] == "timeout"
 
@@ -478,8 +478,23 @@ def test_a_refused_final_transition_leaves_result_json_to_say_what_the_record_sa
     make(ended_meanwhile).run(JobKind.GENERATE, job_id, message)
     result_json = storage.root / "jobs" / job_id / "result.json"
     assert json.loads(result_json.read_bytes())["status"] == "succeeded"  # written before the transition
-    assert ResultWriter(store, storage).write() == [job_id]
+    assert ResultWriter(store, storage, storage_retry_s=0).write() == [job_id]
     assert json.loads(result_json.read_bytes())["status"] == "failed"
+
+
+def test_a_result_json_the_worker_could_not_write_is_left_to_the_result_writer(harness) -> None:
+    from worker.results import ResultWriter
+
+    make, submit, store, storage = harness
+    job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
+    (storage.root / "jobs").mkdir(parents=True, exist_ok=True)
+    (storage.root / "jobs" / job_id).write_text("a file where the job's folder should be")  # every write fails
+    make(succeed).run(JobKind.GENERATE, job_id, message)
+    assert store.get(job_id).error["code"] == "storage_error"
+    assert store.redis.zrange(store.unwritten_key, 0, -1) == [job_id.encode()]  # noted by its transition
+    (storage.root / "jobs" / job_id).unlink()  # the store is back
+    assert ResultWriter(store, storage, storage_retry_s=0).write() == [job_id]
+    assert json.loads((storage.root / "jobs" / job_id / "result.json").read_bytes())["status"] == "failed"
 
 
 def test_waiting_for_storage_is_off_the_clock(harness) -> None:
