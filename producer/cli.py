@@ -247,6 +247,8 @@ def _submit(args: argparse.Namespace) -> int:
             steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
             num_images=args.num_images, **common,
         )
+    if not args.wait:
+        job.say_if_no_worker(waiting=False)  # on stderr: a job no live worker serves waits until one starts
     if not args.wait and not args.json:
         print(job.id)
         return 0
@@ -344,7 +346,8 @@ def _workers(args: argparse.Namespace) -> int:
         memory = w.get("memory_mb", {})
         print(f"{w['name']:40} {w['state']:9} kinds={','.join(w.get('kinds', []))} "
               f"device={w.get('device')} jobs_done={w.get('jobs_done', 0)} restarts={w.get('restarts', 0)} "
-              f"rss_mb={memory.get('rss')} gpu_mb={memory.get('gpu_allocated')}")
+              f"rss_mb={memory.get('rss')}"
+              + (f" gpu_mb={memory['gpu_allocated']}" if memory.get("gpu_allocated") is not None else ""))
         for model, info in sorted(w.get("models", {}).items()):
             weights = info.get("weights_mb")
             print(f"  {model:24} weights_mb={'?' if weights is None else weights} queue={info.get('queue')} "

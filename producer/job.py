@@ -105,7 +105,7 @@ class Job:
         except TimeoutError:
             if deadline is not None and time.monotonic() >= deadline:
                 raise
-        self._say_if_no_worker()
+        self.say_if_no_worker()
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         try:
             self._record = self._source.wait(self.id, remaining, on_change=changed)
@@ -120,7 +120,9 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         return self._record.to_dict()
 
-    def _say_if_no_worker(self) -> None:
+    def say_if_no_worker(self, waiting: bool = True) -> None:
+        """Log a warning (the `visionq` logger) if the job is queued and no live worker serves its
+        kind, or its model when it names one; `waiting`: said from a wait (else from a submit)."""
         if self.status != "queued":
             return
         try:
@@ -132,8 +134,8 @@ class Job:
         wanted = self.kind if model is None else f"{self.kind}/{model}"
         if wanted not in serving:
             shown = self.kind if model is None or model == default_model(self.kind) else wanted
-            log.warning("no live worker serves %s: is `visionq worker` running against %s? (still waiting)",
-                        shown, self._source.address)
+            log.warning("no live worker serves %s: is `visionq worker` running against %s? (%s)", shown,
+                        self._source.address, "still waiting" if waiting else "it stays queued until one starts")
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.kind} {self.status}>"

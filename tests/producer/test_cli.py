@@ -69,7 +69,10 @@ def test_cancel_command(service_env: dict, worker, tmp_path) -> None:
     # A job for a model no live worker serves stays queued however fast this machine is.
     image = tmp_path / "in.png"
     image.write_bytes(encode(scene(), "PNG"))
-    queued = run_visionq("submit", "caption", str(image), "--model", "vit-gpt2", env=service_env).stdout.strip()
+    submitted = run_visionq("submit", "caption", str(image), "--model", "vit-gpt2", env=service_env)
+    queued = submitted.stdout.strip()
+    assert "no live worker serves caption/vit-gpt2" in submitted.stderr  # said at once, without --wait
+    assert "it stays queued until one starts" in submitted.stderr
     assert json.loads(run_visionq("status", queued, "--json", env=service_env).stdout)["status"] == "queued"
     canceled = run_visionq("cancel", queued, env=service_env)
     assert canceled.returncode == 0
