@@ -19,23 +19,25 @@ from __future__ import annotations
 import logging
 import time
 
-from tasks.errors import JobNotFound, StorageError, VisionqError
+from tasks.errors import StorageError, VisionqError
 from tasks.storage import Storage
-from tasks.store import JobStore
+from tasks.store import JobStore, record_from_hash
 from worker.chores import Chore
 from worker.outputs import publish_record
 
 log = logging.getLogger("visionq.results")
 
 INTERVAL_S = 1.0
-PER_ROUND = 200  # a purge of thousands is written over several rounds
+PER_ROUND = 500  # notes claimed at a time
+ROUND_S = 10.0  # a round goes on claiming while whole batches are due, this long at most
 LEASE_BEYOND_RETRY_S = 60  # the lease: the storage retry budget and this
 
 # KEYS[1]: the results to write. ARGV: how many, lease seconds. The notes due now (Redis's clock),
-# each moved a lease ahead; returns {the lease's end, their ids}.
+# the latest first (a cancel made now is not written after a purge's 100,000), each moved a lease
+# ahead; returns {the lease's end, their ids}.
 _CLAIM = """
 local lease_end = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[2])
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', lease_end - tonumber(ARGV[2]), 'LIMIT', 0, tonumber(ARGV[1]))
+local due = redis.call('ZREVRANGEBYSCORE', KEYS[1], lease_end - tonumber(ARGV[2]), '-inf', 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], lease_end, id) end
 table.insert(due, 1, tostring(lease_end))
 return due
@@ -61,29 +63,43 @@ class ResultWriter(Chore):
         self._done = store.redis.register_script(_DONE)
 
     def run_once(self) -> list[str]:
-        return self.write()
+        """Batches while a whole one was due, for up to ROUND_S: a purge's notes drain at the
+        storage's pace, not PER_ROUND a second."""
+        started, written = time.monotonic(), []
+        while True:
+            batch, claimed = self._write_batch()
+            written += batch
+            if claimed < PER_ROUND or time.monotonic() - started > ROUND_S:
+                return written
 
     def write(self) -> list[str]:
-        """Write the result.json of the notes due; returns the ids written."""
-        written = []
+        """Write the result.json of one batch of the notes due; returns the ids written."""
+        return self._write_batch()[0]
+
+    def _write_batch(self) -> tuple[list[str], int]:
         started = time.monotonic()
         lease_end, *claimed = self._claim(keys=[self.store.unwritten_key], args=[PER_ROUND, self.lease_s])
-        for raw_id in claimed:
+        ids = [raw_id.decode() for raw_id in claimed]
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.store.job_key(job_id))
+            hashes = pipe.execute()
+        written, done = [], []
+        for job_id, raw in zip(ids, hashes):
             if time.monotonic() - started > self.lease_s / 2:
                 break  # the rest come due again when their lease ends, before another writer could write them twice
-            job_id = raw_id.decode()
-            try:
-                record = self.store.get(job_id)
-            except JobNotFound:
-                self._drop(job_id, lease_end)  # expired or deleted: nothing to write
+            if not raw:
+                done.append(job_id)  # expired or deleted: nothing to write
                 continue
-            except VisionqError as exc:  # a record nobody can read: writing it would only fail again
-                log.warning("job %s: its record cannot be read (%s); no result.json", job_id, exc.message)
-                self._drop(job_id, lease_end)
+            try:
+                record = record_from_hash(raw)
+            except Exception as exc:  # noqa: BLE001 - a record nobody can read: writing it would only fail again
+                log.warning("job %s: its record cannot be read (%s); no result.json", job_id, exc)
+                done.append(job_id)
                 continue
             if not record.status.is_final:  # never noted so: whoever ends it writes its file
                 log.warning("job %s is %s, not final; no result.json yet", job_id, record.status.value)
-                self._drop(job_id, lease_end)
+                done.append(job_id)
                 continue
             try:
                 publish_record(self.storage, record)
@@ -94,9 +110,10 @@ class ResultWriter(Chore):
                 log.warning("result.json of job %s not written (again in %d s): %s", job_id, self.lease_s,
                             exc.message)
                 continue
-            self._drop(job_id, lease_end)
+            done.append(job_id)
             written.append(job_id)
-        return written
-
-    def _drop(self, job_id: str, lease_end: bytes) -> None:
-        self._done(keys=[self.store.unwritten_key], args=[job_id, lease_end])
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            for job_id in done:
+                self._done(keys=[self.store.unwritten_key], args=[job_id, lease_end], client=pipe)
+            pipe.execute()
+        return written, len(ids)

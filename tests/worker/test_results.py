@@ -140,3 +140,30 @@ def test_a_transition_notes_the_job_only_when_applied_and_beside_an_acknowledgem
     store.redis.delete(store.unwritten_key)
     refused = store.advance(record.id, JobStatus.SUCCEEDED, note_unwritten=True)
     assert not refused.applied and noted(store) == []
+
+
+def test_the_latest_notes_are_written_first(
+    store: JobStore, storage: LocalStorage, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancel made now is not written after a purge's backlog."""
+    backlog, latest = [], None
+    for n in range(3):
+        record, _ = store.create(JobKind.CAPTION, {"image": f"s3://b/{n}"})
+        store.request_cancel(record.id)
+        backlog.append(record.id)
+    store.redis.zadd(store.unwritten_key, {job_id: time.time() - 100 for job_id in backlog})  # a purge before
+    latest, _ = store.create(JobKind.CAPTION, {"image": "s3://b/latest"})
+    store.request_cancel(latest.id)
+    monkeypatch.setattr(results, "PER_ROUND", 1)
+    assert writer(store, storage).write() == [latest.id]
+
+
+def test_a_round_goes_on_while_whole_batches_are_due(
+    store: JobStore, storage: LocalStorage, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for n in range(5):
+        record, _ = store.create(JobKind.CAPTION, {"image": f"s3://b/{n}"})
+        store.request_cancel(record.id)
+    monkeypatch.setattr(results, "PER_ROUND", 2)
+    assert len(writer(store, storage).run_once()) == 5  # batches of 2, 2 and 1
+    assert noted(store) == []
