@@ -36,8 +36,9 @@ LEASE_BEYOND_RETRY_S = 60  # the lease: the storage retry budget and this
 # the latest first (a cancel made now is not written after a purge's 100,000), each moved a lease
 # ahead; returns {the lease's end, their ids}.
 _CLAIM = """
-local lease_end = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[2])
-local due = redis.call('ZREVRANGEBYSCORE', KEYS[1], lease_end - tonumber(ARGV[2]), '-inf', 'LIMIT', 0, tonumber(ARGV[1]))
+local now = tonumber(redis.call('TIME')[1])
+local lease_end = now + tonumber(ARGV[2])
+local due = redis.call('ZREVRANGEBYSCORE', KEYS[1], now, '-inf', 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], lease_end, id) end
 table.insert(due, 1, tostring(lease_end))
 return due
@@ -46,7 +47,9 @@ return due
 # the note only if it is still that claim: one made again meanwhile (a refused transition's, due
 # now) or claimed again by another writer after the lease ran out stays.
 _DONE = """
-if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) == tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
 """
 
 
@@ -87,7 +90,7 @@ class ResultWriter(Chore):
         written, done = [], []
         for job_id, raw in zip(ids, hashes):
             if time.monotonic() - started > self.lease_s / 2:
-                break  # the rest come due again when their lease ends, before another writer could write them twice
+                break  # the rest come due again when their lease ends: no other writer takes them meanwhile
             if not raw:
                 done.append(job_id)  # expired or deleted: nothing to write
                 continue
