@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from tasks.deliveries import EventPublisher
+from tasks.expiry import QueueEnds
 from tasks.heartbeats import serving_kinds
 from tasks.record import JobRecord
 from tasks.settings import redacted_url
@@ -25,6 +26,7 @@ class RedisJobSource:
         if canceled_now:
             # A queued job never reaches a worker, so its final event is sent from here.
             self.events.publish_final(record)
+            QueueEnds(self.store).take_message_after_cancel(record)  # out of the queue depth
         return record
 
     def wait(

@@ -230,16 +230,36 @@ class QueueEnds:
         record.status, record.error, record.completed_at = status, error.to_dict(), completed_at
         return record
 
+    def take_message_of(self, record: JobRecord) -> bool:
+        """A job just canceled while queued: its message out of its list, if it is among the newest
+        or the oldest SCAN_CHUNK there (a cancel soon after the submit, or of a job next in line),
+        so queue depths stop counting it; returns whether it was. One not found there stays until
+        a worker takes it and drops it, or `visionq purge` runs."""
+        key = self._list_of(record)
+        newest = max(0, int(self.store.redis.llen(key)) - SCAN_CHUNK)  # the head's chunk, from the tail
+        return any(int(self._remove(keys=[key], args=[offset, SCAN_CHUNK, record.id]))
+                   for offset in dict.fromkeys((0, newest)))
+
+    def take_message_after_cancel(self, record: JobRecord) -> None:
+        """`take_message_of`, for a cancel that has already happened: a failure is logged, never raised."""
+        try:
+            self.take_message_of(record)
+        except Exception:  # noqa: BLE001 - the job is canceled; its message only counts in a queue depth
+            log.warning("job %s: its message was not taken out of its queue", record.id, exc_info=True)
+
+    def _list_of(self, record: JobRecord) -> str:
+        """The list a job's message waits on: its model's queue, its priority's list."""
+        return priority_list_key(model_queue(record.kind.value, record.model), Priority(record.priority),
+                                 self.store.prefix)
+
     def _remove_messages(self, records: list[JobRecord], scan_limit: int | None) -> None:
         """Take these ended jobs' messages out of their queue lists. A failure is logged, never
         raised: the jobs are ended already, and their callers still owe them their final event; a
         message left behind is dropped by the worker that takes it."""
         try:
             by_list: dict[str, set[str]] = {}
-            for record in records:  # each job's message is on its model's queue, in its priority's list
-                key = priority_list_key(model_queue(record.kind.value, record.model), Priority(record.priority),
-                                        self.store.prefix)
-                by_list.setdefault(key, set()).add(record.id)
+            for record in records:
+                by_list.setdefault(self._list_of(record), set()).add(record.id)
             for key, ids in by_list.items():
                 self._sweep_list(key, ids.intersection, scan_limit, wanted=len(ids))
         except Exception:  # noqa: BLE001 - see the docstring

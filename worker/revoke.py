@@ -17,6 +17,7 @@ from kombu.utils.functional import maybe_list
 
 from tasks.deliveries import EventPublisher
 from tasks.errors import VisionqError
+from tasks.expiry import QueueEnds
 from tasks.record import check_job_id
 from tasks.store import JobStore
 
@@ -61,5 +62,8 @@ def cancel_job(store: JobStore, events: EventPublisher | None, job_id: Any) -> N
         log.exception("revoke of %s: could not write the cancel", job_id)
         return
     log.info("job %s: revoked through Celery; now %s", job_id, status.value)
-    if canceled_now and events is not None:
-        events.publish_final(store.get(job_id))  # a queued job never reaches a worker: its final event
+    if canceled_now:
+        record = store.get(job_id)
+        if events is not None:
+            events.publish_final(record)  # a queued job never reaches a worker: its final event
+        QueueEnds(store).take_message_after_cancel(record)  # out of the queue depth

@@ -42,7 +42,8 @@ def test_a_job_no_worker_starts_fails_expired_with_its_final_event(obs_client: A
     assert job.status == "failed" and job.error["code"] == "expired"
     assert "1.5 s" in job.error["message"] and "VISIONQ_QUEUE_TIMEOUT_GENERATE_S" in job.error["message"]
     assert job.to_dict()["started_at"] is None
-    assert _queued_messages(obs_client, JobKind.GENERATE) == messages_before  # its message left the queue too
+    # Its message leaves the queue too, right after (the expirer ends every due job, then takes their messages).
+    wait_until(lambda: _queued_messages(obs_client, JobKind.GENERATE) == messages_before, 10, "its message gone")
     key = 'visionq_jobs_total{error_code="expired",kind="generate",model="sd",status="failed"}'
     wait_until(lambda: scrape(metrics_url).get(key, 0) - before.get(key, 0) == 1, 30, "the expiry counted once")
     # No worker ended it, yet its result.json is written, from its record (worker/results.py).
@@ -90,8 +91,13 @@ def test_purge_cancels_a_kinds_queued_jobs_and_drops_their_messages(
     _visionq(obs_env, "purge", "generate")  # whatever earlier tests left queued
     assert _queued_messages(obs_client, JobKind.GENERATE) == 0
     jobs = [obs_client.generate(f"purged {i}", priority=p) for i, p in enumerate(["high", "normal", "low"])]
-    canceled = obs_client.generate("canceled on its own").cancel()  # its message stays until a purge
+    canceled = obs_client.generate("canceled on its own").cancel()  # its message goes along
     assert canceled.status == "canceled"
+    assert _queued_messages(obs_client, JobKind.GENERATE) == 3
+    # A job canceled where its message could not be reached (the store's cancel alone: an earlier
+    # version's, or deep in a long queue) leaves its message for a worker or a purge to drop.
+    left = obs_client.generate("its message left behind")
+    obs_client.store.request_cancel(left.id)
     assert _queued_messages(obs_client, JobKind.GENERATE) == 4
     queues = json.loads(_visionq(obs_env, "queues", "--json").stdout)
     assert queues["generate"]["total"] == 4 and queues["generate"]["oldest_age_s"] > 0

@@ -5,7 +5,10 @@ import json
 import time
 
 import pytest
+import redis
 
+from tasks.kinds import JobKind
+from tasks.served_models import queue_lists
 from tests.support.cli import run_visionq
 from tests.support.images import encode, scene
 
@@ -77,6 +80,9 @@ def test_cancel_command(service_env: dict, worker, tmp_path) -> None:
     canceled = run_visionq("cancel", queued, env=service_env)
     assert canceled.returncode == 0
     assert canceled.stdout.strip() == f"{queued} canceled"
+    lists = queue_lists(JobKind.CAPTION, "vit-gpt2", service_env.get("VISIONQ_REDIS_PREFIX", "visionq"))
+    queue = redis.Redis.from_url(service_env["VISIONQ_REDIS_URL"])
+    assert not any(queued.encode() in raw for key in lists for raw in queue.lrange(key, 0, -1))  # its message too
     assert json.loads(run_visionq("status", queued, "--json", env=service_env).stdout)["status"] == "canceled"
 
 

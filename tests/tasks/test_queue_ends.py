@@ -127,3 +127,16 @@ def test_a_chunks_ids_come_tail_first_with_its_length(store: JobStore) -> None:
     assert read == 4 and [i.decode() for i in found] == ["", *ids[:3]]
     read, *found = QueueEnds(store)._ids_in_chunk(keys=[key], args=[4, 4])
     assert read == 2 and [i.decode() for i in found] == ids[3:]
+
+
+def test_a_job_canceled_while_queued_takes_its_message_along_when_near_either_end(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(expiry, "SCAN_CHUNK", 10)
+    key, ids = fill(store, 40)
+    ends = QueueEnds(store)
+    for job_id in (ids[0], ids[-1], ids[20]):  # the oldest, the newest, one in the middle
+        store.request_cancel(job_id)
+    assert ends.take_message_of(store.get(ids[0])) and ends.take_message_of(store.get(ids[-1]))
+    assert not ends.take_message_of(store.get(ids[20]))  # out of reach: a worker drops it
+    assert queued_ids(store, key) == ids[1:-1]
