@@ -15,6 +15,7 @@ class RedisJobSource:
     def __init__(self, store: JobStore, events: EventPublisher, redis_url: str) -> None:
         self.store = store
         self.events = events
+        self.ends = QueueEnds(store)
         self.address = redacted_url(redis_url)
 
     def get(self, job_id: str) -> JobRecord:
@@ -26,7 +27,7 @@ class RedisJobSource:
         if canceled_now:
             # A queued job never reaches a worker, so its final event is sent from here.
             self.events.publish_final(record)
-            QueueEnds(self.store).take_message_after_cancel(record)  # out of the queue depth
+            self.ends.take_message_of(record)  # out of the queue depth
         return record
 
     def wait(

@@ -234,18 +234,16 @@ class QueueEnds:
         """A job just canceled while queued: its message out of its list, if it is among the newest
         or the oldest SCAN_CHUNK there (a cancel soon after the submit, or of a job next in line),
         so queue depths stop counting it; returns whether it was. One not found there stays until
-        a worker takes it and drops it, or `visionq purge` runs."""
+        a worker takes it and drops it, or `visionq purge` runs. A failure is logged, never raised:
+        the cancel has happened, and the message only counts in a queue depth."""
         key = self._list_of(record)
-        newest = max(0, int(self.store.redis.llen(key)) - SCAN_CHUNK)  # the head's chunk, from the tail
-        return any(int(self._remove(keys=[key], args=[offset, SCAN_CHUNK, record.id]))
-                   for offset in dict.fromkeys((0, newest)))
-
-    def take_message_after_cancel(self, record: JobRecord) -> None:
-        """`take_message_of`, for a cancel that has already happened: a failure is logged, never raised."""
         try:
-            self.take_message_of(record)
-        except Exception:  # noqa: BLE001 - the job is canceled; its message only counts in a queue depth
+            newest = max(0, int(self.store.redis.llen(key)) - SCAN_CHUNK)  # the head's chunk, from the tail
+            return any(int(self._remove(keys=[key], args=[offset, SCAN_CHUNK, record.id]))
+                       for offset in dict.fromkeys((0, newest)))
+        except Exception:  # noqa: BLE001 - see the docstring
             log.warning("job %s: its message was not taken out of its queue", record.id, exc_info=True)
+            return False
 
     def _list_of(self, record: JobRecord) -> str:
         """The list a job's message waits on: its model's queue, its priority's list."""

@@ -66,4 +66,4 @@ def cancel_job(store: JobStore, events: EventPublisher | None, job_id: Any) -> N
         record = store.get(job_id)
         if events is not None:
             events.publish_final(record)  # a queued job never reaches a worker: its final event
-        QueueEnds(store).take_message_after_cancel(record)  # out of the queue depth
+        QueueEnds(store).take_message_of(record)  # out of the queue depth
