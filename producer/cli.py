@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -400,13 +401,36 @@ def _purge(args: argparse.Namespace) -> int:
     client = _redis_client()
     kind = JobKind(args.kind)
     ends = QueueEnds(client.store)
-    ended = ends.purge(kind, f"canceled while queued by `visionq purge {kind.value}`")
+    progress = _PurgeProgress(kind.value)
+    ended = ends.purge(kind, f"canceled while queued by `visionq purge {kind.value}`", on_progress=progress)
+    progress.close()
     for record in ended:
-        client.events.publish_final(record)  # job.canceled, as for `visionq cancel`
+        if record.webhook:  # the others were never among the final events to publish
+            client.events.publish_final(record)  # job.canceled, as for `visionq cancel`
     dropped = ends.drop_dead_messages(kind)  # e.g. of jobs canceled one by one
     also = f"; dropped {dropped} message{'' if dropped == 1 else 's'} of jobs already ended" if dropped else ""
     print(f"canceled {len(ended)} queued {kind.value} job{'' if len(ended) == 1 else 's'}{also}")
     return 0
+
+
+class _PurgeProgress:
+    """How many jobs a long purge has canceled so far, on stderr, at most once a second (a purge
+    of 100,000 takes ~15 s); nothing for one that ends within the first second."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.started = self.said = time.monotonic()
+        self.shown = False
+
+    def __call__(self, ended: int) -> None:
+        now = time.monotonic()
+        if now - self.said >= 1.0:
+            self.said, self.shown = now, True
+            print(f"canceled {ended} queued {self.kind} jobs so far...", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.shown:
+            print("taking their messages out of the queue...", file=sys.stderr, flush=True)
 
 
 def _celery(args: argparse.Namespace) -> int:

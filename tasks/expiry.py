@@ -23,7 +23,7 @@ from tasks.record import JobRecord, parse_time, utc_now
 from tasks.served_models import models_by_kind, queue_lists
 from tasks.settings import Settings
 from tasks.status import JobStatus
-from tasks.store import JobStore
+from tasks.store import JobStore, run_pipelined
 
 log = logging.getLogger("visionq.expiry")
 
@@ -85,6 +85,7 @@ SCAN_CHUNK = 200  # messages read at a time: one carrying its image inline can b
 # first in, first out, so theirs are among the oldest, at the tail; one it does not find there (a
 # worker holds it, or the sweeper published it again) stays until a worker takes it and drops it.
 EXPIRY_SCAN_LIMIT = 10_000
+PURGE_CHUNK = 500  # queued jobs read and ended at a time: two round trips each chunk
 
 
 def check_queue_timeout(value: object, kind: JobKind, settings: Settings) -> float:
@@ -141,26 +142,24 @@ class QueueEnds:
         now = time.time() if now is None else now
         due = [i.decode() for i in self.store.redis.zrangebyscore(
             self.store.deadlines_key, "-inf", now, start=0, num=limit)]
-        ended = []
-        for job_id in due:
-            try:
-                record = self.store.get(job_id)
-            except VisionqError:  # gone (TTL) or a forged id: nothing to end
-                self.store.redis.zrem(self.store.deadlines_key, job_id)
-                continue
-            final = self._end_queued(record, JobStatus.FAILED, expired_error(record, now))
-            if final is not None:
-                ended.append(final)
+        records = self.store.get_many(due)
+        gone = [job_id for job_id in due if job_id not in records]  # TTL, or a record nobody can read
+        if gone:
+            self.store.redis.zrem(self.store.deadlines_key, *gone)
+        ended = self._end_queued([(r, expired_error(r, now)) for r in records.values()], JobStatus.FAILED)
         self._remove_messages(ended, EXPIRY_SCAN_LIMIT)
         return ended
 
-    def purge(self, kind: JobKind, reason: str) -> list[JobRecord]:
-        """Cancel every queued job of `kind`; returns the records this call ended."""
-        ended = []
-        for record in self._queued_of(kind):
-            final = self._end_queued(record, JobStatus.CANCELED, JobCanceled(reason))
-            if final is not None:
-                ended.append(final)
+    def purge(self, kind: JobKind, reason: str,
+              on_progress: Callable[[int], None] | None = None) -> list[JobRecord]:
+        """Cancel every queued job of `kind`; returns the records this call ended. `on_progress`:
+        called with how many it has ended so far, after each chunk of PURGE_CHUNK."""
+        ended: list[JobRecord] = []
+        error = JobCanceled(reason)
+        for records in self._queued_of(kind):
+            ended += self._end_queued([(record, error) for record in records], JobStatus.CANCELED)
+            if on_progress is not None:
+                on_progress(len(ended))
         self._remove_messages(ended, None)
         return ended
 
@@ -204,31 +203,34 @@ class QueueEnds:
                 break  # read up to the head
         return removed
 
-    def _queued_of(self, kind: JobKind) -> Iterator[JobRecord]:
-        for chunk in _chunks((i.decode() for i, _ in self.store.redis.zscan_iter(self.store.queued_key)), 500):
+    def _queued_of(self, kind: JobKind) -> Iterator[list[JobRecord]]:
+        """The queued jobs of `kind`, PURGE_CHUNK records at a time (two round trips a chunk)."""
+        for chunk in _chunks((i.decode() for i, _ in self.store.redis.zscan_iter(
+                self.store.queued_key, count=PURGE_CHUNK)), PURGE_CHUNK):
             with self.store.redis.pipeline(transaction=False) as pipe:
                 for job_id in chunk:
                     pipe.hget(self.store.job_key(job_id), "kind")
                 kinds = pipe.execute()
-            for job_id, raw in zip(chunk, kinds):
-                if raw is not None and json.loads(raw) == kind.value:
-                    try:
-                        yield self.store.get(job_id)
-                    except VisionqError:
-                        continue
+            ours = [job_id for job_id, raw in zip(chunk, kinds) if raw is not None and json.loads(raw) == kind.value]
+            if ours:
+                yield list(self.store.get_many(ours).values())
 
-    def _end_queued(self, record: JobRecord, status: JobStatus, error: VisionqError) -> JobRecord | None:
+    def _end_queued(self, doomed: list[tuple[JobRecord, VisionqError]], status: JobStatus) -> list[JobRecord]:
+        """End each job `status` with its error if it is still queued, in one round trip; returns
+        the records of those it ended (the others a worker started, or were ended otherwise, first)."""
         completed_at = utc_now()
-        ended = self._end(
-            keys=[self.store.job_key(record.id), self.store.queued_key, self.store.deadlines_key,
-                  self.store.unpublished_key, self.store.unwritten_key],
-            args=[json.dumps(error.to_dict()), json.dumps(completed_at), self.store.ttl_s,
-                  self.store.events_channel(record.id), record.id, status.value],
-        )
-        if not ended:
-            return None  # a worker started it, or it ended otherwise, first
-        record.status, record.error, record.completed_at = status, error.to_dict(), completed_at
-        return record
+        store = self.store
+        calls = [([store.job_key(record.id), store.queued_key, store.deadlines_key, store.unpublished_key,
+                   store.unwritten_key],
+                  [json.dumps(error.to_dict()), json.dumps(completed_at), store.ttl_s,
+                   store.events_channel(record.id), record.id, status.value])
+                 for record, error in doomed]
+        ended = []
+        for (record, error), applied in zip(doomed, run_pipelined(self._end, calls) if calls else []):
+            if applied:
+                record.status, record.error, record.completed_at = status, error.to_dict(), completed_at
+                ended.append(record)
+        return ended
 
     def take_message_of(self, record: JobRecord) -> bool:
         """A job just canceled while queued: its message out of its list, if it is among the newest

@@ -9,6 +9,7 @@ job's event channel, which is what `Job.wait()` listens to instead of polling.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import MISSING, dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from tasks.errors import InvalidInput, JobNotFound
 from tasks.kinds import JobKind
 from tasks.record import JobRecord, new_job_id, utc_now
 from tasks.status import FINAL_STATUSES, JobStatus, allowed_sources
+
+log = logging.getLogger("visionq.store")
 
 # KEYS: the job hash, the queued index, the start deadlines, the unpublished final events, [kombu's
 # unacked index and hash, with a delivery tag]. ARGV: new status, allowed current statuses (space
@@ -295,7 +298,7 @@ class JobStore:
         if len(calls) == 1:  # EVALSHA alone: redis-py's pipeline would ask SCRIPT EXISTS first
             outcomes = [self._create(keys=calls[0][0], args=calls[0][1])]
         else:
-            outcomes = self._pipelined_creates(calls)
+            outcomes = run_pipelined(self._create, calls)
         results = []
         for (new, _enqueue), (created, job_id) in zip(jobs, outcomes):
             if created:
@@ -303,26 +306,6 @@ class JobStore:
             else:  # an idempotent repeat: rare, so a second read is fine
                 results.append((self.get(job_id.decode()), False))
         return results
-
-    def _pipelined_creates(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        outcomes: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for _ in range(2):  # a second pass only after Redis forgot the script (a restart)
-            with self.redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    keys, args = calls[i]
-                    pipe.evalsha(self._create.sha, len(keys), *keys, *args)
-                answers = pipe.execute(raise_on_error=False)
-            for i, answer in zip(todo, answers):
-                outcomes[i] = answer
-            todo = [i for i in todo if isinstance(outcomes[i], redis.exceptions.NoScriptError)]
-            if not todo:
-                break
-            self.redis.script_load(_CREATE)
-        for answer in outcomes:
-            if isinstance(answer, Exception):
-                raise answer
-        return outcomes
 
     def _create_call(self, new: NewJob, enqueue: Enqueue | None, now: float) -> tuple[list[str], list[Any]]:
         record = new.record
@@ -347,6 +330,21 @@ class JobStore:
         if not raw:
             raise JobNotFound(f"no job {job_id!r} (never submitted, or older than its TTL)")
         return record_from_hash(raw)
+
+    def get_many(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """The records of those of `job_ids` that exist and can be read, by id, in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.job_key(job_id))
+            hashes = pipe.execute()
+        found = {}
+        for job_id, raw in zip(job_ids, hashes):
+            try:
+                found[job_id] = record_from_hash(raw)
+            except Exception as exc:  # noqa: BLE001 - a record nobody can read counts as gone here
+                if raw:
+                    log.warning("job %s: its record cannot be read: %s", job_id, exc)
+        return found
 
     def queued_message(self, record: JobRecord) -> dict[str, Any]:
         """The request of a queued job as its queue message carries it."""
@@ -467,6 +465,32 @@ class JobStore:
         finally:
             if pubsub is not None:
                 pubsub.close()
+
+
+def run_pipelined(script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    """A registered Lua `script` (redis-py's Script) called once per (keys, args) in one pipelined round
+    trip, each call atomic by itself; its answers in order. The first error is raised after all ran.
+    redis-py's own pipelining of a Script asks SCRIPT EXISTS first, a round trip more: this sends
+    EVALSHA and loads the script only when Redis forgot it (a restart), for a second pass."""
+    client = script.registered_client
+    outcomes: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for _ in range(2):
+        with client.pipeline(transaction=False) as pipe:
+            for i in todo:
+                keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            answers = pipe.execute(raise_on_error=False)
+        for i, answer in zip(todo, answers):
+            outcomes[i] = answer
+        todo = [i for i in todo if isinstance(outcomes[i], redis.exceptions.NoScriptError)]
+        if not todo:
+            break
+        client.script_load(script.script)
+    for answer in outcomes:
+        if isinstance(answer, Exception):
+            raise answer
+    return outcomes
 
 
 def _wait_for_event(pubsub: Any, wait_s: float) -> Any:

@@ -13,6 +13,7 @@ from tasks.expiry import QueueEnds
 from tasks.kinds import JobKind, Priority, priority_list_key
 from tasks.messages import task_message
 from tasks.models import model_queue
+from tasks.status import JobStatus
 from tasks.store import JobStore
 
 pytestmark = pytest.mark.integration  # a real redis-server
@@ -83,6 +84,33 @@ def test_purge_takes_every_message_of_a_deep_queue_a_chunk_at_a_time(
     ended = QueueEnds(store).purge(JobKind.CAPTION, "an operator purged it")
     assert len(ended) == 420 and store.redis.llen(key) == 0
     assert store.get(ids[0]).status.value == "canceled"
+
+
+def test_purge_ends_the_queued_jobs_a_chunk_at_a_time_and_says_how_far_it_is(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(expiry, "PURGE_CHUNK", 100)
+    key, ids = fill(store, 250)
+    store.advance(ids[7], JobStatus.RUNNING, attempt_increment=1)  # a worker took it: not purged
+    store.redis.hset(store.job_key(ids[9]), "kind", "\"generate\"")  # another kind's job: not purged
+    seen: list[int] = []
+    ended = QueueEnds(store).purge(JobKind.CAPTION, "an operator purged it", on_progress=seen.append)
+    assert sorted(r.id for r in ended) == sorted(set(ids) - {ids[7], ids[9]})
+    assert all(r.status is JobStatus.CANCELED and r.error["message"] == "an operator purged it" for r in ended)
+    assert len(seen) == 3 and seen == sorted(seen) and seen[-1] == 248  # after each chunk of 100 queued ids
+    assert store.get(ids[7]).status is JobStatus.RUNNING and store.get(ids[9]).status is JobStatus.QUEUED
+    assert queued_ids(store, key) == [ids[7], ids[9]]
+
+
+def test_expiry_ends_only_jobs_still_queued_and_forgets_the_deadlines_of_records_gone(store: JobStore) -> None:
+    key, ids = fill(store, 4, queue_timeout_s=1)
+    store.advance(ids[1], JobStatus.RUNNING, attempt_increment=1)
+    store.redis.delete(store.job_key(ids[2]))
+    ended = QueueEnds(store).expire_due(now=time.time() + 10)
+    assert sorted(r.id for r in ended) == sorted([ids[0], ids[3]])
+    assert all(r.error["code"] == "expired" for r in ended)
+    assert store.redis.zcard(store.deadlines_key) == 0
+    assert queued_ids(store, key) == [ids[1], ids[2]]
 
 
 def test_dead_messages_are_dropped_and_live_ones_kept(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
