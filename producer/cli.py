@@ -288,9 +288,15 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    job = _client().cancel(args.job_id)
+    client = _client()
+    job = client.get(args.job_id)
+    ended_before = job.status in ("succeeded", "failed", "canceled")
+    if not ended_before:  # (a job that ends meanwhile is left as it ended: a cancel never overwrites)
+        job = client.cancel(args.job_id)
     if args.json:
         print(json.dumps(job.to_dict(), indent=2))
+    elif ended_before:
+        print(f"{job.id} already {job.status}: nothing to cancel")
     else:
         note = " (stops at its next checkpoint)" if job.status == "running" else ""
         print(f"{job.id} {job.status}{note}")

@@ -84,6 +84,8 @@ def test_cancel_command(service_env: dict, worker, tmp_path) -> None:
     queue = redis.Redis.from_url(service_env["VISIONQ_REDIS_URL"])
     assert not any(queued.encode() in raw for key in lists for raw in queue.lrange(key, 0, -1))  # its message too
     assert json.loads(run_visionq("status", queued, "--json", env=service_env).stdout)["status"] == "canceled"
+    again = run_visionq("cancel", queued, env=service_env)
+    assert again.returncode == 0 and again.stdout.strip() == f"{queued} already canceled: nothing to cancel"
 
 
 def test_workers_command(service_env: dict, worker) -> None:
