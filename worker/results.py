@@ -17,11 +17,13 @@ comes due again when its lease ends. The lease outlasts a storage call's whole r
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from tasks.errors import StorageError, VisionqError
 from tasks.storage import Storage
-from tasks.store import JobStore, record_from_hash
+from tasks.record import JobRecord
+from tasks.store import JobStore, record_from_hash, run_pipelined
 from worker.chores import Chore
 from worker.outputs import publish_record
 
@@ -29,6 +31,7 @@ log = logging.getLogger("visionq.results")
 
 INTERVAL_S = 1.0
 PER_ROUND = 500  # notes claimed at a time
+WRITERS = 8  # result.json files written at once
 ROUND_S = 10.0  # a round goes on claiming while whole batches are due, this long at most
 LEASE_BEYOND_RETRY_S = 60  # the lease: the storage retry budget and this
 
@@ -87,10 +90,8 @@ class ResultWriter(Chore):
             for job_id in ids:
                 pipe.hgetall(self.store.job_key(job_id))
             hashes = pipe.execute()
-        written, done = [], []
+        done, todo = [], []
         for job_id, raw in zip(ids, hashes):
-            if time.monotonic() - started > self.lease_s / 2:
-                break  # the rest come due again when their lease ends: no other writer takes them meanwhile
             if not raw:
                 done.append(job_id)  # expired or deleted: nothing to write
                 continue
@@ -104,19 +105,43 @@ class ResultWriter(Chore):
                 log.warning("job %s is %s, not final; no result.json yet", job_id, record.status.value)
                 done.append(job_id)
                 continue
-            try:
-                publish_record(self.storage, record)
-            except StorageError as exc:
-                log.warning("result.json of job %s not written yet: %s", job_id, exc.message)
-                break  # the store is away: this round's other notes come due again after their lease
-            except VisionqError as exc:
-                log.warning("result.json of job %s not written (again in %d s): %s", job_id, self.lease_s,
-                            exc.message)
-                continue
-            done.append(job_id)
-            written.append(job_id)
-        with self.store.redis.pipeline(transaction=False) as pipe:
-            for job_id in done:
-                self._done(keys=[self.store.unwritten_key], args=[job_id, lease_end], client=pipe)
-            pipe.execute()
+            todo.append(record)
+        written = self._publish_all(todo, started)
+        done += written
+        run_pipelined(self._done, [([self.store.unwritten_key], [job_id, lease_end]) for job_id in done])
         return written, len(ids)
+
+    def _publish_all(self, records: list[JobRecord], started: float) -> list[str]:
+        """Each record's result.json, WRITERS at a time (on S3 a file is a round trip of tens of
+        ms: one after another, a purge's 100,000 took most of an hour); the ids written. After a
+        storage error the store is away: the rest come due again after their lease, as do those
+        not begun within half of it. Daemon threads: a worker that exits never waits on a write."""
+        pending, written = iter(records), []
+        lock, away = threading.Lock(), threading.Event()
+
+        def publish_pending() -> None:
+            while not away.is_set() and time.monotonic() - started <= self.lease_s / 2:
+                with lock:
+                    record = next(pending, None)
+                if record is None:
+                    return
+                try:
+                    publish_record(self.storage, record)
+                except StorageError as exc:
+                    log.warning("result.json of job %s not written yet: %s", record.id, exc.message)
+                    away.set()
+                    return
+                except VisionqError as exc:
+                    log.warning("result.json of job %s not written (again in %d s): %s", record.id, self.lease_s,
+                                exc.message)
+                    continue
+                written.append(record.id)
+
+        threads = [threading.Thread(target=publish_pending, name=f"result-writer-{n}", daemon=True)
+                   for n in range(min(WRITERS, len(records)) - 1)]
+        for thread in threads:
+            thread.start()
+        publish_pending()  # this thread is one of them
+        for thread in threads:
+            thread.join()
+        return written

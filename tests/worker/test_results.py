@@ -3,15 +3,18 @@ worker's final transition (canceled, purged or expired while queued) gets its re
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
+from tasks.errors import StorageError
 from tasks.expiry import QueueEnds
 from tasks.kinds import JobKind
 from tasks.status import JobStatus
+from tasks.record import FileRef
 from tasks.storage import LocalStorage
 from tasks.store import JobStore
 from worker import results
@@ -167,3 +170,51 @@ def test_a_round_goes_on_while_whole_batches_are_due(
     monkeypatch.setattr(results, "PER_ROUND", 2)
     assert len(writer(store, storage).run_once()) == 5  # batches of 2, 2 and 1
     assert noted(store) == []
+
+
+class _SlowStorage(LocalStorage):
+    """Local storage whose writes take a network round trip's time, counting how many overlap."""
+
+    def __init__(self, root: Path, fail: bool = False) -> None:
+        super().__init__(root)
+        self.fail, self.in_flight, self.most_at_once = fail, 0, 0
+        self._lock = threading.Lock()
+
+    def put(self, key: str, data: bytes, content_type: str) -> FileRef:
+        with self._lock:
+            self.in_flight += 1
+            self.most_at_once = max(self.most_at_once, self.in_flight)
+        try:
+            time.sleep(0.2)  # long beside starting WRITERS threads, even on a busy machine
+            if self.fail:
+                raise StorageError("the store is away")
+            return super().put(key, data, content_type)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
+def cancel_queued(store: JobStore, jobs: int) -> list[str]:
+    ids = []
+    for n in range(jobs):
+        record, _ = store.create(JobKind.CAPTION, {"image": f"s3://b/{n}"})
+        store.request_cancel(record.id)
+        ids.append(record.id)
+    return ids
+
+
+def test_files_are_written_several_at_a_time(store: JobStore, tmp_path: Path) -> None:
+    """On S3 each file is a round trip: a backlog is written WRITERS at a time."""
+    ids = cancel_queued(store, 20)
+    storage = _SlowStorage(tmp_path / "storage")
+    assert sorted(writer(store, storage).write()) == sorted(ids)
+    assert storage.most_at_once == results.WRITERS
+    assert noted(store) == [] and all(stored_result(storage, i)["status"] == "canceled" for i in ids)
+
+
+def test_a_storage_error_ends_the_round_and_keeps_every_note(store: JobStore, tmp_path: Path) -> None:
+    ids = cancel_queued(store, 20)
+    storage = _SlowStorage(tmp_path / "storage", fail=True)
+    assert writer(store, storage).write() == []
+    assert storage.most_at_once <= results.WRITERS
+    assert sorted(noted(store)) == sorted(ids)  # each due again when its lease ends
