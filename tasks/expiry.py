@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 from tasks.errors import InvalidInput, JobCanceled, JobExpired, VisionqError
 from tasks.kinds import JobKind, Priority, priority_list_key
 from tasks.models import model_queue
+from tasks.queues import ChunkReader
 from tasks.record import JobRecord, parse_time, utc_now
 from tasks.served_models import models_by_kind, queue_lists
 from tasks.settings import Settings
@@ -70,15 +71,6 @@ for n, raw in ipairs(redis.call('LRANGE', KEYS[1], first - length, last - length
 end
 if marked > 0 then redis.call('LREM', KEYS[1], -marked, 'visionq:removed') end
 return marked
-"""
-# KEYS[1]: a queue list. ARGV: a chunk's distance from the tail and its length, as above. Returns
-# {how many messages the chunk holds, the job id of each ('' where none is found), tail first}:
-# only the ids cross the network, never the messages (one with its image inline can be MBs).
-_IDS_IN_CHUNK = """
-local items = redis.call('LRANGE', KEYS[1], -(tonumber(ARGV[1]) + tonumber(ARGV[2])), -(tonumber(ARGV[1]) + 1))
-local out = {#items}
-for n = #items, 1, -1 do table.insert(out, string.match(items[n], '"id": ?"([^"]+)"') or '') end
-return out
 """
 SCAN_CHUNK = 200  # messages read at a time: one carrying its image inline can be MBs
 # How far into a queue list the expirer looks for the messages of the jobs it ended. A queue is
@@ -135,7 +127,7 @@ class QueueEnds:
         self.store = store
         self._end = store.redis.register_script(_END_QUEUED)
         self._remove = store.redis.register_script(_REMOVE_FROM_CHUNK)
-        self._ids_in_chunk = store.redis.register_script(_IDS_IN_CHUNK)
+        self._ids_in_chunk = ChunkReader(store.redis)
 
     def expire_due(self, now: float | None = None, limit: int = 200) -> list[JobRecord]:
         """Fail `expired` the queued jobs past their deadline; returns the records this call ended."""
@@ -193,8 +185,8 @@ class QueueEnds:
         shifts the rest toward it, past the chunks read: one may be missed, never a wrong one removed."""
         removed = offset = 0
         while (wanted is None or removed < wanted) and (scan_limit is None or offset < scan_limit):
-            read, *raw_ids = self._ids_in_chunk(keys=[key], args=[offset, SCAN_CHUNK])
-            ids = [i.decode(errors="replace") for i in raw_ids if i]
+            read, ids = self._ids_in_chunk(key, offset, SCAN_CHUNK)
+            ids = [i for i in ids if i]
             picked = doomed_among(ids) if ids else set()
             gone = int(self._remove(keys=[key], args=[offset, SCAN_CHUNK, *picked])) if picked else 0
             removed += gone

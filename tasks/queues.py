@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import redis
 
@@ -57,3 +57,42 @@ def oldest_queued_age_s(client: redis.Redis, prefix: str, now: float | None = No
 
 
 _TAIL_LOOKUP = 8  # messages looked at from each list's oldest end
+
+
+# KEYS[1]: a queue list. ARGV: a chunk's distance from the list's tail (0: it ends at the tail), its
+# length, then, optionally, the job ids looked for. Returns {how many messages the chunk holds, the
+# job id of each ('' where none is found), tail first}, or with ids looked for, only those of them
+# found (a search of a deep queue sends back a few ids, not all): only ids cross the network, never
+# the messages (one carrying its image inline can be MBs). A message's first `"id": "` is Celery's
+# task id header, which is the job id (the producer sets it so).
+_IDS_IN_CHUNK = """
+local wanted = nil
+if #ARGV > 2 then
+  wanted = {}
+  for i = 3, #ARGV do wanted[ARGV[i]] = true end
+end
+local items = redis.call('LRANGE', KEYS[1], -(tonumber(ARGV[1]) + tonumber(ARGV[2])), -(tonumber(ARGV[1]) + 1))
+local out = {#items}
+for n = #items, 1, -1 do
+  local id = string.match(items[n], '"id": ?"([^"]+)"')
+  if not wanted then table.insert(out, id or '')
+  elseif id and wanted[id] then table.insert(out, id) end
+end
+return out
+"""
+
+
+class ChunkReader:
+    """The job ids of a queue list, a chunk at a time from its tail (where the oldest wait): one
+    short script per chunk, so Redis is held for the chunk and its distance from the tail, never
+    for the whole list (a script over every message of a queue 100,000 deep held it for seconds).
+    Used by the expirer, `visionq purge` (tasks/expiry.py) and the sweeper (worker/sweeper.py)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._script = client.register_script(_IDS_IN_CHUNK)
+
+    def __call__(self, key: str, offset: int, size: int, among: Iterable[str] = ()) -> tuple[int, list[str]]:
+        """(how many messages the chunk `offset` from the tail, `size` long, holds; their job ids,
+        tail first, '' for a message without one), or with `among`, only those of its ids found."""
+        read, *ids = self._script(keys=[key], args=[offset, size, *among])
+        return int(read), [i.decode(errors="replace") for i in ids]

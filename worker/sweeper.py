@@ -25,6 +25,7 @@ from tasks.errors import JobNotFound
 from tasks.expiry import past_start_deadline
 from tasks.kinds import JobKind, Priority, priority_list_key
 from tasks.models import model_queue
+from tasks.queues import ChunkReader
 from tasks.served_models import queue_lists
 from tasks.status import JobStatus
 from tasks.store import JobStore
@@ -32,24 +33,6 @@ from worker.chores import Chore
 
 log = logging.getLogger("visionq.sweeper")
 
-# The ids among ARGV[3...] whose message is in a chunk of the queue list KEYS[1]: ARGV[1] messages
-# from its tail (where the oldest wait), ARGV[2] long; then how many messages the chunk held. One
-# script per chunk, walking from the tail: Redis is held for the chunk, never for a whole list (one
-# script over every list held it 2.2 s in a queue 100,000 deep, every sweeper round). A message's
-# first `"id": "` is Celery's task id header, which is the job id (the producer sets it so).
-_FOUND_IN_CHUNK = """
-local wanted = {}
-for i = 3, #ARGV do wanted[ARGV[i]] = true end
-local offset, size = tonumber(ARGV[1]), tonumber(ARGV[2])
-local items = redis.call('LRANGE', KEYS[1], -(offset + size), -(offset + 1))
-local found = {}
-for _, raw in ipairs(items) do
-  local id = string.match(raw, '"id": ?"([^"]+)"')
-  if id and wanted[id] then wanted[id] = nil; table.insert(found, id) end
-end
-table.insert(found, #items)
-return found
-"""
 # The ids among ARGV whose message is in kombu's unacked hash KEYS[1] (as long as workers x prefetch).
 _FOUND_UNACKED = """
 local wanted, found = {}, {}
@@ -84,7 +67,7 @@ class Sweeper(Chore):
         self.publish = publish
         self.grace_s = grace_s
         self.sleep = sleep
-        self._found_in_chunk = store.redis.register_script(_FOUND_IN_CHUNK)
+        self._ids_in_chunk = ChunkReader(store.redis)
         self._found_unacked = store.redis.register_script(_FOUND_UNACKED)
 
     def run_once(self) -> list[str]:
@@ -141,8 +124,8 @@ class Sweeper(Chore):
         for key in dict.fromkeys([*expected, *others]):
             offset = 0
             while absent:
-                *found, read = self._found_in_chunk(keys=[key], args=[offset, SCAN_CHUNK, *absent])
-                absent -= {i.decode() for i in found}
+                read, ids = self._ids_in_chunk(key, offset, SCAN_CHUNK, among=absent)
+                absent -= set(ids)
                 if read < SCAN_CHUNK:
                     break  # read up to the head
                 offset += SCAN_CHUNK - SCAN_OVERLAP

@@ -13,6 +13,7 @@ from tasks.expiry import QueueEnds
 from tasks.kinds import JobKind, Priority, priority_list_key
 from tasks.messages import task_message
 from tasks.models import model_queue
+from tasks.queues import ChunkReader
 from tasks.status import JobStatus
 from tasks.store import JobStore
 
@@ -50,7 +51,7 @@ def counting_chunk_reads(ends: QueueEnds) -> list[int]:
     """The offsets of the chunks `ends` reads the ids of, as it reads them."""
     offsets: list[int] = []
     read = ends._ids_in_chunk
-    ends._ids_in_chunk = lambda keys, args: offsets.append(args[0]) or read(keys=keys, args=args)
+    ends._ids_in_chunk = lambda key, offset, size: offsets.append(offset) or read(key, offset, size)
     return offsets
 
 
@@ -140,7 +141,7 @@ def test_an_error_taking_messages_out_still_returns_the_ended_jobs(
     key, ids = fill(store, 2, queue_timeout_s=1)
     ends = QueueEnds(store)
 
-    def redis_goes_away(**_: object) -> None:
+    def redis_goes_away(*_: object) -> None:
         raise redis.ConnectionError("Redis went away")
 
     ends._ids_in_chunk = redis_goes_away
@@ -151,10 +152,12 @@ def test_an_error_taking_messages_out_still_returns_the_ended_jobs(
 def test_a_chunks_ids_come_tail_first_with_its_length(store: JobStore) -> None:
     key, ids = fill(store, 5)
     store.redis.rpush(key, "not a celery message")  # at the tail
-    read, *found = QueueEnds(store)._ids_in_chunk(keys=[key], args=[0, 4])
-    assert read == 4 and [i.decode() for i in found] == ["", *ids[:3]]
-    read, *found = QueueEnds(store)._ids_in_chunk(keys=[key], args=[4, 4])
-    assert read == 2 and [i.decode() for i in found] == ids[3:]
+    read, found = ChunkReader(store.redis)(key, 0, 4)
+    assert read == 4 and found == ["", *ids[:3]]
+    read, found = ChunkReader(store.redis)(key, 4, 4)
+    assert read == 2 and found == ids[3:]
+    read, found = ChunkReader(store.redis)(key, 0, 4, among=[ids[2], ids[0], ids[4]])  # ids[4]: another chunk
+    assert read == 4 and found == [ids[0], ids[2]]
 
 
 def test_a_job_canceled_while_queued_takes_its_message_along_when_near_either_end(

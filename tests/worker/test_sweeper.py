@@ -126,8 +126,8 @@ def test_a_deep_queue_is_read_a_chunk_at_a_time_from_its_tail(setup, monkeypatch
 
     def sweeper_reading_chunks() -> Sweeper:
         swept = Sweeper(store, publish, grace_s=15, sleep=lambda s: None)
-        read = swept._found_in_chunk
-        swept._found_in_chunk = lambda keys, args: chunks.append((keys[0], args[0])) or read(keys=keys, args=args)
+        read = swept._ids_in_chunk
+        swept._ids_in_chunk = lambda key, offset, size, among: chunks.append((key, offset)) or read(key, offset, size, among)
         return swept
 
     assert sweeper_reading_chunks().sweep() == []
@@ -150,13 +150,13 @@ def test_a_message_taken_by_a_worker_while_the_lists_are_read_is_seen_in_the_una
     store, publish, queue, submit = setup
     taken = submit("taken meanwhile")
     swept = Sweeper(store, publish, grace_s=15, sleep=lambda s: None)
-    read = swept._found_in_chunk
+    read = swept._ids_in_chunk
 
-    def a_worker_takes_it_first(keys: list[str], args: list) -> list:
+    def a_worker_takes_it_first(key: str, offset: int, size: int, among: set[str]) -> tuple[int, list[str]]:
         raw = store.redis.rpop(queue)  # BRPOP, then kombu's bookkeeping: in the unacked hash
         if raw is not None:
             store.redis.hset(unacked_key(store.prefix), "tag-3", json.dumps([json.loads(raw), "", "visionq.generate"]))
-        return read(keys=keys, args=args)
+        return read(key, offset, size, among)
 
-    swept._found_in_chunk = a_worker_takes_it_first
+    swept._ids_in_chunk = a_worker_takes_it_first
     assert swept._find_absent([taken]) == set()
