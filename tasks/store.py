@@ -326,24 +326,26 @@ class JobStore:
         return keys, args
 
     def get(self, job_id: str) -> JobRecord:
-        raw = self.redis.hgetall(self.job_key(job_id))
-        if not raw:
+        record = record_from_fields(self.redis.hmget(self.job_key(job_id), RECORD_FIELDS))
+        if record is None:
             raise JobNotFound(f"no job {job_id!r} (never submitted, or older than its TTL)")
-        return record_from_hash(raw)
+        return record
 
     def get_many(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """The records of those of `job_ids` that exist and can be read, by id, in one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hgetall(self.job_key(job_id))
-            hashes = pipe.execute()
+                pipe.hmget(self.job_key(job_id), RECORD_FIELDS)
+            rows = pipe.execute()
         found = {}
-        for job_id, raw in zip(job_ids, hashes):
+        for job_id, values in zip(job_ids, rows):
             try:
-                found[job_id] = record_from_hash(raw)
+                record = record_from_fields(values)
             except Exception as exc:  # noqa: BLE001 - a record nobody can read counts as gone here
-                if raw:
-                    log.warning("job %s: its record cannot be read: %s", job_id, exc)
+                log.warning("job %s: its record cannot be read: %s", job_id, exc)
+                continue
+            if record is not None:
+                found[job_id] = record
         return found
 
     def queued_message(self, record: JobRecord) -> dict[str, Any]:
@@ -408,7 +410,7 @@ class JobStore:
             raise JobNotFound(f"no job {job_id!r}")
         if outcome == b"forged":
             raise InvalidInput(f"the record stored under job {job_id} carries another id")
-        record = record_from_hash(dict(zip(flat[::2], flat[1::2]))) if flat else None
+        record = _record_from_hash(dict(zip(flat[::2], flat[1::2]))) if flat else None
         if outcome == b"exhausted":
             return Transition(False, new, cancel == b"1", exhausted=record)
         status = JobStatus.CANCELED if outcome == b"canceled" else new
@@ -505,9 +507,21 @@ def _wait_for_event(pubsub: Any, wait_s: float) -> Any:
         return None
 
 
-def record_from_hash(raw: dict[bytes, Any]) -> JobRecord:
+def _record_from_hash(raw: dict[bytes, Any]) -> JobRecord:
     """A job hash as the store writes it (JSON per field), without the queued message."""
     return JobRecord.from_dict({k.decode(): json.loads(v) for k, v in raw.items() if k != b"message"})
+
+
+# What a record read asks for (`HMGET key *RECORD_FIELDS`): every field of the record, never the
+# queued message beside them (a request with its image inline: up to MBs, 500 of them in a purge's
+# pipeline). A field at its default is not stored, and reads back as missing.
+RECORD_FIELDS = tuple(JobRecord.__dataclass_fields__)
+
+
+def record_from_fields(values: list[Any]) -> JobRecord | None:
+    """The record from HMGET's answer for RECORD_FIELDS; None when the job hash does not exist."""
+    present = {name: json.loads(value) for name, value in zip(RECORD_FIELDS, values) if value is not None}
+    return JobRecord.from_dict(present) if present else None
 
 
 _FIELD_SEPARATOR = "\x1f"

@@ -21,9 +21,9 @@ import threading
 import time
 
 from tasks.errors import StorageError, VisionqError
-from tasks.storage import Storage
 from tasks.record import JobRecord
-from tasks.store import JobStore, record_from_hash, run_pipelined
+from tasks.storage import Storage
+from tasks.store import JobStore, run_pipelined
 from worker.chores import Chore
 from worker.outputs import publish_record
 
@@ -86,26 +86,15 @@ class ResultWriter(Chore):
         started = time.monotonic()
         lease_end, *claimed = self._claim(keys=[self.store.unwritten_key], args=[PER_ROUND, self.lease_s])
         ids = [raw_id.decode() for raw_id in claimed]
-        with self.store.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hgetall(self.store.job_key(job_id))
-            hashes = pipe.execute()
-        done, todo = [], []
-        for job_id, raw in zip(ids, hashes):
-            if not raw:
-                done.append(job_id)  # expired or deleted: nothing to write
-                continue
-            try:
-                record = record_from_hash(raw)
-            except Exception as exc:  # noqa: BLE001 - a record nobody can read: writing it would only fail again
-                log.warning("job %s: its record cannot be read (%s); no result.json", job_id, exc)
-                done.append(job_id)
-                continue
+        records = self.store.get_many(ids)
+        done = [job_id for job_id in ids if job_id not in records]  # expired, deleted or unreadable: nothing to write
+        todo = []
+        for record in records.values():
             if not record.status.is_final:  # never noted so: whoever ends it writes its file
-                log.warning("job %s is %s, not final; no result.json yet", job_id, record.status.value)
-                done.append(job_id)
-                continue
-            todo.append(record)
+                log.warning("job %s is %s, not final; no result.json yet", record.id, record.status.value)
+                done.append(record.id)
+            else:
+                todo.append(record)
         written = self._publish_all(todo, started)
         done += written
         run_pipelined(self._done, [([self.store.unwritten_key], [job_id, lease_end]) for job_id in done])
@@ -135,13 +124,18 @@ class ResultWriter(Chore):
                     log.warning("result.json of job %s not written (again in %d s): %s", record.id, self.lease_s,
                                 exc.message)
                     continue
+                except Exception:  # noqa: BLE001 - a bug of ours: said here, the note kept, the round goes on
+                    log.exception("result.json of job %s not written (again in %d s)", record.id, self.lease_s)
+                    continue
                 written.append(record.id)
 
         threads = [threading.Thread(target=publish_pending, name=f"result-writer-{n}", daemon=True)
                    for n in range(min(WRITERS, len(records)) - 1)]
         for thread in threads:
             thread.start()
-        publish_pending()  # this thread is one of them
-        for thread in threads:
-            thread.join()
+        try:
+            publish_pending()  # this thread is one of them
+        finally:
+            for thread in threads:
+                thread.join()
         return written

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Callable
 
 import redis.asyncio
 
-from tasks.store import record_from_hash
+from tasks.store import RECORD_FIELDS, record_from_fields
 from tasks.errors import JobNotFound
 from tasks.record import JobRecord
 from tasks.webhooks import FINAL_EVENT, EventType
@@ -47,10 +47,10 @@ class AsyncJobs:
         self.prefix = prefix
 
     async def get(self, job_id: str) -> JobRecord:
-        raw = await self.redis.hgetall(f"{self.prefix}:job:{job_id}")
-        if not raw:
+        record = record_from_fields(await self.redis.hmget(f"{self.prefix}:job:{job_id}", RECORD_FIELDS))
+        if record is None:
             raise JobNotFound(f"no job {job_id!r}")
-        return record_from_hash(raw)
+        return record
 
     async def changes(self, job_id: str) -> AsyncIterator[JobRecord | None]:
         """The record now, then again after every change (or every POLL_S); None when

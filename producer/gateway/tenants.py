@@ -16,7 +16,7 @@ import redis
 
 from producer.http_errors import RateLimited
 from tasks.record import JobRecord
-from tasks.store import record_from_hash
+from tasks.store import RECORD_FIELDS, record_from_fields
 
 MAX_INDEXED = 100_000  # newest jobs listed per tenant; older ones still answer GET /v1/jobs/{id}
 RESERVATION_TTL_S = 60  # a reservation whose gateway died before it created the job stops counting
@@ -116,7 +116,7 @@ class TenantJobs:
         entries = self.redis.zrevrangebyscore(index, top, "-inf", start=0, num=scan, withscores=True)
         with self.redis.pipeline() as pipe:
             for member, _ in entries:
-                pipe.hgetall(f"{self.prefix}:job:{member.decode()}")
+                pipe.hmget(f"{self.prefix}:job:{member.decode()}", RECORD_FIELDS)
             found = pipe.execute()
         records: list[JobRecord] = []
         expired: list[bytes] = []
@@ -125,10 +125,10 @@ class TenantJobs:
             if len(records) == limit:
                 break
             last_score = score
-            if not raw:
+            record = record_from_fields(raw)
+            if record is None:
                 expired.append(member)
                 continue
-            record = record_from_hash(raw)
             if (kind is None or record.kind.value == kind) and (status is None or record.status.value == status):
                 records.append(record)
         if expired:

@@ -227,3 +227,15 @@ def test_a_record_whose_id_is_not_its_keys_is_never_moved(store: JobStore) -> No
         store.advance(record.id, JobStatus.RUNNING, attempt_increment=1, read_back=True)
     assert json.loads(store.redis.hget(key, "status")) == "queued"
     assert store.redis.hget(key, "attempt") in (None, b"0")
+
+
+def test_a_record_read_leaves_the_queued_message_in_redis(store: JobStore) -> None:
+    """A queued job keeps its request with the image inline (up to MBs) beside its record: reads of
+    the record never carry it (a purge reads 500 at a time)."""
+    inline = {"image": "data:image/png;base64," + "A" * 1_000_000}
+    records = [store.create(JobKind.CAPTION, {"image": "inline image"}, message=inline)[0] for _ in range(3)]
+    sent_before = store.redis.info("stats")["total_net_output_bytes"]
+    assert [store.get(r.id).input for r in records] == [{"image": "inline image"}] * 3
+    assert sorted(store.get_many([r.id for r in records] + ["0" * 32])) == sorted(r.id for r in records)
+    assert store.redis.info("stats")["total_net_output_bytes"] - sent_before < 100_000
+    assert store.queued_message(records[0]) == inline  # still there for the sweeper

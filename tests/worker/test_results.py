@@ -13,8 +13,8 @@ import redis
 from tasks.errors import StorageError
 from tasks.expiry import QueueEnds
 from tasks.kinds import JobKind
-from tasks.status import JobStatus
 from tasks.record import FileRef
+from tasks.status import JobStatus
 from tasks.storage import LocalStorage
 from tasks.store import JobStore
 from worker import results
