@@ -425,7 +425,7 @@ class _PurgeProgress:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.started = self.said = time.monotonic()
+        self.said = time.monotonic()
         self.shown = False
 
     def __call__(self, ended: int) -> None:

@@ -77,7 +77,7 @@ SCAN_CHUNK = 200  # messages read at a time: one carrying its image inline can b
 # first in, first out, so theirs are among the oldest, at the tail; one it does not find there (a
 # worker holds it, or the sweeper published it again) stays until a worker takes it and drops it.
 EXPIRY_SCAN_LIMIT = 10_000
-PURGE_CHUNK = 500  # queued jobs read and ended at a time: two round trips each chunk
+PURGE_CHUNK = 500  # queued jobs read and ended at a time: three pipelined round trips a chunk
 
 
 def check_queue_timeout(value: object, kind: JobKind, settings: Settings) -> float:
@@ -196,7 +196,8 @@ class QueueEnds:
         return removed
 
     def _queued_of(self, kind: JobKind) -> Iterator[list[JobRecord]]:
-        """The queued jobs of `kind`, PURGE_CHUNK records at a time (two round trips a chunk)."""
+        """The queued jobs of `kind`, PURGE_CHUNK records at a time (their kinds, then their records:
+        two pipelined round trips a chunk, beside ZSCAN's)."""
         for chunk in _chunks((i.decode() for i, _ in self.store.redis.zscan_iter(
                 self.store.queued_key, count=PURGE_CHUNK)), PURGE_CHUNK):
             with self.store.redis.pipeline(transaction=False) as pipe:

@@ -60,16 +60,16 @@ _TAIL_LOOKUP = 8  # messages looked at from each list's oldest end
 
 
 # KEYS[1]: a queue list. ARGV: a chunk's distance from the list's tail (0: it ends at the tail), its
-# length, then, optionally, the job ids looked for. Returns {how many messages the chunk holds, the
-# job id of each ('' where none is found), tail first}, or with ids looked for, only those of them
-# found (a search of a deep queue sends back a few ids, not all): only ids cross the network, never
-# the messages (one carrying its image inline can be MBs). A message's first `"id": "` is Celery's
-# task id header, which is the job id (the producer sets it so).
+# length, '1' to return only the job ids looked for ('': every one), then those ids. Returns {how
+# many messages the chunk holds, the job id of each ('' where none is found), tail first}, or only
+# the ids looked for that it holds (a search of a deep queue sends back a few ids, not all): only
+# ids cross the network, never the messages (one carrying its image inline can be MBs). A
+# message's first `"id": "` is Celery's task id header, which is the job id (the producer sets it so).
 _IDS_IN_CHUNK = """
 local wanted = nil
-if #ARGV > 2 then
+if ARGV[3] == '1' then
   wanted = {}
-  for i = 3, #ARGV do wanted[ARGV[i]] = true end
+  for i = 4, #ARGV do wanted[ARGV[i]] = true end
 end
 local items = redis.call('LRANGE', KEYS[1], -(tonumber(ARGV[1]) + tonumber(ARGV[2])), -(tonumber(ARGV[1]) + 1))
 local out = {#items}
@@ -91,8 +91,10 @@ class ChunkReader:
     def __init__(self, client: redis.Redis) -> None:
         self._script = client.register_script(_IDS_IN_CHUNK)
 
-    def __call__(self, key: str, offset: int, size: int, among: Iterable[str] = ()) -> tuple[int, list[str]]:
+    def __call__(self, key: str, offset: int, size: int,
+                 among: Iterable[str] | None = None) -> tuple[int, list[str]]:
         """(how many messages the chunk `offset` from the tail, `size` long, holds; their job ids,
         tail first, '' for a message without one), or with `among`, only those of its ids found."""
-        read, *ids = self._script(keys=[key], args=[offset, size, *among])
+        looked_for = [] if among is None else ["1", *among]
+        read, *ids = self._script(keys=[key], args=[offset, size, *looked_for])
         return int(read), [i.decode(errors="replace") for i in ids]

@@ -158,6 +158,7 @@ def test_a_chunks_ids_come_tail_first_with_its_length(store: JobStore) -> None:
     assert read == 2 and found == ids[3:]
     read, found = ChunkReader(store.redis)(key, 0, 4, among=[ids[2], ids[0], ids[4]])  # ids[4]: another chunk
     assert read == 4 and found == [ids[0], ids[2]]
+    assert ChunkReader(store.redis)(key, 0, 4, among=set()) == (4, [])  # none looked for: none found
 
 
 def test_a_job_canceled_while_queued_takes_its_message_along_when_near_either_end(
