@@ -288,14 +288,19 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
+    from tasks.status import FINAL_STATUSES
+
     client = _client()
+    final = {status.value for status in FINAL_STATUSES}
     job = client.get(args.job_id)
-    ended_before = job.status in ("succeeded", "failed", "canceled")
-    if not ended_before:  # (a job that ends meanwhile is left as it ended: a cancel never overwrites)
+    already = job.status in final
+    if not already:
         job = client.cancel(args.job_id)
+        # A cancel never ends a job succeeded or failed: one that did ended on its own, meanwhile.
+        already = job.status in final - {"canceled"}
     if args.json:
         print(json.dumps(job.to_dict(), indent=2))
-    elif ended_before:
+    elif already:
         print(f"{job.id} already {job.status}: nothing to cancel")
     else:
         note = " (stops at its next checkpoint)" if job.status == "running" else ""
