@@ -67,18 +67,12 @@ class Unavailable(GatewayError):
     code = ErrorCode.UNAVAILABLE
 
 
-def public_code(exc: VisionqError) -> ErrorCode:
-    # JobNotFound keeps its SDK code (invalid_input) in Python; over HTTP an unknown
-    # job and another tenant's job are both a plain 404 not_found.
-    return ErrorCode.NOT_FOUND if isinstance(exc, JobNotFound) else exc.code
-
-
 def http_status(exc: VisionqError) -> int:
-    return HTTP_STATUS.get(public_code(exc), 500)
+    return HTTP_STATUS.get(exc.code, 500)
 
 
 def error_body(exc: VisionqError) -> dict[str, Any]:
-    return {"error": {"code": public_code(exc).value, "message": exc.message}}
+    return {"error": {"code": exc.code.value, "message": exc.message}}
 
 
 _BY_CODE: dict[str, type[VisionqError]] = {

@@ -74,7 +74,7 @@ class JobCanceled(VisionqError):
 class JobNotFound(VisionqError, KeyError):
     """No record for this id (never submitted, or past its TTL)."""
 
-    code = ErrorCode.INVALID_INPUT
+    code = ErrorCode.NOT_FOUND  # as the gateway answers it (404): one code whichever way a client asks
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.message

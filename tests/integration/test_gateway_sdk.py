@@ -42,8 +42,9 @@ def test_client_over_http_has_the_same_methods_and_job(sdk: Client, gateway_work
 
 
 def test_errors_over_http_are_the_sdk_exceptions(sdk: Client) -> None:
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobNotFound) as raised:
         sdk.get("0" * 32)
+    assert raised.value.code == "not_found"
     with pytest.raises(InvalidInput, match="width 65"):
         sdk.generate("a fox", width=65)
     with pytest.raises(InvalidInput, match="webhook_secret"):

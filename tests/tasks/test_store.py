@@ -31,8 +31,9 @@ def test_create_and_get(store: JobStore) -> None:
 
 
 def test_unknown_job(store: JobStore) -> None:
-    with pytest.raises(JobNotFound, match="no job 'nope'"):
+    with pytest.raises(JobNotFound, match="no job 'nope'") as raised:
         store.get("nope")
+    assert raised.value.code == "not_found"  # the gateway's 404 code: one code whichever way a client asks
 
 
 def test_idempotency_key_returns_existing_job(store: JobStore) -> None:
