@@ -96,3 +96,23 @@ def test_a_job_for_a_model_no_live_worker_loaded_says_which(caplog) -> None:
         Job(source, for_vit_gpt2(JobStatus.QUEUED)).wait()
     [note] = [r.getMessage() for r in caplog.records]
     assert note.startswith("no live worker serves caption/vit-gpt2:")
+
+
+def test_on_change_hears_of_changes_only() -> None:
+    running = record(JobStatus.RUNNING)
+    halfway = record(JobStatus.RUNNING)
+    halfway.progress = 0.5
+
+    class RepeatingSource(ScriptedSource):
+        def wait(self, job_id: str, timeout_s: float | None,
+                 on_change: Callable[[JobRecord], None] | None = None) -> JobRecord:
+            for each in (record(JobStatus.QUEUED), record(JobStatus.QUEUED), running, running, halfway):
+                on_change(each)
+            done = record(JobStatus.SUCCEEDED)
+            on_change(done)
+            return done
+
+    seen: list[tuple[str, float]] = []
+    Job(RepeatingSource([], serving=set()), record(JobStatus.QUEUED)).wait(
+        on_change=lambda job: seen.append((job.status, job.progress)))
+    assert seen == [("queued", 0.0), ("running", 0.0), ("running", 0.5), ("succeeded", 0.0)]
