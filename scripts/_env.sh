@@ -27,6 +27,8 @@ if [ ! -f "$venv/.installed" ]; then
 fi
 # The editable install points at one clone; repoint it only when this is another one.
 if [ "$(cat "$venv/.visionq-repo" 2>/dev/null)" != "$repo" ]; then
+  # Said, because the environment's `visionq` and `import producer` follow this clone from now on.
+  echo "visionq: pointing $venv at this clone ($repo; it served $(cat "$venv/.visionq-repo" 2>/dev/null || echo none))" >&2
   pip_install --no-deps --no-build-isolation -e "$repo"
   echo "$repo" > "$venv/.visionq-repo"
 fi
