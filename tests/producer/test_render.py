@@ -1,4 +1,5 @@
-"""What `visionq status` and `visionq webhooks dead` print: never a control character from remote text."""
+"""What `visionq status`, `visionq webhooks dead` and a long `visionq purge` print: never a control character
+from remote text, and progress only where it helps."""
 from __future__ import annotations
 
 import io
@@ -53,3 +54,33 @@ def test_dead_delivery_line_has_no_control_characters() -> None:
     assert "\n" not in line
     assert_clean(line)
     assert line.endswith("2 attempts  HTTP 503 OK[2J]0;owned  fake linetxt.exe31m")
+
+
+def test_a_purge_says_how_far_it_is_at_most_once_a_second(monkeypatch, capsys) -> None:
+    from producer import cli
+
+    now = [100.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: now[0])
+    progress = cli._PurgeProgress("caption")
+    progress(500)  # within the first second: nothing
+    now[0] += 1.2
+    progress(1000)
+    now[0] += 0.5
+    progress(1500)  # half a second after the last line: nothing
+    now[0] += 0.6
+    progress(2000)
+    progress.close()
+    captured = capsys.readouterr()
+    assert captured.out == ""  # stdout keeps the purge's one summary line
+    assert captured.err.splitlines() == ["canceled 1000 queued caption jobs so far...",
+                                         "canceled 2000 queued caption jobs so far...",
+                                         "taking their messages out of the queue..."]
+
+
+def test_a_short_purge_says_nothing_on_the_way(capsys) -> None:
+    from producer import cli
+
+    progress = cli._PurgeProgress("caption")
+    progress(3)
+    progress.close()
+    assert capsys.readouterr().err == ""
