@@ -416,8 +416,7 @@ def _purge(args: argparse.Namespace) -> int:
     ended = ends.purge(kind, f"canceled while queued by `visionq purge {kind.value}`", on_progress=progress)
     progress.close()
     for record in ended:
-        if record.webhook:  # the others were never among the final events to publish
-            client.events.publish_final(record)  # job.canceled, as for `visionq cancel`
+        client.events.publish_final(record)  # job.canceled, as for `visionq cancel`
     dropped = ends.drop_dead_messages(kind)  # e.g. of jobs canceled one by one
     also = f"; dropped {dropped} message{'' if dropped == 1 else 's'} of jobs already ended" if dropped else ""
     print(f"canceled {len(ended)} queued {kind.value} job{'' if len(ended) == 1 else 's'}{also}")

@@ -92,15 +92,16 @@ class Job:
         worker for its kind is logged once (the `visionq` logger, stderr by default),
         and the wait goes on: a worker may be starting.
         """
-        shown: list[tuple[Any, ...]] = []
+        last_state: tuple[Any, ...] | None = None
 
         def changed(record: JobRecord) -> None:
+            nonlocal last_state
             self._record = record
             # A source may hand the same state twice (a wake-up with nothing new, a second phase's
             # first read): `on_change` hears of changes only.
             state = (record.status, record.progress, record.cancel_requested)
-            if on_change is not None and shown[-1:] != [state]:
-                shown.append(state)
+            if on_change is not None and state != last_state:
+                last_state = state
                 on_change(self)
 
         deadline = None if timeout is None else time.monotonic() + timeout

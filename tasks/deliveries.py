@@ -229,8 +229,10 @@ class EventPublisher:
 
     def publish(self, record: JobRecord, event: EventType) -> None:
         webhook = record.webhook
+        if not webhook:
+            return  # nothing to send; never among the unpublished final events (the scripts note only jobs with one)
         final = event.value in FINAL_EVENT.values()
-        if not webhook or event.value not in webhook["events"]:
+        if event.value not in webhook["events"]:
             if final:  # nothing to send: off the unpublished list (if Redis is away, the next look drops it)
                 try:
                     self.store.redis.zrem(self.store.unpublished_key, record.id)
