@@ -76,6 +76,12 @@ class JobNotFound(VisionqError, KeyError):
 
     code = ErrorCode.NOT_FOUND  # as the gateway answers it (404): one code whichever way a client asks
 
+    @classmethod
+    def for_id(cls, job_id: str) -> JobNotFound:
+        """The one message for a job id without a record, or with another tenant's: the gateway's
+        answer for the two must not differ by a byte, or it would tell the ids apart."""
+        return cls(f"no job {job_id!r} (never submitted, or older than its TTL)")
+
     def __str__(self) -> str:  # KeyError would quote the message
         return self.message
 

@@ -328,7 +328,7 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord:
         record = record_from_fields(self.redis.hmget(self.job_key(job_id), RECORD_FIELDS))
         if record is None:
-            raise JobNotFound(f"no job {job_id!r} (never submitted, or older than its TTL)")
+            raise JobNotFound.for_id(job_id)
         return record
 
     def get_many(self, job_ids: list[str]) -> dict[str, JobRecord]:
@@ -407,7 +407,7 @@ class JobStore:
             keys.append(self.unwritten_key)
         outcome, _current, cancel, flat = self._transition(keys=keys, args=args)
         if outcome == b"missing":
-            raise JobNotFound(f"no job {job_id!r}")
+            raise JobNotFound.for_id(job_id)
         if outcome == b"forged":
             raise InvalidInput(f"the record stored under job {job_id} carries another id")
         record = _record_from_hash(dict(zip(flat[::2], flat[1::2]))) if flat else None
@@ -431,7 +431,7 @@ class JobStore:
             args=[json.dumps(utc_now()), error, self.events_channel(job_id), job_id],
         )
         if result == b"missing":
-            raise JobNotFound(f"no job {job_id!r}")
+            raise JobNotFound.for_id(job_id)
         if result == b"canceled now":
             return JobStatus.CANCELED, True
         return JobStatus(result.decode()), False

@@ -49,7 +49,7 @@ class AsyncJobs:
     async def get(self, job_id: str) -> JobRecord:
         record = record_from_fields(await self.redis.hmget(f"{self.prefix}:job:{job_id}", RECORD_FIELDS))
         if record is None:
-            raise JobNotFound(f"no job {job_id!r}")
+            raise JobNotFound.for_id(job_id)
         return record
 
     async def changes(self, job_id: str) -> AsyncIterator[JobRecord | None]:

@@ -68,7 +68,7 @@ def render(request: Request, record: JobRecord) -> dict[str, Any]:
 def owned(record: JobRecord, who: ApiKey) -> JobRecord:
     # Another tenant's job reads exactly like an unknown id: ids reveal nothing.
     if record.tenant != who.tenant:
-        raise JobNotFound(f"no job {record.id!r}")
+        raise JobNotFound.for_id(record.id)
     return record
 
 
