@@ -78,3 +78,13 @@ def configure_logging(settings: Settings, env: Mapping[str, str], level: int | s
     root.handlers = [handler]
     root.setLevel(level)
     logging.captureWarnings(True)  # warnings too become lines of this format, not raw stderr text
+    control = logging.getLogger("celery.worker.control")
+    if _no_result_backend_noise not in control.filters:
+        control.addFilter(_no_result_backend_noise)
+
+
+def _no_result_backend_noise(record: logging.LogRecord) -> bool:
+    """Drops Celery's "Failed to mark task ... as revoked in backend: No result backend is
+    configured", which its revoke logs for every task of an app without a result backend:
+    visionq has none by design (the job record is the result; its revoke hook ends the job)."""
+    return not (str(record.msg).startswith("Failed to mark task") and "No result backend" in record.getMessage())
