@@ -16,7 +16,7 @@ from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
 from tasks.expiry import check_queue_timeout
 from tasks.errors import InvalidInput, VisionqError
-from tasks.images import image_extension
+from tasks.images import image_extension, not_an_image
 from tasks.kinds import JobKind, Priority
 from tasks.messages import job_enqueue, redis_db
 from tasks.redis_connect import client_for
@@ -313,7 +313,7 @@ class Client:
             raise InvalidInput(f"{what} has {len(data)} bytes, more than the limit {limit}")
         extension = image_extension(data)
         if extension is None:
-            raise InvalidInput(f"{what} is not a JPEG, PNG or WebP file")
+            raise InvalidInput(not_an_image(what, data))
         digest = hashlib.sha256(data).hexdigest()
         key = input_key(digest, extension)
         # Content-addressed: the same image submitted twice is stored once.
@@ -326,5 +326,5 @@ def inline_image(data: bytes) -> str:
     """A data: URI for a small image, carried inside the queue message instead of storage."""
     extension = image_extension(data)
     if extension is None:
-        raise InvalidInput("image is not a JPEG, PNG or WebP file")
+        raise InvalidInput(not_an_image("image", data))
     return f"data:{_CONTENT_TYPES[extension]};base64,{base64.b64encode(data).decode()}"

@@ -1,5 +1,20 @@
-"""Image format sniffing by magic bytes (no decoding; torch- and worker-free)."""
+"""Image format sniffing by magic bytes (no decoding; torch- and worker-free), and how a refused
+format is named, the same words at submit (SDK, gateway) and on the worker."""
 from __future__ import annotations
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")  # Pillow's names; what image_extension recognises
+_EXTENSION_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+# Refused formats we can still name, told apart by magic number only: opening them
+# would run parsers we do not otherwise need on bytes we are about to refuse.
+_OTHER_SIGNATURES = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"8BPS", "PSD"),
+    (b"BM", "BMP"),
+)
+_FORMAT_NAMES = {"WEBP": "WebP"}
 
 
 def image_extension(data: bytes) -> str | None:
@@ -11,3 +26,37 @@ def image_extension(data: bytes) -> str | None:
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     return None
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Pillow's name of the format ("JPEG", "GIF", ...) from the first bytes, or None."""
+    extension = image_extension(data)
+    if extension is not None:
+        return _EXTENSION_FORMATS[extension]
+    for signature, image_format in _OTHER_SIGNATURES:
+        if data.startswith(signature):
+            return image_format
+    return None
+
+
+def format_name(image_format: str) -> str:
+    return _FORMAT_NAMES.get(image_format, image_format)
+
+
+def format_list(formats: tuple[str, ...]) -> str:
+    """("JPEG", "PNG", "WEBP") -> "JPEG, PNG or WebP"."""
+    names = [format_name(f) for f in formats]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def refused_format_reason(image_format: str, formats: tuple[str, ...] = ACCEPTED_FORMATS) -> str:
+    return f"{format_name(image_format)} images are not accepted, only {format_list(formats)}"
+
+
+def not_an_image(what: str, data: bytes) -> str:
+    """Why a submit refuses `data` (`what`: how to name it, e.g. its file): a format named by its
+    magic number as the worker would name it, else not an image of an accepted format."""
+    image_format = sniff_format(data)
+    if image_format is None:
+        return f"{what} is not a {format_list(ACCEPTED_FORMATS)} file"
+    return f"{what}: {refused_format_reason(image_format)}"

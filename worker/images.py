@@ -15,23 +15,11 @@ import struct
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from tasks.errors import InvalidInput
-from tasks.images import image_extension
+from tasks.images import format_list, format_name, image_extension, refused_format_reason, sniff_format
 from tasks.limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["MAX_JPEG_SEGMENTS", "count_jpeg_scans", "decode_image", "reduced"]
 
-_EXTENSION_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
-# Refused formats we can still name, told apart by magic number only: opening them
-# would run parsers we do not otherwise need on bytes we are about to refuse.
-_OTHER_SIGNATURES = (
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"8BPS", "PSD"),
-    (b"BM", "BMP"),
-)
-_FORMAT_NAMES = {"WEBP": "WebP"}
 # Pillow calls a JPEG carrying extra pictures (many phone cameras) "MPO"; its first
 # frame is the JPEG's own picture.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
@@ -146,39 +134,18 @@ def _open(data: bytes, limits: Limits) -> ImageFile.ImageFile:
     image_format = _FORMAT_ALIASES.get(image.format or "", image.format)
     if image_format not in limits.image_formats:
         image.close()
-        raise InvalidInput(_refused_format_reason(image_format or "unknown", limits))
+        raise InvalidInput(refused_format_reason(image_format or "unknown", limits.image_formats))
     return image
 
 
 def _unidentified_reason(data: bytes, limits: Limits) -> str:
     """Why no allowed plugin would open `data`, from its magic number."""
-    image_format = _sniff_format(data)
+    image_format = sniff_format(data)
     if image_format is None:
-        return f"not a {_format_list(limits.image_formats)} image"
+        return f"not a {format_list(limits.image_formats)} image"
     if image_format in limits.image_formats:
-        return f"{_FORMAT_NAMES.get(image_format, image_format)} image is truncated or corrupt"
-    return _refused_format_reason(image_format, limits)
-
-
-def _refused_format_reason(image_format: str, limits: Limits) -> str:
-    name = _FORMAT_NAMES.get(image_format, image_format)
-    return f"{name} images are not accepted, only {_format_list(limits.image_formats)}"
-
-
-def _sniff_format(data: bytes) -> str | None:
-    extension = image_extension(data)
-    if extension is not None:
-        return _EXTENSION_FORMATS[extension]
-    for signature, image_format in _OTHER_SIGNATURES:
-        if data.startswith(signature):
-            return image_format
-    return None
-
-
-def _format_list(formats: tuple[str, ...]) -> str:
-    """("JPEG", "PNG", "WEBP") -> "JPEG, PNG or WebP"."""
-    names = [_FORMAT_NAMES.get(f, f) for f in formats]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+        return f"{format_name(image_format)} image is truncated or corrupt"
+    return refused_format_reason(image_format, limits.image_formats)
 
 
 def _too_many_pixels(exc: Exception, limits: Limits) -> str:

@@ -239,6 +239,17 @@ def test_other_formats_are_refused_by_name(image_format: str, name: str) -> None
         decode_image(data)
 
 
+@pytest.mark.parametrize(("image_format", "name"), [("GIF", "GIF"), ("BMP", "BMP"), ("TIFF", "TIFF")])
+def test_a_submit_names_a_refused_format_as_the_worker_does(image_format: str, name: str) -> None:
+    from producer.client import inline_image
+
+    data = encode(Image.new("RGB", (8, 8), RED), image_format)
+    with pytest.raises(InvalidInput, match=f"^image: {name} images are not accepted, only JPEG, PNG or WebP$"):
+        inline_image(data)
+    with pytest.raises(InvalidInput, match="^image is not a JPEG, PNG or WebP file$"):
+        inline_image(b"<html>not an image</html>")
+
+
 def test_formats_follow_the_limits() -> None:
     data = encode(Image.new("RGB", (8, 8), RED), "PNG")
     with pytest.raises(InvalidInput, match="^PNG images are not accepted, only JPEG$"):
