@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import redis
 
-from tasks.errors import JobNotFound, VisionqError
+from tasks.errors import ErrorCode, JobNotFound, VisionqError
 from tasks.kinds import ALL_KINDS
 
 
@@ -33,30 +34,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(handler=_celery, celery_args=argv[1:])
     else:
         args = build_parser().parse_args(argv)
+        if getattr(args, "timeout", None) is not None and not args.wait:
+            args.wait_parser.error("--timeout is how long --wait waits: add --wait")
     try:
         code = args.handler(args)
         sys.stdout.flush()  # a reader gone (`| head`) shows here, where it is handled, not at exit
         return code
     except JobNotFound as exc:
-        print(f"visionq: {exc}", file=sys.stderr)
-        return 3
-    except (VisionqError, ValueError) as exc:
-        print(f"visionq: {exc}", file=sys.stderr)
-        return 2
+        return _failed(args, 3, exc.code.value, str(exc))
+    except VisionqError as exc:
+        return _failed(args, 2, exc.code.value, exc.message)
+    except ValueError as exc:
+        return _failed(args, 2, ErrorCode.INVALID_INPUT.value, str(exc))
     except TimeoutError as exc:
-        print(f"\nvisionq: {exc}", file=sys.stderr)
+        print(f"\nvisionq: {exc}", file=sys.stderr)  # with --json, the job as it stands is on stdout
         return 4
     except BrokenPipeError:  # `visionq workers --json | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141  # as a program that SIGPIPE ends
     except redis.ConnectionError as exc:
-        print(f"visionq: cannot reach Redis (VISIONQ_REDIS_URL): {exc}", file=sys.stderr)
-        return 5
+        return _failed(args, 5, ErrorCode.UNAVAILABLE.value, f"cannot reach Redis (VISIONQ_REDIS_URL): {exc}")
     except ConnectionError as exc:  # the gateway (VISIONQ_API_URL)
-        print(f"visionq: {exc}", file=sys.stderr)
-        return 5
+        return _failed(args, 5, ErrorCode.UNAVAILABLE.value, str(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _failed(args: argparse.Namespace, exit_code: int, code: str, message: str) -> int:
+    """The error on stderr; with --json also on stdout, in the gateway's error body, so that a
+    script reading stdout (`| jq`) gets JSON whichever way the command ended."""
+    print(f"visionq: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": {"code": code, "message": message}}, indent=2))
+    return exit_code
 
 
 class _DefaultsShown(argparse.HelpFormatter):
@@ -76,6 +86,14 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _DefaultsShown)
         super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        # A command's unknown flag is reported with that command's usage: argparse would hand it
+        # up to the top parser, whose usage (`visionq [-h] COMMAND ...`) says nothing about it.
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None and " " in self.prog:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit_many = commands.add_parser(
         "submit-many", help="submit one job per line of a JSON-lines file (bodies as the gateway takes them)")
     submit_many.add_argument("file", metavar="FILE.jsonl", help='one job a line: {"kind": ..., "input": {...}, ...}; - reads stdin')
+    submit_many.add_argument("--json", action="store_true",
+                             help='one JSON line per request: {"line": N, "id": ...} or {"line": N, "error": {...}}')
     submit_many.set_defaults(handler=_submit_many)
 
     status = commands.add_parser("status", help="show a job")
@@ -168,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     purge = commands.add_parser("purge", help="cancel every queued job of a kind (and drop its messages)")
     purge.add_argument("kind", choices=[k.value for k in ALL_KINDS])
+    purge.add_argument("--json", action="store_true", help='print {"kind", "canceled", "dropped_messages"}')
     purge.set_defaults(handler=_purge)
 
     celery = commands.add_parser(
@@ -214,8 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="wait until the job is final, showing progress")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: forever)")
+    parser.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="with --wait: seconds to wait (default: forever)")
+    parser.set_defaults(wait_parser=parser)  # whose usage a --timeout without --wait is told with
     parser.add_argument("--json", action="store_true", help="print the job record as JSON")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"not a number of seconds, 0 or more: {text!r}")
+    return value
 
 
 def _client() -> Any:
@@ -225,12 +258,23 @@ def _client() -> Any:
     return Client()
 
 
-def _redis_client() -> Any:
+def _redis_client(command: str) -> Any:
     """For the operators' commands that only exist on Redis (purge, dead webhooks)."""
     from producer.client import Client
     from tasks.settings import Settings
 
+    _refuse_gateway_only(command)
     return Client(settings=Settings.from_env())
+
+
+def _refuse_gateway_only(command: str) -> None:
+    """A command that only works on Redis, run where only the gateway is configured, would quietly
+    act on the default Redis (127.0.0.1:6379), not the fleet's: say so instead."""
+    from tasks.settings import SettingsError
+
+    if os.environ.get("VISIONQ_API_URL") and not os.environ.get("VISIONQ_REDIS_URL"):
+        raise SettingsError(f"`visionq {command}` works on the fleet's Redis, not through the gateway "
+                            "(VISIONQ_API_URL is set): set VISIONQ_REDIS_URL too")
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -261,7 +305,12 @@ def _submit_many(args: argparse.Namespace) -> int:
     <message>` with N the file's line; exit 1 if any failed."""
     from tasks.errors import InvalidInput
 
-    lines = (sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8")).read().splitlines()
+    try:
+        lines = (sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")).splitlines()
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{args.file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InvalidInput(f"{args.file}: {exc.strerror or exc}") from None
     requests: list[tuple[int, Any]] = []  # (line number, the request or why it is not one)
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -277,9 +326,10 @@ def _submit_many(args: argparse.Namespace) -> int:
         outcome = request if isinstance(request, VisionqError) else next(submitted)
         if isinstance(outcome, VisionqError):
             failed += 1
-            print(f"error {outcome.code.value}: line {number}: {outcome.message}")
+            print(json.dumps({"line": number, "error": outcome.to_dict()}) if args.json
+                  else f"error {outcome.code.value}: line {number}: {outcome.message}")
         else:
-            print(outcome.id)
+            print(json.dumps({"line": number, "id": outcome.id}) if args.json else outcome.id)
     return 1 if failed else 0
 
 
@@ -316,6 +366,10 @@ def _report(job: Any, args: argparse.Namespace) -> int:
         try:
             with _sdk_notes_on_stderr():
                 job.wait(timeout=args.timeout, on_change=line.update)
+        except TimeoutError:
+            if args.json:  # the job as it stands, still queued or running (exit 4)
+                print(json.dumps(job.to_dict(), indent=2))
+            raise
         finally:
             line.close()
     if args.json:
@@ -409,7 +463,7 @@ def _purge(args: argparse.Namespace) -> int:
     from tasks.expiry import QueueEnds
     from tasks.kinds import JobKind
 
-    client = _redis_client()
+    client = _redis_client("purge")
     kind = JobKind(args.kind)
     ends = QueueEnds(client.store)
     progress = _PurgeProgress(kind.value)
@@ -418,6 +472,9 @@ def _purge(args: argparse.Namespace) -> int:
     for record in ended:
         client.events.publish_final(record)  # job.canceled, as for `visionq cancel`
     dropped = ends.drop_dead_messages(kind)  # e.g. of jobs canceled one by one
+    if args.json:
+        print(json.dumps({"kind": kind.value, "canceled": len(ended), "dropped_messages": dropped}))
+        return 0
     also = f"; dropped {dropped} message{'' if dropped == 1 else 's'} of jobs already ended" if dropped else ""
     print(f"canceled {len(ended)} queued {kind.value} job{'' if len(ended) == 1 else 's'}{also}")
     return 0
@@ -450,7 +507,7 @@ def _celery(args: argparse.Namespace) -> int:
 
 
 def _webhooks_dead(args: argparse.Namespace) -> int:
-    dead = [delivery.to_dict() for delivery in _redis_client().deliveries.list_dead()]
+    dead = [delivery.to_dict() for delivery in _redis_client("webhooks dead").deliveries.list_dead()]
     if args.json:
         print(json.dumps(dead, indent=2))
         return 0
@@ -466,7 +523,7 @@ def _webhooks_dead(args: argparse.Namespace) -> int:
 def _webhooks_replay(args: argparse.Namespace) -> int:
     from tasks.deliveries import enqueue_delivery
 
-    client = _redis_client()
+    client = _redis_client("webhooks replay")
     if client.deliveries.reopen(args.delivery_id) is None:
         raise JobNotFound(f"no delivery {args.delivery_id!r}")
     enqueue_delivery(client.celery, args.delivery_id)
@@ -517,6 +574,7 @@ def _keys(name: str) -> Any:
     def handler(args: argparse.Namespace) -> int:
         from producer.gateway import commands
 
+        _refuse_gateway_only(f"keys {args.keys_command}")
         return getattr(commands, name)(args)
 
     return handler

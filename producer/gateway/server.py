@@ -6,8 +6,11 @@ import ipaddress
 from tasks.settings import Settings
 
 
+UVICORN_STARTUP_FAILURE = 3  # uvicorn.main.STARTUP_FAILURE: it could not bind, or the app's startup failed
+
+
 class GatewayRefused(ValueError):
-    """The gateway would start unsafe (no keys, or --no-auth off loopback)."""
+    """The gateway would start unsafe (no keys, or --no-auth off loopback), or could not start."""
 
 
 def is_loopback(host: str) -> bool:
@@ -34,5 +37,10 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, no_auth: bool = False, s
             "no API keys exist: create one with `visionq keys create TENANT` (or use --no-auth on loopback)"
         )
     # Behind a load balancer, X-Forwarded-* from it are trusted (uvicorn's --forwarded-allow-ips).
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+    except SystemExit as exc:
+        if exc.code == UVICORN_STARTUP_FAILURE:  # its own exit status, which docs/cli.md gives to "no such job"
+            raise GatewayRefused(f"could not start on {host}:{port} (the error above: e.g. the port is in use)") from None
+        raise
     return 0

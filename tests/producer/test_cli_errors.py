@@ -1,0 +1,115 @@
+"""How the `visionq` CLI fails: exit codes, which usage it shows, and --json on stdout either way
+(in process, against a real Redis where a command needs one; no worker: jobs stay queued)."""
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from producer.cli import main
+from producer.redis_server import RedisServer
+from tests.support.cli import run_visionq
+
+
+@pytest.fixture
+def redis_env(redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = {"VISIONQ_REDIS_URL": redis_server.url, "VISIONQ_REDIS_PREFIX": f"vqcli-{uuid.uuid4().hex[:8]}",
+           "VISIONQ_STORAGE_URL": (tmp_path / "storage").as_uri()}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("VISIONQ_API_URL", "VISIONQ_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return env
+
+
+def test_redis_only_commands_refuse_a_setup_that_names_only_the_gateway(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # They would otherwise act on the default Redis, 127.0.0.1:6379, not the fleet's.
+    monkeypatch.setenv("VISIONQ_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("VISIONQ_API_KEY", "k" * 32)
+    monkeypatch.delenv("VISIONQ_REDIS_URL", raising=False)
+    for command in (["purge", "caption"], ["webhooks", "dead"], ["webhooks", "replay", "d1"], ["keys", "list"]):
+        assert main(command) == 2, command
+        assert "set VISIONQ_REDIS_URL too" in capsys.readouterr().err, command
+
+
+def test_submit_many_names_a_file_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit-many", str(tmp_path / "missing.jsonl")]) == 2
+    assert f"visionq: {tmp_path / 'missing.jsonl'}: No such file or directory" in capsys.readouterr().err
+    binary = tmp_path / "photo.jsonl"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 not text")
+    assert main(["submit-many", str(binary), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert f"{binary}: not UTF-8 text" in captured.err
+    assert json.loads(captured.out)["error"]["code"] == "invalid_input"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["status", "j", "--wait", "--timeout", "-1"], "argument --timeout: not a number of seconds, 0 or more: '-1'"),
+    (["status", "j", "--wait", "--timeout", "nan"], "not a number of seconds"),
+    (["status", "j", "--timeout", "5"], "--timeout is how long --wait waits: add --wait"),
+    (["submit", "generate", "a fox", "--timeout", "5"], "add --wait"),
+    (["submit", "caption", "cat.jpg", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_usage_errors_show_the_commands_own_usage(argv: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    command = " ".join(argv[:2] if argv[0] == "submit" else argv[:1])
+    assert err.startswith(f"usage: visionq {command} ") and said in err, err
+
+
+@pytest.mark.integration
+def test_json_failures_print_the_error_on_stdout_too(redis_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, exit_code, code in (
+        (["status", "no-such-job", "--json"], 3, "not_found"),
+        (["cancel", "no-such-job", "--json"], 3, "not_found"),
+        (["submit", "generate", "a fox", "--width", "65", "--json"], 2, "invalid_input"),
+    ):
+        assert main(argv) == exit_code, argv
+        captured = capsys.readouterr()
+        error = json.loads(captured.out)["error"]
+        assert error["code"] == code and error["message"] in captured.err, argv
+    assert main(["status", "no-such-job"]) == 3
+    assert capsys.readouterr().out == ""  # without --json, stdout stays for results only
+
+
+@pytest.mark.integration
+def test_json_outputs_of_submit_many_purge_and_a_wait_that_times_out(
+    redis_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    lines = tmp_path / "jobs.jsonl"
+    lines.write_text('{"kind": "generate", "input": {"prompt": "a fox", "width": 64, "height": 64}}\n'
+                     "\n"
+                     '{"kind": "generate", "input": {"prompt": "a fox", "width": 65}}\n')
+    assert main(["submit-many", str(lines), "--json"]) == 1
+    queued, refused = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert queued["line"] == 1 and set(queued) == {"line", "id"}
+    assert refused["line"] == 3 and refused["error"]["code"] == "invalid_input" and "width" in refused["error"]["message"]
+
+    # No worker: the job stays queued, so a wait with a timeout ends with it as it stands.
+    assert main(["status", queued["id"], "--wait", "--timeout", "0.2", "--json"]) == 4
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["status"] == "queued" and "still" in captured.err
+
+    assert main(["purge", "generate", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"kind": "generate", "canceled": 1, "dropped_messages": 0}
+
+
+@pytest.mark.integration
+def test_gateway_on_a_port_in_use_is_a_usage_error(redis_server: RedisServer, tmp_path: Path) -> None:
+    # uvicorn's own exit status for it, 3, is the CLI's "no such job".
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"VISIONQ_REDIS_URL": redis_server.url, "VISIONQ_REDIS_PREFIX": f"vqcli-{uuid.uuid4().hex[:8]}",
+               "VISIONQ_STORAGE_URL": (tmp_path / "storage").as_uri()}
+        started = run_visionq("gateway", "--no-auth", "--port", str(port), env=env, timeout=60)
+    assert started.returncode == 2, started.stderr
+    assert f"visionq: could not start on 127.0.0.1:{port}" in started.stderr
