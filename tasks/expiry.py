@@ -31,11 +31,18 @@ log = logging.getLogger("visionq.expiry")
 # KEYS[1] job hash, KEYS[2] queued index, KEYS[3] deadlines, KEYS[4] unpublished final
 # events (JobStore.unpublished_key), KEYS[5] the results to write (JobStore.unwritten_key).
 # ARGV: error JSON, completed_at JSON, ttl, event channel, job id. Ends the job
-# `failed`/`canceled` (ARGV[6]) only while it is queued.
+# `failed`/`canceled` (ARGV[6]) only while it is queued; returns 1 if it did. A second run of the
+# same call (redis-py sends it again when the reply is lost: tasks/store.py `_CREATE`) finds the
+# job ended with its own error and time, and answers 1 again, so the caller still publishes it.
 _END_QUEUED = """
 local raw, webhook = unpack(redis.call('HMGET', KEYS[1], 'status', 'webhook'))
 redis.call('ZREM', KEYS[3], ARGV[5])
-if raw ~= cjson.encode('queued') then return 0 end
+if raw ~= cjson.encode('queued') then
+  if raw ~= cjson.encode(ARGV[6]) then return 0 end
+  local ended_with, ended_at = unpack(redis.call('HMGET', KEYS[1], 'error', 'completed_at'))
+  if ended_with == ARGV[1] and ended_at == ARGV[2] then return 1 end
+  return 0
+end
 redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[6]), 'error', ARGV[1], 'completed_at', ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[5])
 redis.call('HDEL', KEYS[1], 'message')

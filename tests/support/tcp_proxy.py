@@ -17,6 +17,7 @@ class TcpProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._cut = threading.Event()
+        self._lose_reply = threading.Event()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._closed = False
@@ -35,6 +36,11 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._cut.clear()
+
+    def lose_next_reply(self) -> None:
+        """The next bytes a server sends are dropped and their connection closed: the request
+        reached the server and ran, its answer never reaches the client (a cut at the worst time)."""
+        self._lose_reply.set()
 
     def close(self) -> None:
         self._closed = True
@@ -58,15 +64,18 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._open |= {client, upstream}
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, replies in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(source, sink, replies), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
+                if replies and self._lose_reply.is_set():
+                    self._lose_reply.clear()
+                    break  # dropped; the finally closes both ends
                 sink.sendall(data)
         except OSError:
             pass
