@@ -98,8 +98,8 @@ class Job:
             nonlocal last_state
             self._record = record
             # A source may hand the same state twice (a wake-up with nothing new, a second phase's
-            # first read): `on_change` hears of changes only.
-            state = (record.status, record.progress, record.cancel_requested)
+            # first read): `on_change` hears of changes only (a redelivery, running again, is one).
+            state = (record.status, record.progress, record.cancel_requested, record.attempt)
             if on_change is not None and state != last_state:
                 last_state = state
                 on_change(self)

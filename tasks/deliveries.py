@@ -275,6 +275,9 @@ class EventPublisher:
                     log.warning("job %s: its record cannot be read (%s); no final event", job_id, exc)
                 self.store.redis.zrem(self.store.unpublished_key, job_id)
                 continue
+            if not record.webhook:  # noted by hand, or by a script of another version: nothing to send
+                self.store.redis.zrem(self.store.unpublished_key, job_id)
+                continue
             log.warning("job %s ended %s but its final event was not queued (its process died?); queueing it",
                         job_id, record.status.value)
             self.publish_final(record)

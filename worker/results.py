@@ -130,11 +130,12 @@ class ResultWriter(Chore):
                     continue
                 written.append(record.id)
 
-        threads = [threading.Thread(target=publish_pending, name=f"result-writer-{n}", daemon=True)
-                   for n in range(min(WRITERS, len(records)) - 1)]
-        for thread in threads:
-            thread.start()
+        threads: list[threading.Thread] = []
         try:
+            for n in range(min(WRITERS, len(records)) - 1):
+                thread = threading.Thread(target=publish_pending, name=f"result-writer-{n}", daemon=True)
+                thread.start()  # may raise ("can't start new thread"): those started are joined below
+                threads.append(thread)
             publish_pending()  # this thread is one of them
         finally:
             for thread in threads:

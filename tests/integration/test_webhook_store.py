@@ -158,3 +158,11 @@ def test_an_expired_job_leaves_the_list_without_an_event(events: EventPublisher)
     events.store.redis.delete(events.store.job_key(record.id))
     assert events.publish_unpublished(grace_s=0) == 1
     assert unpublished(events) == [] and queued_deliveries(events) == []
+
+
+def test_a_job_without_a_webhook_noted_by_hand_leaves_the_list(events: EventPublisher) -> None:
+    # The scripts note only jobs with a webhook, and publish returns at once for one without.
+    record = ended(events, webhook=None)
+    events.store.redis.zadd(events.store.unpublished_key, {record.id: 0})
+    assert events.publish_unpublished(grace_s=0) == 1
+    assert unpublished(events) == [] and queued_deliveries(events) == []

@@ -102,17 +102,21 @@ def test_on_change_hears_of_changes_only() -> None:
     running = record(JobStatus.RUNNING)
     halfway = record(JobStatus.RUNNING)
     halfway.progress = 0.5
+    redelivered = record(JobStatus.RUNNING)  # its worker died: running again, from the start
+    redelivered.attempt = 2
 
     class RepeatingSource(ScriptedSource):
         def wait(self, job_id: str, timeout_s: float | None,
                  on_change: Callable[[JobRecord], None] | None = None) -> JobRecord:
-            for each in (record(JobStatus.QUEUED), record(JobStatus.QUEUED), running, running, halfway):
+            for each in (record(JobStatus.QUEUED), record(JobStatus.QUEUED), running, running, halfway,
+                         redelivered, redelivered):
                 on_change(each)
             done = record(JobStatus.SUCCEEDED)
             on_change(done)
             return done
 
-    seen: list[tuple[str, float]] = []
+    seen: list[tuple[str, float, int]] = []
     Job(RepeatingSource([], serving=set()), record(JobStatus.QUEUED)).wait(
-        on_change=lambda job: seen.append((job.status, job.progress)))
-    assert seen == [("queued", 0.0), ("running", 0.0), ("running", 0.5), ("succeeded", 0.0)]
+        on_change=lambda job: seen.append((job.status, job.progress, job.to_dict()["attempt"])))
+    assert seen == [("queued", 0.0, 0), ("running", 0.0, 0), ("running", 0.5, 0), ("running", 0.0, 2),
+                    ("succeeded", 0.0, 0)]
