@@ -177,7 +177,7 @@ def test_bad_parameters_are_refused_before_enqueue(client: Client, redis_client)
         client.segment(scene(), labels="car")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="neither a URI nor an existing file"):
         client.caption("/no/such/file.png")
-    with pytest.raises(InvalidInput, match="not a JPEG, PNG or WebP"):
+    with pytest.raises(InvalidInput, match="GIF images are not accepted, only JPEG, PNG or WebP"):
         client.caption(b"GIF89a....")
     assert redis_client.llen(queue) == before
 
