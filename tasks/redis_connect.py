@@ -17,7 +17,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.backoff
+import redis.retry
 import redis.sentinel
 
 if TYPE_CHECKING:
@@ -100,7 +103,12 @@ def async_client_for(settings: Settings, **kwargs: Any) -> redis.asyncio.Redis:
 
 
 def connect(url: str, master: str, sentinel_password: str | None = None, **kwargs: Any) -> redis.Redis:
-    """A redis-py client for `url` (keyword arguments: redis-py's connection options)."""
+    """A redis-py client for `url` (keyword arguments: redis-py's connection options).
+
+    It sends each command once (no redis-py Retry, whichever default the installed version has):
+    a command whose answer is lost may have run, so it is for the caller to send it again
+    (worker/runtime.py `until_redis_answers`), to scripts made to notice a second run."""
+    kwargs.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 0))
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url)
@@ -113,6 +121,7 @@ def connect_async(
     url: str, master: str, sentinel_password: str | None = None, **kwargs: Any,
 ) -> redis.asyncio.Redis:
     """The asyncio client for `url`, as `connect`."""
+    kwargs.setdefault("retry", redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0))
     if not is_sentinel(url):
         return redis.asyncio.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url)

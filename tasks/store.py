@@ -37,6 +37,11 @@ log = logging.getLogger("visionq.store")
 # progress given. Acknowledging here removes the message from kombu's unacked bookkeeping in the
 # same step that makes the job final (worker/broker.py then skips kombu's own ack round trip), and
 # a job with a webhook is noted among the unpublished final events (`JobStore.unpublished_key`).
+# A second run of the same call (sent again after its answer was lost: by `until_redis_answers`
+# in worker/runtime.py, or by a redis-py Retry) finds the job where the first left it, with the
+# `started_at` (to running) or `completed_at` (to a final status) it sets, and its `worker` and
+# `metrics` when given, and answers as the first did without acting again: a redelivery's running -> running would count an attempt more, and a
+# final transition would read as refused (already final).
 _TRANSITION = """
 local raw, flag, stored_id, webhook = unpack(redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'id', 'webhook'))
 if not raw then return {'missing', '', '', {}} end
@@ -44,6 +49,21 @@ local cancel = flag == 'true' and '1' or ''
 local current = cjson.decode(raw)
 -- A record whose id is not its key's was written by hand (forged): never touch it.
 if not stored_id or cjson.decode(stored_id) ~= ARGV[6] then return {'forged', current, '', {}} end
+if current == ARGV[1] or (current == 'canceled' and ARGV[7] ~= '') then
+  local mark = ARGV[1] == 'running' and 'started_at' or 'completed_at'
+  local marked, same = false, true
+  for i = 12, #ARGV, 2 do
+    if ARGV[i] == mark or ARGV[i] == 'worker' or ARGV[i] == 'metrics' then
+      marked = marked or ARGV[i] == mark
+      same = same and redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1]
+    end
+  end
+  if marked and same then
+    local record = {}
+    if ARGV[9] == '1' then record = redis.call('HGETALL', KEYS[1]) end
+    return {current == ARGV[1] and 'ok' or 'canceled', current, cancel, record}
+  end
+end
 local allowed = false
 for s in string.gmatch(ARGV[2], '%S+') do
   if s == current then allowed = true end

@@ -19,6 +19,7 @@ from tasks.expiry import QueueEnds
 from tasks.kinds import JobKind, Priority, priority_list_key
 from tasks.messages import task_message
 from tasks.models import model_queue
+from tasks.record import utc_now
 from tasks.status import JobStatus
 from tasks.store import Enqueue, JobStore, NewJob
 from tests.support.tcp_proxy import TcpProxy
@@ -41,7 +42,7 @@ def store(proxy: TcpProxy, key_prefix: str) -> JobStore:
     client = redis.Redis(port=proxy.port, retry=Retry(NoBackoff(), 3))
     client.ping()  # connected: the answer lost is a script's, not the handshake's
     store = JobStore(client, ttl_s=600, prefix=key_prefix)
-    for script in (store._create, QueueEnds(store)._end):  # ...and not a NOSCRIPT's
+    for script in (store._create, store._transition, QueueEnds(store)._end):  # ...and not a NOSCRIPT's
         client.script_load(script.script)
     return store
 
@@ -101,3 +102,45 @@ def test_a_purge_whose_answer_is_lost_still_reports_every_job_it_ended(
     assert sorted(r.id for r in ended) == sorted(ids)  # so each gets its event, its message goes
     assert all(store.get(job_id).status == JobStatus.CANCELED for job_id in ids)
     assert queued_messages(redis_client, store) == 0
+
+
+def test_transitions_whose_answers_are_lost_answer_as_the_first_run_did(store: JobStore, proxy: TcpProxy) -> None:
+    # worker/runtime.py's until_redis_answers sends a transition again after a lost answer too.
+    [(record, _)] = store.create_many([new_job(store, 0)])
+    proxy.lose_next_reply()
+    started = store.advance(record.id, JobStatus.RUNNING, attempt_increment=1, started_at=utc_now(), worker="w1",
+                            read_back=True, max_attempts=3)
+    assert started.applied and started.record is not None and started.record.attempt == 1  # counted once
+
+    proxy.lose_next_reply()
+    done = store.advance(record.id, JobStatus.SUCCEEDED, completed_at=utc_now(), output={"text": "a fox"},
+                         metrics={"run_ms": 12.5})
+    assert done.applied and done.status is JobStatus.SUCCEEDED  # not "already final"
+    assert store.get(record.id).attempt == 1
+
+    # Not a second run: another worker finishing the same job later is still refused.
+    late = store.advance(record.id, JobStatus.SUCCEEDED, completed_at=utc_now(), output={"text": "late"},
+                         metrics={"run_ms": 13.0})
+    assert not late.applied and store.get(record.id).output == {"text": "a fox"}
+
+
+def test_a_redelivery_is_still_a_new_attempt(store: JobStore) -> None:
+    [(record, _)] = store.create_many([new_job(store, 0)])
+    for attempt, worker in ((1, "w1"), (2, "w2")):  # w1 died: the message came to w2
+        outcome = store.advance(record.id, JobStatus.RUNNING, attempt_increment=1, started_at=utc_now(),
+                                worker=worker, read_back=True)
+        assert outcome.applied and outcome.record is not None and outcome.record.attempt == attempt
+
+
+def test_the_services_own_clients_send_a_command_once(redis_server: Any, proxy: TcpProxy, key_prefix: str,
+                                                      redis_client: redis.Redis) -> None:
+    """Whatever the installed redis-py's default: a lost answer is the caller's to act on."""
+    from tasks.redis_connect import connect
+
+    client = connect(f"redis://127.0.0.1:{proxy.port}/0", "mymaster")
+    store = JobStore(client, ttl_s=600, prefix=key_prefix)
+    client.script_load(store._create.script)
+    proxy.lose_next_reply()
+    with pytest.raises(redis.ConnectionError):
+        store.create_many([new_job(store, 0)])
+    assert queued_messages(redis_client, store) == 1  # it ran: sent once
