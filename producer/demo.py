@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from producer.launch import WorkerProcess, child_env, visionq_argv
+from producer.launch import PACKAGES_ROOT, WorkerProcess, child_env, visionq_argv
 from producer.redis_server import RedisServer
 from tasks.settings import Settings
 
@@ -131,7 +131,11 @@ def _submit_all(worker: WorkerProcess, tiny: bool) -> int:
 
 
 def next_steps() -> str:
-    """How to run `visionq` from the user's own shell: the demo may run from an environment not on PATH."""
+    """How to run `visionq` from the user's own shell: the demo may run from an environment not on
+    PATH, and from a clone that runs its own code through PYTHONPATH (scripts/_env.sh)."""
     bin_dir = Path(sys.executable).parent
+    exports = f'export PATH="{bin_dir}:$PATH"'
+    if str(PACKAGES_ROOT) in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        exports += f' PYTHONPATH="{PACKAGES_ROOT}"'
     return ("\nnext: `visionq --help` (reference: docs/cli.md). Its environment's bin folder is "
-            f"{bin_dir}; to put it on PATH in this shell:\n  export PATH=\"{bin_dir}:$PATH\"")
+            f"{bin_dir}; to put it on PATH in this shell:\n  {exports}")

@@ -5,6 +5,11 @@
 # overrides the location; VISIONQ_PYTHON the interpreter used to create it.
 # It also leaves ./visionq in the clone: the CLI of that environment, runnable
 # without activating anything.
+#
+# Clones share an environment (same pyproject.toml, or VISIONQ_VENV): its editable install
+# points at the clone that built it, and each clone runs its own code by putting itself first
+# on PYTHONPATH (here, and in its ./visionq). Reinstalling for each clone would switch the
+# environment under every other clone, and break them once that clone is deleted.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${VISIONQ_PYTHON:-python3}"
@@ -22,21 +27,14 @@ if [ ! -f "$venv/.installed" ]; then
   "$python" -m venv "$venv"
   pip_install --upgrade pip "setuptools>=77" wheel
   pip_install -e "$repo[dev]"
-  echo "$repo" > "$venv/.visionq-repo"
   touch "$venv/.installed"
 fi
-# The editable install points at one clone; repoint it only when this is another one.
-if [ "$(cat "$venv/.visionq-repo" 2>/dev/null)" != "$repo" ]; then
-  # Said, because the environment's `visionq` and `import producer` follow this clone from now on.
-  echo "visionq: pointing $venv at this clone ($repo; it served $(cat "$venv/.visionq-repo" 2>/dev/null || echo none))" >&2
-  pip_install --no-deps --no-build-isolation -e "$repo"
-  echo "$repo" > "$venv/.visionq-repo"
-fi
 launcher="$repo/visionq"
-if [ ! -x "$launcher" ] || ! grep -qF "$venv/bin/visionq" "$launcher"; then
-  printf '#!/bin/sh\n# Written by scripts/_env.sh (not versioned): the visionq CLI of %s\nexec "%s/bin/visionq" "$@"\n' \
-    "$venv" "$venv" > "$launcher"
+if [ ! -x "$launcher" ] || ! grep -qF "PYTHONPATH=\"$repo\"" "$launcher" || ! grep -qF "$venv/bin/visionq" "$launcher"; then
+  printf '#!/bin/sh\n# Written by scripts/_env.sh (not versioned): the visionq CLI of %s, running this clone\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s/bin/visionq" "$@"\n' \
+    "$venv" "$repo" "$venv" > "$launcher"
   chmod +x "$launcher"
 fi
 export PATH="$venv/bin:$PATH"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 cd "$repo"
