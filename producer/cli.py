@@ -293,7 +293,8 @@ def _submit(args: argparse.Namespace) -> int:
             num_images=args.num_images, **common,
         )
     if not args.wait:
-        job.say_if_no_worker(waiting=False)  # on stderr: a job no live worker serves waits until one starts
+        with _sdk_notes_on_stderr():  # a job no live worker serves waits until one starts: said at once
+            job.say_if_no_worker(waiting=False)
     if not args.wait and not args.json:
         print(job.id)
         return 0
@@ -410,8 +411,9 @@ def _workers(args: argparse.Namespace) -> int:
         print("no live workers")
     for w in workers:
         memory = w.get("memory_mb", {})
+        device = f"device={w['device']} " if w.get("device") else ""  # the delivery worker has none
         print(f"{w['name']:40} {w['state']:9} kinds={','.join(w.get('kinds', []))} "
-              f"device={w.get('device')} jobs_done={w.get('jobs_done', 0)} restarts={w.get('restarts', 0)} "
+              f"{device}jobs_done={w.get('jobs_done', 0)} restarts={w.get('restarts', 0)} "
               f"rss_mb={memory.get('rss')}"
               + (f" gpu_mb={memory['gpu_allocated']}" if memory.get("gpu_allocated") is not None else ""))
         for model, info in sorted(w.get("models", {}).items()):

@@ -8,6 +8,7 @@ or drips its answer costs this process one thread until the attempt's deadline
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -133,7 +134,8 @@ def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "IN
     name = f"visionq-webhooks-{os.getpid()}@{socket.gethostname()}"
     heartbeat = Heartbeat(client, settings.redis_prefix, name, {"kinds": ["webhooks"], "device": None})
     heartbeat.start()
-    heartbeat.follow_celery()
+    attempts = itertools.count(1)  # read once after each task: its jobs_done are delivery attempts made
+    heartbeat.follow_celery(lambda: {"jobs_done": next(attempts)})
     try:
         quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner among JSON lines
         app.worker_main([

@@ -67,6 +67,8 @@ def test_events_are_signed_standard_webhooks(client: Client, deliverer, receiver
     assert final["id"] == job.id and final["status"] == "succeeded"
     assert final["output"] == job.output
     assert len({d.headers["webhook-id"] for d in receiver.on("/all")}) == len(events)
+    # The delivery worker's heartbeat counts the attempts it made (`visionq workers`' jobs_done).
+    wait_until(lambda: deliverer.heartbeat()["jobs_done"] >= len(events), what="deliveries counted")
 
 
 def test_default_filter_is_the_final_events(client: Client, deliverer, receiver: Receiver) -> None:

@@ -74,7 +74,7 @@ def test_cancel_command(service_env: dict, worker, tmp_path) -> None:
     image.write_bytes(encode(scene(), "PNG"))
     submitted = run_visionq("submit", "caption", str(image), "--model", "vit-gpt2", env=service_env)
     queued = submitted.stdout.strip()
-    assert "no live worker serves caption/vit-gpt2" in submitted.stderr  # said at once, without --wait
+    assert "visionq: no live worker serves caption/vit-gpt2" in submitted.stderr  # said at once, without --wait
     assert "it stays queued until one starts" in submitted.stderr
     assert json.loads(run_visionq("status", queued, "--json", env=service_env).stdout)["status"] == "queued"
     canceled = run_visionq("cancel", queued, env=service_env)
