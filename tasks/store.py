@@ -468,24 +468,37 @@ class JobStore:
         self, job_id: str, timeout_s: float | None, *, on_change: Any = None, poll_s: float = 2.0
     ) -> JobRecord:
         """Block until the job is final. Woken by its event channel; polls every
-        `poll_s` as well, so a dropped pub/sub connection only slows it down."""
+        `poll_s` as well, so a dropped pub/sub connection only slows it down. Once it has read
+        the job, Redis going away (a restart, a failover) is waited out: the job goes on, and so
+        does the wait; a first read that fails (a wrong address) raises at once."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        last: JobRecord | None = None
+        away = False
         try:
             try:
                 pubsub.subscribe(self.events_channel(job_id))
             except redis.RedisError:
                 pubsub = None
             while True:
-                record = self.get(job_id)  # after subscribing: no event can slip between
-                if on_change is not None:
-                    on_change(record)
-                if record.status in FINAL_STATUSES:
-                    return record
+                try:
+                    record = self.get(job_id)  # after subscribing: no event can slip between
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    if last is None:
+                        raise
+                    if not away:  # once an outage
+                        log.warning("waiting for job %s: Redis unavailable (%s); waiting on", job_id, exc)
+                    away = True
+                else:
+                    last, away = record, False
+                    if on_change is not None:
+                        on_change(record)
+                    if record.status in FINAL_STATUSES:
+                        return record
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(
-                        f"job {job_id} is still {record.status.value} after {timeout_s} s"
+                        f"job {job_id} is still {last.status.value} after {timeout_s} s"
                     )
                 wait_s = poll_s if remaining is None else min(poll_s, remaining)
                 pubsub = _wait_for_event(pubsub, wait_s)

@@ -7,6 +7,7 @@ import time
 import pytest
 import redis
 
+from producer.redis_server import RedisServer
 from tasks.errors import InvalidInput, JobNotFound
 from tasks.kinds import JobKind
 from tasks.status import JobStatus
@@ -181,6 +182,45 @@ def test_wait_times_out(store: JobStore) -> None:
     record, _ = store.create(JobKind.CAPTION, {})
     with pytest.raises(TimeoutError, match="still queued"):
         store.wait_for_final(record.id, timeout_s=0.3, poll_s=0.1)
+
+
+def test_a_wait_rides_out_redis_going_away_once_it_has_read_the_job(
+    redis_server: RedisServer, store: JobStore,
+) -> None:
+    from tasks.redis_connect import connect
+    from tests.support.tcp_proxy import TcpProxy
+
+    proxy = TcpProxy(redis_server.port)
+    try:
+        waiter = JobStore(connect(f"redis://127.0.0.1:{proxy.port}/0", "mymaster"), ttl_s=60, prefix=store.prefix)
+        record, _ = store.create(JobKind.CAPTION, {})
+
+        def outage() -> None:  # the job ends while the waiter cannot reach Redis
+            time.sleep(0.3)
+            proxy.cut()
+            store.transition(record.id, JobStatus.RUNNING)
+            store.transition(record.id, JobStatus.SUCCEEDED, output={"text": "hi"})
+            time.sleep(1.0)
+            proxy.restore()
+
+        thread = threading.Thread(target=outage)
+        thread.start()
+        final = waiter.wait_for_final(record.id, timeout_s=30, poll_s=0.2)
+        thread.join()
+        assert final.status is JobStatus.SUCCEEDED and final.output == {"text": "hi"}
+    finally:
+        proxy.close()
+
+
+def test_a_wait_that_cannot_read_the_job_at_all_fails_at_once(store: JobStore) -> None:
+    from producer.redis_server import free_port
+    from tasks.redis_connect import connect
+
+    nowhere = JobStore(connect(f"redis://127.0.0.1:{free_port()}/0", "mymaster"), ttl_s=60, prefix=store.prefix)
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        nowhere.wait_for_final("any", timeout_s=30)
+    assert time.monotonic() - started < 10  # a wrong address is said, not waited on
 
 
 def test_queued_index_follows_the_status(store: JobStore) -> None:
