@@ -65,7 +65,7 @@ def _failed(args: argparse.Namespace, exit_code: int, code: str, message: str) -
     script reading stdout (`| jq`) gets JSON whichever way the command ended."""
     print(f"visionq: {message}", file=sys.stderr)
     if getattr(args, "json", False):
-        print(json.dumps({"error": {"code": code, "message": message}}, indent=2))
+        print(json.dumps({"error": {"code": code, "message": message}}))  # one line, also among JSON lines
     return exit_code
 
 

@@ -11,7 +11,7 @@
 # on PYTHONPATH (here, and in its ./visionq). Reinstalling for each clone would switch the
 # environment under every other clone, and break them once that clone is deleted.
 set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"  # -P: the path Python resolves too
 python="${VISIONQ_PYTHON:-python3}"
 key="$(sha256sum "$repo/pyproject.toml" | cut -c1-16)"
 venv="${VISIONQ_VENV:-$HOME/.cache/visionq/venvs/$key}"
@@ -30,10 +30,12 @@ if [ ! -f "$venv/.installed" ]; then
   touch "$venv/.installed"
 fi
 launcher="$repo/visionq"
-if [ ! -x "$launcher" ] || ! grep -qF "PYTHONPATH=\"$repo\"" "$launcher" || ! grep -qF "$venv/bin/visionq" "$launcher"; then
+if [ ! -x "$launcher" ] || ! grep -qF "PYTHONPATH=\"$repo\${PYTHONPATH" "$launcher" || ! grep -qF "$venv/bin/visionq" "$launcher"; then
+  # Written aside, then moved: a shell may be running the launcher meanwhile.
   printf '#!/bin/sh\n# Written by scripts/_env.sh (not versioned): the visionq CLI of %s, running this clone\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s/bin/visionq" "$@"\n' \
-    "$venv" "$repo" "$venv" > "$launcher"
-  chmod +x "$launcher"
+    "$venv" "$repo" "$venv" > "$launcher.new"
+  chmod +x "$launcher.new"
+  mv -f "$launcher.new" "$launcher"
 fi
 export PATH="$venv/bin:$PATH"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
