@@ -16,7 +16,7 @@ from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
 from tasks.expiry import check_queue_timeout
 from tasks.errors import InvalidInput, VisionqError
-from tasks.images import image_extension, not_an_image
+from tasks.images import accepted_extension
 from tasks.kinds import JobKind, Priority
 from tasks.messages import job_enqueue, redis_db
 from tasks.redis_connect import client_for
@@ -311,9 +311,7 @@ class Client:
         limit = self.settings.limits.max_image_bytes
         if len(data) > limit:
             raise InvalidInput(f"{what} has {len(data)} bytes, more than the limit {limit}")
-        extension = image_extension(data)
-        if extension is None:
-            raise InvalidInput(not_an_image(what, data))
+        extension = accepted_extension(data, what)
         digest = hashlib.sha256(data).hexdigest()
         key = input_key(digest, extension)
         # Content-addressed: the same image submitted twice is stored once.
@@ -324,7 +322,5 @@ class Client:
 
 def inline_image(data: bytes) -> str:
     """A data: URI for a small image, carried inside the queue message instead of storage."""
-    extension = image_extension(data)
-    if extension is None:
-        raise InvalidInput(not_an_image("image", data))
+    extension = accepted_extension(data)
     return f"data:{_CONTENT_TYPES[extension]};base64,{base64.b64encode(data).decode()}"

@@ -2,6 +2,8 @@
 format is named, the same words at submit (SDK, gateway) and on the worker."""
 from __future__ import annotations
 
+from tasks.errors import InvalidInput
+
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")  # Pillow's names; what image_extension recognises
 _EXTENSION_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # Refused formats we can still name, told apart by magic number only: opening them
@@ -53,10 +55,14 @@ def refused_format_reason(image_format: str, formats: tuple[str, ...] = ACCEPTED
     return f"{format_name(image_format)} images are not accepted, only {format_list(formats)}"
 
 
-def not_an_image(what: str, data: bytes) -> str:
-    """Why a submit refuses `data` (`what`: how to name it, e.g. its file): a format named by its
-    magic number as the worker would name it, else not an image of an accepted format."""
+def accepted_extension(data: bytes, what: str = "image") -> str:
+    """"jpg", "png" or "webp" for `data`, or InvalidInput saying why a submit refuses it (`what`:
+    how to name it, e.g. its file): a format named by its magic number as the worker would name
+    it, else not an image of an accepted format."""
+    extension = image_extension(data)
+    if extension is not None:
+        return extension
     image_format = sniff_format(data)
     if image_format is None:
-        return f"{what} is not a {format_list(ACCEPTED_FORMATS)} file"
-    return f"{what}: {refused_format_reason(image_format)}"
+        raise InvalidInput(f"{what} is not a {format_list(ACCEPTED_FORMATS)} file")
+    raise InvalidInput(f"{what}: {refused_format_reason(image_format)}")

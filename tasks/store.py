@@ -40,8 +40,8 @@ log = logging.getLogger("visionq.store")
 # A second run of the same call (sent again after its answer was lost: by `until_redis_answers`
 # in worker/runtime.py, or by a redis-py Retry) finds the job where the first left it, with the
 # `started_at` (to running) or `completed_at` (to a final status) it sets, and its `worker` and
-# `metrics` when given, and answers as the first did without acting again: a redelivery's running -> running would count an attempt more, and a
-# final transition would read as refused (already final).
+# `metrics` when given, and answers as the first did without acting again: a redelivery's
+# running -> running would count an attempt more, and a final transition would read as refused.
 _TRANSITION = """
 local raw, flag, stored_id, webhook = unpack(redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'id', 'webhook'))
 if not raw then return {'missing', '', '', {}} end

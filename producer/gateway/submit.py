@@ -16,7 +16,7 @@ from producer.gateway.services import Services
 from producer.http_errors import Conflict
 from tasks.errors import InvalidInput, VisionqError
 from tasks.expiry import check_queue_timeout
-from tasks.images import image_extension, not_an_image
+from tasks.images import accepted_extension
 from tasks.kinds import JobKind, Priority
 from tasks.messages import job_enqueue, redis_db
 from tasks.record import JobRecord
@@ -193,9 +193,7 @@ class Submitter:
         limit = self.settings.limits.max_image_bytes
         if len(data) > limit:
             raise InvalidInput(f"image has {len(data)} bytes, more than the limit {limit}")
-        extension = image_extension(data)
-        if extension is None:
-            raise InvalidInput(not_an_image("image", data))
+        extension = accepted_extension(data)
         key = input_key(hashlib.sha256(data).hexdigest(), extension)
         storage = self.services.storage
         # Content-addressed like the SDK's uploads: the same image is stored once.
