@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import random
+import stat
 import threading
 import time
 from pathlib import Path
@@ -259,8 +260,12 @@ class LocalStorage:
             except FileNotFoundError:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(tmp, _NEW_FILE, 0o600)
-            with open(fd, "wb") as out:
-                out.write(data)
+            try:
+                written = memoryview(data)
+                while written:  # os.write, not a file object: no buffer to build for one write
+                    written = written[os.write(fd, written):]
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except OSError as exc:
             raise StorageError(f"write of {path} failed: {exc}") from exc
@@ -271,14 +276,52 @@ class LocalStorage:
 
     def read(self, uri: str, max_bytes: int) -> bytes:
         parsed = urlparse(uri)
-        path = Path(unquote(parsed.path)).resolve()
         # A file:// URI from a message may only name something inside our storage
         # folder; anything else would let a producer read the worker's disk.
-        if parsed.scheme != "file" or not path.is_relative_to(self.root):
+        path = self._real_path_inside(unquote(parsed.path)) if parsed.scheme == "file" else None
+        if path is None:
             raise InvalidInput(f"image {uri!r} is outside the storage folder {self.root}")
-        if not path.is_file():
-            raise InvalidInput(f"image {uri} does not exist")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise InvalidInput(f"image {uri} has {size} bytes, more than the limit {max_bytes}")
-        return path.read_bytes()
+        try:
+            # No link followed at the last step, and never blocked by a FIFO: what is opened
+            # is what was checked, or the open fails.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            raise InvalidInput(f"image {uri} does not exist") from None
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise InvalidInput(f"image {uri} does not exist")
+            if status.st_size > max_bytes:
+                raise InvalidInput(f"image {uri} has {status.st_size} bytes, more than the limit {max_bytes}")
+            data = b""  # st_size + 1 asked for: a file that grew shows it (a short read asks again)
+            while len(data) <= status.st_size and (chunk := os.read(fd, status.st_size + 1 - len(data))):
+                data += chunk
+        finally:
+            os.close(fd)
+        if len(data) != status.st_size:
+            raise InvalidInput(f"image {uri} changed while it was read")
+        return data
+
+    def _real_path_inside(self, path: str) -> str | None:
+        """`path` without links or `..`, when that is inside the storage folder; else None.
+
+        The usual case, a path written below the folder with no link in it, costs an lstat per
+        component below the folder (`Path.resolve` lstats every component from `/` in Python:
+        5 % of a 0 ms stand-in job's worker CPU in a py-spy profile). A link below the folder,
+        or a path that reaches the folder through one, takes `os.path.realpath`'s way.
+        """
+        lexical = os.path.normpath(path)
+        root = str(self.root)
+        if lexical.startswith(root + os.sep):
+            walked = root
+            try:
+                for part in lexical[len(root) + 1:].split(os.sep):
+                    walked = os.path.join(walked, part)
+                    if stat.S_ISLNK(os.lstat(walked).st_mode):
+                        break
+                else:
+                    return lexical
+            except OSError:
+                return lexical  # missing: the open says so
+        real = os.path.realpath(lexical)
+        return real if real.startswith(root + os.sep) else None

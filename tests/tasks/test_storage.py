@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import urllib.request
 import uuid
 from pathlib import Path
@@ -150,6 +151,40 @@ def test_local_storage_layout_and_confinement(tmp_path: Path) -> None:
         storage.read(secret.as_uri(), 100)
     with pytest.raises(InvalidInput, match="outside the storage folder"):
         storage.read((tmp_path / "store" / ".." / "secret.txt").as_uri(), 100)
+
+
+def test_local_storage_read_follows_no_link_out(tmp_path: Path) -> None:
+    """A link planted in the folder leads nowhere outside it, whether it is the file or a folder
+    on the way; links that stay inside, and a folder reached through a link, still read."""
+    storage = LocalStorage(tmp_path / "store")
+    ref = storage.put("inputs/a.png", b"inside", "image/png")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read")
+    store = tmp_path / "store"
+    (store / "inputs" / "file-link.png").symlink_to(secret)
+    (store / "folder-link").symlink_to(tmp_path)
+    for uri in ((store / "inputs" / "file-link.png").as_uri(), (store / "folder-link" / "secret.txt").as_uri()):
+        with pytest.raises(InvalidInput, match="outside the storage folder"):
+            storage.read(uri, 100)
+    (store / "inputs" / "inner-link.png").symlink_to(store / "inputs" / "a.png")
+    assert storage.read((store / "inputs" / "inner-link.png").as_uri(), 100) == b"inside"
+    (tmp_path / "store-link").symlink_to(store)
+    assert storage.read(ref.uri.replace("/store/", "/store-link/"), 100) == b"inside"
+    assert LocalStorage(tmp_path / "store-link").read(ref.uri, 100) == b"inside"
+
+
+def test_local_storage_read_refuses_what_is_not_a_file(tmp_path: Path) -> None:
+    """A FIFO would block a plain read until someone writes to it; a folder is no image."""
+    storage = LocalStorage(tmp_path / "store")
+    storage.put("inputs/a.png", b"12345", "image/png")
+    os.mkfifo(tmp_path / "store" / "inputs" / "fifo.png")
+    for name in ("fifo.png", "missing.png", ""):
+        with pytest.raises(InvalidInput, match="does not exist"):
+            storage.read((tmp_path / "store" / "inputs" / name).as_uri(), 100)
+    with pytest.raises(InvalidInput, match="has 5 bytes, more than the limit 4"):
+        storage.read((tmp_path / "store" / "inputs" / "a.png").as_uri(), 4)
+    with pytest.raises(InvalidInput, match="outside the storage folder"):
+        storage.read("s3://bucket/inputs/a.png", 100)
 
 
 def test_bad_storage_url() -> None:
