@@ -179,7 +179,7 @@ class Client:
                 results[index] = job
         return results  # type: ignore[return-value]
 
-    def _submit(self, kind: JobKind, params: dict[str, Any], **options: Any) -> Job:
+    def _submit(self, kind: JobKind, params: dict[str, Any], /, **options: Any) -> Job:
         """Options every kind takes: `idempotency_key` (the same key and request within the TTL
         return the same job; the key with another request raises `Conflict`), `webhook` (URL called back with signed events),
         `webhook_events` (default: the final ones) and `webhook_secret` (whsec_...;
@@ -187,6 +187,10 @@ class Client:
         (seconds it may wait for a worker to start it before it fails `expired`; default
         VISIONQ_QUEUE_TIMEOUT_<KIND>_S), `model` (a model the deployment serves, by its name within
         the kind, e.g. "vit-gpt2"; "caption/vit-gpt2" too; default: the kind's default)."""
+        unknown = sorted(set(options) - _BULK_OPTIONS)
+        if unknown:  # as Python says it, and the same with or without a gateway
+            raise TypeError(f"{kind.value}() got an unexpected keyword argument {unknown[0]!r}; "
+                            f"the options are {', '.join(sorted(_BULK_OPTIONS))}")
         if self.gateway is not None:
             return Job(self.gateway, self.gateway.submit_job(kind, params, **options))
         [stored] = self._store([self._prepare(kind, params, **options)])

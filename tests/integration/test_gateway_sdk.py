@@ -49,6 +49,8 @@ def test_errors_over_http_are_the_sdk_exceptions(sdk: Client) -> None:
         sdk.generate("a fox", width=65)
     with pytest.raises(InvalidInput, match="webhook_secret"):
         sdk.generate("a fox", webhook="https://example.com/hook", webhook_secret="whsec_x")
+    with pytest.raises(TypeError, match="generate\\(\\) got an unexpected keyword argument 'kind'"):
+        sdk.generate("a fox", kind="caption")
 
 
 def test_the_environment_chooses_the_gateway(gateway: GatewayProcess, acme: NewKey, gateway_env: dict[str, str],

@@ -179,6 +179,9 @@ def test_bad_parameters_are_refused_before_enqueue(client: Client, redis_client)
         client.caption("/no/such/file.png")
     with pytest.raises(InvalidInput, match="GIF images are not accepted, only JPEG, PNG or WebP"):
         client.caption(b"GIF89a....")
+    for option in ("kind", "max_tokens"):  # the kind is the method's; a misspelt option is named
+        with pytest.raises(TypeError, match=f"caption\\(\\) got an unexpected keyword argument '{option}'"):
+            client.caption(scene(), **{option: 1})
     assert redis_client.llen(queue) == before
 
 
