@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Union
 from urllib.parse import unquote, urlparse
 
+import redis
 from PIL import Image
 
 from tasks.app import make_celery
@@ -28,7 +29,7 @@ from tasks.settings import Settings
 from tasks.storage import Storage, input_key, open_storage
 from tasks.store import Enqueue, JobStore, NewJob, same_submit
 from tasks.webhooks import secret_key, validate_webhook
-from producer.http_errors import Conflict
+from producer.http_errors import Conflict, Unavailable
 from producer.http_source import HttpJobSource
 from producer.job import Job
 from producer.redis_source import RedisJobSource
@@ -163,20 +164,41 @@ class Client:
         "input": {"image": ..., ...the method's parameters}, "priority": ..., "idempotency_key": ...,
         "webhook": ..., "webhook_events": ..., "webhook_secret": ..., "model": ..., "queue_timeout_s": ...}``.
         Returns, in request order, the `Job` or the error that refused that request (an
-        `InvalidInput`, ...): one bad request loses nothing else."""
+        `InvalidInput`, ...): one bad request loses nothing else.
+
+        Redis failing during the first chunk raises, as for one submit. Failing during a later
+        one, the jobs already stored are returned, and this chunk's requests and the rest get an
+        `Unavailable` saying whether they may have been stored (resubmitting one is safe with
+        an `idempotency_key`)."""
         if self.gateway is not None:
             return [self._submit_through_gateway(request) for request in requests]
-        results: list[Job | VisionqError | None] = [None] * len(requests)
+        results: list[Job | VisionqError] = []
         for begin in range(0, len(requests), chunk_size):
-            prepared: list[tuple[int, _Prepared]] = []
-            for index in range(begin, min(begin + chunk_size, len(requests))):
-                try:
-                    kind, params, options = _bulk_request(requests[index])
-                    prepared.append((index, self._prepare(kind, params, **options)))
-                except VisionqError as exc:
-                    results[index] = exc
-            for (index, _), job in zip(prepared, self._store([p for _, p in prepared])):
-                results[index] = job
+            chunk = requests[begin:begin + chunk_size]
+            try:
+                results += self._submit_chunk(chunk)
+            except redis.RedisError as exc:
+                if begin == 0:
+                    raise
+                results += [Unavailable(f"Redis failed while this request was sent ({type(exc).__name__}: "
+                                        f"{exc}): it may or may not have been stored")] * len(chunk)
+                results += [Unavailable("not sent: Redis failed while an earlier request was sent")] * (
+                    len(requests) - len(results))
+                break
+        return results
+
+    def _submit_chunk(self, requests: list[Any]) -> list[Job | VisionqError]:
+        """`submit_many` of requests written in one round trip."""
+        results: list[Job | VisionqError | None] = [None] * len(requests)
+        prepared: list[tuple[int, _Prepared]] = []
+        for index, request in enumerate(requests):
+            try:
+                kind, params, options = _bulk_request(request)
+                prepared.append((index, self._prepare(kind, params, **options)))
+            except VisionqError as exc:
+                results[index] = exc
+        for (index, _), job in zip(prepared, self._store([p for _, p in prepared])):
+            results[index] = job
         return results  # type: ignore[return-value]
 
     def _submit(self, kind: JobKind, params: dict[str, Any], /, **options: Any) -> Job:
@@ -239,9 +261,13 @@ class Client:
     def _store(self, prepared: list[_Prepared]) -> list[Job | VisionqError]:
         """Records and messages written together (tasks/store.py), then what follows a new job. A
         request whose idempotency key holds another request's job gets a `Conflict`, as over HTTP."""
-        stored = self.store.create_many([(p.new, p.enqueue) for p in prepared])
+        stored = self.store.create_many([(p.new, p.enqueue) for p in prepared], per_job_errors=len(prepared) > 1)
         jobs: list[Job | VisionqError] = []
-        for p, (record, created) in zip(prepared, stored):
+        for p, outcome in zip(prepared, stored):
+            if isinstance(outcome, redis.RedisError):  # this one refused (out of memory, ...), not the others
+                jobs.append(Unavailable(f"Redis refused to store this job: {outcome}"))
+                continue
+            record, created = outcome
             if not created and not same_submit(record, p.new.record):
                 jobs.append(Conflict(f"idempotency_key {record.idempotency_key!r} was used for job {record.id} "
                                      f"with another request"))

@@ -314,18 +314,24 @@ class JobStore:
         return NewJob(record, queued_message)
 
     def create_many(
-        self, jobs: list[tuple[NewJob, Enqueue | None]],
-    ) -> list[tuple[JobRecord, bool]]:
+        self, jobs: list[tuple[NewJob, Enqueue | None]], *, per_job_errors: bool = False,
+    ) -> list[Any]:
         """Store (and enqueue) every job in one pipelined round trip, each atomically by itself;
-        per job (its record, True) or (the record of the job holding its idempotency key, False)."""
+        per job (its record, True) or (the record of the job holding its idempotency key, False).
+        A job Redis refused (out of memory, ...) raises its error once all were sent, or with
+        `per_job_errors` stands in its place as that `redis.ResponseError`: the others are stored."""
         now = time.time()
         calls = [self._create_call(new, enqueue, now) for new, enqueue in jobs]
-        if len(calls) == 1:  # EVALSHA alone: redis-py's pipeline would ask SCRIPT EXISTS first
+        if len(calls) == 1 and not per_job_errors:  # EVALSHA alone: redis-py's pipeline would ask SCRIPT EXISTS first
             outcomes = [self._create(keys=calls[0][0], args=calls[0][1])]
         else:
-            outcomes = run_pipelined(self._create, calls)
-        results = []
-        for (new, _enqueue), (created, job_id) in zip(jobs, outcomes):
+            outcomes = run_pipelined(self._create, calls, raise_on_error=not per_job_errors)
+        results: list[Any] = []
+        for (new, _enqueue), outcome in zip(jobs, outcomes):
+            if isinstance(outcome, redis.RedisError):
+                results.append(outcome)
+                continue
+            created, job_id = outcome
             if created:
                 results.append((new.record, True))
             else:  # an idempotent repeat: rare, so a second read is fine
@@ -507,9 +513,12 @@ class JobStore:
                 pubsub.close()
 
 
-def run_pipelined(script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+def run_pipelined(
+    script: Any, calls: list[tuple[list[str], list[Any]]], *, raise_on_error: bool = True,
+) -> list[Any]:
     """A registered Lua `script` (redis-py's Script) called once per (keys, args) in one pipelined round
-    trip, each call atomic by itself; its answers in order. The first error is raised after all ran.
+    trip, each call atomic by itself; its answers in order. The first error is raised after all ran,
+    or with `raise_on_error=False` each call's error is its answer (the others' answers kept).
     redis-py's own pipelining of a Script asks SCRIPT EXISTS first, a round trip more: this sends
     EVALSHA and loads the script only when Redis forgot it (a restart), for a second pass."""
     client = script.registered_client
@@ -527,7 +536,7 @@ def run_pipelined(script: Any, calls: list[tuple[list[str], list[Any]]]) -> list
         if not todo:
             break
         client.script_load(script.script)
-    for answer in outcomes:
+    for answer in outcomes if raise_on_error else ():
         if isinstance(answer, Exception):
             raise answer
     return outcomes

@@ -11,9 +11,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from producer.gateway.keys import ApiKey
 from producer.gateway.services import Services
-from producer.http_errors import Conflict
+from producer.http_errors import Conflict, Unavailable
 from tasks.errors import InvalidInput, VisionqError
 from tasks.expiry import check_queue_timeout
 from tasks.images import accepted_extension
@@ -104,8 +106,14 @@ class Submitter:
             except VisionqError as exc:
                 results[index] = exc
         try:
-            stored = services.store.create_many([self._new_job(caller, job, None) for _, _, job in admitted])
-            for (index, token, job), (record, _created) in zip(admitted, stored):
+            stored = services.store.create_many([self._new_job(caller, job, None) for _, _, job in admitted],
+                                                per_job_errors=True)
+            for (index, token, job), outcome in zip(admitted, stored):
+                if isinstance(outcome, redis.RedisError):  # this job refused (out of memory, ...), not the others
+                    services.tenant_jobs.release(caller.tenant, token)
+                    results[index] = Unavailable(f"Redis refused to store this job: {outcome}")
+                    continue
+                record, _created = outcome
                 if job.webhook is not None:
                     services.deliveries.set_job_secret(record.id, services.keys.tenant_secret(caller.tenant))
                 services.tenant_jobs.register(caller.tenant, record.id, token)

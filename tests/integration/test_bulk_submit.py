@@ -60,3 +60,58 @@ def test_visionq_submit_many_prints_one_line_per_request(
         assert client.get(job_id).wait(timeout=TIMEOUT).status == "succeeded"
     path.write_text(lines[0] + "\n")
     assert run_visionq("submit-many", str(path), env=service_env).returncode == 0
+
+
+def test_a_job_redis_refuses_fails_alone_in_its_chunk(client: Client, redis_client) -> None:
+    """A write Redis refuses (here its idempotency key holds a list: WRONGTYPE; out of memory
+    alike) is that request's `unavailable`: the jobs sent beside it are stored and run."""
+    image = client.caption(encode(scene(), "PNG")).wait(timeout=TIMEOUT).to_dict()["input"]["image"]
+    planted = f"{client.settings.redis_prefix}:idem:bulk-wrongtype"
+    redis_client.rpush(planted, "not a job id")
+    try:
+        requests = [{"kind": "caption", "input": {"image": image, "max_new_tokens": 3}},
+                    {"kind": "caption", "input": {"image": image}, "idempotency_key": "bulk-wrongtype"},
+                    {"kind": "caption", "input": {"image": image, "max_new_tokens": 2}}]
+        results = client.submit_many(requests)
+    finally:
+        redis_client.delete(planted)
+    assert [type(r).__name__ for r in results] == ["Job", "Unavailable", "Job"]
+    assert results[1].code == "unavailable" and "WRONGTYPE" in results[1].message
+    for job in (results[0], results[2]):
+        assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
+
+
+def test_redis_failing_between_chunks_keeps_the_jobs_already_stored(
+    client: Client, service_env: dict[str, str],
+) -> None:
+    """The first chunk's jobs are returned, not lost in an exception; the failing chunk's request
+    may have been stored, the later ones were not sent. Failing in the first chunk raises."""
+    import redis
+
+    from tasks.settings import Settings
+    from tests.support.tcp_proxy import TcpProxy
+
+    image = client.caption(encode(scene(), "PNG")).wait(timeout=TIMEOUT).to_dict()["input"]["image"]
+    proxy = TcpProxy(int(service_env["VISIONQ_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]))
+    try:
+        through = Client(settings=Settings.from_env(
+            {**service_env, "VISIONQ_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"}))
+        store_chunk = through._store
+
+        def cut_after_first_chunk(prepared: list) -> list:
+            try:
+                return store_chunk(prepared)
+            finally:
+                proxy.cut()
+
+        through._store = cut_after_first_chunk  # type: ignore[method-assign]
+        requests = [{"kind": "caption", "input": {"image": image, "max_new_tokens": n}} for n in (2, 3, 4)]
+        results = through.submit_many(requests, chunk_size=1)
+        assert [type(r).__name__ for r in results] == ["Job", "Unavailable", "Unavailable"]
+        assert "may or may not have been stored" in results[1].message
+        assert results[2].message.startswith("not sent")
+        assert client.get(results[0].id).wait(timeout=TIMEOUT).status == "succeeded"
+        with pytest.raises(redis.ConnectionError):  # still cut: nothing stored, as one submit says it
+            through.submit_many(requests, chunk_size=1)
+    finally:
+        proxy.close()

@@ -71,6 +71,29 @@ def test_max_queued_counts_the_tenants_unfinished_jobs(gateway: GatewayProcess, 
     assert second["status"] == "queued"
 
 
+def test_a_batch_job_redis_refuses_fails_alone_and_frees_its_quota(
+    gateway: GatewayProcess, keys: KeyStore, queued_env: dict[str, str],
+) -> None:
+    """Redis refusing one job's write (its queue key holds a string here: WRONGTYPE; out of memory
+    alike) answers that job `unavailable`; the batch's other job is queued, and the refused one
+    does not count against the tenant's max_queued."""
+    from tasks.kinds import JobKind, Priority, queue_list_key
+
+    client = redis.Redis.from_url(queued_env["VISIONQ_REDIS_URL"])
+    planted = queue_list_key(JobKind.GENERATE, Priority.LOW, queued_env["VISIONQ_REDIS_PREFIX"])
+    client.set(planted, "not a queue")
+    try:
+        with api(gateway, keys.create(f"refused-{uuid.uuid4().hex[:6]}", max_queued=2)) as http:
+            answer = http.post("/v1/jobs/batch", json={"jobs": [{**GENERATE, "priority": "low"}, GENERATE]})
+            assert answer.status_code == 200, answer.text
+            refused, queued = answer.json()["jobs"]
+            assert refused["error"]["code"] == "unavailable" and "WRONGTYPE" in refused["error"]["message"]
+            assert queued["status"] == "queued"
+            assert http.post("/v1/jobs", json=GENERATE).status_code == 201  # the second of two allowed
+    finally:
+        client.delete(planted)
+
+
 def test_cancel_of_a_queued_job_and_its_events(gateway: GatewayProcess, keys: KeyStore) -> None:
     with api(gateway, keys.create("canceler")) as http:
         job = http.post("/v1/jobs", json=GENERATE).json()
