@@ -16,6 +16,8 @@ import math
 import time
 from typing import Callable, Iterator
 
+import redis
+
 from tasks.errors import InvalidInput, JobCanceled, JobExpired, VisionqError
 from tasks.kinds import JobKind, Priority, priority_list_key
 from tasks.models import model_queue
@@ -226,8 +228,11 @@ class QueueEnds:
                    store.events_channel(record.id), record.id, status.value])
                  for record, error in doomed]
         ended = []
-        for (record, error), applied in zip(doomed, run_pipelined(self._end, calls) if calls else []):
-            if applied:
+        answers = run_pipelined(self._end, calls, raise_on_error=False) if calls else []
+        for (record, error), applied in zip(doomed, answers):
+            if isinstance(applied, redis.RedisError):  # that job alone: the others ended are reported
+                log.warning("job %s could not be ended %s: %s", record.id, status.value, applied)
+            elif applied:
                 record.status, record.error, record.completed_at = status, error.to_dict(), completed_at
                 ended.append(record)
         return ended

@@ -149,6 +149,23 @@ def test_an_error_taking_messages_out_still_returns_the_ended_jobs(
     assert all(store.get(i).status.value == "failed" for i in ids)
 
 
+def test_a_job_that_cannot_be_ended_leaves_the_others_ended_and_reported(store: JobStore) -> None:
+    """One job's ending failing in Redis (its record spoiled between the read and the end) is
+    that job's alone: the others end, are returned (their events owed) and leave the queue."""
+    key, ids = fill(store, 3, queue_timeout_s=1)
+    ends = QueueEnds(store)
+    end = ends._end_queued
+
+    def spoil_one_then_end(doomed: list, status: JobStatus) -> list:
+        store.redis.delete(store.job_key(ids[1]))
+        store.redis.set(store.job_key(ids[1]), "not a job hash")
+        return end(doomed, status)
+
+    ends._end_queued = spoil_one_then_end  # type: ignore[method-assign]
+    assert sorted(r.id for r in ends.expire_due(now=time.time() + 10)) == sorted([ids[0], ids[2]])
+    assert queued_ids(store, key) == [ids[1]]
+
+
 def test_a_chunks_ids_come_tail_first_with_its_length(store: JobStore) -> None:
     key, ids = fill(store, 5)
     store.redis.rpush(key, "not a celery message")  # at the tail
