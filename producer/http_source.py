@@ -87,6 +87,7 @@ class HttpJobSource:
 
     def wait(
         self, job_id: str, timeout_s: float | None, on_change: Callable[[JobRecord], None] | None = None,
+        seen: JobRecord | None = None,  # unused: a stream cut short is opened again either way
     ) -> JobRecord:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         record: JobRecord | None = None

@@ -37,8 +37,10 @@ class JobSource(Protocol):
 
     def wait(
         self, job_id: str, timeout_s: float | None, on_change: Callable[[JobRecord], None] | None = None,
+        seen: JobRecord | None = None,
     ) -> JobRecord:
-        """Block until the job is final; TimeoutError after `timeout_s` (None: no limit)."""
+        """Block until the job is final; TimeoutError after `timeout_s` (None: no limit). `seen`: the
+        record as last read, if any (the job exists: an outage is waited out from the start)."""
         ...
 
     def serving_kinds(self) -> set[str]:
@@ -107,7 +109,9 @@ class Job:
         deadline = None if timeout is None else time.monotonic() + timeout
         first = NO_WORKER_CHECK_AFTER_S if timeout is None else min(timeout, NO_WORKER_CHECK_AFTER_S)
         try:
-            self._record = self._source.wait(self.id, first, on_change=changed)
+            # A Job holds the record of a read or a submit that succeeded: each phase may ride out
+            # a Redis outage from its start, also one in progress when the first phase ends.
+            self._record = self._source.wait(self.id, first, on_change=changed, seen=self._record)
             return self
         except TimeoutError:
             if deadline is not None and time.monotonic() >= deadline:
@@ -115,7 +119,7 @@ class Job:
         self.say_if_no_worker()
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         try:
-            self._record = self._source.wait(self.id, remaining, on_change=changed)
+            self._record = self._source.wait(self.id, remaining, on_change=changed, seen=self._record)
         except TimeoutError:
             raise TimeoutError(f"job {self.id} is still {self.status} after {timeout} s") from None
         return self

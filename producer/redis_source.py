@@ -32,8 +32,9 @@ class RedisJobSource:
 
     def wait(
         self, job_id: str, timeout_s: float | None, on_change: Callable[[JobRecord], None] | None = None,
+        seen: JobRecord | None = None,
     ) -> JobRecord:
-        return self.store.wait_for_final(job_id, timeout_s, on_change=on_change)
+        return self.store.wait_for_final(job_id, timeout_s, on_change=on_change, seen=seen)
 
     def serving_kinds(self) -> set[str]:
         return serving_kinds(self.store.redis, self.store.prefix)

@@ -471,15 +471,17 @@ class JobStore:
         return self.redis.hget(self.job_key(job_id), "cancel_requested") == b"true"
 
     def wait_for_final(
-        self, job_id: str, timeout_s: float | None, *, on_change: Any = None, poll_s: float = 2.0
+        self, job_id: str, timeout_s: float | None, *, on_change: Any = None, poll_s: float = 2.0,
+        seen: JobRecord | None = None,
     ) -> JobRecord:
         """Block until the job is final. Woken by its event channel; polls every
-        `poll_s` as well, so a dropped pub/sub connection only slows it down. Once it has read
-        the job, Redis going away (a restart, a failover) is waited out: the job goes on, and so
-        does the wait; a first read that fails (a wrong address) raises at once."""
+        `poll_s` as well, so a dropped pub/sub connection only slows it down. Once the job has
+        been read (here, or before: `seen`), Redis going away (a restart, a failover) is waited
+        out: the job goes on, and so does the wait; a first read that fails (a wrong address)
+        raises at once, and so does a refused password (no outage: a configuration to fix)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        last: JobRecord | None = None
+        last: JobRecord | None = seen
         away = False
         try:
             try:
@@ -490,7 +492,7 @@ class JobStore:
                 try:
                     record = self.get(job_id)  # after subscribing: no event can slip between
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    if last is None:
+                    if last is None or isinstance(exc, redis.AuthenticationError):
                         raise
                     if not away:  # once an outage
                         log.warning("waiting for job %s: Redis unavailable (%s); waiting on", job_id, exc)

@@ -34,7 +34,7 @@ class ScriptedSource:
         return record(JobStatus.CANCELED)
 
     def wait(self, job_id: str, timeout_s: float | None,
-             on_change: Callable[[JobRecord], None] | None = None) -> JobRecord:
+             on_change: Callable[[JobRecord], None] | None = None, seen: JobRecord | None = None) -> JobRecord:
         outcome = self.waits.pop(0)
         if isinstance(outcome, Exception):
             if on_change is not None:
@@ -83,7 +83,7 @@ def test_a_job_for_a_model_no_live_worker_loaded_says_which(caplog) -> None:
 
     class ModelSource(ScriptedSource):
         def wait(self, job_id: str, timeout_s: float | None,
-                 on_change: Callable[[JobRecord], None] | None = None) -> JobRecord:
+                 on_change: Callable[[JobRecord], None] | None = None, seen: JobRecord | None = None) -> JobRecord:
             outcome = self.waits.pop(0)
             if isinstance(outcome, Exception):
                 raise outcome
@@ -107,7 +107,7 @@ def test_on_change_hears_of_changes_only() -> None:
 
     class RepeatingSource(ScriptedSource):
         def wait(self, job_id: str, timeout_s: float | None,
-                 on_change: Callable[[JobRecord], None] | None = None) -> JobRecord:
+                 on_change: Callable[[JobRecord], None] | None = None, seen: JobRecord | None = None) -> JobRecord:
             for each in (record(JobStatus.QUEUED), record(JobStatus.QUEUED), running, running, halfway,
                          redelivered, redelivered):
                 on_change(each)

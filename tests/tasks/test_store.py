@@ -212,6 +212,56 @@ def test_a_wait_rides_out_redis_going_away_once_it_has_read_the_job(
         proxy.close()
 
 
+def test_a_jobs_wait_rides_out_an_outage_across_its_two_phases(
+    redis_server: RedisServer, store: JobStore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`Job.wait` waits in two phases (the no-worker hint between them): Redis away when the
+    second begins is waited out too, the Job having read its record before."""
+    from producer import job as job_module
+    from producer.job import Job
+    from producer.redis_source import RedisJobSource
+    from tasks.redis_connect import connect
+    from tests.support.tcp_proxy import TcpProxy
+
+    monkeypatch.setattr(job_module, "NO_WORKER_CHECK_AFTER_S", 0.5)
+    proxy = TcpProxy(redis_server.port)
+    try:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        through = JobStore(connect(url, "mymaster"), ttl_s=60, prefix=store.prefix)
+        record, _ = store.create(JobKind.CAPTION, {})
+        job = Job(RedisJobSource(through, None, url), through.get(record.id))  # type: ignore[arg-type]
+
+        def outage() -> None:  # from within the first phase to past the second's start
+            time.sleep(0.2)
+            proxy.cut()
+            time.sleep(1.0)
+            store.transition(record.id, JobStatus.RUNNING)
+            store.transition(record.id, JobStatus.SUCCEEDED, output={"text": "hi"})
+            proxy.restore()
+
+        thread = threading.Thread(target=outage)
+        thread.start()
+        try:
+            assert job.wait(timeout=30).status == "succeeded"
+        finally:
+            thread.join()
+    finally:
+        proxy.close()
+
+
+def test_a_refused_password_ends_a_wait_at_once(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AuthenticationError is a ConnectionError to redis-py, but no outage: a password changed
+    while Redis restarted would otherwise keep a wait spinning, silent, until its timeout."""
+    record, _ = store.create(JobKind.CAPTION, {})
+
+    def refused(job_id: str) -> None:
+        raise redis.AuthenticationError("invalid username-password pair")
+
+    monkeypatch.setattr(store, "get", refused)
+    with pytest.raises(redis.AuthenticationError):
+        store.wait_for_final(record.id, timeout_s=30, seen=record)
+
+
 def test_a_wait_that_cannot_read_the_job_at_all_fails_at_once(store: JobStore) -> None:
     from producer.redis_server import free_port
     from tasks.redis_connect import connect
