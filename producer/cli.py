@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `visionq workers --json | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141  # as a program that SIGPIPE ends
-    except redis.ConnectionError as exc:
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # a TimeoutError is no ConnectionError
         return _failed(args, 5, ErrorCode.UNAVAILABLE.value, f"cannot reach Redis (VISIONQ_REDIS_URL): {exc}")
     except ConnectionError as exc:  # the gateway (VISIONQ_API_URL)
         return _failed(args, 5, ErrorCode.UNAVAILABLE.value, str(exc))

@@ -197,7 +197,7 @@ class Client:
                 prepared.append((index, self._prepare(kind, params, **options)))
             except VisionqError as exc:
                 results[index] = exc
-        for (index, _), job in zip(prepared, self._store([p for _, p in prepared])):
+        for (index, _), job in zip(prepared, self._store([p for _, p in prepared], per_job_errors=True)):
             results[index] = job
         return results  # type: ignore[return-value]
 
@@ -258,10 +258,10 @@ class Client:
         enqueue = job_enqueue(new.record, message, self.settings.redis_prefix, self._sent_event_db)
         return _Prepared(new, enqueue, webhook_secret)
 
-    def _store(self, prepared: list[_Prepared]) -> list[Job | VisionqError]:
+    def _store(self, prepared: list[_Prepared], *, per_job_errors: bool = False) -> list[Job | VisionqError]:
         """Records and messages written together (tasks/store.py), then what follows a new job. A
         request whose idempotency key holds another request's job gets a `Conflict`, as over HTTP."""
-        stored = self.store.create_many([(p.new, p.enqueue) for p in prepared], per_job_errors=len(prepared) > 1)
+        stored = self.store.create_many([(p.new, p.enqueue) for p in prepared], per_job_errors=per_job_errors)
         jobs: list[Job | VisionqError] = []
         for p, outcome in zip(prepared, stored):
             if isinstance(outcome, redis.RedisError):  # this one refused (out of memory, ...), not the others

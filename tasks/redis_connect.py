@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 SENTINEL_SCHEME = "sentinel"
 DEFAULT_SENTINEL_PORT = 26379
+# A connect that has not been answered in this long goes to an address that drops packets (a
+# failed-over host, a firewall): the kernel's own limit is ~2 minutes, a CLI or a wait hung that
+# long. A URL's `?socket_connect_timeout=` wins. No read timeout: BRPOP and waits block by design.
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ def connect(url: str, master: str, sentinel_password: str | None = None, **kwarg
     a command whose answer is lost may have run, so it is for the caller to send it again
     (worker/runtime.py `until_redis_answers`), to scripts made to notice a second run."""
     kwargs.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+    kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url)
@@ -122,6 +127,7 @@ def connect_async(
 ) -> redis.asyncio.Redis:
     """The asyncio client for `url`, as `connect`."""
     kwargs.setdefault("retry", redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0))
+    kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
     if not is_sentinel(url):
         return redis.asyncio.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url)

@@ -322,8 +322,13 @@ class JobStore:
         `per_job_errors` stands in its place as that `redis.ResponseError`: the others are stored."""
         now = time.time()
         calls = [self._create_call(new, enqueue, now) for new, enqueue in jobs]
-        if len(calls) == 1 and not per_job_errors:  # EVALSHA alone: redis-py's pipeline would ask SCRIPT EXISTS first
-            outcomes = [self._create(keys=calls[0][0], args=calls[0][1])]
+        if len(calls) == 1:  # EVALSHA alone: redis-py's pipeline would ask SCRIPT EXISTS first
+            try:
+                outcomes = [self._create(keys=calls[0][0], args=calls[0][1])]
+            except redis.ResponseError as exc:
+                if not per_job_errors:
+                    raise
+                outcomes = [exc]
         else:
             outcomes = run_pipelined(self._create, calls, raise_on_error=not per_job_errors)
         results: list[Any] = []

@@ -73,9 +73,11 @@ def test_a_job_redis_refuses_fails_alone_in_its_chunk(client: Client, redis_clie
                     {"kind": "caption", "input": {"image": image}, "idempotency_key": "bulk-wrongtype"},
                     {"kind": "caption", "input": {"image": image, "max_new_tokens": 2}}]
         results = client.submit_many(requests)
+        alone = client.submit_many([requests[1], {"kind": "paint"}])  # the chunk's one job to store
     finally:
         redis_client.delete(planted)
     assert [type(r).__name__ for r in results] == ["Job", "Unavailable", "Job"]
+    assert [type(r).__name__ for r in alone] == ["Unavailable", "InvalidInput"]
     assert results[1].code == "unavailable" and "WRONGTYPE" in results[1].message
     for job in (results[0], results[2]):
         assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
@@ -98,9 +100,9 @@ def test_redis_failing_between_chunks_keeps_the_jobs_already_stored(
             {**service_env, "VISIONQ_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"}))
         store_chunk = through._store
 
-        def cut_after_first_chunk(prepared: list) -> list:
+        def cut_after_first_chunk(prepared: list, **options: object) -> list:
             try:
-                return store_chunk(prepared)
+                return store_chunk(prepared, **options)
             finally:
                 proxy.cut()
 

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from producer.cli import main
 from producer.redis_server import RedisServer
@@ -62,6 +63,31 @@ def test_usage_errors_show_the_commands_own_usage(argv: list[str], said: str, ca
     err = capsys.readouterr().err
     command = " ".join(argv[:2] if argv[0] == "submit" else argv[:1])
     assert err.startswith(f"usage: visionq {command} ") and said in err, err
+
+
+def test_a_redis_that_times_out_is_unavailable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """redis-py's TimeoutError (a connect to an address that drops packets) is no ConnectionError:
+    it must still be exit 5 `unavailable`, not a traceback."""
+    from producer import cli
+
+    class Stalled:
+        def get(self, job_id: str) -> None:
+            raise redis.TimeoutError("Timeout connecting to server")
+
+    monkeypatch.setattr(cli, "_client", Stalled)
+    assert main(["status", "abc", "--json"]) == 5
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"]["code"] == "unavailable" and "Timeout" in captured.err
+
+
+def test_redis_clients_give_up_a_connect_after_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the kernel's ~2 minutes; a URL's own setting wins."""
+    from tasks.redis_connect import CONNECT_TIMEOUT_S, connect
+
+    assert connect("redis://127.0.0.1:1/0", "mymaster").connection_pool.connection_kwargs[
+        "socket_connect_timeout"] == CONNECT_TIMEOUT_S <= 30
+    chosen = connect("redis://127.0.0.1:1/0?socket_connect_timeout=2.5", "mymaster")
+    assert chosen.connection_pool.connection_kwargs["socket_connect_timeout"] == 2.5
 
 
 @pytest.mark.integration
