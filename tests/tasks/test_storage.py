@@ -183,8 +183,11 @@ def test_local_storage_read_refuses_what_is_not_a_file(tmp_path: Path) -> None:
             storage.read((tmp_path / "store" / "inputs" / name).as_uri(), 100)
     with pytest.raises(InvalidInput, match="has 5 bytes, more than the limit 4"):
         storage.read((tmp_path / "store" / "inputs" / "a.png").as_uri(), 4)
-    with pytest.raises(InvalidInput, match="outside the storage folder"):
-        storage.read("s3://bucket/inputs/a.png", 100)
+    with pytest.raises(InvalidInput, match="does not exist"):  # a file where a folder should be
+        storage.read((tmp_path / "store" / "inputs" / "a.png" / "b.png").as_uri(), 100)
+    for uri in ("s3://bucket/inputs/a.png", (tmp_path / "store" / "inputs" / "a.png").as_uri() + "%00.png"):
+        with pytest.raises(InvalidInput, match="outside the storage folder"):
+            storage.read(uri, 100)
 
 
 def test_bad_storage_url() -> None:
