@@ -31,11 +31,13 @@ if [ ! -f "$venv/.installed" ]; then
 fi
 launcher="$repo/visionq"
 if [ ! -x "$launcher" ] || ! grep -qF "PYTHONPATH=\"$repo\${PYTHONPATH" "$launcher" || ! grep -qF "$venv/bin/visionq" "$launcher"; then
-  # Written aside, then moved: a shell may be running the launcher meanwhile.
+  # Written aside (a name of this run's own: two scripts may start at once), then moved: a
+  # shell may be running the launcher meanwhile.
+  aside=$(mktemp "$launcher.new.XXXXXX")
   printf '#!/bin/sh\n# Written by scripts/_env.sh (not versioned): the visionq CLI of %s, running this clone\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s/bin/visionq" "$@"\n' \
-    "$venv" "$repo" "$venv" > "$launcher.new"
-  chmod +x "$launcher.new"
-  mv -f "$launcher.new" "$launcher"
+    "$venv" "$repo" "$venv" > "$aside"
+  chmod 755 "$aside"
+  mv -f "$aside" "$launcher"
 fi
 export PATH="$venv/bin:$PATH"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"

@@ -34,8 +34,9 @@ log = logging.getLogger("visionq.expiry")
 # events (JobStore.unpublished_key), KEYS[5] the results to write (JobStore.unwritten_key).
 # ARGV: error JSON, completed_at JSON, ttl, event channel, job id. Ends the job
 # `failed`/`canceled` (ARGV[6]) only while it is queued; returns 1 if it did. A second run of the
-# same call (redis-py sends it again when the reply is lost: tasks/store.py `_CREATE`) finds the
-# job ended with its own error and time, and answers 1 again, so the caller still publishes it.
+# same call (a client with a redis-py Retry sends it again when the reply is lost: tasks/store.py
+# `_CREATE`) finds the job ended with its own error and time, and answers 1 again, so the caller
+# still publishes it.
 _END_QUEUED = """
 local raw, webhook = unpack(redis.call('HMGET', KEYS[1], 'status', 'webhook'))
 redis.call('ZREM', KEYS[3], ARGV[5])

@@ -117,10 +117,11 @@ return {'ok', current, cancel, record}
 # (one argument, not fifty: redis-py's packing of each argument was a third of a bulk submit's
 # CPU; JSON escapes every control character, so \x1f never occurs in a value).
 # Returns {1, id}, or {0, the id holding the idempotency key}.
-# Safe to run twice: redis-py sends a command again when the connection fails before its reply
-# (its default Retry, on a cut, or a reply later than socket_timeout), and a second run would
-# queue a second message and set a job that meanwhile ran back to `queued`. Ids are new for
-# every submit, so a record already under this one was written by this same call.
+# Safe to run twice, a defence: our clients send a command once (tasks/redis_connect.py), but a
+# client built elsewhere with a redis-py Retry sends it again when the connection fails before
+# its reply, and a second run would queue a second message and set a job that meanwhile ran back
+# to `queued`. Ids are new for every submit, so a record already under this one was written by
+# this same call.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ARGV[1]} end
 if ARGV[6] == '1' then
