@@ -93,9 +93,9 @@ def test_a_purge_whose_answer_is_lost_still_reports_every_job_it_ended(
     ids = [record.id for record, _ in store.create_many([new_job(store, n) for n in range(20)])]
     run_pipelined = expiry.run_pipelined
 
-    def losing_the_answer(script: Any, calls: list[Any]) -> list[Any]:
+    def losing_the_answer(script: Any, calls: list[Any], **options: Any) -> list[Any]:
         proxy.lose_next_reply()  # the chunk's end scripts run, their answers are lost, they run again
-        return run_pipelined(script, calls)
+        return run_pipelined(script, calls, **options)
 
     monkeypatch.setattr(expiry, "run_pipelined", losing_the_answer)
     ended = QueueEnds(store).purge(JobKind.GENERATE, "purged in a test")
