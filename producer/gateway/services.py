@@ -9,6 +9,8 @@ from functools import cached_property
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import NoBackoff
 
 from producer.gateway.files import FileLinks
 from producer.gateway.keys import KeyStore
@@ -38,8 +40,11 @@ class Services:
 
     async def open_async(self) -> None:
         """For the routes that wait (server-sent events, `Prefer: wait`): no thread is held while
-        they do. Made on the server's event loop (at start-up), which its connections belong to."""
-        self.async_redis = async_client_for(self.settings)
+        they do. Made on the server's event loop (at start-up), which its connections belong to.
+        It only reads and subscribes (producer/gateway/events.py), which is safe to send twice: a
+        command that finds its pooled connection closed by Redis (a restart; the pool's own check
+        misses some) is sent again on a new one, where each such connection answered one 503."""
+        self.async_redis = async_client_for(self.settings, retry=redis.asyncio.retry.Retry(NoBackoff(), 1))
 
     async def close_async(self) -> None:
         if self.async_redis is not None:

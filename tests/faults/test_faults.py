@@ -201,3 +201,33 @@ def parent_pid(pid: int) -> int | None:
             return int(stat.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def test_the_gateway_answers_every_wait_right_after_a_redis_restart(fault_env, aof_redis, tmp_path) -> None:
+    """The gateway's pooled connections that Redis closed are replaced as they are used: a burst of
+    `Prefer: wait` submits right after a restart is answered 201 each. Each such connection used
+    to answer one 503, for a job that was created (a client retrying on 503 made a duplicate)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from producer.gateway.keys import KeyStore
+    from tests.support.gateway import GatewayProcess
+
+    key = KeyStore(redis.Redis.from_url(aof_redis.url), fault_env["VISIONQ_REDIS_PREFIX"]).create("acme")
+    body = {"kind": "generate", "input": {"prompt": "restart", "width": 64, "height": 64, "steps": 1}}
+    headers = {"Authorization": f"Bearer {key.key}", "Prefer": "wait=1"}  # no worker: each waits 1 s
+    with GatewayProcess(fault_env, tmp_path) as gateway, \
+            httpx.Client(base_url=gateway.url, headers=headers, timeout=60) as http:
+
+        def burst() -> list[int]:  # 10 at once: 10 connections in the gateway's pool
+            with ThreadPoolExecutor(10) as pool:
+                return [answer.status_code for answer in pool.map(lambda _: http.post("/v1/jobs", json=body), range(10))]
+
+        assert burst() == [201] * 10
+        aof_redis.kill9()
+        aof_redis.restart()
+        wait_until(lambda: http.get("/readyz").status_code == 200, 30)
+        answers = burst()
+    print(f"FAULTS gateway-after-redis-restart: answers={answers}")
+    assert answers == [201] * 10
