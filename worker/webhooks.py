@@ -105,14 +105,21 @@ class RetryScheduler(threading.Thread):
 
     def run(self) -> None:
         ticks = 0
+        away = False
         while not self.stopped.wait(SCHEDULER_INTERVAL_S):
             try:
                 for delivery_id in self.deliveries.claim_due():
                     enqueue_delivery(self.celery, delivery_id)
                 if ticks % UNPUBLISHED_EVERY_TICKS == 0:
                     self.events.publish_unpublished(self.grace_s)
-            except redis.RedisError:
-                log.warning("Redis unavailable; retries wait", exc_info=True)
+            except redis.RedisError as exc:
+                if not away:  # once an outage: this runs four times a second
+                    log.warning("Redis unavailable (%s); webhook retries wait for it", exc)
+                away = True
+            else:
+                if away:
+                    log.info("Redis is back; webhook retries go on")
+                away = False
             ticks += 1
 
 
