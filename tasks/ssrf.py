@@ -22,7 +22,8 @@ from urllib.parse import SplitResult, quote, urlsplit
 
 from tasks.errors import InvalidInput
 
-__all__ = ["AllowList", "BucketAllowList", "CheckedUrl", "UrlRefused", "WEB_PORTS", "check_url", "checked_url"]
+__all__ = ["AllowList", "BucketAllowList", "CheckedUrl", "UnresolvedHost", "UrlRefused", "WEB_PORTS", "check_url",
+           "checked_url"]
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -97,13 +98,22 @@ _LOW32_PREFIXES = tuple(
 
 
 class UrlRefused(InvalidInput):
-    """A URL the guard will not fetch or call; never retried."""
+    """A URL the guard will not fetch or call; a webhook is not retried (`retryable`)."""
+
+    retryable = False
 
     def __init__(self, reason: str, host: str | None = None) -> None:
         message = f"URL host {host!r} refused: {reason}" if host else f"URL refused: {reason}"
         super().__init__(message)
         self.host = host
         self.reason = reason
+
+
+class UnresolvedHost(UrlRefused):
+    """The host name does not resolve now: a webhook is retried on its schedule, as for a receiver
+    that does not answer (a DNS blip, a record not yet published), and dead-lettered after."""
+
+    retryable = True
 
 
 @dataclass(frozen=True)
@@ -276,7 +286,7 @@ def _resolve(host: str, port: int, *, resolve: bool) -> list[IPAddress]:
     except socket.gaierror as exc:
         if not resolve:
             return []  # a host name: the worker resolves and checks it
-        raise UrlRefused(f"the host name does not resolve ({exc.strerror})", host) from exc
+        raise UnresolvedHost(f"the host name does not resolve ({exc.strerror})", host) from exc
     except UnicodeError as exc:
         raise UrlRefused("the host name is not valid", host) from exc
     addresses: list[IPAddress] = []

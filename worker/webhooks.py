@@ -83,7 +83,7 @@ class Deliverer:
         try:
             return post(url, body, headers, timeout_s=self.settings.webhook_timeout_s, allow=self.allow), True
         except UrlRefused as exc:  # checked again at delivery: DNS may have changed
-            return _refused(exc.message), False
+            return _refused(exc.message), exc.retryable
 
 
 def _refused(error: str) -> PostResult:

@@ -179,6 +179,19 @@ def test_ssrf_refusals(client: Client, deliverer, receiver: Receiver) -> None:
     assert not receiver.on("/dns")
 
 
+def test_a_host_that_does_not_resolve_is_retried_on_the_schedule(client: Client, deliverer, service_env: dict) -> None:
+    """A DNS failure is no refusal for good (a blip, a record not yet published): the delivery goes
+    through its schedule, as for a receiver that does not answer, then to the dead letters."""
+    delivery_id = f"msg_nxdomain_{uuid.uuid4().hex}"
+    body = event_body(EventType.SUCCEEDED, utc_now(), 1, {"id": "nxdomain"})
+    client.deliveries.create(delivery_id, "nxdomain", "job.succeeded", "http://no-such-host.invalid/cb", body)
+    wait_until(lambda: client.deliveries.get(delivery_id).status is DeliveryStatus.DEAD, what="exhausted schedule")
+    delivery = client.deliveries.get(delivery_id)
+    schedule_length = len(service_env["VISIONQ_WEBHOOK_SCHEDULE"].split(","))
+    assert len(delivery.attempts) == schedule_length
+    assert all("does not resolve" in attempt.error for attempt in delivery.attempts)
+
+
 def test_webhook_options_are_validated(client: Client, receiver: Receiver) -> None:
     with pytest.raises(InvalidInput, match="unknown webhook event 'job.done'"):
         client.caption(scene(), webhook=receiver.url("/x"), webhook_events=["job.done"])
