@@ -31,6 +31,7 @@ from tasks.webhooks import validate_webhook
 # The top-level fields of a job body; the method's parameters are in `input`.
 JOB_FIELDS = frozenset({"kind", "input", "model", "webhook", "webhook_events", "priority", "queue_timeout_s"})
 MAX_BATCH_JOBS = 100
+TENANTS_FOLDER = "tenants"  # <storage prefix>/tenants/<tenant>/: what a tenant may name, and its uploads
 _CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
@@ -161,7 +162,7 @@ class Submitter:
                 raise InvalidInput("a generate job takes no image")
             if params.get("image") is not None:
                 raise InvalidInput("the image is given twice: as a file part and as input.image")
-            params["image"] = self._store_image(image)
+            params["image"] = self._store_image(tenant, image)
         elif isinstance(params.get("image"), str):
             self._check_image_reference(tenant, params["image"])
         request = parse_request(job_kind, params, self.settings.limits)
@@ -185,7 +186,7 @@ class Submitter:
         if not isinstance(storage, S3Storage):
             return None
         base = f"{storage.prefix}/" if storage.prefix else ""
-        return f"s3://{storage.bucket}/{base}tenants/{tenant}/"
+        return f"s3://{storage.bucket}/{base}{TENANTS_FOLDER}/{tenant}/"
 
     def _check_image_reference(self, tenant: str, uri: str) -> None:
         if uri.startswith("file://"):
@@ -197,14 +198,16 @@ class Submitter:
             if not uri.startswith(allowed) or "/../" in uri or len(uri) == len(allowed):
                 raise InvalidInput(f"image {uri[:200]!r} is outside this tenant's storage prefix {allowed}")
 
-    def _store_image(self, data: bytes) -> str:
+    def _store_image(self, tenant: str, data: bytes) -> str:
         limit = self.settings.limits.max_image_bytes
         if len(data) > limit:
             raise InvalidInput(f"image has {len(data)} bytes, more than the limit {limit}")
         extension = accepted_extension(data)
-        key = input_key(hashlib.sha256(data).hexdigest(), extension)
+        # Under the tenant's own prefix: the job's `input.image` can be submitted again by its
+        # tenant, and no tenant learns whether another uploaded some image.
+        key = f"{TENANTS_FOLDER}/{tenant}/{input_key(hashlib.sha256(data).hexdigest(), extension)}"
         storage = self.services.storage
-        # Content-addressed like the SDK's uploads: the same image is stored once.
+        # Content-addressed like the SDK's uploads: the same image is stored once a tenant.
         if storage.exists(key):
             return storage.ref(key, data, _CONTENT_TYPES[extension]).uri
         return storage.put(key, data, _CONTENT_TYPES[extension]).uri

@@ -127,7 +127,13 @@ def test_s3_inputs_only_under_the_tenants_prefix(gateway: GatewayProcess, keys: 
             assert refused.status_code == 400 and "prefix" in refused.json()["error"]["message"], other
         uploaded = http.post("/v1/jobs", files={"image": ("s.png", encode(scene(seed=4)), "image/png")},
                              data={"request": json.dumps({"kind": "caption", "input": {}})}).json()
-    assert uploaded["input"]["image"].startswith(f"s3://{BUCKET}/svc/inputs/")
+        # An upload lands under the tenant's prefix: its input can be submitted again, by its tenant only.
+        assert uploaded["input"]["image"].startswith(f"s3://{BUCKET}/svc/tenants/{tenant}/inputs/")
+        again = http.post("/v1/jobs", json={"kind": "caption", "input": {"image": uploaded["input"]["image"]}})
+        assert again.status_code == 201, again.text
+    with api(gateway, keys.create(f"other-{uuid.uuid4().hex[:6]}")) as http:
+        refused = http.post("/v1/jobs", json={"kind": "caption", "input": {"image": uploaded["input"]["image"]}})
+        assert refused.status_code == 400 and "prefix" in refused.json()["error"]["message"]
     key = uploaded["input"]["image"][len(f"s3://{BUCKET}/"):]
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == encode(scene(seed=4))
 
