@@ -63,11 +63,14 @@ def fetch(
                 raise InvalidInput(f"TLS with {shown!r} failed: {clean_text(str(exc))}") from exc
             # One message for refused, reset and non-HTTP answers alike: the error
             # must not tell a producer which ports are open behind the address.
-            raise InvalidInput(f"fetching {shown!r} failed: no HTTP answer") from exc
+            raise InvalidInput(f"fetching {shown!r} failed: {NO_HTTP_ANSWER}") from exc
         finally:
             if response is not None:
                 response.close()
             connection.close()
+
+
+NO_HTTP_ANSWER = "no HTTP answer (the connection was refused or reset, or the server does not speak HTTP)"
 
 
 @dataclass(frozen=True)

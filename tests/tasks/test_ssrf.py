@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import ErrorCode, InvalidInput
-from worker.outbound import fetch
+from worker.outbound import NO_HTTP_ANSWER, fetch
 from tasks.ssrf import WEB_PORTS, AllowList, BucketAllowList, UrlRefused, check_url
 
 LOOPBACK = AllowList.parse("127.0.0.0/8")
@@ -569,7 +569,7 @@ def test_fetch_reports_a_refused_connection() -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    with pytest.raises(InvalidInput, match=r"fetching 'http://127.0.0.1:\d+/' failed: no HTTP answer$"):
+    with pytest.raises(InvalidInput, match=r"fetching 'http://127.0.0.1:\d+/' failed: no HTTP answer \(the connection was refused"):
         fetch(f"http://127.0.0.1:{port}/", max_bytes=1000, timeout_s=2, allow=LOOPBACK)
 
 
@@ -589,7 +589,7 @@ def test_fetch_tells_a_closed_port_from_a_non_http_service_by_nothing() -> None:
     with pytest.raises(InvalidInput) as caught:
         fetch(url, max_bytes=1000, timeout_s=2, allow=LOOPBACK)
     listener.close()
-    assert caught.value.message == f"fetching {url!r} failed: no HTTP answer"
+    assert caught.value.message == f"fetching {url!r} failed: {NO_HTTP_ANSWER}"
 
 
 def test_fetch_refuses_other_ports_unless_allow_listed() -> None:
