@@ -57,6 +57,15 @@ def withdraw(client: redis.Redis, prefix: str, name: str) -> None:
         pipe.execute()
 
 
+DELIVERY_WORKER_KINDS = ["webhooks"]  # what a webhook delivery worker's heartbeat says it serves
+ROLES = ("model", "webhooks")
+
+
+def worker_role(heartbeat: dict[str, Any]) -> str:
+    """"webhooks" for a webhook delivery worker (`visionq webhooks`), else "model"."""
+    return "webhooks" if heartbeat.get("kinds") == DELIVERY_WORKER_KINDS else "model"
+
+
 def list_workers(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     """Every live worker's last heartbeat, sorted by name."""
     index = workers_index_key(prefix)

@@ -19,6 +19,7 @@ import redis
 
 from tasks.app import make_celery
 from tasks.deliveries import DELIVER_TASK, DeliveryStore, EventPublisher, enqueue_delivery
+from tasks.heartbeats import DELIVERY_WORKER_KINDS
 from tasks.kinds import WEBHOOKS_QUEUE
 from tasks.record import utc_now
 from tasks.redis_connect import client_for
@@ -139,7 +140,7 @@ def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "IN
     Expirer(store, events.publish_final).start()
     install_revoke(store, events)  # a revoke it receives cancels the job too (worker/revoke.py)
     name = f"visionq-webhooks-{os.getpid()}@{socket.gethostname()}"
-    heartbeat = Heartbeat(client, settings.redis_prefix, name, {"kinds": ["webhooks"], "device": None})
+    heartbeat = Heartbeat(client, settings.redis_prefix, name, {"kinds": DELIVERY_WORKER_KINDS, "device": None})
     heartbeat.start()
     attempts = itertools.count(1)  # read once after each task: its jobs_done are delivery attempts made
     heartbeat.follow_celery(lambda: {"jobs_done": next(attempts)})

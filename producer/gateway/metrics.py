@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tasks.heartbeats import list_workers
+from tasks.heartbeats import ROLES, list_workers, worker_role
 from tasks.kinds import Priority
 from tasks.queues import oldest_queued_age_s, queue_depths
 
@@ -41,10 +41,14 @@ class FleetCollector(Collector):
         for kind, age in oldest_queued_age_s(self.client, self.prefix).items():
             oldest.add_metric([kind], age)
         yield oldest
-        workers = GaugeMetricFamily("visionq_workers", "Live workers by state", labels=["state"])
-        states = Counter(w.get("state", "unknown") for w in list_workers(self.client, self.prefix))
-        for state in sorted(set(WORKER_STATES) | set(states)):
-            workers.add_metric([state], states.get(state, 0))
+        workers = GaugeMetricFamily(
+            "visionq_workers", "Live workers by state and role (model: serves jobs; webhooks: delivers events)",
+            labels=["state", "role"],
+        )
+        counts = Counter((w.get("state", "unknown"), worker_role(w)) for w in list_workers(self.client, self.prefix))
+        for state in sorted(set(WORKER_STATES) | {state for state, _ in counts}):
+            for role in ROLES:
+                workers.add_metric([state, role], counts.get((state, role), 0))
         yield workers
 
 

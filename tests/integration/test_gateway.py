@@ -252,7 +252,7 @@ def test_fleet_routes_and_metrics(gateway: GatewayProcess, acme: NewKey, gateway
         text = scraper.get("/metrics").text
     assert 'visionq_queue_depth{kind="caption",model="blip",priority="high"}' in text
     assert 'visionq_queue_oldest_age_seconds{kind="segment"}' in text
-    assert any(line.startswith('visionq_workers{state="ready"}') or line.startswith('visionq_workers{state="busy"}')
+    assert any(line.startswith(('visionq_workers{role="model",state="ready"}', 'visionq_workers{role="model",state="busy"}'))
                for line in text.splitlines() if not line.endswith(" 0.0"))
 
 

@@ -159,3 +159,19 @@ def test_the_documented_multipart_requests_match_the_openapi_document(tmp_path: 
         jsonschema.validate(documented, part)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"input": {}}, part)  # still a job: its kind is required
+
+
+@pytest.mark.integration
+def test_fleet_metrics_tell_delivery_workers_from_model_workers(redis_client, key_prefix: str) -> None:
+    """A webhook delivery worker beats like a model worker; `visionq_workers` says which is which."""
+    import json
+
+    from producer.gateway.metrics import render_metrics
+    from tasks.heartbeats import DELIVERY_WORKER_KINDS, announce
+
+    for name, kinds in (("gpu-1", ["caption"]), ("gpu-2", ["segment"]), ("hooks-1", DELIVERY_WORKER_KINDS)):
+        announce(redis_client, key_prefix, name, json.dumps({"name": name, "state": "ready", "kinds": kinds}))
+    lines = [line for line in render_metrics(redis_client, key_prefix).decode().splitlines()
+             if line.startswith("visionq_workers{")]
+    assert 'visionq_workers{role="model",state="ready"} 2.0' in lines, lines
+    assert 'visionq_workers{role="webhooks",state="ready"} 1.0' in lines, lines
