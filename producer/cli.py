@@ -154,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
         kind_parser.add_argument("--queue-timeout", type=float, metavar="SECONDS",
                                  help="fail `expired` if no worker starts it within SECONDS "
                                       "(default VISIONQ_QUEUE_TIMEOUT_<KIND>_S)")
+        kind_parser.add_argument("--webhook", metavar="URL",
+                                 help="called back with signed events (VISIONQ_WEBHOOK_SECRET signs them)")
+        kind_parser.add_argument("--webhook-events", metavar="TYPES", type=_comma_list,
+                                 help="with --webhook: the events to send, comma-separated "
+                                      "(default: the final ones: job.succeeded,job.failed,job.canceled)")
         _add_wait_options(kind_parser)
         kind_parser.set_defaults(handler=_submit)
 
@@ -277,10 +282,15 @@ def _refuse_gateway_only(command: str) -> None:
                             "(VISIONQ_API_URL is set): set VISIONQ_REDIS_URL too")
 
 
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _submit(args: argparse.Namespace) -> int:
     client = _client()
     common = {"idempotency_key": args.idempotency_key, "priority": args.priority,
-              "queue_timeout_s": args.queue_timeout, "model": args.model}
+              "queue_timeout_s": args.queue_timeout, "model": args.model,
+              "webhook": args.webhook, "webhook_events": args.webhook_events}
     if args.kind == "caption":
         job = client.caption(args.image, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                              num_beams=args.num_beams, **common)

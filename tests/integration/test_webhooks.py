@@ -80,6 +80,23 @@ def test_default_filter_is_the_final_events(client: Client, deliverer, receiver:
     assert attempt["status"] == 200 and attempt["type"] == "job.succeeded" and attempt["latency_ms"] >= 0
 
 
+def test_cli_submit_takes_a_webhook_and_its_events(
+    client: Client, deliverer, receiver: Receiver, service_env: dict, tmp_path,
+) -> None:
+    from tests.support.images import encode
+
+    image = tmp_path / "scene.png"
+    image.write_bytes(encode(scene(seed=7)))
+    submitted = run_visionq("submit", "caption", str(image), "--webhook", receiver.url("/cli"),
+                            "--webhook-events", "job.started, job.succeeded", "--wait", "--timeout", str(TIMEOUT),
+                            env=service_env)
+    assert submitted.returncode == 0, submitted.stderr
+    wait_until(lambda: len(receiver.on("/cli")) == 2, what="both events")
+    assert [d.event["type"] for d in receiver.on("/cli")] == ["job.started", "job.succeeded"]
+    refused = run_visionq("submit", "caption", str(image), "--webhook-events", "job.succeeded", env=service_env)
+    assert refused.returncode == 2 and "need a webhook URL" in refused.stderr
+
+
 def test_failed_event_for_a_failed_job(client: Client, deliverer, receiver: Receiver) -> None:
     client.generate("word " * 300, width=64, height=64, webhook=receiver.url("/failed")).wait(timeout=TIMEOUT)
     wait_until(lambda: receiver.on("/failed"), what="delivery")
