@@ -428,7 +428,8 @@ def _workers(args: argparse.Namespace) -> int:
               + (f" gpu_mb={memory['gpu_allocated']}" if memory.get("gpu_allocated") is not None else ""))
         for model, info in sorted(w.get("models", {}).items()):
             weights = info.get("weights_mb")
-            print(f"  {model:24} weights_mb={'?' if weights is None else weights} queue={info.get('queue')} "
+            shown = weights if weights is not None else f"in:{info['weights_in']}" if info.get("weights_in") else "?"
+            print(f"  {model:24} weights_mb={shown} queue={info.get('queue')} "
                   f"id={info.get('model_id')}")
     return 0
 

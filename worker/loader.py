@@ -53,6 +53,11 @@ def load_served(settings: Settings, names: list[str], device: str) -> dict[str, 
     return pipelines
 
 
+def role_view_of(name: str) -> str | None:
+    """The default model whose weights also serve model `name` (see `with_role_views`), if any."""
+    return ROLE_MODELS["segment"] if name == ROLE_MODELS["semantic"] else None
+
+
 def with_role_views(pipelines: dict[str, Pipeline]) -> dict[str, Pipeline]:
     """`pipelines`, plus the models a loaded default holds without being loaded by name: segment's
     default holds the semantic model (`segment/segformer`, tasks.models.ROLE_MODELS), so the worker

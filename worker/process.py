@@ -221,6 +221,9 @@ def served_models_info(pipelines: dict[str, Pipeline], weights_bytes: dict[str, 
         size = weights_bytes.get(model)
         info[model] = {"model_id": pipeline.model_label, "queue": model_queue(*model.split("/", 1)),
                        "weights_mb": None if size is None else round(size / 2**20, 1)}
+        holder = loader.role_view_of(model)
+        if size is None and holder in pipelines:  # served from the weights of another, counted there
+            info[model]["weights_in"] = holder
     return info
 
 

@@ -45,3 +45,25 @@ def test_where_each_served_model_finds_its_weights(tmp_path: Path) -> None:
         settings.models["segment"], settings.models["semantic"]]
     folder = Settings().with_models_dir(tmp_path)
     assert served_specs("caption/vit-gpt2", folder) == [ModelSpec(str(tmp_path.resolve() / "caption-vit-gpt2"))]
+
+
+def test_the_semantic_model_served_from_the_segment_default_says_whose_weights_it_uses(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`visionq workers` showed `segment/segformer weights_mb=?`: its weights are the default's."""
+    from types import SimpleNamespace
+
+    from producer import cli
+    from worker.process import served_models_info
+
+    pipelines = {name: SimpleNamespace(model_label=name) for name in ("segment/clipseg", "segment/segformer")}
+    info = served_models_info(pipelines, {"segment/clipseg": 3 * 2**20})  # type: ignore[arg-type]
+    assert info["segment/clipseg"]["weights_mb"] == 3.0 and "weights_in" not in info["segment/clipseg"]
+    assert info["segment/segformer"]["weights_mb"] is None
+    assert info["segment/segformer"]["weights_in"] == "segment/clipseg"
+    beat = {"name": "w1", "state": "ready", "kinds": ["segment"], "models": info}
+    monkeypatch.setattr("tasks.heartbeats.list_workers", lambda client, prefix: [beat])
+    monkeypatch.setattr(cli, "_client", lambda: SimpleNamespace(gateway=None, store=SimpleNamespace(redis=None),
+                                                               settings=SimpleNamespace(redis_prefix="p")))
+    cli.main(["workers"])
+    assert "segment/segformer        weights_mb=in:segment/clipseg" in capsys.readouterr().out
