@@ -259,8 +259,11 @@ class Client:
         return _Prepared(new, enqueue, webhook_secret)
 
     def _store(self, prepared: list[_Prepared], *, per_job_errors: bool = False) -> list[Job | VisionqError]:
-        """Records and messages written together (tasks/store.py), then what follows a new job. A
-        request whose idempotency key holds another request's job gets a `Conflict`, as over HTTP."""
+        """Records and messages written together (tasks/store.py). A request whose idempotency key
+        holds another request's job gets a `Conflict`, as over HTTP."""
+        for p in prepared:
+            if p.webhook_secret is not None:  # before the job exists: its first event may be signed at once
+                self.deliveries.set_job_secret(p.new.record.id, p.webhook_secret)
         stored = self.store.create_many([(p.new, p.enqueue) for p in prepared], per_job_errors=per_job_errors)
         jobs: list[Job | VisionqError] = []
         for p, outcome in zip(prepared, stored):
@@ -272,8 +275,6 @@ class Client:
                 jobs.append(Conflict(f"idempotency_key {record.idempotency_key!r} was used for job {record.id} "
                                      f"with another request"))
                 continue
-            if created and p.webhook_secret is not None:
-                self.deliveries.set_job_secret(record.id, p.webhook_secret)
             jobs.append(Job(self.jobs, record))
         return jobs
 

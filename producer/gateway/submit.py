@@ -8,6 +8,7 @@ tenant may read: no `file://`, and `s3://` only under the tenant's own prefix.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ from tasks.served_models import choose_model, registered_models
 from tasks.storage import S3Storage, input_key
 from tasks.store import Enqueue, NewJob, same_submit
 from tasks.webhooks import validate_webhook
+
+log = logging.getLogger("visionq.gateway")
 
 # The top-level fields of a job body; the method's parameters are in `input`.
 JOB_FIELDS = frozenset({"kind", "input", "model", "webhook", "webhook_events", "priority", "queue_timeout_s"})
@@ -77,21 +80,32 @@ class Submitter:
         token = services.tenant_jobs.admit(caller.tenant, caller.max_queued)
         try:
             new_job = self._new_job(caller, checked, idempotency_key)
-            record, created = services.store.create_many([new_job])[0]
-            if not created:
-                services.tenant_jobs.release(caller.tenant, token)
-                if not same_submit(record, new_job[0].record):
-                    raise Conflict(
-                        f"Idempotency-Key {idempotency_key!r} was used for job {record.id} with another body"
-                    )
-                return Submission(record, created=False)
             if webhook is not None:
-                services.deliveries.set_job_secret(record.id, services.keys.tenant_secret(caller.tenant))
-            services.tenant_jobs.register(caller.tenant, record.id, token)
+                self._sign_with_tenant_secret(caller, new_job[0].record.id)
+            record, created = services.store.create_many([new_job])[0]
         except BaseException:
             services.tenant_jobs.release(caller.tenant, token)
             raise
+        if not created:
+            services.tenant_jobs.release(caller.tenant, token)
+            if not same_submit(record, new_job[0].record):
+                raise Conflict(f"Idempotency-Key {idempotency_key!r} was used for job {record.id} with another body")
+            return Submission(record, created=False)
+        self._register(caller, record.id, token)
         return Submission(record, created=True)
+
+    def _sign_with_tenant_secret(self, caller: ApiKey, job_id: str) -> None:
+        # Set before the job exists: its first event may be signed the moment it is queued.
+        self.services.deliveries.set_job_secret(job_id, self.services.keys.tenant_secret(caller.tenant))
+
+    def _register(self, caller: ApiKey, job_id: str, token: str) -> None:
+        """The stored job into its tenant's listing, in place of its reservation. A failure here
+        is logged, not answered: the job exists, and a 503 would have its client submit it again.
+        Its reservation then counts against max_queued until it expires."""
+        try:
+            self.services.tenant_jobs.register(caller.tenant, job_id, token)
+        except redis.RedisError as exc:
+            log.warning("job %s of tenant %s is stored but not listed (Redis: %s)", job_id, caller.tenant, exc)
 
     def submit_checked_many(self, caller: ApiKey, checked: list[Checked]) -> list[Submission | VisionqError]:
         """Jobs of one batch (no idempotency keys): each admitted by the rate limit and quota on its
@@ -107,23 +121,23 @@ class Submitter:
             except VisionqError as exc:
                 results[index] = exc
         try:
-            stored = services.store.create_many([self._new_job(caller, job, None) for _, _, job in admitted],
-                                                per_job_errors=True)
-            for (index, token, job), outcome in zip(admitted, stored):
-                if isinstance(outcome, redis.RedisError):  # this job refused (out of memory, ...), not the others
-                    services.tenant_jobs.release(caller.tenant, token)
-                    results[index] = Unavailable(f"Redis refused to store this job: {outcome}")
-                    continue
-                record, _created = outcome
+            new_jobs = [self._new_job(caller, job, None) for _, _, job in admitted]
+            for (_, _, job), (new, _) in zip(admitted, new_jobs):
                 if job.webhook is not None:
-                    services.deliveries.set_job_secret(record.id, services.keys.tenant_secret(caller.tenant))
-                services.tenant_jobs.register(caller.tenant, record.id, token)
-                results[index] = Submission(record, created=True)
+                    self._sign_with_tenant_secret(caller, new.record.id)
+            stored = services.store.create_many(new_jobs, per_job_errors=True)
         except BaseException:
-            for index, token, _ in admitted:
-                if results[index] is None:
-                    services.tenant_jobs.release(caller.tenant, token)
+            for _, token, _ in admitted:
+                services.tenant_jobs.release(caller.tenant, token)
             raise
+        for (index, token, _), outcome in zip(admitted, stored):
+            if isinstance(outcome, redis.RedisError):  # this job refused (out of memory, ...), not the others
+                services.tenant_jobs.release(caller.tenant, token)
+                results[index] = Unavailable(f"Redis refused to store this job: {outcome}")
+                continue
+            record, _created = outcome
+            self._register(caller, record.id, token)
+            results[index] = Submission(record, created=True)
         return results  # type: ignore[return-value]
 
     def _new_job(self, caller: ApiKey, checked: Checked, idempotency_key: str | None) -> tuple[NewJob, Enqueue]:

@@ -94,6 +94,26 @@ def test_a_batch_job_redis_refuses_fails_alone_and_frees_its_quota(
         client.delete(planted)
 
 
+def test_a_job_stored_but_not_listed_is_still_answered_created(
+    gateway: GatewayProcess, keys: KeyStore, queued_env: dict[str, str],
+) -> None:
+    """Once the job is stored, a failure to list it for its tenant (here the listing's key holds
+    a string: WRONGTYPE) is logged, not answered 503: a client would submit it again."""
+    tenant = f"unlisted-{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(queued_env["VISIONQ_REDIS_URL"])
+    listing = f"{queued_env['VISIONQ_REDIS_PREFIX']}:tenant:{tenant}:jobs"
+    client.set(listing, "not a listing")
+    try:
+        with api(gateway, keys.create(tenant)) as http:
+            answer = http.post("/v1/jobs", json=GENERATE)
+            assert answer.status_code == 201, answer.text
+            assert http.get(f"/v1/jobs/{answer.json()['id']}").json()["status"] == "queued"
+            batch = http.post("/v1/jobs/batch", json={"jobs": [GENERATE]})
+            assert batch.status_code == 200 and batch.json()["jobs"][0]["status"] == "queued", batch.text
+    finally:
+        client.delete(listing)
+
+
 def test_cancel_of_a_queued_job_and_its_events(gateway: GatewayProcess, keys: KeyStore) -> None:
     with api(gateway, keys.create("canceler")) as http:
         job = http.post("/v1/jobs", json=GENERATE).json()
