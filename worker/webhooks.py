@@ -8,6 +8,7 @@ or drips its answer costs this process one thread until the attempt's deadline
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -16,6 +17,7 @@ import threading
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 
 from tasks.app import make_celery
 from tasks.deliveries import DELIVER_TASK, DeliveryStore, EventPublisher, enqueue_delivery
@@ -103,20 +105,28 @@ class RetryScheduler(threading.Thread):
         self.events = events
         self.grace_s = grace_s
         self.stopped = threading.Event()
+        # Claimed (taken off the schedule in Redis) but not queued yet: kept here until they are,
+        # should the broker fail between the two. Only this process's end loses them.
+        self.claimed: collections.deque[str] = collections.deque()
 
     def run(self) -> None:
         ticks = 0
         away = False
         while not self.stopped.wait(SCHEDULER_INTERVAL_S):
             try:
-                for delivery_id in self.deliveries.claim_due():
-                    enqueue_delivery(self.celery, delivery_id)
+                if not self.claimed:
+                    self.claimed.extend(self.deliveries.claim_due())
+                while self.claimed:
+                    enqueue_delivery(self.celery, self.claimed[0])
+                    self.claimed.popleft()
                 if ticks % UNPUBLISHED_EVERY_TICKS == 0:
                     self.events.publish_unpublished(self.grace_s)
-            except redis.RedisError as exc:
+            except (redis.RedisError, OperationalError) as exc:  # the job store's, or the broker's (kombu)
                 if not away:  # once an outage: this runs four times a second
                     log.warning("Redis unavailable (%s); webhook retries wait for it", exc)
                 away = True
+            except Exception:  # noqa: BLE001 - the next round comes: retries must not stop for good
+                log.exception("a round of the webhook scheduler failed")
             else:
                 if away:
                     log.info("Redis is back; webhook retries go on")

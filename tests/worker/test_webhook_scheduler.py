@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import redis
+from kombu.exceptions import OperationalError
 
 from worker.webhooks import RetryScheduler
 
@@ -47,3 +48,43 @@ def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptureFixt
                                 "webhook retries wait for it"),
                     ("INFO", "Redis is back; webhook retries go on")]
     assert not any(r.exc_info for r in caplog.records)
+
+
+class ClaimsOnce:
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+
+    def claim_due(self) -> list[str]:
+        ids, self.ids = self.ids, []
+        return ids
+
+
+class BrokerAwayTwice:
+    """Celery's send_task failing as kombu fails when the broker is away (no redis-py error)."""
+
+    def __init__(self, expected: int) -> None:
+        self.failures, self.sent, self.expected = 2, [], expected
+        self.done = threading.Event()
+
+    def send_task(self, name: str, kwargs: dict, queue: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+        self.sent.append(kwargs["delivery_id"])
+        if len(self.sent) == self.expected:
+            self.done.set()
+
+
+def test_deliveries_claimed_while_the_broker_is_away_are_queued_once_it_is_back() -> None:
+    """The claim took them off the schedule in Redis: a failed send must neither stop the scheduler
+    (it died on kombu's OperationalError) nor lose them."""
+    broker = BrokerAwayTwice(expected=2)
+    scheduler = RetryScheduler(ClaimsOnce(["d1", "d2"]), celery=broker, events=NoEvents(), grace_s=5)  # type: ignore[arg-type]
+    scheduler.start()
+    try:
+        assert broker.done.wait(30)
+        assert scheduler.is_alive()
+    finally:
+        scheduler.stopped.set()
+        scheduler.join(10)
+    assert broker.sent == ["d1", "d2"]
