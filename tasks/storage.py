@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Protocol, TypeVar
 from urllib.parse import unquote, urlparse
 
-from tasks.errors import InvalidInput, StorageError
+from tasks.errors import InvalidInput, StorageError, VisionqError
 from tasks.record import FileRef
 
 T = TypeVar("T")
@@ -224,17 +224,22 @@ def _make_s3_client() -> object:
     )
 
 
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# A folder is only walked through: O_PATH (Linux) needs no more than the search permission that
+# open() needs to pass through it, where O_RDONLY would need read permission too.
+_FOLDER = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _CLOEXEC
+
+
 def _open_below(folder: str, parts: list[str]) -> int:
     """`folder`/`parts` opened read-only, each part relative to the one before, following no link
-    (ELOOP at a link) and not waiting on a FIFO."""
-    cloexec = getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | cloexec)
+    (ELOOP or ENOTDIR at a link) and not waiting on a FIFO."""
+    fd = os.open(folder, _FOLDER)
     try:
         for part in parts[:-1]:
-            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | cloexec, dir_fd=fd)
+            inner = os.open(part, _FOLDER | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = inner
-        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | cloexec, dir_fd=fd)
+        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC, dir_fd=fd)
     finally:
         os.close(fd)
 
@@ -293,22 +298,25 @@ class LocalStorage:
     def read(self, uri: str, max_bytes: int) -> bytes:
         parsed = urlparse(uri)
         path = unquote(parsed.path)
-        if parsed.scheme != "file" or "\x00" in path:
-            raise InvalidInput(f"image {uri!r} is outside the storage folder {self.root}")
-        fd = self._open_inside(uri, path)
+        shown = uri[:300]
+        # A file of this machine, named from the root: no other host, no relative path, no NUL.
+        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost") or not path.startswith("/") \
+                or "\x00" in path:
+            raise InvalidInput(f"image {shown!r} is outside the storage folder {self.root}")
+        fd = self._open_inside(shown, path)
         try:
             status = os.fstat(fd)
             if not stat.S_ISREG(status.st_mode):
-                raise InvalidInput(f"image {uri} does not exist")
+                raise InvalidInput(f"image {shown} does not exist")
             if status.st_size > max_bytes:
-                raise InvalidInput(f"image {uri} has {status.st_size} bytes, more than the limit {max_bytes}")
+                raise InvalidInput(f"image {shown} has {status.st_size} bytes, more than the limit {max_bytes}")
             data = b""  # st_size + 1 asked for: a file that grew shows it (a short read asks again)
             while len(data) <= status.st_size and (chunk := os.read(fd, status.st_size + 1 - len(data))):
                 data += chunk
         finally:
             os.close(fd)
         if len(data) != status.st_size:
-            raise InvalidInput(f"image {uri} changed while it was read")
+            raise InvalidInput(f"image {shown} changed while it was read")
         return data
 
     def _open_inside(self, uri: str, path: str) -> int:
@@ -320,7 +328,6 @@ class LocalStorage:
         then opened the same way. The usual case costs an open per folder below the storage
         folder; `Path.resolve` lstats every component from `/` in Python (5 % of a 0 ms stand-in
         job's worker CPU in a py-spy profile)."""
-        missing = InvalidInput(f"image {uri} does not exist")
         outside = InvalidInput(f"image {uri!r} is outside the storage folder {self.root}")
         lexical = os.path.normpath(path)
         parts = self._parts_inside(lexical)
@@ -328,15 +335,23 @@ class LocalStorage:
             try:
                 return _open_below(str(self.root), parts)
             except OSError as exc:
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):  # not a link where a folder or the file was
-                    raise missing from None
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):  # ELOOP, ENOTDIR: maybe a link on the way
+                    raise self._read_error(uri, exc) from None
         parts = self._parts_inside(os.path.realpath(lexical))
         if parts is None:
             raise outside
         try:
             return _open_below(str(self.root), parts)
         except OSError as exc:
-            raise (outside if exc.errno == errno.ELOOP else missing) from None  # ELOOP: a link swapped in
+            raise (outside if exc.errno == errno.ELOOP else self._read_error(uri, exc)) from None  # a link swapped in
+
+    @staticmethod
+    def _read_error(uri: str, exc: OSError) -> VisionqError:
+        """A name that is not there is the producer's error; another failure (permissions, too many
+        open files, I/O) is the storage's, not to be blamed on the input."""
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return InvalidInput(f"image {uri} does not exist")
+        return StorageError(f"reading {uri} failed: {exc.strerror}")
 
     def _parts_inside(self, path: str) -> list[str] | None:
         root = str(self.root)

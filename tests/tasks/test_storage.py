@@ -185,9 +185,31 @@ def test_local_storage_read_refuses_what_is_not_a_file(tmp_path: Path) -> None:
         storage.read((tmp_path / "store" / "inputs" / "a.png").as_uri(), 4)
     with pytest.raises(InvalidInput, match="does not exist"):  # a file where a folder should be
         storage.read((tmp_path / "store" / "inputs" / "a.png" / "b.png").as_uri(), 100)
-    for uri in ("s3://bucket/inputs/a.png", (tmp_path / "store" / "inputs" / "a.png").as_uri() + "%00.png"):
+    inside = (tmp_path / "store" / "inputs" / "a.png").as_uri()
+    assert storage.read(inside.replace("file://", "file://localhost"), 100) == b"12345"
+    for uri in ("s3://bucket/inputs/a.png", inside + "%00.png", inside.replace("file://", "file://otherhost"),
+                "file:inputs/a.png"):  # a NUL, another machine's file, a path relative to the worker's folder
         with pytest.raises(InvalidInput, match="outside the storage folder"):
             storage.read(uri, 100)
+
+
+def test_local_storage_read_blames_the_storage_not_the_input_for_what_is_not_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Permissions, too many open files, I/O errors: storage_error, not "does not exist"."""
+    import errno
+
+    from tasks import storage as storage_module
+
+    storage = LocalStorage(tmp_path / "store")
+    ref = storage.put("inputs/a.png", b"12345", "image/png")
+
+    def failing(folder: str, parts: list[str]) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(storage_module, "_open_below", failing)
+    with pytest.raises(StorageError, match="Too many open files"):
+        storage.read(ref.uri, 100)
 
 
 def test_bad_storage_url() -> None:
