@@ -174,32 +174,37 @@ class Client:
             return [self._submit_through_gateway(request) for request in requests]
         results: list[Job | VisionqError] = []
         for begin in range(0, len(requests), chunk_size):
-            chunk = requests[begin:begin + chunk_size]
-            try:
-                results += self._submit_chunk(chunk)
-            except redis.RedisError as exc:
+            chunk, failed = self._submit_chunk(requests[begin:begin + chunk_size])
+            results += chunk
+            if failed is not None:
                 if begin == 0:
-                    raise
-                results += [Unavailable(f"Redis failed while this request was sent ({type(exc).__name__}: "
-                                        f"{exc}): it may or may not have been stored")] * len(chunk)
-                results += [Unavailable("not sent: Redis failed while an earlier request was sent")] * (
-                    len(requests) - len(results))
+                    raise failed  # no job of the call known to be stored: as for one submit
+                results += [Unavailable("not sent: Redis failed while an earlier request was sent")
+                            for _ in range(len(requests) - len(results))]
                 break
         return results
 
-    def _submit_chunk(self, requests: list[Any]) -> list[Job | VisionqError]:
-        """`submit_many` of requests written in one round trip."""
+    def _submit_chunk(self, requests: list[Any]) -> tuple[list[Job | VisionqError], redis.RedisError | None]:
+        """`submit_many` of requests written in one round trip; with the Redis error that cut it
+        short, if one did (its requests then say they may or may not have been stored)."""
         results: list[Job | VisionqError | None] = [None] * len(requests)
         prepared: list[tuple[int, _Prepared]] = []
-        for index, request in enumerate(requests):
-            try:
-                kind, params, options = _bulk_request(request)
-                prepared.append((index, self._prepare(kind, params, **options)))
-            except VisionqError as exc:
-                results[index] = exc
-        for (index, _), job in zip(prepared, self._store([p for _, p in prepared], per_job_errors=True)):
-            results[index] = job
-        return results  # type: ignore[return-value]
+        try:
+            for index, request in enumerate(requests):
+                try:
+                    kind, params, options = _bulk_request(request)
+                    prepared.append((index, self._prepare(kind, params, **options)))
+                except VisionqError as exc:
+                    results[index] = exc
+            for (index, _), job in zip(prepared, self._store([p for _, p in prepared], per_job_errors=True)):
+                results[index] = job
+        except redis.RedisError as exc:
+            for index, result in enumerate(results):
+                if result is None:
+                    results[index] = Unavailable(f"Redis failed while this request was sent ({type(exc).__name__}: "
+                                                 f"{exc}): it may or may not have been stored")
+            return results, exc  # type: ignore[return-value]
+        return results, None  # type: ignore[return-value]
 
     def _submit(self, kind: JobKind, params: dict[str, Any], /, **options: Any) -> Job:
         """Options every kind takes: `idempotency_key` (the same key and request within the TTL

@@ -132,8 +132,13 @@ class Submitter:
             raise
         for (index, token, _), outcome in zip(admitted, stored):
             if isinstance(outcome, redis.RedisError):  # this job refused (out of memory, ...), not the others
-                services.tenant_jobs.release(caller.tenant, token)
-                results[index] = Unavailable(f"Redis refused to store this job: {outcome}")
+                # Redis's own words stay in the log, as for any Redis failure the gateway answers.
+                log.warning("Redis refused to store a job of tenant %s: %s", caller.tenant, outcome)
+                results[index] = Unavailable(f"Redis refused to store this job ({type(outcome).__name__})")
+                try:
+                    services.tenant_jobs.release(caller.tenant, token)
+                except redis.RedisError:
+                    pass  # the reservation expires by itself
                 continue
             record, _created = outcome
             self._register(caller, record.id, token)

@@ -101,17 +101,17 @@ def test_redis_failing_between_chunks_keeps_the_jobs_already_stored(
         store_chunk = through._store
 
         def cut_after_first_chunk(prepared: list, **options: object) -> list:
-            try:
-                return store_chunk(prepared, **options)
-            finally:
-                proxy.cut()
+            stored = store_chunk(prepared, **options)
+            proxy.cut()
+            return stored
 
         through._store = cut_after_first_chunk  # type: ignore[method-assign]
-        requests = [{"kind": "caption", "input": {"image": image, "max_new_tokens": n}} for n in (2, 3, 4)]
-        results = through.submit_many(requests, chunk_size=1)
-        assert [type(r).__name__ for r in results] == ["Job", "Unavailable", "Unavailable"]
-        assert "may or may not have been stored" in results[1].message
-        assert results[2].message.startswith("not sent")
+        requests = [{"kind": "caption", "input": {"image": image, "max_new_tokens": n}} for n in (2, 3, 4, 5)]
+        requests.insert(2, {"kind": "paint"})  # in the chunk that fails, refused before it is sent: said still
+        results = through.submit_many(requests, chunk_size=2)
+        assert [type(r).__name__ for r in results] == ["Job", "Job", "InvalidInput", "Unavailable", "Unavailable"]
+        assert "may or may not have been stored" in results[3].message
+        assert results[4].message.startswith("not sent")
         assert client.get(results[0].id).wait(timeout=TIMEOUT).status == "succeeded"
         with pytest.raises(redis.ConnectionError):  # still cut: nothing stored, as one submit says it
             through.submit_many(requests, chunk_size=1)
