@@ -114,13 +114,13 @@ class Submitter:
         services = self.services
         results: list[Submission | VisionqError | None] = [None] * len(checked)
         admitted: list[tuple[int, str, Checked]] = []
-        for index, job in enumerate(checked):
-            try:
-                services.rate_limiter.take(caller.key_id, caller.rate)
-                admitted.append((index, services.tenant_jobs.admit(caller.tenant, caller.max_queued), job))
-            except VisionqError as exc:
-                results[index] = exc
         try:
+            for index, job in enumerate(checked):
+                try:
+                    services.rate_limiter.take(caller.key_id, caller.rate)
+                    admitted.append((index, services.tenant_jobs.admit(caller.tenant, caller.max_queued), job))
+                except VisionqError as exc:
+                    results[index] = exc
             new_jobs = [self._new_job(caller, job, None) for _, _, job in admitted]
             for (_, _, job), (new, _) in zip(admitted, new_jobs):
                 if job.webhook is not None:
