@@ -167,9 +167,9 @@ class Client:
         `InvalidInput`, ...): one bad request loses nothing else.
 
         Redis failing during the first chunk raises, as for one submit. Failing during a later
-        one, the jobs already stored are returned, and this chunk's requests and the rest get an
-        `Unavailable` saying whether they may have been stored (resubmitting one is safe with
-        an `idempotency_key`)."""
+        one, the jobs already stored are returned, and this chunk's requests (but those refused
+        before it was sent) and the rest get an `Unavailable` saying whether they may have been
+        stored (resubmitting one is safe with an `idempotency_key`)."""
         if self.gateway is not None:
             return [self._submit_through_gateway(request) for request in requests]
         results: list[Job | VisionqError] = []
