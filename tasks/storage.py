@@ -302,7 +302,7 @@ class LocalStorage:
         # A file of this machine, named from the root: no other host, no relative path, no NUL.
         if parsed.scheme != "file" or parsed.netloc not in ("", "localhost") or not path.startswith("/") \
                 or "\x00" in path:
-            raise InvalidInput(f"image {shown!r} is outside the storage folder {self.root}")
+            raise self._outside(shown)
         fd = self._open_inside(shown, path)
         try:
             status = os.fstat(fd)
@@ -328,7 +328,6 @@ class LocalStorage:
         then opened the same way. The usual case costs an open per folder below the storage
         folder; `Path.resolve` lstats every component from `/` in Python (5 % of a 0 ms stand-in
         job's worker CPU in a py-spy profile)."""
-        outside = InvalidInput(f"image {uri!r} is outside the storage folder {self.root}")
         lexical = os.path.normpath(path)
         parts = self._parts_inside(lexical)
         if parts is not None:
@@ -339,11 +338,14 @@ class LocalStorage:
                     raise self._read_error(uri, exc) from None
         parts = self._parts_inside(os.path.realpath(lexical))
         if parts is None:
-            raise outside
+            raise self._outside(uri)
         try:
             return _open_below(str(self.root), parts)
-        except OSError as exc:
-            raise (outside if exc.errno == errno.ELOOP else self._read_error(uri, exc)) from None  # a link swapped in
+        except OSError as exc:  # ELOOP: a link swapped in since realpath
+            raise (self._outside(uri) if exc.errno == errno.ELOOP else self._read_error(uri, exc)) from None
+
+    def _outside(self, uri: str) -> InvalidInput:
+        return InvalidInput(f"image {uri!r} is outside the storage folder {self.root}")
 
     @staticmethod
     def _read_error(uri: str, exc: OSError) -> VisionqError:

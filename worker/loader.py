@@ -62,8 +62,8 @@ def with_role_views(pipelines: dict[str, Pipeline]) -> dict[str, Pipeline]:
     """`pipelines`, plus the models a loaded default holds without being loaded by name: segment's
     default holds the semantic model (`segment/segformer`, tasks.models.ROLE_MODELS), so the worker
     also serves the jobs that name it, on that model's own queue, from the same weights."""
-    segment, semantic = ROLE_MODELS["segment"], ROLE_MODELS["semantic"]
-    default = pipelines.get(segment)
+    semantic = ROLE_MODELS["semantic"]
+    default = pipelines.get(role_view_of(semantic))
     if semantic in pipelines or getattr(default, "semantic", None) is None:
         return pipelines
     return {**pipelines, semantic: default.semantic_only()}
