@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -19,10 +20,11 @@ import pytest
 from producer import Client
 from tasks.settings import Settings
 from tasks.heartbeats import list_workers
+from tests.observability.conftest import scrape
 from tests.support.cli import run_visionq
 from tests.support.images import scene
 from tests.support.waiting import wait_until
-from tests.support.workers import REPO, WorkerProcess
+from tests.support.workers import REPO, WorkerProcess, free_port_pair
 
 pytestmark = pytest.mark.integration
 
@@ -79,13 +81,18 @@ def supervisor_factory(fleet_env: dict[str, str], tmp_path: Path) -> Iterator:
         supervisor.stop()
 
 
-def test_replicas_share_the_queue(fleet_client: Client, supervisor_factory) -> None:
-    supervisor_factory("--device", "cpu", "--replicas", "2", "--kinds", "generate")
+def test_replicas_share_the_queue_and_each_serves_its_own_metrics(fleet_client: Client, supervisor_factory) -> None:
+    port = free_port_pair()
+    supervisor_factory("--device", "cpu", "--replicas", "2", "--kinds", "generate",
+                       "--metrics-port", str(port), "--metrics-host", "127.0.0.1")
     wait_until(lambda: len(ready_workers(fleet_client)) == 2, TIMEOUT, "two ready replicas")
-    jobs = [fleet_client.generate("a fox", width=128, height=128, steps=15, seed=i) for i in range(6)]
+    # An odd number: two children can never have run as many, so reading one child's /metrics
+    # twice could not pass for both below.
+    jobs = [fleet_client.generate("a fox", width=128, height=128, steps=15, seed=i) for i in range(7)]
     for job in jobs:
         assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
-    assert len({job.to_dict()["worker"] for job in jobs}) == 2
+    ran = Counter(job.to_dict()["worker"] for job in jobs)
+    assert len(ran) == 2
     listed = json.loads(run_visionq("workers", "--json", env={
         "VISIONQ_REDIS_URL": fleet_client.settings.redis_url, "VISIONQ_REDIS_PREFIX": fleet_client.settings.redis_prefix,
     }).stdout)
@@ -93,6 +100,15 @@ def test_replicas_share_the_queue(fleet_client: Client, supervisor_factory) -> N
     for worker in listed:
         assert worker["kinds"] == ["generate"] and worker["model_loads"] == 1
         assert worker["memory_mb"]["rss"] > 0 and worker["restarts"] == 0
+    # Child i serves /metrics on port + i, counting the jobs it ran (counted just after a job
+    # turns final, so read until both agree).
+    urls = [f"http://127.0.0.1:{port + i}/metrics" for i in range(2)]
+    wait_until(lambda: sorted(jobs_counted(url) for url in urls) == sorted(ran.values()), 30,
+               "each child's /metrics counting its jobs")
+
+
+def jobs_counted(metrics_url: str) -> float:
+    return sum(value for sample, value in scrape(metrics_url).items() if sample.startswith("visionq_jobs_total{"))
 
 
 def test_ready_only_after_loading_and_warm_up(fleet_env: dict, fleet_client: Client, tmp_path: Path) -> None:
@@ -129,6 +145,7 @@ def test_sigterm_drains_the_job_in_hand(fleet_client: Client, supervisor_factory
     assert job.to_dict()["attempt"] == 1
 
 
+@pytest.mark.faults  # a kill: with the fault suite
 def test_sigkill_mid_job_is_redelivered_and_the_child_restarted(fleet_client: Client, supervisor_factory) -> None:
     supervisor_factory("--device", "cpu", "--replicas", "1", "--kinds", "generate")
     wait_until(lambda: ready_workers(fleet_client), TIMEOUT, "ready worker")

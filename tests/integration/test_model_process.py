@@ -114,7 +114,8 @@ def test_a_running_generation_is_canceled_midway(split_client: Client) -> None:
     assert after.wait(timeout=TIMEOUT).status == "succeeded"  # the model process serves on
 
 
-# Last: it ends the module's worker.
+# Last: it ends the module's worker. A kill: with the fault suite (-m faults).
+@pytest.mark.faults
 def test_a_model_process_that_dies_ends_its_worker_which_gives_its_jobs_back(
     split_client: Client, split_worker: WorkerProcess, split_env: dict[str, str], tmp_path: Path,
 ) -> None:

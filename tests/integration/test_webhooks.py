@@ -232,6 +232,7 @@ def test_per_job_secret(client: Client, deliverer, receiver: Receiver) -> None:
     assert secret not in json.dumps(client.get(delivery.event["data"]["id"]).to_dict())
 
 
+@pytest.mark.faults  # a worker killed or restarted: with the fault suite
 def test_retries_survive_a_restart_of_the_delivery_worker(
     client: Client, service_env: dict, tmp_path, deliverer
 ) -> None:
@@ -256,6 +257,7 @@ def test_retries_survive_a_restart_of_the_delivery_worker(
         deliverer.start()
 
 
+@pytest.mark.faults  # a worker killed or restarted: with the fault suite
 def test_a_final_event_whose_worker_died_before_queueing_it_is_delivered_once(
     client: Client, service_env: dict, tmp_path, deliverer, receiver: Receiver
 ) -> None:

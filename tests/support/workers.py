@@ -42,3 +42,20 @@ class WorkerProcess(_Launched):
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+
+
+def free_port_pair() -> int:
+    """A loopback port P with P + 1 free too (checked by binding both): a fleet's children
+    serve /metrics on --metrics-port + their index."""
+    import socket
+
+    while True:
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
