@@ -9,12 +9,14 @@ from celery import Celery
 from kombu import Queue
 
 from tasks.kinds import PRIORITY_STEPS, WEBHOOKS_QUEUE, JobKind
-from tasks.redis_connect import is_sentinel, kombu_sentinel_url
+from tasks.redis_connect import is_sentinel, kombu_sentinel_url, parse_sentinel_url
 from tasks.settings import Settings
 
 
 def make_celery(settings: Settings, app_class: type[Celery] = Celery) -> Celery:
     sentinel = is_sentinel(settings.redis_url)
+    # A Sentinel URL's ?socket_connect_timeout=/socket_timeout= (kombu's URL for it drops its query).
+    sentinel_options = parse_sentinel_url(settings.redis_url).options if sentinel else {}
     broker = kombu_sentinel_url(settings.redis_url) if sentinel else settings.redis_url
     app = app_class("visionq", broker=broker, set_as_current=False)
     app.conf.update(
@@ -55,9 +57,11 @@ def make_celery(settings: Settings, app_class: type[Celery] = Celery) -> Celery:
             "global_keyprefix": f"{settings.redis_prefix}:",
             # With a sentinel:// URL (kombu's `sentinel` transport): the primary Sentinel names.
             **({"master_name": settings.redis_sentinel_master} if sentinel else {}),
-            # ... and the sentinels' own password, when they ask for one.
-            **({"sentinel_kwargs": {"password": settings.redis_sentinel_password}}
-               if sentinel and settings.redis_sentinel_password else {}),
+            **sentinel_options,
+            # ... and the sentinels' own password, when they ask for one, and the URL's timeouts.
+            **({"sentinel_kwargs": {**sentinel_options, **({"password": settings.redis_sentinel_password}
+                                                           if settings.redis_sentinel_password else {})}}
+               if sentinel and (sentinel_options or settings.redis_sentinel_password) else {}),
         },
         broker_connection_retry_on_startup=True,
         # rediss://: verify the server's certificate, as the job store (redis-py) does.

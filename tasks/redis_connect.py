@@ -1,8 +1,8 @@
 """One Redis for every process, by its address or through Redis Sentinel.
 
 `VISIONQ_REDIS_URL` is a `redis://`, `rediss://` or `unix://` URL, or Celery's and kombu's
-Sentinel form: `sentinel://[:password@]host:port[;sentinel://host:port...][/db]`, the
-sentinels to ask, separated by `;`. `VISIONQ_REDIS_SENTINEL_MASTER` names the primary they
+Sentinel form: `sentinel://[:password@]host:port[;sentinel://host:port...][/db][?socket_timeout=S]`,
+the sentinels to ask, separated by `;`. `VISIONQ_REDIS_SENTINEL_MASTER` names the primary they
 monitor (`mymaster` by default). The password, when given, is the primary's; the sentinels
 are asked with `VISIONQ_REDIS_SENTINEL_PASSWORD` when set (sentinels with `requirepass`, as
 the Bitnami chart's are by default), else without one. Every client then talks to whichever server Sentinel reports as
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
 import redis.asyncio
@@ -32,6 +32,8 @@ DEFAULT_SENTINEL_PORT = 26379
 # failed-over host, a firewall): the kernel's own limit is ~2 minutes, a CLI or a wait hung that
 # long. A URL's `?socket_connect_timeout=` wins. No read timeout: BRPOP and waits block by design.
 CONNECT_TIMEOUT_S = 10.0
+# What a Sentinel URL's `?` may set, as a redis:// URL's query does: for the sentinels and the primary.
+SENTINEL_URL_OPTIONS = ("socket_connect_timeout", "socket_timeout")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class SentinelAddress:
     db: int
     password: str | None
     username: str | None
+    options: dict[str, float]  # SENTINEL_URL_OPTIONS the URL's query sets
 
 
 def is_sentinel(url: str) -> bool:
@@ -52,6 +55,7 @@ def parse_sentinel_url(url: str) -> SentinelAddress:
     sentinels: list[tuple[str, int]] = []
     dbs: set[int] = set()
     credentials: set[tuple[str | None, str]] = set()
+    queries: set[tuple[tuple[str, float], ...]] = set()
     for part in url.split(";"):
         parts = urlsplit(part)
         if parts.scheme != SENTINEL_SCHEME or not parts.hostname:
@@ -68,12 +72,32 @@ def parse_sentinel_url(url: str) -> SentinelAddress:
             if not path.isdigit():
                 raise ValueError(f"a Sentinel URL's path is a database number, got {path!r}")
             dbs.add(int(path))
+        if parts.query:
+            queries.add(tuple(sorted(_sentinel_options(parts.query).items())))
     # kombu reads each part on its own (the one it connects through): parts that disagree would
     # send Celery's messages and the job records to different databases or credentials.
-    if len(dbs) > 1 or len(credentials) > 1:
-        raise ValueError("the parts of a Sentinel URL name different databases or passwords; give them once")
+    if len(dbs) > 1 or len(credentials) > 1 or len(queries) > 1:
+        raise ValueError("the parts of a Sentinel URL name different databases, passwords or options; give them once")
     username, password = next(iter(credentials), (None, None))
-    return SentinelAddress(sentinels, next(iter(dbs), 0), password, username)
+    return SentinelAddress(sentinels, next(iter(dbs), 0), password, username, dict(next(iter(queries), ())))
+
+
+def _sentinel_options(query: str) -> dict[str, float]:
+    """A Sentinel URL's `?name=seconds&...`: only SENTINEL_URL_OPTIONS, whose values are seconds;
+    anything else is refused rather than ignored (a `?ssl_...` would otherwise fall silently to plain text)."""
+    options: dict[str, float] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in SENTINEL_URL_OPTIONS:
+            raise ValueError(f"a Sentinel URL takes only {' and '.join(SENTINEL_URL_OPTIONS)} after '?', "
+                             f"got {name[:40]!r}")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = 0.0
+        if not 0 < seconds < float("inf"):
+            raise ValueError(f"a Sentinel URL's {name} is a number of seconds above 0, got {value[:40]!r}")
+        options[name] = seconds
+    return options
 
 
 def kombu_sentinel_url(url: str) -> str:
@@ -117,6 +141,7 @@ def connect(url: str, master: str, sentinel_password: str | None = None, **kwarg
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url)
+    kwargs.update(address.options)  # the URL's win, as redis-py's from_url lets a redis:// URL's
     sentinel = redis.sentinel.Sentinel(address.sentinels, sentinel_kwargs=_sentinel_kwargs(kwargs, sentinel_password))
     return sentinel.master_for(master, db=address.db, password=address.password, username=address.username,
                                **kwargs)
@@ -131,6 +156,7 @@ def connect_async(
     if not is_sentinel(url):
         return redis.asyncio.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url)
+    kwargs.update(address.options)
     sentinel = redis.asyncio.sentinel.Sentinel(
         address.sentinels, sentinel_kwargs=_sentinel_kwargs(kwargs, sentinel_password))
     return sentinel.master_for(master, db=address.db, password=address.password, username=address.username,

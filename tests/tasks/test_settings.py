@@ -107,6 +107,28 @@ def test_a_sentinel_url_names_its_sentinels_database_and_the_primarys_password()
     assert "pa;ss" not in repr(Settings.from_env({"VISIONQ_REDIS_URL": "redis://:pa;ss@h:6379/0"}))
 
 
+def test_a_sentinel_urls_timeouts_reach_the_sentinels_the_primary_and_kombu() -> None:
+    """As a redis:// URL's query does; any other option is refused, not ignored."""
+    from tasks.app import make_celery
+    from tasks.redis_connect import connect, parse_sentinel_url
+
+    url = "sentinel://h1:26379?socket_connect_timeout=2.5&socket_timeout=30;sentinel://h2/1"
+    assert parse_sentinel_url(url).options == {"socket_connect_timeout": 2.5, "socket_timeout": 30.0}
+    client = connect(url, "cache-a")
+    assert client.connection_pool.connection_kwargs["socket_connect_timeout"] == 2.5
+    assert client.connection_pool.connection_kwargs["socket_timeout"] == 30.0
+    for sentinel in client.connection_pool.sentinel_manager.sentinels:
+        assert sentinel.connection_pool.connection_kwargs["socket_connect_timeout"] == 2.5
+    options = make_celery(Settings.from_env({"VISIONQ_REDIS_URL": url})).conf.broker_transport_options
+    assert options["socket_connect_timeout"] == 2.5 and options["sentinel_kwargs"]["socket_timeout"] == 30.0
+    assert connect("sentinel://h1:26379", "m").connection_pool.connection_kwargs["socket_connect_timeout"] == 10
+    for bad, said in (("sentinel://h:1?ssl=true", "takes only"), ("sentinel://h:1?socket_timeout=soon", "seconds"),
+                      ("sentinel://h:1?socket_timeout=0", "seconds"), ("sentinel://h:1?socket_timeout=inf", "seconds"),
+                      ("sentinel://h:1?socket_timeout=1;sentinel://h:2?socket_timeout=2", "different")):
+        with pytest.raises(SettingsError, match=said):
+            Settings.from_env({"VISIONQ_REDIS_URL": bad})
+
+
 def test_celery_and_the_worker_take_kombus_sentinel_transport_for_a_sentinel_url() -> None:
     from tasks.app import make_celery
     from worker.broker import SENTINEL_TRANSPORT, TRANSPORT, transport_for
