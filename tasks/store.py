@@ -236,6 +236,9 @@ class JobStore:
         self._progress = client.register_script(_PROGRESS)
         self._cancel = client.register_script(_CANCEL)
         self._create = client.register_script(_CREATE)
+        # Jobs whose wait has said Redis is unavailable, until it answers again: a wait made of
+        # several calls (Job.wait's two phases) says it once per outage.
+        self._waits_told_away: set[str] = set()
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -488,7 +491,6 @@ class JobStore:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         last: JobRecord | None = seen
-        away = False
         try:
             try:
                 pubsub.subscribe(self.events_channel(job_id))
@@ -500,11 +502,12 @@ class JobStore:
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     if last is None or isinstance(exc, redis.AuthenticationError):
                         raise
-                    if not away:  # once an outage
+                    if job_id not in self._waits_told_away:  # once an outage
                         log.warning("waiting for job %s: Redis unavailable (%s); waiting on", job_id, exc)
-                    away = True
+                        self._waits_told_away.add(job_id)
                 else:
-                    last, away = record, False
+                    last = record
+                    self._waits_told_away.discard(job_id)
                     if on_change is not None:
                         on_change(record)
                     if record.status in FINAL_STATUSES:

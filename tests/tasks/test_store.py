@@ -213,10 +213,10 @@ def test_a_wait_rides_out_redis_going_away_once_it_has_read_the_job(
 
 
 def test_a_jobs_wait_rides_out_an_outage_across_its_two_phases(
-    redis_server: RedisServer, store: JobStore, monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer, store: JobStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`Job.wait` waits in two phases (the no-worker hint between them): Redis away when the
-    second begins is waited out too, the Job having read its record before."""
+    second begins is waited out too, the Job having read its record before, and said once."""
     from producer import job as job_module
     from producer.job import Job
     from producer.redis_source import RedisJobSource
@@ -242,9 +242,12 @@ def test_a_jobs_wait_rides_out_an_outage_across_its_two_phases(
         thread = threading.Thread(target=outage)
         thread.start()
         try:
-            assert job.wait(timeout=30).status == "succeeded"
+            with caplog.at_level("WARNING", logger="visionq"):
+                assert job.wait(timeout=30).status == "succeeded"
         finally:
             thread.join()
+        told = [r.getMessage() for r in caplog.records if "Redis unavailable" in r.getMessage()]
+        assert len(told) == 1, told
     finally:
         proxy.close()
 
