@@ -48,7 +48,8 @@ router = APIRouter()
 
 JOB_ID = Path(pattern=r"^[0-9a-f]{32}$", description="a job id (32 lowercase hex digits)")
 MAX_WAIT_S = 60
-PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
+# A whole number of seconds, ending where the preference does: "wait=1.5" is no wait to apply.
+PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)(?=$|[;,\s])")
 
 
 IdempotencyKey = Annotated[str | None, Header(

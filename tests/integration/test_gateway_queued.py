@@ -133,6 +133,11 @@ def test_prefer_wait_answers_after_the_wait_when_the_job_is_not_final(gateway: G
         assert answer.headers["Preference-Applied"] == "wait=1"
         capped = http.get(f"/v1/jobs/{answer.json()['id']}", headers={"Prefer": "wait=0"})
         assert capped.headers["Preference-Applied"] == "wait=0"
+        for ignored in ("wait=1.5", "wait=abc", "wait=-1", "respond-async, wait=2s"):  # not whole seconds: no wait
+            plain = http.get(f"/v1/jobs/{answer.json()['id']}", headers={"Prefer": ignored})
+            assert plain.status_code == 200 and "Preference-Applied" not in plain.headers, ignored
+        both = http.get(f"/v1/jobs/{answer.json()['id']}", headers={"Prefer": "respond-async, wait=0"})
+        assert both.headers["Preference-Applied"] == "wait=0"
 
 
 def test_s3_inputs_only_under_the_tenants_prefix(gateway: GatewayProcess, keys: KeyStore, s3: object) -> None:
