@@ -221,7 +221,8 @@ class Settings(BaseModel):
         try:
             settings = cls(**values)
         except ValidationError as exc:
-            raise SettingsError(_describe(exc, set(overrides))) from None
+            # An override given as None (Client(redis_url=None)) leaves the variable in charge: name that.
+            raise SettingsError(_describe(exc, {k for k, v in overrides.items() if v is not None})) from None
         # A deadline must fall while the record exists: one set longer is refused, the built-in
         # default alone is cut to a shorter TTL (tasks/expiry.py).
         for kind in JobKind:

@@ -67,6 +67,8 @@ def test_explicit_arguments_win() -> None:
 def test_a_bad_setting_fails_at_start_naming_its_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(env)
+    with pytest.raises(SettingsError, match=named):  # as the SDK's Client() and the CLI call it
+        Settings.from_env(env, redis_url=None, storage_url=None)
 
 
 def test_secrets_stay_out_of_repr_and_errors() -> None:
