@@ -21,7 +21,7 @@ def serve(args: argparse.Namespace) -> int:
     """`visionq worker`: one worker process, or a supervised fleet with --gpus / --replicas."""
     if args.gpus or args.replicas:
         return _supervise(args)
-    from worker.device import pin_device
+    from worker.device import check_device, pin_device
 
     try:
         settings = Settings.from_env(device=args.device)
@@ -31,6 +31,7 @@ def serve(args: argparse.Namespace) -> int:
             settings = settings.with_models_dir(args.models)
         models = served_models(args, settings)
         device = pin_device(settings.device)  # before anything imports torch
+        check_device(device)
     except ValueError as exc:
         print(f"visionq worker: {exc}", file=sys.stderr)
         return 2

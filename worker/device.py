@@ -39,10 +39,14 @@ def pin_device(device: str, env: MutableMapping[str, str] = os.environ) -> str:
 
 
 def check_device(device: str) -> None:
+    """ValueError (`visionq worker` exits 2, as for any setting this machine cannot take) for a
+    CUDA device where torch sees none."""
+    if not device.startswith("cuda"):
+        return
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"device {device} requested but CUDA is not available in this process")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available in this process")
 
 
 def gpu_memory() -> list[tuple[str, float, float]]:

@@ -67,10 +67,8 @@ def run_worker(
     """Load and warm up `models` ("kind/name", tasks.models) on `device`, then serve them
     (and /metrics on `metrics_address`, (host, port), when given); with VISIONQ_MODEL_PROCESS,
     from a model process of their own (worker/model_process.py)."""
-    from worker.device import check_device
     from worker.loader import check_memory, load_served, with_role_views
 
-    check_device(device)
     if settings.model_process:
         from worker.model_process import ModelProcess
 

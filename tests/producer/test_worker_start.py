@@ -49,6 +49,15 @@ def test_unreachable_redis_exits_5_before_loading(command: list[str], closed_por
     assert f"cannot reach Redis at {url} (VISIONQ_REDIS_URL)" in result.stderr
 
 
+def test_a_cuda_device_where_torch_sees_none_is_a_usage_error(closed_port: int, tmp_path: Path) -> None:
+    """Exit 2, named as the worker's, before the services are checked (this Redis would say 5)."""
+    env = plain_env(tmp_path, VISIONQ_REDIS_URL=f"redis://127.0.0.1:{closed_port}/0",
+                    CUDA_VISIBLE_DEVICES="")  # no GPU, also on a machine that has one
+    result = run_visionq("worker", "--device", "cuda", env=env, inherit=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "visionq worker: device cuda:0 requested but CUDA is not available in this process"
+
+
 @pytest.mark.integration
 def test_missing_bucket_exits_5_before_loading(service_env: dict[str, str], empty_models: Path) -> None:
     env = {**service_env, "VISIONQ_STORAGE_URL": "s3://no-such-bucket/x"}
