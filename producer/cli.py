@@ -36,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "timeout", None) is not None and not args.wait:
             args.wait_parser.error("--timeout is how long --wait waits: add --wait")
+        if getattr(args, "webhook_events", None) and not args.webhook:
+            args.wait_parser.error("--webhook-events chooses the events of --webhook URL: add --webhook")
     try:
         code = args.handler(args)
         sys.stdout.flush()  # a reader gone (`| head`) shows here, where it is handled, not at exit

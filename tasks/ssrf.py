@@ -97,6 +97,11 @@ _LOW32_PREFIXES = tuple(
 )
 
 
+# Said with an address refused: whoever meant an internal host learns how an operator allows it.
+ALLOW_HINT = ("; an operator can allow it: VISIONQ_FETCH_ALLOW for image URLs, VISIONQ_WEBHOOK_ALLOW for webhooks "
+              "(where the URL is submitted and where it is used)")
+
+
 class UrlRefused(InvalidInput):
     """A URL the guard will not fetch or call; a webhook is not retried (`retryable`)."""
 
@@ -226,7 +231,7 @@ def checked_url(
         raise UrlRefused(f"{url[:80]!r} is not a valid URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
-        raise UrlRefused(f"scheme {parts.scheme!r} is not allowed (http or https only)", parts.hostname)
+        raise UrlRefused(f"scheme {parts.scheme!r} is not allowed (http or https only)")  # whatever the host
     if "@" in parts.netloc:
         raise UrlRefused("credentials in URLs are not allowed", parts.hostname)
     host = parts.hostname
@@ -235,13 +240,13 @@ def checked_url(
     port = _port(parts, host)
     if _is_loopback_name(host) and not allow.allows_host(host) and not allow.allows_address(_LOOPBACK):
         # RFC 6761: resolvers may answer these from anywhere, but they mean this machine.
-        raise UrlRefused("the name is loopback by definition (RFC 6761)", host)
+        raise UrlRefused(f"the name is loopback by definition (RFC 6761){ALLOW_HINT}", host)
     addresses = _resolve(host, port, resolve=resolve)
     if not allow.allows_host(host):
         for address in addresses:
             reason = _refusal(address, allow)
             if reason:
-                raise UrlRefused(reason, host)
+                raise UrlRefused(reason + ALLOW_HINT, host)
     if ports is not None and port not in ports and not _opens_every_port(host, addresses, allow):
         allowed = " and ".join(str(p) for p in sorted(ports))
         raise UrlRefused(f"port {port} is not allowed (only {allowed}, unless the allow-list names the host)", host)

@@ -94,7 +94,8 @@ def test_cli_submit_takes_a_webhook_and_its_events(
     wait_until(lambda: len(receiver.on("/cli")) == 2, what="both events")
     assert [d.event["type"] for d in receiver.on("/cli")] == ["job.started", "job.succeeded"]
     refused = run_visionq("submit", "caption", str(image), "--webhook-events", "job.succeeded", env=service_env)
-    assert refused.returncode == 2 and "need a webhook URL" in refused.stderr
+    assert refused.returncode == 2 and "--webhook-events chooses the events of --webhook URL: add --webhook" \
+        in refused.stderr, refused.stderr
 
 
 def test_failed_event_for_a_failed_job(client: Client, deliverer, receiver: Receiver) -> None:

@@ -114,7 +114,9 @@ def test_refusal_is_invalid_input_naming_host_and_reason() -> None:
     assert isinstance(error, InvalidInput) and isinstance(error, ValueError)
     assert error.code is ErrorCode.INVALID_INPUT
     assert error.host == "10.1.2.3"
-    assert str(error) == "URL host '10.1.2.3' refused: address 10.1.2.3 is a private address"
+    assert str(error) == ("URL host '10.1.2.3' refused: address 10.1.2.3 is a private address; an operator can "
+                          "allow it: VISIONQ_FETCH_ALLOW for image URLs, VISIONQ_WEBHOOK_ALLOW for webhooks (where "
+                          "the URL is submitted and where it is used)")
 
 
 @pytest.mark.parametrize(
@@ -122,7 +124,7 @@ def test_refusal_is_invalid_input_naming_host_and_reason() -> None:
     [
         ("file:///etc/passwd", "scheme 'file' is not allowed"),
         ("gopher://127.0.0.1:6379/_INFO", "scheme 'gopher' is not allowed"),
-        ("ftp://example.com/a.png", "scheme 'ftp' is not allowed"),
+        ("ftp://example.com/a.png", "^URL refused: scheme 'ftp' is not allowed"),  # the scheme, not the host
         ("javascript:alert(1)", "scheme 'javascript' is not allowed"),
         ("example.com/a.png", "scheme '' is not allowed"),
         ("http://user@example.com/", "credentials"),
