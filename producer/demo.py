@@ -136,6 +136,6 @@ def next_steps() -> str:
     bin_dir = Path(sys.executable).parent
     exports = f'export PATH="{bin_dir}:$PATH"'
     if str(PACKAGES_ROOT) in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-        exports += f' PYTHONPATH="{PACKAGES_ROOT}"'
+        exports += f' PYTHONPATH="{PACKAGES_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"'  # the user's own kept after
     return ("\nnext: `visionq --help` (reference: docs/cli.md). Its environment's bin folder is "
             f"{bin_dir}; to put it on PATH in this shell:\n  {exports}")
