@@ -98,6 +98,10 @@ class _Parser(argparse.ArgumentParser):
         return namespace, extras
 
 
+# `--model`'s example in each kind's help: a name its catalogue has besides the default (tasks/models.py).
+MODEL_EXAMPLES = {"caption": "e.g. vit-gpt2", "segment": "e.g. segformer, owlv2-sam", "generate": "e.g. sd"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="visionq", description="Asynchronous vision-AI jobs.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -112,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: VISIONQ_DEVICE or auto)")
     worker.add_argument("--gpus", help="all or 0,2: one pinned worker process per GPU, supervised")
     worker.add_argument("--replicas", type=int, default=None,
-                        help="worker processes per device (with --gpus: per GPU), supervised")
+                        help="worker processes per device (with --gpus: per GPU), supervised (default 1)")
     worker.add_argument("--name", help="worker name (default: visionq-<device>-<pid>@<host>)")
     worker.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     worker.add_argument("--metrics-port", type=int, metavar="PORT",
@@ -148,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--guidance-scale", type=float, default=0.0, help="classifier-free guidance (0: off, as sd-turbo wants)")
     generate.add_argument("--seed", type=int, help="for a reproducible image (default: random, recorded in the output)")
     generate.add_argument("--num-images", type=int, default=1, help="images from one prompt")
-    for kind_parser in (caption, segment, generate):
+    for kind, kind_parser in (("caption", caption), ("segment", segment), ("generate", generate)):
         kind_parser.add_argument("--model", metavar="NAME",
-                                 help="the model to run, by name within the kind (e.g. vit-gpt2); default: the kind's default")
+                                 help=f"the model to run, by name within the kind ({MODEL_EXAMPLES[kind]}); "
+                                      "default: the kind's default")
         kind_parser.add_argument("--idempotency-key", help="the same key within the job TTL returns the same job")
         kind_parser.add_argument("--priority", choices=["high", "normal", "low"], default="normal", help="queue priority")
         kind_parser.add_argument("--queue-timeout", type=float, metavar="SECONDS",
@@ -187,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     webhooks.add_argument("--loglevel", default="INFO", help="the delivery worker's log level")
     webhooks.set_defaults(handler=_webhooks_deliver)
     dead = webhook_commands.add_parser("dead", help="list deliveries that exhausted their retries")
-    dead.add_argument("--json", action="store_true")
+    dead.add_argument("--json", action="store_true", help="print the dead deliveries as JSON")
     dead.set_defaults(handler=_webhooks_dead)
     replay = webhook_commands.add_parser("replay", help="send a dead delivery again")
     replay.add_argument("delivery_id")
@@ -205,16 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     celery.set_defaults(handler=_celery)  # main() hands it every argument after `celery`
 
     queues = commands.add_parser("queues", help="queued jobs per kind and priority (autoscaler signal)")
-    queues.add_argument("--json", action="store_true")
+    queues.add_argument("--json", action="store_true", help="print the depths as JSON")
     queues.set_defaults(handler=_queues)
 
     workers = commands.add_parser("workers", help="list live workers")
-    workers.add_argument("--json", action="store_true")
+    workers.add_argument("--json", action="store_true", help="print the workers' heartbeats as JSON")
     workers.set_defaults(handler=_workers)
 
     gateway = commands.add_parser("gateway", help="run the HTTP gateway and its dashboard (the [gateway] extra)")
-    gateway.add_argument("--host", default="127.0.0.1")
-    gateway.add_argument("--port", type=int, default=8080, help="0: any free port (logged)")
+    gateway.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    gateway.add_argument("--port", type=int, default=8080, help="port to listen on; 0: any free port, logged")
     gateway.add_argument("--no-auth", action="store_true", help="no API keys: refused unless the host is loopback")
     gateway.set_defaults(handler=_gateway)
 
@@ -222,12 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
     create = key_commands.add_parser("create", help="a new key for TENANT, printed once, with the tenant's webhook secret")
     create.add_argument("tenant")
-    create.add_argument("--max-queued", type=int, metavar="N", help="the tenant's unfinished jobs this key may leave")
-    create.add_argument("--rate", type=float, metavar="PER_S", help="jobs per second this key may submit")
-    create.add_argument("--json", action="store_true")
+    create.add_argument("--max-queued", type=int, metavar="N",
+                        help="the tenant's unfinished jobs this key may leave (default: no limit)")
+    create.add_argument("--rate", type=float, metavar="PER_S", help="jobs per second this key may submit (default: no limit)")
+    create.add_argument("--json", action="store_true", help="print the key, its id and the tenant's webhook secret as JSON")
     create.set_defaults(handler=_keys("keys_create"))
     listed = key_commands.add_parser("list", help="every key: id, tenant, limits (never the key itself)")
-    listed.add_argument("--json", action="store_true")
+    listed.add_argument("--json", action="store_true", help="print the keys' ids, tenants and limits as JSON")
     listed.set_defaults(handler=_keys("keys_list"))
     revoke = key_commands.add_parser("revoke", help="revoke a key, at once on every gateway")
     revoke.add_argument("key_id")
@@ -235,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run one job of each kind end to end on embedded defaults")
     demo.add_argument("--tiny", action="store_true", help="use tiny offline models even when a hub is reachable")
-    demo.add_argument("--keep", action="store_true", help="keep the demo's Redis and files afterwards")
+    demo.add_argument("--keep", action="store_true",
+                      help="leave the demo's private Redis running afterwards (its files stay either way)")
     demo.set_defaults(handler=_demo)
     return parser
 

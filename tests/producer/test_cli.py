@@ -126,6 +126,29 @@ def test_help_shows_each_options_default(capsys: pytest.CaptureFixture[str]) -> 
     assert "(default: None)" not in text
 
 
+def test_every_option_of_every_command_has_help() -> None:
+    """With its default shown where it has one (an option without help shows neither)."""
+    import argparse
+
+    from producer.cli import MODEL_EXAMPLES, build_parser
+    from tasks.models import CATALOGUE
+
+    def parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+        found = [parser]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    found += parsers(child)
+        return found
+
+    bare = [f"{parser.prog} {action.option_strings[0]}" for parser in parsers(build_parser())
+            for action in parser._actions if action.option_strings and not action.help]
+    assert bare == []
+    for kind, example in MODEL_EXAMPLES.items():  # names the kind's catalogue has
+        names = {entry.full_name.split("/", 1)[1] for entry in CATALOGUE if entry.full_name.startswith(kind + "/")}
+        assert set(example.removeprefix("e.g. ").split(", ")) <= names, kind
+
+
 def test_queues_table_keeps_its_columns_under_long_model_names(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
