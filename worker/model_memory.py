@@ -55,10 +55,13 @@ def check_fits(estimates: Mapping[str, int], budget_bytes: int | None, budget_na
         return
     total = sum(estimates.values())
     if total > budget_bytes:
-        each = ", ".join(f"{name} {size / MIB:,.1f} MiB" for name, size in estimates.items())
+        digits = 1  # enough that the need reads larger than the budget (0.1 MiB over 0.1 MiB would not)
+        while digits < 6 and f"{total / MIB:.{digits}f}" == f"{budget_bytes / MIB:.{digits}f}":
+            digits += 1
+        each = ", ".join(f"{name} {size / MIB:,.{digits}f} MiB" for name, size in estimates.items())
         raise ModelsDoNotFit(
-            f"the models' weights need {total / MIB:,.1f} MiB ({each}), more than {budget_name} allows "
-            f"({budget_bytes / MIB:,.1f} MiB): serve fewer models on this worker or raise the budget"
+            f"the models' weights need {total / MIB:,.{digits}f} MiB ({each}), more than {budget_name} allows "
+            f"({budget_bytes / MIB:,.{digits}f} MiB): serve fewer models on this worker or raise the budget"
         )
 
 

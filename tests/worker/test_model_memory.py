@@ -73,6 +73,10 @@ def test_check_fits_names_every_model_and_the_budget() -> None:
     message = caught.value.message
     assert "5.0 MiB" in message and "caption/blip 3.0 MiB" in message and "caption/vlm 2.0 MiB" in message
     assert "VISIONQ_MEMORY_BUDGET_MB 4 allows (4.0 MiB)" in message
+    with pytest.raises(ModelError) as caught:  # tiny models just over a tiny budget: the figures still differ
+        check_fits({"caption/blip": 53_000, "caption/vlm": 52_000}, int(0.1 * MIB), "VISIONQ_MEMORY_BUDGET_MB 0.1")
+    assert "need 0.1001 MiB (caption/blip 0.0505 MiB, caption/vlm 0.0496 MiB)" in caught.value.message
+    assert "allows (0.1000 MiB)" in caught.value.message
 
 
 def test_the_cpu_budget_is_the_setting() -> None:
