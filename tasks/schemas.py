@@ -74,6 +74,8 @@ def _optional_text(name: str, value: Any, max_chars: int) -> str | None:
 
 def validate_image_uri(value: Any, limits: Limits) -> str:
     """An image reference as it travels in a message: a URI or inline base64 data."""
+    if value is None:  # said so for every way in: SDK argument, JSON input.image, multipart part
+        raise InvalidInput("an image is needed: a URI or data: URI as input.image, or (gateway) an `image` part")
     if not isinstance(value, str):
         raise InvalidInput(f"image must be a URI string, got {type(value).__name__}")
     if value.startswith("data:"):

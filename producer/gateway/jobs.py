@@ -48,6 +48,7 @@ router = APIRouter()
 
 JOB_ID = Path(pattern=r"^[0-9a-f]{32}$", description="a job id (32 lowercase hex digits)")
 MAX_WAIT_S = 60
+BINARY_TYPE = "application/octet-stream"
 # A whole number of seconds, ending where the preference does: "wait=1.5" is no wait to apply.
 PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)(?=$|[;,\s])")
 
@@ -87,7 +88,11 @@ async def _after_wait(request: Request, record: JobRecord, prefer: str | None) -
     return await jobs.wait(record.id, seconds), {"Preference-Applied": f"wait={seconds}"}
 
 
-# One server-sent event (the schema applies to each event of the stream).
+_LOCATION = {"Location": {"schema": {"type": "string"}, "description": "/v1/jobs/{id}"}}
+_PREFERENCE_APPLIED = {"Preference-Applied": {"schema": {"type": "string"},
+                                              "description": "`wait=N` when a `Prefer: wait` was applied"}}
+
+# One server-sent event: what each `event:`/`data:` pair of the stream carries.
 _SSE_EVENT = {
     "type": "object", "required": ["event", "data"],
     "properties": {
@@ -96,6 +101,15 @@ _SSE_EVENT = {
         "data": {"type": "string", "contentMediaType": JSON_TYPE,
                  "contentSchema": {"$ref": "#/components/schemas/JobRecord"}},
     },
+}
+# The stream as a body: described in words and, for tools that read extensions, by `_SSE_EVENT`.
+# No `type`: a generated client (openapi-python-client) then hands over the text, and a validator
+# (openapi-core), which has no decoder for text/event-stream, does not hold its bytes to `string`.
+_SSE_STREAM = {
+    "description": "server-sent events, each an `event: NAME` line (job.snapshot, job.started, job.progress, "
+                   "job.succeeded, job.failed, job.canceled), a `data: RECORD` line (the JobRecord as JSON) "
+                   "and a blank line; `: keep-alive` comments in between",
+    "x-event": _SSE_EVENT,
 }
 
 _JOB_BODY = {
@@ -127,8 +141,9 @@ _JOB_BODY = {
 @router.post(
     "/v1/jobs", status_code=201, tags=["jobs"], summary="Submit a job",
     responses={201: {"model": schemas.JobRecord, "description": "queued (or already final with `Prefer: wait`)",
-                     "headers": {"Location": {"schema": {"type": "string"}, "description": "/v1/jobs/{id}"}}},
-               200: {"model": schemas.JobRecord, "description": "the job of an earlier submit with this Idempotency-Key"},
+                     "headers": {**_LOCATION, **_PREFERENCE_APPLIED}},
+               200: {"model": schemas.JobRecord, "description": "the job of an earlier submit with this Idempotency-Key",
+                     "headers": {**_LOCATION, **_PREFERENCE_APPLIED}},
                **error_responses(*AUTH_ERRORS, 409, 413, 415, 429)},
     openapi_extra={"requestBody": _JOB_BODY},
 )
@@ -146,7 +161,8 @@ async def submit_job(
 
 @router.post(
     "/v1/jobs/batch", tags=["jobs"], summary="Submit several jobs at once",
-    response_model=schemas.BatchResult, responses=error_responses(*AUTH_ERRORS, 413, 415, 429),
+    # A rate or quota refusal answers in its job's slot: the batch itself is never 429.
+    response_model=schemas.BatchResult, responses=error_responses(*AUTH_ERRORS, 413, 415),
     openapi_extra={"requestBody": {"required": True, "content": {
         JSON_TYPE: {"schema": {"$ref": "#/components/schemas/BatchBody"}}}}},
 )
@@ -200,7 +216,7 @@ def list_jobs(
 
 @router.get(
     "/v1/jobs/{job_id:job_id}", tags=["jobs"], summary="A job",
-    response_model=schemas.JobRecord, responses=error_responses(*JOB_ERRORS),
+    response_model=schemas.JobRecord, responses={200: {"headers": _PREFERENCE_APPLIED}, **error_responses(*JOB_ERRORS)},
 )
 async def get_job(
     request: Request, who: Caller, job_id: Annotated[str, JOB_ID], prefer: Prefer = None,
@@ -228,7 +244,7 @@ def cancel_job(request: Request, who: Caller, job_id: Annotated[str, JOB_ID]) ->
     description="`event: job.snapshot` with the current record, then one event per change named like the "
                 "webhook events (`job.started` before the final one, `job.progress`), each with the record "
                 "as `data`; the stream closes after the final event.",
-    responses={200: {"content": {"text/event-stream": {"schema": _SSE_EVENT}},
+    responses={200: {"content": {"text/event-stream": {"schema": _SSE_STREAM}},
                      "description": "the event stream"}, **error_responses(*JOB_ERRORS)},
     response_class=StreamingResponse,
 )
@@ -246,10 +262,14 @@ async def job_events(request: Request, who: Caller, job_id: Annotated[str, JOB_I
     "/v1/files/{job_id:job_id}/{name}", tags=["files"], summary="An output file (local storage), by signed link",
     description="The `url` of a FileRef when the deployment stores files locally; needs no key "
                 "(an `<img>` cannot send one), only the link's unexpired signature.",
-    responses={200: {"content": {t: {"schema": {"type": "string", "format": "binary"}}
-                                 for t in ("image/png", "image/jpeg", "image/webp", JSON_TYPE)},
+    # The file's bytes, as its media type says. The image types have no schema: OpenAPI 3.1 describes
+    # such a body by its media type, and a `string` schema has validators (openapi-core) read it as
+    # text. application/octet-stream (a name of no known type) keeps `format: binary`, which
+    # generated clients (openapi-python-client) turn into a file: without it they drop the 200.
+    responses={200: {"content": {**{t: {} for t in ("image/png", "image/jpeg", "image/webp")},
+                                 BINARY_TYPE: {"schema": {"type": "string", "format": "binary"}}},
                      "description": "the file"},
-               **error_responses(400, 403, 404)},
+               **error_responses(400, 403, 404, 503, described={404: "no such file in this job"})},
     response_class=FileResponse,
 )
 def get_file(
@@ -259,8 +279,8 @@ def get_file(
     sig: Annotated[str, Query(max_length=128)],  # any other: 403 like a wrong one (files.py)
 ) -> FileResponse:
     path = services_of(request).file_links.local_file(job_id, name, expires, sig)
-    media = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".json": JSON_TYPE}
-    return FileResponse(path, media_type=media.get(path.suffix, "application/octet-stream"),
+    media = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"}  # what outputs are
+    return FileResponse(path, media_type=media.get(path.suffix, BINARY_TYPE),
                         headers={"Cache-Control": "private, max-age=3600"})
 
 

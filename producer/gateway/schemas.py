@@ -159,10 +159,21 @@ AUTH_ERRORS = (400, 401, 503)  # what any route with a key may answer
 JOB_ERRORS = (*AUTH_ERRORS, 404)
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {400: "invalid input", 401: "missing, unknown or revoked API key", 403: "forbidden",
-                 404: "no such job for this tenant", 409: "Idempotency-Key reused with another body",
-                 413: "request body too large", 415: "unsupported media type",
-                 429: "over this key's rate or queued-jobs limit (see Retry-After)",
-                 503: "Redis or storage unreachable"}
-    return {s: {"model": ErrorBody, "description": described[s]} for s in statuses}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait before trying again"}}
+# The headers an error answer carries (declared, so generated clients and validators know them).
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Bearer realm="visionq"'}},
+    429: _RETRY_AFTER,
+    503: _RETRY_AFTER,  # when the gateway knows how long (Redis: 5 s)
+}
+
+
+def error_responses(*statuses: int, described: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of these error statuses; `described` words a route's own."""
+    words = {400: "invalid input", 401: "missing, unknown or revoked API key", 403: "forbidden",
+             404: "no such job for this tenant", 409: "Idempotency-Key reused with another body",
+             413: "request body too large", 415: "unsupported media type",
+             429: "over this key's rate or queued-jobs limit (see Retry-After)",
+             503: "Redis or storage unreachable", **(described or {})}
+    return {s: {"model": ErrorBody, "description": words[s],
+                **({"headers": _ERROR_HEADERS[s]} if s in _ERROR_HEADERS else {})} for s in statuses}

@@ -63,7 +63,8 @@ def test_generate_rejects(params: dict, fragment: str) -> None:
         ({"image": "s3://[bucket/key.png"}, "is not a valid URI"),
         ({"image": "http://[::1/x.png"}, "is not a valid URI"),
         ({"image": 7}, "image must be a URI string"),
-        ({}, "image must be a URI string"),
+        ({}, "an image is needed"),
+        ({"image": None}, "an image is needed"),
     ],
 )
 def test_segment_rejects(params: dict, fragment: str) -> None:
