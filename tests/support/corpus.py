@@ -156,7 +156,7 @@ def _request_cases() -> list[Case]:
     image = {"image": UPLOAD}
     rows: list[tuple[str, str, Any, str]] = [
         ("caption", "image-is-a-number", {"image": 12345}, "must be a URI string, got int"),
-        ("caption", "image-missing", {}, "must be a URI string, got NoneType"),
+        ("caption", "image-missing", {}, "an image is needed"),
         ("caption", "request-is-a-list", [UPLOAD], "must be an object, got list"),
         ("caption", "request-is-null", None, "must be an object, got NoneType"),
         ("caption", "unknown-field", {**image, "trust_remote_code": True}, "unknown caption parameter(s): trust_remote_code"),
