@@ -146,7 +146,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components.pop(name, None)
     # The job bodies are read by hand (JSON or multipart, both validated by tasks.schemas),
     # so FastAPI does not see them: add their schemas for the request bodies to refer to.
-    for name, shape in (("JobBody", schemas.JobBody), ("BatchBody", schemas.BatchBody)):
+    for name, shape in (("JobBody", schemas.JobBody), ("BatchBody", schemas.BatchBody),
+                        ("UploadRequest", schemas.UploadRequest)):
         body = TypeAdapter(shape).json_schema(ref_template="#/components/schemas/{model}")
         components.update(body.pop("$defs", {}))
         components[name] = body

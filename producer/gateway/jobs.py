@@ -25,7 +25,6 @@ from producer.gateway.submit import MAX_BATCH_JOBS, Submitter
 from producer.http_errors import error_body
 from producer.redis_source import RedisJobSource
 from tasks.errors import InvalidInput, JobNotFound, VisionqError
-from tasks.kinds import JobKind
 from tasks.record import JobRecord
 
 
@@ -122,13 +121,7 @@ _JOB_BODY = {
                 "properties": {
                     # Not JobBody: its `input` (and the input's `image`) may be left out here, since
                     # the `image` part is the image; the gateway checks the rest as for JSON.
-                    "request": {
-                        "type": "object", "required": ["kind"],
-                        "properties": {"kind": {"type": "string", "enum": [kind.value for kind in JobKind]},
-                                       "input": {"type": "object"}},
-                        "description": "the job as in the JSON body (JobBody), `input` optional and without "
-                                       "its `image`: the `image` part is the image",
-                    },
+                    "request": {"$ref": "#/components/schemas/UploadRequest"},
                     "image": {"type": "string", "format": "binary", "description": "the image file (JPEG, PNG, WebP)"},
                 },
             },

@@ -87,6 +87,15 @@ class GenerateJob(_JobOptions):
 JobBody = Annotated[Union[CaptionJob, SegmentJob, GenerateJob], Field(discriminator="kind")]
 
 
+class UploadRequest(_JobOptions):
+    """The `request` part of a multipart submit: the job as in the JSON body, its `input` without
+    the image (the `image` part is the image); checked as the JSON body is."""
+
+    kind: Literal["caption", "segment", "generate"]
+    input: dict[str, Any] = Field(
+        default_factory=dict, description="the kind's input (CaptionInput, SegmentInput) without `image`")
+
+
 class BatchBody(_Strict):
     # Items are not held to JobBody here: each job stands alone, and one that is not a valid
     # body is answered in its own slot ({"error": ...}) while the others are queued.

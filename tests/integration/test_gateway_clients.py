@@ -3,6 +3,7 @@ from /openapi.json, and openapi-core validating real requests and answers agains
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAP
 
 from producer.gateway.keys import NewKey
 from tests.support.gateway import GatewayProcess
+from tests.support.images import encode, scene
 from tests.support.workers import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -72,6 +74,14 @@ def test_a_generated_client_submits_waits_downloads_and_follows(
 
     missing = module("api.jobs.get_job").sync(client=keyed, job_id="0" * 32)
     assert isinstance(missing, models.ErrorBody) and missing.error.code == "not_found"
+
+    # An upload, its options typed like the JSON body's.
+    upload = models.SubmitJobFilesBody(
+        request=models.UploadRequest.from_dict({"kind": "caption", "priority": "high"}),
+        image=module("types").File(payload=io.BytesIO(encode(scene(seed=5))), file_name="s.png", mime_type="image/png"))
+    captioned = module("api.jobs.submit_job").sync(client=keyed, body=upload, prefer="wait=60")
+    assert isinstance(captioned, models.JobRecord) and captioned.status == models.JobRecordStatus.SUCCEEDED, captioned
+    assert captioned.priority == "high" and captioned.output.to_dict()["text"]
 
 
 def test_real_requests_and_answers_match_the_document(gateway: GatewayProcess, acme: NewKey,
