@@ -106,8 +106,10 @@ class BatchBody(_Strict):
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="invalid_input, unauthorized, forbidden, not_found, conflict, "
-                                  "payload_too_large, unsupported_media_type, rate_limited, unavailable, internal")
+    code: str = Field(description="an HTTP answer's: invalid_input, unauthorized, forbidden, not_found, conflict, "
+                                  "payload_too_large, unsupported_media_type, rate_limited, unavailable, internal; "
+                                  "a failed or canceled job's (its record's `error`): invalid_input, model_error, "
+                                  "out_of_memory, timeout, storage_error, canceled, worker_lost, expired, internal")
     message: str
 
 
@@ -140,11 +142,12 @@ class JobRecord(BaseModel):
     metrics: dict[str, Any]
     worker: str | None
     model: str | None = Field(description="the model's name within the kind (blip, vit-gpt2)")
-    model_id: str | None = Field(None, description="the weights that ran it: Hugging Face id or folder, @revision")
+    model_id: str | None = Field(description="the weights that ran it: Hugging Face id or folder, @revision "
+                                             "(null until a worker starts it)")
     attempt: int
     cancel_requested: bool = Field(description="a client asked to cancel it while it was running")
     idempotency_key: str | None
-    priority: str
+    priority: Literal["high", "normal", "low"]
     webhook: dict[str, Any] | None
     webhook_attempts: list[dict[str, Any]] = Field(description="every webhook delivery attempt (docs/webhooks.md)")
     tenant: str | None

@@ -153,12 +153,16 @@ def test_the_documented_multipart_requests_match_the_openapi_document(tmp_path: 
 
     settings = Settings.from_env({"VISIONQ_REDIS_URL": "redis://127.0.0.1:1/0",
                                   "VISIONQ_STORAGE_URL": tmp_path.as_uri()})  # the document needs neither
-    content = create_app(settings).openapi()["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
-    part = content["multipart/form-data"]["schema"]["properties"]["request"]
+    document = create_app(settings).openapi()
+    content = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+    # The part's schema, with the document's components for its references to resolve in.
+    part = {**content["multipart/form-data"]["schema"]["properties"]["request"], "components": document["components"]}
     for documented in ({"kind": "caption"}, {"kind": "segment", "input": {"labels": ["cat", "sky"]}}):
         jsonschema.validate(documented, part)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"input": {}}, part)  # still a job: its kind is required
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"kind": "caption", "priority": "urgent"}, part)  # its options typed as the JSON body's
 
 
 @pytest.mark.integration
