@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,11 @@ def generated(gateway: GatewayProcess, tmp_path: Path) -> Iterator[Any]:
     """The client package openapi-python-client writes from the gateway's own document, imported."""
     (tmp_path / "openapi.json").write_text(httpx.get(f"{gateway.url}/openapi.json", timeout=30).text)
     tool = Path(sys.executable).with_name("openapi-python-client")
+    # Its post-generation hooks run `ruff`, installed beside it: on PATH, as in the user's environment.
+    env = {**os.environ, "PATH": os.pathsep.join([str(tool.parent), os.environ.get("PATH", "")])}
     run = subprocess.run([str(tool), "generate", "--path", "openapi.json", "--meta", "none",
-                          "--output-path", CLIENT_PACKAGE], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          "--output-path", CLIENT_PACKAGE], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=env)
     said = run.stdout + run.stderr
     # A warning is a piece of the API the generated client leaves out (a response it cannot parse).
     assert run.returncode == 0 and "warning" not in said.lower(), said
