@@ -131,6 +131,7 @@ def test_ready_only_after_loading_and_warm_up(fleet_env: dict, fleet_client: Cli
         process.stop()
 
 
+@pytest.mark.faults  # a stop mid-job, as the fault suite's sigterm-drain (there without a supervisor)
 def test_sigterm_drains_the_job_in_hand(fleet_client: Client, supervisor_factory) -> None:
     supervisor = supervisor_factory("--device", "cpu", "--replicas", "1", "--kinds", "generate")
     wait_until(lambda: ready_workers(fleet_client), TIMEOUT, "ready worker")

@@ -284,6 +284,7 @@ def test_a_final_event_whose_worker_died_before_queueing_it_is_delivered_once(
     assert len(receiver.on("/orphan")) == 1
 
 
+@pytest.mark.faults  # a receiver down: with the fault suite
 def test_receiver_down_longer_than_the_schedule_is_dead_then_replayed_once(
     client: Client, deliverer, service_env: dict
 ) -> None:

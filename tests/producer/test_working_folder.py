@@ -60,7 +60,8 @@ def test_worker_webhooks_and_a_fleet_started_from_a_folder_with_tasks_py(
         for name, args in [("worker", ["worker", "--device", "cpu", "--kinds", "caption"]),
                            ("webhooks", ["webhooks", "--concurrency", "2"])]
     ]
-    fleet = WorkerProcess([*visionq_command(), "worker", "--device", "cpu", "--replicas", "2", "--kinds", "caption"],
+    # One replica: the supervisor and a child it starts, each from that folder.
+    fleet = WorkerProcess([*visionq_command(), "worker", "--device", "cpu", "--replicas", "1", "--kinds", "caption"],
                           env=env, log_path=tmp_path / "fleet.log", redis_url=service_env["VISIONQ_REDIS_URL"],
                           prefix=key_prefix, cwd=hostile_folder)
     try:
@@ -68,14 +69,14 @@ def test_worker_webhooks_and_a_fleet_started_from_a_folder_with_tasks_py(
             process.start()
         wait_all_ready(started, timeout_s=120)
         client = Client(settings=Settings.from_env({**service_env, "VISIONQ_REDIS_PREFIX": key_prefix}))
-        # The supervisor has no heartbeat of its own: its two children do (four in all).
-        wait_until(lambda: sum(w["state"] == "ready" for w in list_workers(client.store.redis, key_prefix)) == 4,
-                   120, "the worker, the deliverer and two replicas ready")
+        # The supervisor has no heartbeat of its own: its child does (three in all).
+        wait_until(lambda: sum(w["state"] == "ready" for w in list_workers(client.store.redis, key_prefix)) == 3,
+                   120, "the worker, the deliverer and the replica ready")
         job = client.caption(encode(scene()), max_new_tokens=5).wait(timeout=120)
         assert job.status == "succeeded", job.error
         listed = json.loads(run_visionq("workers", "--json", env={**service_env, "VISIONQ_REDIS_PREFIX": key_prefix},
                                         cwd=hostile_folder).stdout)
-        assert len(listed) == 4  # worker, deliverer, two replicas
+        assert len(listed) == 3  # worker, deliverer, the replica
     finally:
         for process in [fleet, *started]:
             process.stop()
