@@ -25,6 +25,7 @@ import redis
 
 from tasks.errors import ErrorCode, JobNotFound, VisionqError
 from tasks.kinds import ALL_KINDS
+from tasks.models import CATALOGUE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,8 +99,9 @@ class _Parser(argparse.ArgumentParser):
         return namespace, extras
 
 
-# `--model`'s example in each kind's help: a name its catalogue has besides the default (tasks/models.py).
-MODEL_EXAMPLES = {"caption": "e.g. vit-gpt2", "segment": "e.g. segformer, owlv2-sam", "generate": "e.g. sd"}
+# `--model`'s examples in each kind's help: the names its catalogue has (tasks/models.py).
+MODEL_EXAMPLES = {kind.value: "e.g. " + ", ".join(entry.name for entry in CATALOGUE if entry.kind == kind.value)
+                  for kind in ALL_KINDS}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from celery import Celery
 from kombu import Queue
 
 from tasks.kinds import PRIORITY_STEPS, WEBHOOKS_QUEUE, JobKind
-from tasks.redis_connect import is_sentinel, kombu_sentinel_url, parse_sentinel_url
+from tasks.redis_connect import is_sentinel, kombu_sentinel_url, parse_sentinel_url, sentinel_kwargs
 from tasks.settings import Settings
 
 
@@ -58,10 +58,9 @@ def make_celery(settings: Settings, app_class: type[Celery] = Celery) -> Celery:
             # With a sentinel:// URL (kombu's `sentinel` transport): the primary Sentinel names.
             **({"master_name": settings.redis_sentinel_master} if sentinel else {}),
             **sentinel_options,
-            # ... and the sentinels' own password, when they ask for one, and the URL's timeouts.
-            **({"sentinel_kwargs": {**sentinel_options, **({"password": settings.redis_sentinel_password}
-                                                           if settings.redis_sentinel_password else {})}}
-               if sentinel and (sentinel_options or settings.redis_sentinel_password) else {}),
+            # ... and for the sentinels the URL's timeouts and their own password, as the job store's.
+            **({"sentinel_kwargs": asked} if sentinel and (asked := sentinel_kwargs(
+                sentinel_options, settings.redis_sentinel_password)) else {}),
         },
         broker_connection_retry_on_startup=True,
         # rediss://: verify the server's certificate, as the job store (redis-py) does.

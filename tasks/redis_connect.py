@@ -142,7 +142,7 @@ def connect(url: str, master: str, sentinel_password: str | None = None, **kwarg
         return redis.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url)
     kwargs.update(address.options)  # the URL's win, as redis-py's from_url lets a redis:// URL's
-    sentinel = redis.sentinel.Sentinel(address.sentinels, sentinel_kwargs=_sentinel_kwargs(kwargs, sentinel_password))
+    sentinel = redis.sentinel.Sentinel(address.sentinels, sentinel_kwargs=sentinel_kwargs(kwargs, sentinel_password))
     return sentinel.master_for(master, db=address.db, password=address.password, username=address.username,
                                **kwargs)
 
@@ -158,12 +158,12 @@ def connect_async(
     address = parse_sentinel_url(url)
     kwargs.update(address.options)
     sentinel = redis.asyncio.sentinel.Sentinel(
-        address.sentinels, sentinel_kwargs=_sentinel_kwargs(kwargs, sentinel_password))
+        address.sentinels, sentinel_kwargs=sentinel_kwargs(kwargs, sentinel_password))
     return sentinel.master_for(master, db=address.db, password=address.password, username=address.username,
                                **kwargs)
 
 
-def _sentinel_kwargs(kwargs: dict[str, Any], password: str | None) -> dict[str, Any]:
+def sentinel_kwargs(kwargs: dict[str, Any], password: str | None) -> dict[str, Any]:
     """The sentinels get the same timeouts as the primary (an unreachable sentinel must not hang a
     start-up check) and their own password, never the primary's."""
     chosen = {name: value for name, value in kwargs.items() if name.startswith("socket_")}
