@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -20,7 +19,7 @@ STATIC = Path(__file__).parent / "static"
 
 
 @router.get("/v1/queues", tags=["fleet"], summary="Queued jobs per kind and priority (as `visionq queues --json`)",
-            response_model=dict[str, dict[str, Any]], responses=error_responses(*AUTH_ERRORS))
+            response_model=dict[str, schemas.KindQueues], responses=error_responses(*AUTH_ERRORS))
 def queues(request: Request, who: Caller) -> JSONResponse:
     services = services_of(request)
     depths = queue_depths(services.redis, services.settings.redis_prefix)
@@ -31,7 +30,7 @@ def queues(request: Request, who: Caller) -> JSONResponse:
 
 
 @router.get("/v1/workers", tags=["fleet"], summary="Live workers (as `visionq workers --json`)",
-            response_model=list[dict[str, Any]], responses=error_responses(*AUTH_ERRORS))
+            response_model=list[schemas.WorkerHeartbeat], responses=error_responses(*AUTH_ERRORS))
 def workers(request: Request, who: Caller) -> JSONResponse:
     services = services_of(request)
     return JSONResponse(list_workers(services.redis, services.settings.redis_prefix))

@@ -118,11 +118,52 @@ class ErrorBody(BaseModel):
 
 
 class FileRef(BaseModel):
-    uri: str
-    url: str | None
+    uri: str = Field(description="where it is stored: `s3://bucket/key`, or `file:///path` on local storage")
+    url: str | None = Field(description="a link to download it: presigned (S3) or signed by the gateway "
+                                        "(local storage); null where none can be made")
     content_type: str
     bytes: int
     sha256: str
+
+
+# Outputs and metrics list what every worker of this version writes; they allow more (a model
+# family's extras, such as a detector's box and score), so a newer worker never breaks a client.
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class CaptionOutput(_Open):
+    text: str
+
+
+class Segment(_Open):
+    label: str = Field(description="the prompt (labels given) or the model's class name")
+    mask: FileRef = Field(description="a PNG, white where the label is")
+    area: float = Field(ge=0.0, le=1.0, description="the mask's share of the image")
+
+
+class SegmentOutput(_Open):
+    segments: list[Segment]
+    overlay: FileRef = Field(description="the image with its masks drawn on it (PNG)")
+
+
+class GenerateOutput(_Open):
+    images: list[FileRef]
+    seed: int = Field(description="the seed used: the one asked for, or the one drawn")
+
+
+class JobMetrics(_Open):
+    """Milliseconds per stage (null where the stage did not run) and the batch the job ran in;
+    empty until a worker takes the job."""
+
+    queue_ms: float | None = None
+    input_ms: float | None = None
+    run_ms: float | None = None
+    encode_ms: float | None = None
+    upload_ms: float | None = None
+    publish_ms: float | None = None
+    total_ms: float | None = None
+    batch_size: int | None = None
 
 
 class JobRecord(BaseModel):
@@ -137,9 +178,11 @@ class JobRecord(BaseModel):
     completed_at: str | None
     progress: float
     input: dict[str, Any]
-    output: dict[str, Any] | None = Field(description="per kind; every file is a FileRef")
+    output: CaptionOutput | SegmentOutput | GenerateOutput | None = Field(
+        description="the kind's output once succeeded (caption: CaptionOutput, segment: SegmentOutput, "
+                    "generate: GenerateOutput), else null")
     error: ErrorDetail | None
-    metrics: dict[str, Any]
+    metrics: JobMetrics
     worker: str | None
     model: str | None = Field(description="the model's name within the kind (blip, vit-gpt2)")
     model_id: str | None = Field(description="the weights that ran it: Hugging Face id or folder, @revision "
@@ -161,6 +204,43 @@ class JobList(BaseModel):
 
 class BatchResult(BaseModel):
     jobs: list[Union[JobRecord, ErrorBody]] = Field(description="in the order of the request: a record, or an error")
+
+
+class QueueCounts(BaseModel):
+    high: int
+    normal: int
+    low: int
+    total: int
+
+
+class KindQueues(QueueCounts):
+    """A kind's queued jobs (taken ones not counted), over all its models, and per model name."""
+
+    oldest_age_s: float = Field(description="how long its oldest queued job has waited (0: none)")
+    models: dict[str, QueueCounts]
+
+
+class ServedModel(_Open):
+    model_id: str = Field(description="Hugging Face id or folder, @revision when pinned")
+    queue: str
+    weights_mb: float | None = Field(None, description="estimated from the safetensors headers")
+
+
+class WorkerHeartbeat(_Open):
+    """A live worker's last heartbeat (`visionq workers --json`; docs/cli.md)."""
+
+    name: str
+    host: str
+    pid: int
+    started_at: str
+    updated_at: str
+    state: str = Field(description="loading, ready, busy or draining")
+    kinds: list[str] = Field(description="the kinds it consumes (the delivery worker: webhooks)")
+    device: str | None = Field(description="cpu, cuda:0, ...; null for the webhook delivery worker")
+    jobs_done: int = Field(description="jobs ended (the delivery worker: delivery attempts)")
+    memory_mb: dict[str, float] = Field(description="rss (its model process included), model_process_rss, "
+                                                    "gpu_allocated, gpu_reserved")
+    models: dict[str, ServedModel] | None = Field(None, description='"kind/name" -> what serves it (GPU workers)')
 
 
 class Health(BaseModel):

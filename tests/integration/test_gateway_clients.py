@@ -2,6 +2,7 @@
 from /openapi.json, and openapi-core validating real requests and answers against that document."""
 from __future__ import annotations
 
+import base64
 import importlib
 import io
 import json
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.integration
 
 GENERATE = {"kind": "generate", "input": {"prompt": "a fox", "width": 128, "height": 128, "steps": 2, "seed": 3}}
 CLIENT_PACKAGE = "vq_generated_client"
+SCENE = "data:image/png;base64," + base64.b64encode(encode(scene(seed=2))).decode()
 
 
 @pytest.fixture
@@ -64,6 +66,7 @@ def test_a_generated_client_submits_waits_downloads_and_follows(
     record = module("api.jobs.submit_job").sync(client=keyed, body=body, prefer="wait=60")
     assert isinstance(record, models.JobRecord), record
     assert record.status == models.JobRecordStatus.SUCCEEDED, record.error
+    assert isinstance(record.output, models.GenerateOutput) and record.output.seed == 3, record.output
 
     # An output's link, followed by the generated function, without a key: the PNG's bytes.
     link = httpx.URL(record.output.to_dict()["images"][0]["url"])
@@ -85,7 +88,8 @@ def test_a_generated_client_submits_waits_downloads_and_follows(
         image=module("types").File(payload=io.BytesIO(encode(scene(seed=5))), file_name="s.png", mime_type="image/png"))
     captioned = module("api.jobs.submit_job").sync(client=keyed, body=upload, prefer="wait=60")
     assert isinstance(captioned, models.JobRecord) and captioned.status == models.JobRecordStatus.SUCCEEDED, captioned
-    assert captioned.priority == "high" and captioned.output.to_dict()["text"]
+    assert captioned.priority == "high" and isinstance(captioned.output, models.CaptionOutput), captioned.output
+    assert captioned.output.text and isinstance(captioned.metrics.run_ms, float), captioned.metrics
 
 
 def test_real_requests_and_answers_match_the_document(gateway: GatewayProcess, acme: NewKey,
@@ -108,7 +112,14 @@ def test_real_requests_and_answers_match_the_document(gateway: GatewayProcess, a
     assert call("GET", job["output"]["images"][0]["url"]).headers["content-type"] == "image/png"
     assert call("GET", "/v1/jobs", params={"limit": 2}, headers=key).status_code == 200
     assert call("POST", "/v1/jobs/batch", json={"jobs": [GENERATE, {"kind": "nope"}]}, headers=key).status_code == 200
+    # Every kind's output, typed in the document: a response of another shape fails validation.
+    for body in ({"kind": "caption", "input": {"image": SCENE}},
+                 {"kind": "segment", "input": {"image": SCENE, "labels": ["sky", "road"]}},
+                 {"kind": "segment", "input": {"image": SCENE}}):
+        answered = call("POST", "/v1/jobs", json=body, headers={**key, "Prefer": "wait=60"})
+        assert answered.json()["status"] == "succeeded", answered.text
     assert call("GET", "/v1/queues", headers=key).status_code == 200
+    assert call("GET", "/v1/workers", headers=key).json(), "no live worker listed"
     assert call("GET", f"/v1/jobs/{'0' * 32}", headers=key).status_code == 404
     assert call("GET", "/v1/jobs").status_code == 401
     assert call("POST", "/v1/jobs", json={**GENERATE, "input": {"prompt": "x", "width": 65}},
