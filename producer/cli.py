@@ -446,41 +446,26 @@ def _workers(args: argparse.Namespace) -> int:
 
 
 def _queues(args: argparse.Namespace) -> int:
-    from tasks.queues import oldest_queued_age_s, queue_depths
+    from tasks.queues import queue_report
 
     client = _client()
     if client.gateway is not None:
-        depths = client.gateway.queues()  # the same JSON, oldest_age_s included
+        depths = client.gateway.queues()  # the same JSON
     else:
-        depths = queue_depths(client.store.redis, client.settings.redis_prefix)
-        ages = oldest_queued_age_s(client.store.redis, client.settings.redis_prefix)
-        for kind, d in depths.items():
-            d["oldest_age_s"] = round(ages[kind], 3)
+        depths = queue_report(client.store.redis, client.settings.redis_prefix)
     if args.json:
         print(json.dumps(depths, indent=2))
         return 0
-    serving = _serving_models(client)
     width = max([10, *(len(name) + 2 for d in depths.values() for name in d["models"])])  # model rows indent 2
     print(f"{'kind':{width}} {'high':>6} {'normal':>6} {'low':>6} {'total':>6} {'oldest_s':>9}")
     for kind, d in depths.items():
         print(f"{kind:{width}} {d['high']:6} {d['normal']:6} {d['low']:6} {d['total']:6} {d['oldest_age_s']:9.1f}")
         for name, m in d["models"].items():
-            live = serving.get(f"{kind}/{name}", 0)
+            live = m.get("live_workers", 0)  # absent from an older gateway's answer
             if m["total"] or live:  # models nobody serves and nobody waits for stay quiet
                 print(f"  {name:{width - 2}} {m['high']:6} {m['normal']:6} {m['low']:6} {m['total']:6}  "
                       f"{live} live worker{'' if live == 1 else 's'}")
     return 0
-
-
-def _serving_models(client: Any) -> dict[str, int]:
-    """"kind/name" -> how many live workers (ready or busy) serve it now."""
-    from collections import Counter
-
-    from tasks.heartbeats import SERVING_STATES, list_workers
-
-    workers = (client.gateway.workers() if client.gateway is not None
-               else list_workers(client.store.redis, client.settings.redis_prefix))
-    return Counter(model for w in workers if w.get("state") in SERVING_STATES for model in w.get("models", {}))
 
 
 def _purge(args: argparse.Namespace) -> int:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from typing import Any, Iterable
 
 import redis
 
+from tasks.heartbeats import SERVING_STATES, list_workers
 from tasks.kinds import Priority
 from tasks.record import parse_time
 from tasks.served_models import models_by_kind, queue_lists
@@ -31,6 +33,20 @@ def queue_depths(client: redis.Redis, prefix: str) -> dict[str, dict[str, Any]]:
             per_model[name] = {**per_priority, "total": sum(per_priority.values())}
         totals = {p: sum(m[p] for m in per_model.values()) for p in [*(q.value for q in Priority), "total"]}
         depths[kind.value] = {**totals, "models": per_model}
+    return depths
+
+
+def queue_report(client: redis.Redis, prefix: str) -> dict[str, dict[str, Any]]:
+    """`queue_depths` with each kind's `oldest_age_s` and each model's `live_workers` (ready or
+    busy workers serving it now): `visionq queues --json` and the gateway's /v1/queues."""
+    depths = queue_depths(client, prefix)
+    ages = oldest_queued_age_s(client, prefix)
+    serving = Counter(model for w in list_workers(client, prefix) if w.get("state") in SERVING_STATES
+                      for model in w.get("models", {}))
+    for kind, depth in depths.items():
+        depth["oldest_age_s"] = round(ages[kind], 3)
+        for name, per_model in depth["models"].items():
+            per_model["live_workers"] = serving.get(f"{kind}/{name}", 0)
     return depths
 
 

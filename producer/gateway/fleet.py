@@ -12,7 +12,7 @@ from producer.gateway.metrics import render_metrics
 from producer.gateway.readiness import check_ready
 from producer.gateway.schemas import AUTH_ERRORS, error_responses
 from tasks.heartbeats import list_workers
-from tasks.queues import oldest_queued_age_s, queue_depths
+from tasks.queues import queue_report
 
 router = APIRouter()
 STATIC = Path(__file__).parent / "static"
@@ -22,11 +22,7 @@ STATIC = Path(__file__).parent / "static"
             response_model=dict[str, schemas.KindQueues], responses=error_responses(*AUTH_ERRORS))
 def queues(request: Request, who: Caller) -> JSONResponse:
     services = services_of(request)
-    depths = queue_depths(services.redis, services.settings.redis_prefix)
-    ages = oldest_queued_age_s(services.redis, services.settings.redis_prefix)
-    for kind, depth in depths.items():
-        depth["oldest_age_s"] = round(ages[kind], 3)
-    return JSONResponse(depths)
+    return JSONResponse(queue_report(services.redis, services.settings.redis_prefix))
 
 
 @router.get("/v1/workers", tags=["fleet"], summary="Live workers (as `visionq workers --json`)",

@@ -213,11 +213,15 @@ class QueueCounts(BaseModel):
     total: int
 
 
+class ModelQueues(QueueCounts):
+    live_workers: int = Field(description="ready or busy workers serving this model now")
+
+
 class KindQueues(QueueCounts):
     """A kind's queued jobs (taken ones not counted), over all its models, and per model name."""
 
     oldest_age_s: float = Field(description="how long its oldest queued job has waited (0: none)")
-    models: dict[str, QueueCounts]
+    models: dict[str, ModelQueues]
 
 
 class ServedModel(_Open):

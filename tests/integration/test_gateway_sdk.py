@@ -81,6 +81,7 @@ def test_cli_through_the_gateway(gateway: GatewayProcess, acme: NewKey, gateway_
     assert run_visionq("status", "0" * 32, env=env).returncode == 3
     queues = json.loads(run_visionq("queues", "--json", env=env).stdout)
     assert set(queues) == {"caption", "segment", "generate"}
+    assert queues["generate"]["models"]["sd"]["live_workers"] == 1  # through the gateway's /v1/queues
     workers = json.loads(run_visionq("workers", "--json", env=env).stdout)
     assert any(w["pid"] == gateway_worker.pid for w in workers)
 

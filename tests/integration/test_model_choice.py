@@ -96,6 +96,8 @@ def test_a_model_no_worker_loaded_waits_on_its_own_queue_until_its_deadline(
     depths = json.loads(run_visionq("queues", "--json", env=choice_env).stdout)
     assert depths["caption"]["models"]["vlm"]["total"] == 1
     assert depths["caption"]["models"]["blip"]["total"] == 0
+    assert (depths["caption"]["models"]["vlm"]["live_workers"], depths["caption"]["models"]["blip"]["live_workers"]) \
+        == (0, 1)
     assert depths["caption"]["total"] == 1  # the kind's total counts every model's queue
     text = run_visionq("queues", env=choice_env).stdout
     assert "vlm" in text and "0 live workers" in text

@@ -159,12 +159,11 @@ def test_queues_table_keeps_its_columns_under_long_model_names(
     from tasks import queues
 
     per_model = {"high": 0, "normal": 2, "low": 0, "total": 2}
-    depths = {"segment": {**per_model, "models": {"clipseg": per_model, "owlv2-sam-large": per_model}}}
-    monkeypatch.setattr(queues, "queue_depths", lambda *_: depths)
-    monkeypatch.setattr(queues, "oldest_queued_age_s", lambda *_: {"segment": 1.5})
+    depths = {"segment": {**per_model, "oldest_age_s": 1.5, "models": {
+        "clipseg": {**per_model, "live_workers": 1}, "owlv2-sam-large": {**per_model, "live_workers": 0}}}}
+    monkeypatch.setattr(queues, "queue_report", lambda *_: depths)
     monkeypatch.setattr(cli, "_client", lambda: types.SimpleNamespace(
         gateway=None, store=types.SimpleNamespace(redis=None), settings=types.SimpleNamespace(redis_prefix="p")))
-    monkeypatch.setattr(cli, "_serving_models", lambda _client: {"segment/clipseg": 1})
     assert cli._queues(argparse.Namespace(json=False)) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     end = header.index("high") + len("high")  # the columns are right-aligned: every row's first count ends here
