@@ -81,18 +81,32 @@ def sent_event(
     on: a kombu message on the `celeryev` fanout exchange, which kombu's Redis transport PUBLISHes
     on `/<db>.celeryev/task.sent` under the global key prefix (Flower and `celery events` read it)."""
     body = {
-        "hostname": _ORIGIN, "utcoffset": 0.0, "pid": os.getpid(), "clock": 0, "uuid": task_id,
-        "root_id": task_id, "parent_id": None, "name": task_name, "args": "()",
-        "kwargs": repr(kwargs)[:_REPR_MAX_CHARS], "retries": 0, "eta": None, "expires": None, "queue": queue,
-        "exchange": "", "routing_key": queue, "timestamp": time.time(), "type": "task-sent",
+        **task_event("task-sent", task_id, _ORIGIN), "root_id": task_id, "parent_id": None, "name": task_name,
+        "args": "()", "kwargs": repr(kwargs)[:_REPR_MAX_CHARS], "retries": 0, "eta": None, "expires": None,
+        "queue": queue, "exchange": "", "routing_key": queue,
     }
+    return events_message([body], "task.sent", prefix, db, _ORIGIN)
+
+
+def task_event(event_type: str, task_id: str, hostname: str, **fields: Any) -> dict[str, Any]:
+    """The body of one Celery task event (`task-sent`, `task-revoked`, ...) of `hostname`."""
+    return {"hostname": hostname, "utcoffset": 0.0, "pid": os.getpid(), "clock": 0, "uuid": task_id,
+            "timestamp": time.time(), "type": event_type, **fields}
+
+
+def events_message(events: list[dict[str, Any]], routing_key: str, prefix: str, db: int,
+                   hostname: str) -> tuple[str, str]:
+    """(channel, message) that publishes `events` as Celery's event dispatcher does: one event on its
+    own routing key (`task.sent`), several as one `task.multi` batch (a list body, which every
+    event receiver reads). Under the global key prefix, on database `db`'s `celeryev` exchange."""
+    body = events[0] if len(events) == 1 else events
     message = json.dumps({
         "body": base64.b64encode(json.dumps(body).encode()).decode(), "content-encoding": "utf-8",
-        "content-type": "application/json", "headers": {"hostname": _ORIGIN},
-        "properties": {"delivery_mode": 1, "delivery_info": {"exchange": "celeryev", "routing_key": "task.sent"},
+        "content-type": "application/json", "headers": {"hostname": hostname},
+        "properties": {"delivery_mode": 1, "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
                        "priority": 0, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
     })
-    return f"{prefix}:/{db}.celeryev/task.sent", message
+    return f"{prefix}:/{db}.celeryev/{routing_key}", message
 
 
 def redis_db(redis_url: str) -> int:

@@ -4,6 +4,9 @@
   failure whose exception carries its error code and message; one that ended
   `canceled` is reported `REVOKED` (Flower, `celery events`). The record stays
   the truth: this only chooses how the task ends once the record is final.
+  A job that ended with no task of ours to report it (canceled or expired while queued,
+  failed by a watchdog) is told to Celery by the result writer that writes its result.json
+  (`TaskEndings`), as the worker that wrote it.
 - `celery control revoke ID` cancels the job as `visionq cancel` does (worker/revoke.py).
 - Prometheus metrics (worker/metrics.py) and one log line per final job.
 - The expirer (worker/expiry.py): jobs of every kind past their start deadline.
@@ -16,11 +19,13 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
+import redis
 from celery.exceptions import Ignore
 
 from tasks.deliveries import EventPublisher
 from tasks.errors import VisionqError
 from tasks.kinds import JobKind
+from tasks.messages import events_message, redis_db, task_event
 from tasks.models import default_model
 from tasks.record import JobRecord, check_job_id
 from tasks.status import JobStatus
@@ -124,6 +129,37 @@ class Observer:
             # the message without a success or failure event that would replace that state.
             task.send_event("task-revoked", terminated=False, signum=None, expired=False)
             raise Ignore()
+
+
+class TaskEndings:
+    """Celery task events for jobs that ended with no task of ours reporting them: what the
+    task would have sent (task-revoked for `canceled`, task-failed with `JobFailed` for `failed`),
+    published as worker `hostname`, so Flower and `celery events` leave PENDING (or STARTED, for a
+    job failed by a watchdog whose worker exited). A job whose message a worker still meets later
+    is reported once more then, in the same state."""
+
+    def __init__(self, client: redis.Redis, prefix: str, redis_url: str, hostname: str) -> None:
+        self.client, self.prefix, self.hostname = client, prefix, hostname
+        self.db = redis_db(redis_url)
+
+    def announce(self, records: list[JobRecord]) -> None:
+        events = [event for record in records if (event := self._event_of(record)) is not None]
+        if not events:
+            return
+        routing_key = events[0]["type"].replace("-", ".") if len(events) == 1 else "task.multi"
+        channel, message = events_message(events, routing_key, self.prefix, self.db, self.hostname)
+        try:
+            self.client.publish(channel, message)
+        except redis.RedisError as exc:  # a monitor's view only: the records are right
+            log.warning("Celery events of %d ended jobs not sent: %s", len(events), exc)
+
+    def _event_of(self, record: JobRecord) -> dict[str, Any] | None:
+        if record.status is JobStatus.CANCELED:
+            return task_event("task-revoked", record.id, self.hostname, terminated=False, signum=None, expired=False)
+        if record.status is JobStatus.FAILED:
+            error = JobFailed((record.error or {}).get("code", "internal"), (record.error or {}).get("message", ""))
+            return task_event("task-failed", record.id, self.hostname, exception=repr(error), traceback=str(error))
+        return None
 
 
 def model_of_queue(kind: JobKind, queue: str | None) -> str:

@@ -35,7 +35,7 @@ from worker.heartbeat import Heartbeat
 from worker.inputs import InputReader
 from worker.pipelines.base import Pipeline
 from worker.leases import Leases, delivery_tag, survive_reconnects, unacked_index_key
-from worker.observe import JobFailed, Observer, model_of_queue
+from worker.observe import JobFailed, Observer, TaskEndings, model_of_queue
 from worker.runtime import JobRunner
 from worker.results import ResultWriter
 from worker.sweeper import Sweeper, celery_publisher, unacked_key
@@ -161,7 +161,10 @@ def serve(
         register_tasks(app, runner, kinds, leases, observer)
         heartbeat.follow_celery(lambda: {"jobs_done": runner.jobs_done, "model_loads": loader.model_loads()})
         Sweeper(store, celery_publisher(app), settings.sweep_grace_s).start()
-        ResultWriter(store, storage, settings.storage_retry_s).start()  # result.json of the jobs no worker ended
+        # result.json of the jobs no worker ended, and (task events on) their end told to Celery's monitors
+        endings = TaskEndings(client, settings.redis_prefix, settings.redis_url, name) if settings.task_events else None
+        ResultWriter(store, storage, settings.storage_retry_s,
+                     on_written=endings.announce if endings is not None else None).start()
         asked_to_stop = threading.Event()
         signals.worker_shutting_down.connect(lambda **_: asked_to_stop.set(), weak=False)
         answer_remote_control(name, queues)  # `celery control shutdown` asks too (worker/control.py)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 from tasks.errors import StorageError, VisionqError
 from tasks.record import JobRecord
@@ -60,10 +61,13 @@ class ResultWriter(Chore):
     name = "result-writer"
 
     def __init__(self, store: JobStore, storage: Storage, storage_retry_s: float,
-                 interval_s: float = INTERVAL_S) -> None:
-        """`storage_retry_s`: how long one storage call may wait out an outage (VISIONQ_STORAGE_RETRY_S)."""
+                 interval_s: float = INTERVAL_S, on_written: Callable[[list[JobRecord]], None] | None = None) -> None:
+        """`storage_retry_s`: how long one storage call may wait out an outage (VISIONQ_STORAGE_RETRY_S);
+        `on_written`: called with each batch's records once their files are written (Celery's view
+        of them, worker/observe.py `TaskEndings`)."""
         super().__init__(store, interval_s)
         self.storage = storage
+        self.on_written = on_written
         self.lease_s = int(storage_retry_s) + LEASE_BEYOND_RETRY_S
         self._claim = store.redis.register_script(_CLAIM)
         self._done = store.redis.register_script(_DONE)
@@ -98,6 +102,8 @@ class ResultWriter(Chore):
         written = self._publish_all(todo, started)
         done += written
         run_pipelined(self._done, [([self.store.unwritten_key], [job_id, lease_end]) for job_id in done])
+        if self.on_written is not None and written:
+            self.on_written([records[job_id] for job_id in written])
         return written, len(ids)
 
     def _publish_all(self, records: list[JobRecord], started: float) -> list[str]:

@@ -32,6 +32,7 @@ from tasks.webhooks import (
     Attempt, DeliveryStatus, clean_text, is_retryable, mask_url, retry_delay_s,
     secret_key, signature_headers,
 )
+from worker.control import answer_remote_control
 from worker.expiry import Expirer
 from worker.heartbeat import Heartbeat
 from worker.outbound import PostResult, post
@@ -150,6 +151,9 @@ def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "IN
     Expirer(store, events.publish_final).start()
     install_revoke(store, events)  # a revoke it receives cancels the job too (worker/revoke.py)
     name = f"visionq-webhooks-{os.getpid()}@{socket.gethostname()}"
+    # `celery control add_consumer visionq.caption` (to every node) would have it take GPU jobs'
+    # messages and drop them as unregistered tasks; `control shutdown` is a stop as asked.
+    answer_remote_control(name, [WEBHOOKS_QUEUE])
     heartbeat = Heartbeat(client, settings.redis_prefix, name, {"kinds": DELIVERY_WORKER_KINDS, "device": None})
     heartbeat.start()
     attempts = itertools.count(1)  # read once after each task: its jobs_done are delivery attempts made

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -210,6 +211,25 @@ def test_revoke_cancels_queued_and_running_jobs_and_flower_shows_revoked(gated: 
 
 
 @pytest.mark.integration
+def test_flower_shows_jobs_ended_while_queued_as_revoked_and_failed(gated: dict[str, Any], flower: str) -> None:
+    """No worker serves caption here, so no task ever reports these jobs: the result writer that
+    writes their result.json tells Celery's monitors, as its worker."""
+    from tests.support.images import encode, scene
+
+    client = gated["client"]
+    canceled = client.caption(encode(scene(seed=1)), queue_timeout_s=600)
+    expired = client.caption(encode(scene(seed=2)), queue_timeout_s=1)
+    assert client.cancel(canceled.id).status == "canceled"
+    assert expired.wait(timeout=TIMEOUT).error["code"] == "expired"
+    wait_until(lambda: _flower_task(flower, canceled.id).get("state") == "REVOKED", TIMEOUT, "REVOKED in Flower")
+    wait_until(lambda: _flower_task(flower, expired.id).get("state") == "FAILURE", TIMEOUT, "FAILURE in Flower")
+    failure = _flower_task(flower, expired.id)
+    assert "expired" in failure["exception"] and failure["worker"] == gated["name"], failure
+    # Told as the worker that wrote the results: Flower lists no other worker.
+    assert list(httpx.get(f"{flower}/api/workers", timeout=10).json()) == [gated["name"]]
+
+
+@pytest.mark.integration
 def test_the_delivery_worker_alone_takes_a_revoke_too(obs_env: dict[str, str], tmp_path: Path) -> None:
     from producer.client import Client
     from tasks.settings import Settings
@@ -226,5 +246,20 @@ def test_the_delivery_worker_alone_takes_a_revoke_too(obs_env: dict[str, str], t
         # Celery's revoke asks a result backend for the task's state; with none (by design) it
         # would warn about each revoke.
         assert "Failed to mark task" not in deliverer.log_tail(100_000)
+
+        # An add_consumer sent to every node: the delivery worker would take caption messages
+        # and drop them as unregistered tasks. It refuses.
+        from tasks.app import make_celery
+        from tasks.heartbeats import list_workers
+        from tasks.queues import queue_depths
+        from tests.support.images import encode, scene
+
+        name = next(w["name"] for w in list_workers(client.store.redis, client.settings.redis_prefix))
+        [answer] = make_celery(client.settings).control.add_consumer("visionq.caption", reply=True, timeout=10)
+        assert "does not serve queue 'visionq.caption'" in answer[name]["error"], answer
+        waiting = client.caption(encode(scene(seed=3)))
+        time.sleep(2)  # it would have taken the message by now: it consumes in milliseconds
+        assert queue_depths(client.store.redis, client.settings.redis_prefix)["caption"]["total"] == 1
+        assert waiting.refresh().status == "queued" and "unregistered" not in deliverer.log_tail(100_000)
     finally:
         deliverer.stop()
