@@ -19,8 +19,8 @@ def _refuse_a_shadowed_contract() -> None:
 _refuse_a_shadowed_contract()
 
 from producer.client import Client  # noqa: E402 - after the check above
-from producer.http_errors import Conflict  # noqa: E402
+from producer.http_errors import Conflict, Unavailable  # noqa: E402
 from producer.job import Job  # noqa: E402
-from tasks.errors import InvalidInput, JobNotFound, VisionqError  # noqa: E402
+from tasks.errors import InvalidInput, JobNotFound, StorageError, VisionqError  # noqa: E402
 
-__all__ = ["Client", "Conflict", "InvalidInput", "Job", "JobNotFound", "VisionqError"]
+__all__ = ["Client", "Conflict", "InvalidInput", "Job", "JobNotFound", "StorageError", "Unavailable", "VisionqError"]

@@ -120,7 +120,8 @@ class Client:
     def storage(self) -> Storage:
         if self._storage is None:  # built on first upload: submitting a URL needs no storage
             self._storage = open_storage(
-                self.settings.storage_url, presign_expiry_s=self.settings.presign_expiry_s
+                self.settings.storage_url, presign_expiry_s=self.settings.presign_expiry_s,
+                retry_s=self.settings.storage_retry_s,
             )
         return self._storage
 
@@ -252,6 +253,8 @@ class Client:
                     f"idempotency_key must be a string of 1..{self.settings.limits.max_key_chars} characters"
                 )
         if "image" in params:
+            if _is_local_image(params["image"]):  # every other parameter checked before it is uploaded
+                parse_request(kind, {**params, "image": _CHECKED_LATER}, self.settings.limits)
             params["image"] = self._image_uri(params["image"])
         request = parse_request(kind, params, self.settings.limits)
         message = request_to_message(request)
@@ -303,9 +306,7 @@ class Client:
     def _image_uri(self, image: Any) -> str:
         """A URI for the message: remote references pass through, local data is uploaded."""
         if isinstance(image, Image.Image):
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return self._upload(buffer.getvalue())
+            return self._upload(png_of(image), "PIL image")
         if isinstance(image, (bytes, bytearray)):
             return self._upload(bytes(image))
         if isinstance(image, str) and image.startswith("file://"):
@@ -324,7 +325,11 @@ class Client:
                 raise InvalidInput(
                     f"image {path} has {size} bytes, more than the limit {self.settings.limits.max_image_bytes}"
                 )
-            return self._upload(path.read_bytes(), f"image {path}")
+            try:
+                data = path.read_bytes()
+            except OSError as exc:  # unreadable (permissions, a folder's race): this request's error alone
+                raise InvalidInput(f"image {path} cannot be read: {exc.strerror or exc}") from None
+            return self._upload(data, f"image {path}")
         raise InvalidInput(
             f"image must be a path, bytes, a PIL image or a URI string, got {type(image).__name__}"
         )
@@ -354,6 +359,30 @@ class Client:
         if self.storage.exists(key):
             return self.storage.ref(key, data, _CONTENT_TYPES[extension]).uri
         return self.storage.put(key, data, _CONTENT_TYPES[extension]).uri
+
+
+# Stands in for a local image while the other parameters are checked, before it is uploaded.
+_CHECKED_LATER = "s3://checked-later/image.png"
+# Modes a PNG holds as they are; any other (CMYK and YCbCr JPEGs, float and 32-bit images) is
+# converted to RGB first, as the workers would convert it for every model.
+_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}
+
+
+def _is_local_image(image: Any) -> bool:
+    """Whether `image` is data the SDK uploads (not a URI the workers read where it is)."""
+    return not (isinstance(image, str) and image.startswith(IMAGE_SCHEMES) and not image.startswith("file://"))
+
+
+def png_of(image: Image.Image) -> bytes:
+    """A PIL image as PNG bytes; InvalidInput for one no PNG can hold (empty, or a mode with no RGB)."""
+    if image.width < 1 or image.height < 1:
+        raise InvalidInput(f"PIL image is empty ({image.width}x{image.height} pixels)")
+    buffer = io.BytesIO()
+    try:
+        (image if image.mode in _PNG_MODES else image.convert("RGB")).save(buffer, format="PNG")
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"PIL image of mode {image.mode} cannot be stored as PNG: {exc}") from None
+    return buffer.getvalue()
 
 
 def inline_image(data: bytes) -> str:

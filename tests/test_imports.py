@@ -44,7 +44,9 @@ def test_receivers_verify_through_the_producer_package() -> None:
 
 
 def test_public_surface_is_pinned() -> None:
-    assert sorted(producer.__all__) == ["Client", "Conflict", "InvalidInput", "Job", "JobNotFound", "VisionqError"]
+    assert sorted(producer.__all__) == [
+        "Client", "Conflict", "InvalidInput", "Job", "JobNotFound", "StorageError", "Unavailable", "VisionqError",
+    ]
     assert sorted(tasks.__all__) == [
         "ErrorCode", "InvalidInput", "JobKind", "JobNotFound", "JobStatus", "Settings", "VisionqError",
     ]

@@ -1,0 +1,49 @@
+"""What the SDK uploads for a local image, and when: any PIL image, nothing before the checks,
+the deployment's storage retry budget."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from PIL import Image
+
+from producer import Client, StorageError
+from producer.redis_server import free_port
+from tasks.errors import InvalidInput
+from tasks.settings import Settings
+from tasks.storage import input_key
+from tests.support.images import encode, scene
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 60
+GENERATE = {"kind": "generate", "input": {"prompt": "a kite", "width": 64, "height": 64, "steps": 1}}
+
+
+def test_pil_images_of_any_mode_are_sent_and_an_empty_one_fails_alone(client: Client) -> None:
+    cmyk = Image.new("CMYK", (48, 48), (0, 200, 200, 0))  # a CMYK JPEG's mode: no PNG holds it as is
+    floats = Image.new("F", (48, 48), 0.5)
+    empty = Image.new("RGB", (0, 0))
+    requests = [GENERATE, {"kind": "caption", "input": {"image": cmyk, "max_new_tokens": 4}},
+                {"kind": "caption", "input": {"image": empty}}, {"kind": "caption", "input": {"image": floats}}, GENERATE]
+    results = client.submit_many(requests, chunk_size=2)
+    assert [type(r).__name__ for r in results] == ["Job", "Job", "InvalidInput", "Job", "Job"], results
+    assert "empty (0x0 pixels)" in results[2].message
+    for job in (results[1], results[3]):
+        assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
+
+
+def test_a_bad_parameter_is_refused_before_the_image_is_uploaded(client: Client) -> None:
+    data = encode(scene(seed=77), "PNG")
+    with pytest.raises(InvalidInput, match="max_new_tokens"):
+        client.caption(data, max_new_tokens=10_000)
+    assert not client.storage.exists(input_key(hashlib.sha256(data).hexdigest(), "png"))
+
+
+def test_an_upload_waits_out_storage_for_the_deployment_budget(
+    service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # boto3's; nothing listens there
+    settings = Settings.from_env({**service_env, "VISIONQ_STORAGE_RETRY_S": "1"})
+    with pytest.raises(StorageError, match=r"VISIONQ_STORAGE_RETRY_S is 1\)"):
+        Client(settings=settings).caption(encode(scene(seed=78), "PNG"))
