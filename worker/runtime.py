@@ -256,7 +256,11 @@ class JobRunner:
         except VisionqError as exc:
             unwritten = True
             if status is JobStatus.SUCCEEDED:  # without result.json the outputs are not complete
-                final = replace(final, status=JobStatus.FAILED, output=None, error=exc.to_dict())
+                # It ends now, once the write gave up (the storage retry budget later), not when the model did.
+                failed_at = utc_now()
+                final = replace(final, status=JobStatus.FAILED, output=None, error=exc.to_dict(),
+                                completed_at=failed_at,
+                                metrics={**metrics, "total_ms": ms_between(record.created_at, failed_at)})
             else:
                 log.warning("job %s: result.json not written: %s", record.id, exc.message)
         fields = {

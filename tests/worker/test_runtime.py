@@ -497,6 +497,31 @@ def test_a_result_json_the_worker_could_not_write_is_left_to_the_result_writer(h
     assert json.loads((storage.root / "jobs" / job_id / "result.json").read_bytes())["status"] == "failed"
 
 
+def test_a_success_failed_by_its_result_json_ends_when_the_write_gave_up(harness, monkeypatch) -> None:
+    from datetime import datetime, timezone
+
+    from tasks.errors import StorageError
+    from tasks.record import parse_time
+    from worker import runtime
+
+    make, submit, store, _ = harness
+    job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
+    gave_up: list[datetime] = []
+
+    def unreachable(storage: Any, record: Any) -> None:
+        time.sleep(0.3)  # the storage retry budget, spent
+        gave_up.append(datetime.now(timezone.utc))
+        raise StorageError("upload of result.json failed: storage unreachable")
+
+    monkeypatch.setattr(runtime, "publish_record", unreachable)
+    make(succeed).run(JobKind.GENERATE, job_id, message)
+    record = store.get(job_id)
+    assert record.status is JobStatus.FAILED and record.error["code"] == "storage_error"
+    ended = parse_time(record.completed_at)
+    assert ended >= gave_up[0].replace(microsecond=gave_up[0].microsecond // 1000 * 1000), (ended, gave_up)
+    assert record.metrics["total_ms"] == pytest.approx((ended - parse_time(record.created_at)).total_seconds() * 1000, abs=1)
+
+
 def test_waiting_for_storage_is_off_the_clock(harness) -> None:
     """A storage outage is waited out (VISIONQ_STORAGE_RETRY_S), not ended as a timeout."""
     make, submit, store, storage = harness
