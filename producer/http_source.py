@@ -22,6 +22,7 @@ from tasks.errors import InvalidInput
 from tasks.heartbeats import serving_of
 from tasks.kinds import JobKind
 from tasks.record import JobRecord
+from tasks.store import NotFinalYet
 from tasks.schemas import missing_local_image
 
 USER_AGENT = "visionq-sdk"
@@ -101,8 +102,7 @@ class HttpJobSource:
             except (httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ReadError):
                 pass
             if deadline is not None and time.monotonic() >= deadline:
-                status = record.status.value if record is not None else "not final"
-                raise TimeoutError(f"job {job_id} is still {status} after {timeout_s} s")
+                raise NotFinalYet(job_id, record.status.value if record is not None else "not final", timeout_s)
 
     def _events(self, job_id: str, deadline: float | None) -> Iterator[JobRecord]:
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol
 
 from tasks.models import default_model
 from tasks.record import JobRecord
+from tasks.store import NotFinalYet
 
 log = logging.getLogger("visionq")
 
@@ -120,8 +121,10 @@ class Job:
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         try:
             self._record = self._source.wait(self.id, remaining, on_change=changed, seen=self._record)
-        except TimeoutError:
-            raise TimeoutError(f"job {self.id} is still {self.status} after {timeout} s") from None
+        except NotFinalYet as exc:
+            raise exc.after(timeout) from None
+        except TimeoutError:  # a source that says no more
+            raise NotFinalYet(self.id, str(self.status), timeout) from None
         return self
 
     def cancel(self) -> Job:

@@ -181,6 +181,24 @@ return current
 """
 
 
+class NotFinalYet(TimeoutError):
+    """A wait that ended before its job did: the job's status when last read, and whether its
+    source (Redis, the gateway) was unreachable at the end, so that status may be old."""
+
+    def __init__(self, job_id: str, status: str, timeout_s: float | None, unreachable: bool = False) -> None:
+        self.job_id, self.status, self.unreachable = job_id, status, unreachable
+        if unreachable:
+            text = (f"job {job_id} is not final after {timeout_s} s as far as known: Redis has not answered "
+                    f"since it was last seen {status}")
+        else:
+            text = f"job {job_id} is still {status} after {timeout_s} s"
+        super().__init__(text)
+
+    def after(self, timeout_s: float | None) -> NotFinalYet:
+        """The same, told for a wait of `timeout_s` in all (one of whose phases this ended)."""
+        return NotFinalYet(self.job_id, self.status, timeout_s, self.unreachable)
+
+
 @dataclass(frozen=True)
 class Enqueue:
     """A job's Celery message (tasks/messages.py) and the Redis list it goes on; with task events
@@ -491,6 +509,7 @@ class JobStore:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         last: JobRecord | None = seen
+        unreachable = False  # the last read failed: `last` may be old
         try:
             try:
                 pubsub.subscribe(self.events_channel(job_id))
@@ -502,11 +521,12 @@ class JobStore:
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     if last is None or isinstance(exc, redis.AuthenticationError):
                         raise
+                    unreachable = True
                     if job_id not in self._waits_told_away:  # once an outage
                         log.warning("waiting for job %s: Redis unavailable (%s); waiting on", job_id, exc)
                         self._waits_told_away.add(job_id)
                 else:
-                    last = record
+                    last, unreachable = record, False
                     self._waits_told_away.discard(job_id)
                     if on_change is not None:
                         on_change(record)
@@ -514,9 +534,7 @@ class JobStore:
                         return record
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise TimeoutError(
-                        f"job {job_id} is still {last.status.value} after {timeout_s} s"
-                    )
+                    raise NotFinalYet(job_id, last.status.value, timeout_s, unreachable)
                 wait_s = poll_s if remaining is None else min(poll_s, remaining)
                 pubsub = _wait_for_event(pubsub, wait_s)
         finally:

@@ -252,6 +252,30 @@ def test_a_jobs_wait_rides_out_an_outage_across_its_two_phases(
         proxy.close()
 
 
+def test_a_wait_that_times_out_during_an_outage_says_its_status_may_be_old(
+    redis_server: RedisServer, store: JobStore,
+) -> None:
+    from producer.job import Job
+    from producer.redis_source import RedisJobSource
+    from tasks.redis_connect import connect
+    from tests.support.tcp_proxy import TcpProxy
+
+    proxy = TcpProxy(redis_server.port)
+    try:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        through = JobStore(connect(url, "mymaster"), ttl_s=60, prefix=store.prefix)
+        record, _ = store.create(JobKind.CAPTION, {})
+        job = Job(RedisJobSource(through, None, url), through.get(record.id))  # type: ignore[arg-type]
+        proxy.cut()
+        store.transition(record.id, JobStatus.RUNNING)  # unseen by the waiter
+        with pytest.raises(TimeoutError) as raised:
+            job.wait(timeout=1)
+        assert str(raised.value) == (f"job {record.id} is not final after 1 s as far as known: Redis has not "
+                                     "answered since it was last seen queued")
+    finally:
+        proxy.close()
+
+
 def test_a_refused_password_ends_a_wait_at_once(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """An AuthenticationError is a ConnectionError to redis-py, but no outage: a password changed
     while Redis restarted would otherwise keep a wait spinning, silent, until its timeout."""
