@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Union
 from urllib.parse import urlsplit
 
 from tasks.errors import InvalidInput
+from tasks.images import accepted_extension
 from tasks.kinds import JobKind
 from tasks.limits import DEFAULT_LIMITS, Limits
 
@@ -84,7 +85,8 @@ def validate_image_uri(value: Any, limits: Limits) -> str:
                 f"inline image has {len(value)} bytes of base64, more than the limit "
                 f"{limits.max_inline_image_bytes}; upload it to storage instead"
             )
-        decode_data_uri(value)  # rejects malformed data early
+        # Malformed base64, or bytes of no accepted image format, refused at submit (not by a worker).
+        accepted_extension(decode_data_uri(value), "inline image")
         return value
     if len(value) > limits.max_url_chars:
         raise InvalidInput(f"image URI has {len(value)} characters, more than {limits.max_url_chars}")

@@ -81,8 +81,12 @@ def test_caption_limits() -> None:
 
 
 def test_inline_image_capped_and_checked() -> None:
-    small = "data:image/png;base64," + base64.b64encode(b"\x89PNG....").decode()
+    small = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n....").decode()
     assert CaptionRequest.from_dict({"image": small}).image == small
+    with pytest.raises(InvalidInput, match="inline image is not a JPEG, PNG or WebP file"):  # at submit
+        CaptionRequest.from_dict({"image": "data:image/png;base64,AAAA"})
+    with pytest.raises(InvalidInput, match="inline image: GIF"):
+        CaptionRequest.from_dict({"image": "data:image/gif;base64," + base64.b64encode(b"GIF89a....").decode()})
     limits = Limits(max_inline_image_bytes=100)
     big = "data:image/png;base64," + "A" * 200
     with pytest.raises(InvalidInput, match="upload it to storage instead"):
@@ -94,7 +98,7 @@ def test_inline_image_capped_and_checked() -> None:
 
 
 def test_record_never_carries_inline_bytes() -> None:
-    inline = "data:image/png;base64," + base64.b64encode(b"image-bytes").decode()
+    inline = "data:image/png;base64," + base64.b64encode(b"\xff\xd8\xffimage-bytes").decode()
     record = request_to_record(CaptionRequest.from_dict({"image": inline}))
     assert record["image"].startswith("inline:sha256:")
     assert "base64" not in str(record)
