@@ -291,6 +291,7 @@ class Client:
             if events is not None or secret is not None:
                 raise InvalidInput("webhook_events and webhook_secret need a webhook URL")
             return None
+        spec = validate_webhook(url, events, self.settings.limits, self.settings.webhook_allow)  # the URL first
         if secret is None and not self.settings.webhook_secret:
             raise InvalidInput("a webhook needs a signing secret: set VISIONQ_WEBHOOK_SECRET or pass webhook_secret")
         try:
@@ -298,7 +299,7 @@ class Client:
         except ValueError as exc:
             source = "webhook_secret" if secret is not None else "VISIONQ_WEBHOOK_SECRET"
             raise InvalidInput(f"{source}: {exc}") from None
-        return validate_webhook(url, events, self.settings.limits, self.settings.webhook_allow)
+        return spec
 
     def _registered_models(self) -> set[str]:
         return set(registered_models(self.store.redis, self.settings.redis_prefix))

@@ -47,3 +47,10 @@ def test_an_upload_waits_out_storage_for_the_deployment_budget(
     settings = Settings.from_env({**service_env, "VISIONQ_STORAGE_RETRY_S": "1"})
     with pytest.raises(StorageError, match=r"VISIONQ_STORAGE_RETRY_S is 1\)"):
         Client(settings=settings).caption(encode(scene(seed=78), "PNG"))
+
+
+def test_a_webhook_url_is_checked_before_its_secret(client: Client) -> None:
+    settings = client.settings.model_copy(update={"webhook_secret": None})
+    with pytest.raises(InvalidInput, match="webhook") as refused:
+        Client(settings=settings).generate("a kite", webhook=5)  # type: ignore[arg-type]
+    assert "secret" not in refused.value.message, refused.value.message
