@@ -17,7 +17,7 @@ from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
 from tasks.expiry import check_queue_timeout
 from tasks.errors import InvalidInput, VisionqError
-from tasks.images import accepted_extension
+from tasks.images import accepted_extension, to_rgb
 from tasks.kinds import JobKind, Priority
 from tasks.messages import job_enqueue, redis_db
 from tasks.redis_connect import client_for
@@ -119,10 +119,9 @@ class Client:
     @property
     def storage(self) -> Storage:
         if self._storage is None:  # built on first upload: submitting a URL needs no storage
-            self._storage = open_storage(
-                self.settings.storage_url, presign_expiry_s=self.settings.presign_expiry_s,
-                retry_s=self.settings.storage_retry_s,
-            )
+            # A submit waits out a storage outage briefly (tasks/storage.py SUBMIT_RETRY_S), not for a
+            # job's VISIONQ_STORAGE_RETRY_S: a caller is waiting, and submit_many would wait per image.
+            self._storage = open_storage(self.settings.storage_url, presign_expiry_s=self.settings.presign_expiry_s)
         return self._storage
 
     def caption(
@@ -319,17 +318,17 @@ class Client:
             return image
         if isinstance(image, (str, Path)):
             path = Path(image)
-            if not path.is_file():
-                raise missing_local_image(image)
-            size = path.stat().st_size
-            if size > self.settings.limits.max_image_bytes:
-                raise InvalidInput(
-                    f"image {path} has {size} bytes, more than the limit {self.settings.limits.max_image_bytes}"
-                )
-            try:
+            try:  # unreadable (permissions, a name too long, a race): this request's error alone
+                if not path.is_file():
+                    raise missing_local_image(image)
+                size = path.stat().st_size
+                if size > self.settings.limits.max_image_bytes:
+                    raise InvalidInput(
+                        f"image {path} has {size} bytes, more than the limit {self.settings.limits.max_image_bytes}"
+                    )
                 data = path.read_bytes()
-            except OSError as exc:  # unreadable (permissions, a folder's race): this request's error alone
-                raise InvalidInput(f"image {path} cannot be read: {exc.strerror or exc}") from None
+            except OSError as exc:
+                raise InvalidInput(f"image {str(path)[:200]} cannot be read: {exc.strerror or exc}") from None
             return self._upload(data, f"image {path}")
         raise InvalidInput(
             f"image must be a path, bytes, a PIL image or a URI string, got {type(image).__name__}"
@@ -364,8 +363,8 @@ class Client:
 
 # Stands in for a local image while the other parameters are checked, before it is uploaded.
 _CHECKED_LATER = "s3://checked-later/image.png"
-# Modes a PNG holds as they are; any other (CMYK and YCbCr JPEGs, float and 32-bit images) is
-# converted to RGB first, as the workers would convert it for every model.
+# Modes a PNG holds as they are (the workers convert them when they decode); any other (CMYK and
+# YCbCr JPEGs, 16-bit variants, float images) is converted to RGB here, exactly as a worker would.
 _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}
 
 
@@ -380,7 +379,7 @@ def png_of(image: Image.Image) -> bytes:
         raise InvalidInput(f"PIL image is empty ({image.width}x{image.height} pixels)")
     buffer = io.BytesIO()
     try:
-        (image if image.mode in _PNG_MODES else image.convert("RGB")).save(buffer, format="PNG")
+        (image if image.mode in _PNG_MODES else to_rgb(image)).save(buffer, format="PNG")
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"PIL image of mode {image.mode} cannot be stored as PNG: {exc}") from None
     return buffer.getvalue()

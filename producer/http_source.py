@@ -88,7 +88,7 @@ class HttpJobSource:
 
     def wait(
         self, job_id: str, timeout_s: float | None, on_change: Callable[[JobRecord], None] | None = None,
-        seen: JobRecord | None = None,  # unused: a stream cut short is opened again either way
+        seen: JobRecord | None = None,  # its status is the one told if no event came
     ) -> JobRecord:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         record: JobRecord | None = None
@@ -102,7 +102,8 @@ class HttpJobSource:
             except (httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ReadError):
                 pass
             if deadline is not None and time.monotonic() >= deadline:
-                raise NotFinalYet(job_id, record.status.value if record is not None else "not final", timeout_s)
+                last = record if record is not None else seen
+                raise NotFinalYet(job_id, last.status.value if last is not None else "not final", timeout_s)
 
     def _events(self, job_id: str, deadline: float | None) -> Iterator[JobRecord]:
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)

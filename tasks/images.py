@@ -1,6 +1,9 @@
-"""Image format sniffing by magic bytes (no decoding; torch- and worker-free), and how a refused
-format is named, the same words at submit (SDK, gateway) and on the worker."""
+"""Image format sniffing by magic bytes (no decoding; torch- and worker-free), how a refused
+format is named, the same words at submit (SDK, gateway) and on the worker, and the one
+conversion to RGB both sides make."""
 from __future__ import annotations
+
+from typing import Any
 
 from tasks.errors import InvalidInput
 
@@ -66,3 +69,22 @@ def accepted_extension(data: bytes, what: str = "image") -> str:
     if image_format is None:
         raise InvalidInput(f"{what} is not a {format_list(ACCEPTED_FORMATS)} file")
     raise InvalidInput(f"{what}: {refused_format_reason(image_format)}")
+
+
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb(image: Any) -> Any:
+    """A PIL image in RGB, as every model takes it (the workers' decode, the SDK's PIL uploads)."""
+    from PIL import Image
+
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # A plain convert would clip 16-bit grey at 255 (all white); scale it instead.
+        image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+    if image.has_transparency_data:
+        # Models take RGB; transparent pixels become white, as most viewers show them.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, "white")
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image if image.mode == "RGB" else image.convert("RGB")

@@ -20,6 +20,8 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from celery.utils.time import utcoffset
+
 from tasks.kinds import Priority, priority_list_key
 from tasks.models import model_queue
 from tasks.record import JobRecord
@@ -90,7 +92,8 @@ def sent_event(
 
 def task_event(event_type: str, task_id: str, hostname: str, **fields: Any) -> dict[str, Any]:
     """The body of one Celery task event (`task-sent`, `task-revoked`, ...) of `hostname`."""
-    return {"hostname": hostname, "utcoffset": 0.0, "pid": os.getpid(), "clock": 0, "uuid": task_id,
+    # This host's offset, as Celery's dispatcher sends it: receivers correct the timestamp by it.
+    return {"hostname": hostname, "utcoffset": utcoffset(), "pid": os.getpid(), "clock": 0, "uuid": task_id,
             "timestamp": time.time(), "type": event_type, **fields}
 
 

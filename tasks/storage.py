@@ -25,8 +25,7 @@ T = TypeVar("T")
 
 log = logging.getLogger("visionq.storage")
 
-# For callers that do not say (the SDK's input upload): a caller is waiting.
-DEFAULT_RETRY_S = 10.0
+SUBMIT_RETRY_S = 10.0  # a submit's upload (SDK, gateway): a caller is waiting
 
 
 class Storage(Protocol):
@@ -52,10 +51,10 @@ def job_key(job_id: str, name: str) -> str:
 
 def open_storage(
     url: str, *, presign_expiry_s: int = 86400, s3_client: object | None = None,
-    retry_s: float = DEFAULT_RETRY_S,
+    retry_s: float | None = None,
 ) -> Storage:
     """`s3://bucket/prefix` or `file:///dir`. S3 calls wait out an outage of up to
-    `retry_s` seconds (workers pass VISIONQ_STORAGE_RETRY_S)."""
+    `retry_s` seconds (workers pass VISIONQ_STORAGE_RETRY_S; None: a submit's SUBMIT_RETRY_S)."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not parsed.netloc:
@@ -81,9 +80,11 @@ class Outage:
 
     def __init__(
         self, budget_s: float, *, sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, budget_named: str = "VISIONQ_STORAGE_RETRY_S is",
     ) -> None:
+        """`budget_named`: how the refusal names the budget, before its seconds."""
         self.budget_s = budget_s
+        self.budget_named = budget_named
         self.sleep = sleep
         self.clock = clock
 
@@ -103,7 +104,7 @@ class Outage:
                 if waited + pause > self.budget_s:  # the jittered pause: never wait past the budget
                     raise StorageError(
                         f"{what} failed: storage unreachable for {waited:.0f} s "
-                        f"(VISIONQ_STORAGE_RETRY_S is {self.budget_s:g}): {exc}"
+                        f"({self.budget_named} {self.budget_s:g} s): {exc}"
                     ) from exc
                 log.warning("%s failed after %.0f s, retrying in %.1f s: %s", what, waited, pause, exc)
                 self.sleep(pause)
@@ -132,12 +133,13 @@ def is_transient(exc: BaseException) -> bool:
 class S3Storage:
     def __init__(
         self, bucket: str, prefix: str, presign_expiry_s: int, client: object | None = None,
-        retry_s: float = DEFAULT_RETRY_S,
+        retry_s: float | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self.presign_expiry_s = presign_expiry_s
-        self.outage = Outage(retry_s)
+        self.outage = Outage(SUBMIT_RETRY_S, budget_named="a submit's budget is") if retry_s is None \
+            else Outage(retry_s)
         # One client per process: creating one costs ~3 ms and it is thread-safe.
         self.client = client if client is not None else _make_s3_client()
 

@@ -186,13 +186,16 @@ class NotFinalYet(TimeoutError):
     source (Redis, the gateway) was unreachable at the end, so that status may be old."""
 
     def __init__(self, job_id: str, status: str, timeout_s: float | None, unreachable: bool = False) -> None:
-        self.job_id, self.status, self.unreachable = job_id, status, unreachable
+        self.job_id, self.status, self.timeout_s, self.unreachable = job_id, status, timeout_s, unreachable
         if unreachable:
             text = (f"job {job_id} is not final after {timeout_s} s as far as known: Redis has not answered "
                     f"since it was last seen {status}")
         else:
             text = f"job {job_id} is still {status} after {timeout_s} s"
         super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # rebuilt from its parameters (pickled across processes)
+        return NotFinalYet, (self.job_id, self.status, self.timeout_s, self.unreachable)
 
     def after(self, timeout_s: float | None) -> NotFinalYet:
         """The same, told for a wait of `timeout_s` in all (one of whose phases this ended)."""

@@ -15,7 +15,7 @@ import struct
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from tasks.errors import InvalidInput
-from tasks.images import format_list, format_name, image_extension, refused_format_reason, sniff_format
+from tasks.images import format_list, format_name, image_extension, refused_format_reason, sniff_format, to_rgb
 from tasks.limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["MAX_JPEG_SEGMENTS", "count_jpeg_scans", "decode_image", "reduced"]
@@ -25,7 +25,6 @@ __all__ = ["MAX_JPEG_SEGMENTS", "count_jpeg_scans", "decode_image", "reduced"]
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 # What Pillow's parsers and decoders raise on broken files.
 _CORRUPT = (OSError, SyntaxError, ValueError, EOFError, struct.error)
-_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 # JPEG markers that stand alone (no length field): TEM, RST0-7, SOI.
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8), 0xD8})
 _SOS, _EOI = 0xDA, 0xD9
@@ -62,7 +61,7 @@ def decode_image(data: bytes, limits: Limits = DEFAULT_LIMITS, min_side: int | N
                 # Square, since the EXIF orientation is applied after: either side may end up the width.
                 image.draft(None, (min_side, min_side))  # JPEG only; the others ignore it
             image.load()  # the current frame, which is the first: we never seek
-            upright = _to_rgb(ImageOps.exif_transpose(image))
+            upright = to_rgb(ImageOps.exif_transpose(image))
             return upright if min_side is None else reduced(upright, min_side)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard fired first (it runs inside Image.open), before _check_size saw the size.
@@ -173,16 +172,3 @@ def reduced(image: Image.Image, min_side: int) -> Image.Image:
     (itself when that factor is 1)."""
     factor = min(image.size) // min_side
     return image.reduce(factor) if factor >= 2 else image
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in _SIXTEEN_BIT_MODES:
-        # A plain convert would clip 16-bit grey at 255 (all white); scale it instead.
-        image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
-    if image.has_transparency_data:
-        # Models take RGB; transparent pixels become white, as most viewers show them.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, "white")
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image if image.mode == "RGB" else image.convert("RGB")

@@ -239,7 +239,8 @@ class WorkerHeartbeat(_Open):
     started_at: str
     updated_at: str
     state: str = Field(description="loading, ready, busy or draining")
-    kinds: list[str] = Field(description="the kinds it consumes (the delivery worker: webhooks)")
+    kinds: list[str] = Field([], description="the kinds it consumes (the delivery worker: webhooks; a GPU "
+                                             "worker's appear once its models are loaded)")
     device: str | None = Field(description="cpu, cuda:0, ...; null for the webhook delivery worker")
     jobs_done: int = Field(description="jobs ended (the delivery worker: delivery attempts)")
     memory_mb: dict[str, float] = Field(description="rss (its model process included), model_process_rss, "

@@ -179,3 +179,13 @@ def test_fleet_metrics_tell_delivery_workers_from_model_workers(redis_client, ke
              if line.startswith("visionq_workers{")]
     assert 'visionq_workers{role="model",state="ready"} 2.0' in lines, lines
     assert 'visionq_workers{role="webhooks",state="ready"} 1.0' in lines, lines
+
+
+def test_a_loading_workers_heartbeat_matches_the_documented_shape() -> None:
+    """/v1/workers lists workers still loading their models: their heartbeat has no kinds yet."""
+    from producer.gateway.schemas import WorkerHeartbeat
+    from worker.heartbeat import Heartbeat, _memory_mb
+
+    loading = Heartbeat(None, "p", "visionq-cpu-1@host", {"device": "cpu", "gpu": None, "restarts": 0})  # type: ignore[arg-type]
+    state = {**loading.state, "updated_at": loading.state["started_at"], "memory_mb": _memory_mb()}
+    assert WorkerHeartbeat.model_validate(state).kinds == []

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import threading
 import time
 
@@ -272,6 +273,7 @@ def test_a_wait_that_times_out_during_an_outage_says_its_status_may_be_old(
             job.wait(timeout=1)
         assert str(raised.value) == (f"job {record.id} is not final after 1 s as far as known: Redis has not "
                                      "answered since it was last seen queued")
+        assert str(pickle.loads(pickle.dumps(raised.value))) == str(raised.value)  # e.g. from a process pool
     finally:
         proxy.close()
 
