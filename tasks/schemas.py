@@ -64,7 +64,19 @@ def _require_text(name: str, value: Any, max_chars: int, *, allow_empty: bool = 
         raise InvalidInput(f"{name} has {len(value)} characters, more than the limit {max_chars}")
     if "\x00" in value:
         raise InvalidInput(f"{name} contains a NUL character")
+    if not value.isascii():
+        check_unicode(name, value)
     return value
+
+
+def check_unicode(name: str, value: str) -> None:
+    """InvalidInput for text no UTF-8 can carry: a lone UTF-16 surrogate (JSON's "\\ud800"), which
+    would pass here and fail every later step that encodes it (the record, a tokenizer)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{name} is not valid Unicode: a lone surrogate {value[exc.start]!r} at "
+                           f"character {exc.start}") from None
 
 
 def _optional_text(name: str, value: Any, max_chars: int) -> str | None:

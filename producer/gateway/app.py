@@ -55,6 +55,9 @@ def create_app(settings: Settings | None = None, *, no_auth: bool = False) -> Fa
         # operationIds a generated client names its functions by: submit_job, get_file, ... (the
         # route functions' names), not FastAPI's submit_job_v1_jobs_post.
         generate_unique_id_function=lambda route: route.name,
+        # /v1/jobs/ID/ is no route (404, as documented), not a redirect whose Location is built
+        # from the client's Host header.
+        redirect_slashes=False,
         description="Submit and follow caption, segment and generate jobs with a tenant's API key "
                     "(`Authorization: Bearer <key>`, from `visionq keys create`). The body of a job is "
                     "its job record. Reference with curl: docs/gateway.md.",

@@ -13,6 +13,7 @@ from fastapi import Request
 
 from producer.http_errors import PayloadTooLarge, UnsupportedMediaType
 from tasks.errors import InvalidInput
+from tasks.schemas import check_unicode
 
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
@@ -67,9 +68,29 @@ async def read_body(request: Request, accepted: tuple[str, ...]) -> bytes:
 
 def parse_json(data: bytes) -> Any:
     try:
-        return json.loads(data)
+        body = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise InvalidInput(f"the body is not valid JSON: {str(exc)[:200]}") from None
+    try:
+        _check_strings(body)
+    except RecursionError:  # nested as deep as the parser allows, deeper than any job body
+        raise InvalidInput("the body is nested too deeply") from None
+    return body
+
+
+def _check_strings(value: Any, where: str = "the body") -> None:
+    """Every string of a parsed body encodable as UTF-8: JSON's escapes can spell a lone surrogate
+    ("\\ud800"), which every field would carry into the record, and no answer can hold."""
+    if isinstance(value, str):
+        if not value.isascii():
+            check_unicode(where, value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, f"{where}: a key")
+            _check_strings(item, f"{where}.{key}" if key.isascii() else where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item, where)
 
 
 async def read_job(request: Request, max_image_bytes: int) -> tuple[Any, bytes | None]:
@@ -83,7 +104,15 @@ async def read_job(request: Request, max_image_bytes: int) -> tuple[Any, bytes |
         request_part = form.get("request")
         if request_part is None:
             raise InvalidInput("a multipart job needs a `request` part holding the job's JSON")
-        text = request_part if isinstance(request_part, str) else (await request_part.read()).decode("utf-8", "replace")
+        if isinstance(request_part, str):
+            text = request_part
+        else:
+            try:
+                text = (await request_part.read()).decode("utf-8")
+            except UnicodeDecodeError:  # as the JSON body would be refused, not read with U+FFFD in it
+                raise InvalidInput("the `request` part is not UTF-8") from None
+        if len(form.getlist("image")) > 1:
+            raise InvalidInput("a multipart job has one `image` part; this one has several")
         image_part = form.get("image")
         if image_part is None:
             return parse_json(text.encode()), None

@@ -205,6 +205,18 @@ def test_error_codes_and_bodies(gateway: GatewayProcess, acme: NewKey, gateway_k
             (http.get(f"/v1/jobs/{uuid.uuid4().hex}"), 404, "not_found"),
             (http.get("/v1/nothing-here"), 404, "not_found"),
             (http.post("/v1/jobs", content=b"x", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
+            # A lone surrogate, escaped in JSON: refused, never a job no answer can hold.
+            (http.post("/v1/jobs", content=b'{"kind": "generate", "input": {"prompt": "\\ud800"}}',
+                       headers={"Content-Type": "application/json"}), 400, "invalid_input"),
+            (http.post("/v1/jobs/batch", content=b'{"jobs": [{"kind": "segment", "input": {"labels": ["\\udc80"]}}]}',
+                       headers={"Content-Type": "application/json"}), 400, "invalid_input"),
+            (http.post("/v1/jobs", files={"request": ("r.json", b'{"kind": "generate", "input": {"prompt": "\xff"}}',
+                                                      "application/json")}), 400, "invalid_input"),
+            (http.post("/v1/jobs", files=[("request", (None, '{"kind": "caption"}', "application/json")),
+                                          ("image", ("a.png", encode(scene()), "image/png")),
+                                          ("image", ("b.png", encode(scene(seed=2)), "image/png"))]),
+             400, "invalid_input"),
+            (http.get(f"/v1/jobs/{uuid.uuid4().hex}/"), 404, "not_found"),  # no redirect built from Host
         ]
         for answer, status, code in cases:
             assert (answer.status_code, error_code(answer)) == (status, code), answer.text

@@ -97,6 +97,14 @@ def test_inline_image_capped_and_checked() -> None:
         CaptionRequest.from_dict({"image": "data:image/png,rawbytes"})
 
 
+def test_text_no_utf8_can_carry_is_refused() -> None:
+    with pytest.raises(InvalidInput, match=r"prompt is not valid Unicode: a lone surrogate '\\ud800' at character 2"):
+        GenerateRequest.from_dict({"prompt": "a \ud800 fox"})
+    with pytest.raises(InvalidInput, match=r"labels\[1\] is not valid Unicode"):
+        parse_request("segment", {"image": IMAGE, "labels": ["car", "\udc80"]})
+    assert GenerateRequest.from_dict({"prompt": "un renard roux, 狐, 🦊"}).prompt.endswith("🦊")
+
+
 def test_record_never_carries_inline_bytes() -> None:
     inline = "data:image/png;base64," + base64.b64encode(b"\xff\xd8\xffimage-bytes").decode()
     record = request_to_record(CaptionRequest.from_dict({"image": inline}))
