@@ -124,6 +124,10 @@ class Settings(BaseModel):
     storage_retry_s: float = Field(300.0, ge=0)
     # Runs that started (not sweeper republishes) before a redelivered job fails `worker_lost`.
     max_attempts: int = Field(3, ge=1)
+    # Jobs one gateway process follows at once (event streams and `Prefer: wait`), per tenant
+    # and in all: each holds a Redis connection while it lasts (producer/gateway/events.py).
+    gateway_streams_per_tenant: int = Field(32, ge=1)
+    gateway_streams: int = Field(500, ge=1)
 
     @field_validator("fetch_allow", "webhook_allow", mode="before")
     @classmethod

@@ -41,6 +41,36 @@ def sse_message(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
+class StreamSlots:
+    """The jobs a gateway process follows at once (event streams, `Prefer: wait`). Each holds a
+    pub/sub connection of the process's one Redis pool while it lasts, so without a share per
+    tenant one tenant's open streams would take the whole pool and every other tenant's stream
+    and wait would fail. The event loop is the only caller: no lock."""
+
+    def __init__(self, per_tenant: int, total: int) -> None:
+        self.per_tenant, self.total = per_tenant, total
+        self._held: dict[str | None, int] = {}
+        self._all = 0
+
+    def take(self, tenant: str | None) -> bool:
+        if self._all >= self.total or self._held.get(tenant, 0) >= self.per_tenant:
+            return False
+        self._held[tenant] = self._held.get(tenant, 0) + 1
+        self._all += 1
+        return True
+
+    def give_back(self, tenant: str | None) -> None:
+        self._all -= 1
+        self._held[tenant] -= 1
+        if not self._held[tenant]:
+            del self._held[tenant]
+
+    def pool_size(self) -> int:
+        """Connections the pool needs: one per slot, one more per slot for a stream's record read,
+        and some for everything else the routes read."""
+        return 2 * self.total + 50
+
+
 class AsyncJobs:
     def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
         self.redis = client

@@ -8,7 +8,7 @@ on asyncio Redis, so a thousand waiting clients hold no thread.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, AsyncIterator, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -22,7 +22,7 @@ from producer.gateway.events import AsyncJobs, event_stream
 from producer.gateway.keys import ApiKey
 from producer.gateway.schemas import AUTH_ERRORS, JOB_ERRORS, error_responses
 from producer.gateway.submit import MAX_BATCH_JOBS, Submitter
-from producer.http_errors import error_body
+from producer.http_errors import RateLimited, error_body
 from producer.redis_source import RedisJobSource
 from tasks.errors import InvalidInput, JobNotFound, VisionqError
 from tasks.record import JobRecord
@@ -78,13 +78,23 @@ def _wait_seconds(prefer: str | None) -> int | None:
     return None if match is None else min(int(match.group(1)), MAX_WAIT_S)
 
 
-async def _after_wait(request: Request, record: JobRecord, prefer: str | None) -> tuple[JobRecord, dict[str, str]]:
+async def _after_wait(
+    request: Request, who: ApiKey, record: JobRecord, prefer: str | None,
+) -> tuple[JobRecord, dict[str, str]]:
     seconds = _wait_seconds(prefer)
     if seconds is None:
         return record, {}
     services = services_of(request)
-    jobs = AsyncJobs(services.async_redis, services.settings.redis_prefix)
-    return await jobs.wait(record.id, seconds), {"Preference-Applied": f"wait={seconds}"}
+    slots = services.stream_slots
+    if not slots.take(who.tenant):
+        # The tenant's share of followed jobs is taken: the preference is not applied (RFC 7240
+        # lets a server ignore one), and a submit still answers 201, never a refusal to retry.
+        return record, {}
+    try:
+        jobs = AsyncJobs(services.async_redis, services.settings.redis_prefix)
+        return await jobs.wait(record.id, seconds), {"Preference-Applied": f"wait={seconds}"}
+    finally:
+        slots.give_back(who.tenant)
 
 
 _LOCATION = {"Location": {"schema": {"type": "string"}, "description": "/v1/jobs/{id}"}}
@@ -147,7 +157,7 @@ async def submit_job(
     submission = await run_in_threadpool(
         Submitter(services_of(request)).submit, who, body, image=image, idempotency_key=idempotency_key,
     )
-    record, headers = await _after_wait(request, submission.record, prefer)
+    record, headers = await _after_wait(request, who, submission.record, prefer)
     headers["Location"] = f"/v1/jobs/{record.id}"
     return JSONResponse(render(request, record), status_code=201 if submission.created else 200, headers=headers)
 
@@ -215,7 +225,7 @@ async def get_job(
     request: Request, who: Caller, job_id: Annotated[str, JOB_ID], prefer: Prefer = None,
 ) -> JSONResponse:
     record = owned(await run_in_threadpool(services_of(request).store.get, job_id), who)
-    record, headers = await _after_wait(request, record, prefer)
+    record, headers = await _after_wait(request, who, record, prefer)
     return JSONResponse(render(request, record), headers=headers)
 
 
@@ -238,17 +248,32 @@ def cancel_job(request: Request, who: Caller, job_id: Annotated[str, JOB_ID]) ->
                 "webhook events (`job.started` before the final one, `job.progress`), each with the record "
                 "as `data`; the stream closes after the final event.",
     responses={200: {"content": {"text/event-stream": {"schema": _SSE_STREAM}},
-                     "description": "the event stream"}, **error_responses(*JOB_ERRORS)},
+                     "description": "the event stream"},
+               **error_responses(*JOB_ERRORS, 429, described={
+                   429: "this tenant follows as many jobs as it may on this gateway (see Retry-After)"})},
     response_class=StreamingResponse,
 )
 async def job_events(request: Request, who: Caller, job_id: Annotated[str, JOB_ID]) -> StreamingResponse:
     services = services_of(request)
     jobs = AsyncJobs(services.async_redis, services.settings.redis_prefix)
     first = owned(await jobs.get(job_id), who)
-    return StreamingResponse(
-        event_stream(jobs, first, lambda record: render(request, record)), media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    slots = services.stream_slots
+    if not slots.take(who.tenant):
+        raise RateLimited(
+            f"this tenant already follows {slots.per_tenant} jobs on this gateway, or the gateway "
+            f"{slots.total} (VISIONQ_GATEWAY_STREAMS_PER_TENANT, VISIONQ_GATEWAY_STREAMS); close a stream "
+            "or poll GET /v1/jobs/{id}", retry_after_s=1,
+        )
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            async for message in event_stream(jobs, first, lambda record: render(request, record)):
+                yield message
+        finally:  # the job ended, or the client left (the server cancels this generator)
+            slots.give_back(who.tenant)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get(

@@ -12,6 +12,7 @@ import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import NoBackoff
 
+from producer.gateway.events import StreamSlots
 from producer.gateway.files import FileLinks
 from producer.gateway.keys import KeyStore
 from producer.gateway.ratelimit import RateLimiter
@@ -36,6 +37,7 @@ class Services:
         self.rate_limiter = RateLimiter(self.redis, prefix)
         self.celery = make_celery(settings)
         self.async_redis: redis.asyncio.Redis | None = None
+        self.stream_slots = StreamSlots(settings.gateway_streams_per_tenant, settings.gateway_streams)
         self.events = EventPublisher(self.store, self.deliveries, self.celery)  # the cancel of a queued job
 
     async def open_async(self) -> None:
@@ -44,7 +46,8 @@ class Services:
         It only reads and subscribes (producer/gateway/events.py), which is safe to send twice: a
         command that finds its pooled connection closed by Redis (a restart; the pool's own check
         misses some) is sent again on a new one, where each such connection answered one 503."""
-        self.async_redis = async_client_for(self.settings, retry=redis.asyncio.retry.Retry(NoBackoff(), 1))
+        self.async_redis = async_client_for(self.settings, retry=redis.asyncio.retry.Retry(NoBackoff(), 1),
+                                            max_connections=self.stream_slots.pool_size())
 
     async def close_async(self) -> None:
         if self.async_redis is not None:

@@ -289,3 +289,40 @@ def test_webhooks_are_signed_with_the_tenant_secret(
     finally:
         deliverer.stop()
         receiver.stop()
+
+
+def test_one_tenants_open_streams_leave_other_tenants_theirs(
+    gateway_env: dict[str, str], acme: NewKey, beta: NewKey, tmp_path: Path,
+) -> None:
+    """Each followed job holds a Redis connection: a tenant's share is capped, so its streams
+    cannot take the pool every other tenant's streams and waits need."""
+    env = {**gateway_env, "VISIONQ_GATEWAY_STREAMS_PER_TENANT": "2"}
+    # A model no worker here serves: the job stays queued, its streams stay open.
+    body = {"kind": "caption", "model": "vit-gpt2", "input": {"image": data_uri(encode(scene(seed=9)))}}
+    with GatewayProcess(env, tmp_path) as gateway, api(gateway, acme) as a, api(gateway, beta) as b:
+        mine, theirs = (http.post("/v1/jobs", json=body).json()["id"] for http in (a, b))
+        opened = [a.stream("GET", f"/v1/jobs/{mine}/events") for _ in range(2)]
+        responses = [stream.__enter__() for stream in opened]
+        # Kept: a line iterator dropped half-read closes its connection, and the gateway its stream.
+        lines = [response.iter_lines() for response in responses]
+        try:
+            for response, read in zip(responses, lines):
+                assert response.status_code == 200 and next(read) == "event: job.snapshot"
+            third = a.get(f"/v1/jobs/{mine}/events", timeout=10)
+            assert third.status_code == 429 and error_code(third) == "rate_limited" and third.headers["Retry-After"]
+            unapplied = a.get(f"/v1/jobs/{mine}", headers={"Prefer": "wait=1"}, timeout=10)
+            assert unapplied.status_code == 200 and "preference-applied" not in unapplied.headers
+            with b.stream("GET", f"/v1/jobs/{theirs}/events") as other:
+                other_lines = other.iter_lines()
+                assert other.status_code == 200 and next(other_lines) == "event: job.snapshot"
+            assert b.get(f"/v1/jobs/{theirs}", headers={"Prefer": "wait=1"}).headers["preference-applied"] == "wait=1"
+        finally:
+            for stream in opened:
+                stream.__exit__(None, None, None)
+
+        def a_slot_is_free() -> bool:  # once the gateway saw the client leave
+            return a.get(f"/v1/jobs/{mine}", headers={"Prefer": "wait=0"}).headers.get("preference-applied") == "wait=0"
+
+        wait_until(a_slot_is_free, 30, "the closed streams' slots given back")
+        a.post(f"/v1/jobs/{mine}/cancel")
+        b.post(f"/v1/jobs/{theirs}/cancel")
