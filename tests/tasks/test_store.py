@@ -4,6 +4,7 @@ import json
 import pickle
 import threading
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -219,18 +220,12 @@ def test_a_jobs_wait_rides_out_an_outage_across_its_two_phases(
     """`Job.wait` waits in two phases (the no-worker hint between them): Redis away when the
     second begins is waited out too, the Job having read its record before, and said once."""
     from producer import job as job_module
-    from producer.job import Job
-    from producer.redis_source import RedisJobSource
-    from tasks.redis_connect import connect
     from tests.support.tcp_proxy import TcpProxy
 
     monkeypatch.setattr(job_module, "NO_WORKER_CHECK_AFTER_S", 0.5)
     proxy = TcpProxy(redis_server.port)
     try:
-        url = f"redis://127.0.0.1:{proxy.port}/0"
-        through = JobStore(connect(url, "mymaster"), ttl_s=60, prefix=store.prefix)
-        record, _ = store.create(JobKind.CAPTION, {})
-        job = Job(RedisJobSource(through, None, url), through.get(record.id))  # type: ignore[arg-type]
+        job, record = _job_through(proxy, store)
 
         def outage() -> None:  # from within the first phase to past the second's start
             time.sleep(0.2)
@@ -256,17 +251,11 @@ def test_a_jobs_wait_rides_out_an_outage_across_its_two_phases(
 def test_a_wait_that_times_out_during_an_outage_says_its_status_may_be_old(
     redis_server: RedisServer, store: JobStore,
 ) -> None:
-    from producer.job import Job
-    from producer.redis_source import RedisJobSource
-    from tasks.redis_connect import connect
     from tests.support.tcp_proxy import TcpProxy
 
     proxy = TcpProxy(redis_server.port)
     try:
-        url = f"redis://127.0.0.1:{proxy.port}/0"
-        through = JobStore(connect(url, "mymaster"), ttl_s=60, prefix=store.prefix)
-        record, _ = store.create(JobKind.CAPTION, {})
-        job = Job(RedisJobSource(through, None, url), through.get(record.id))  # type: ignore[arg-type]
+        job, record = _job_through(proxy, store)
         proxy.cut()
         store.transition(record.id, JobStatus.RUNNING)  # unseen by the waiter
         with pytest.raises(TimeoutError) as raised:
@@ -276,6 +265,18 @@ def test_a_wait_that_times_out_during_an_outage_says_its_status_may_be_old(
         assert str(pickle.loads(pickle.dumps(raised.value))) == str(raised.value)  # e.g. from a process pool
     finally:
         proxy.close()
+
+
+def _job_through(proxy: Any, store: JobStore) -> tuple[Any, Any]:
+    """A queued job, and the SDK's `Job` of it reading Redis through `proxy` (which a test cuts)."""
+    from producer.job import Job
+    from producer.redis_source import RedisJobSource
+    from tasks.redis_connect import connect
+
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    through = JobStore(connect(url, "mymaster"), ttl_s=60, prefix=store.prefix)
+    record, _ = store.create(JobKind.CAPTION, {})
+    return Job(RedisJobSource(through, None, url), through.get(record.id)), record  # type: ignore[arg-type]
 
 
 def test_a_refused_password_ends_a_wait_at_once(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
