@@ -8,7 +8,7 @@ on asyncio Redis, so a thousand waiting clients hold no thread.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, AsyncIterator, Literal
+from typing import Annotated, Any, AsyncIterator, Callable, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -265,15 +265,25 @@ async def job_events(request: Request, who: Caller, job_id: Annotated[str, JOB_I
             "or poll GET /v1/jobs/{id}", retry_after_s=1,
         )
 
-    async def stream() -> AsyncIterator[str]:
-        try:
-            async for message in event_stream(jobs, first, lambda record: render(request, record)):
-                yield message
-        finally:  # the job ended, or the client left (the server cancels this generator)
-            slots.give_back(who.tenant)
+    return _HeldStream(
+        event_stream(jobs, first, lambda record: render(request, record)), lambda: slots.give_back(who.tenant),
+        media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+class _HeldStream(StreamingResponse):
+    """A stream that gives its slot back however it ends: the job ended, the client left, or the
+    client was gone before a byte was sent (when the stream's generator never even starts)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 @router.get(
