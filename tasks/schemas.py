@@ -64,14 +64,15 @@ def _require_text(name: str, value: Any, max_chars: int, *, allow_empty: bool = 
         raise InvalidInput(f"{name} has {len(value)} characters, more than the limit {max_chars}")
     if "\x00" in value:
         raise InvalidInput(f"{name} contains a NUL character")
-    if not value.isascii():
-        check_unicode(name, value)
+    check_unicode(name, value)
     return value
 
 
 def check_unicode(name: str, value: str) -> None:
     """InvalidInput for text no UTF-8 can carry: a lone UTF-16 surrogate (JSON's "\\ud800"), which
     would pass here and fail every later step that encodes it (the record, a tokenizer)."""
+    if value.isascii():  # nearly every string: checked without encoding it
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:

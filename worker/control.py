@@ -5,8 +5,9 @@ exit 0, like SIGTERM, not as a worker that stopped on its own (exit 70, which su
 restart). Celery sends `worker_shutting_down` only from its signal handlers, so the command
 sends it here too: the heartbeat says `draining` and the worker knows it was asked.
 `celery control add_consumer QUEUE` is refused for a queue whose model this worker has not
-loaded (by the webhook delivery worker, for every queue but `visionq.webhooks`): it would take those jobs' messages, find no task for them, and Celery would drop them
-(the sweeper would publish them again, to be dropped again, while the queue reads empty).
+loaded (by the webhook delivery worker, for every queue but `visionq.webhooks`): it would take
+those jobs' messages, find no task for them, and Celery would drop them (the sweeper would
+publish them again, to be dropped again, while the queue reads empty).
 Every other command is Celery's own, unchanged.
 """
 from __future__ import annotations

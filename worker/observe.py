@@ -157,7 +157,8 @@ class TaskEndings:
         if record.status is JobStatus.CANCELED:
             return task_event("task-revoked", record.id, self.hostname, terminated=False, signum=None, expired=False)
         if record.status is JobStatus.FAILED:
-            error = JobFailed((record.error or {}).get("code", "internal"), (record.error or {}).get("message", ""))
+            told = record.error or {}
+            error = JobFailed(told.get("code", "internal"), told.get("message", ""))
             return task_event("task-failed", record.id, self.hostname, exception=repr(error), traceback=str(error))
         return None
 

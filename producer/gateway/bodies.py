@@ -82,8 +82,7 @@ def _check_strings(value: Any, where: str = "the body") -> None:
     """Every string of a parsed body encodable as UTF-8: JSON's escapes can spell a lone surrogate
     ("\\ud800"), which every field would carry into the record, and no answer can hold."""
     if isinstance(value, str):
-        if not value.isascii():
-            check_unicode(where, value)
+        check_unicode(where, value)
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_strings(key, f"{where}: a key")
