@@ -286,6 +286,9 @@ class _HeldStream(StreamingResponse):
             self._release()
 
 
+# HEAD too (a link checker's or a downloader's size probe): FileResponse sends the headers alone.
+# Not in the schema: the document describes the GET, which HEAD mirrors.
+@router.head("/v1/files/{job_id:job_id}/{name}", include_in_schema=False)
 @router.get(
     "/v1/files/{job_id:job_id}/{name}", tags=["files"], summary="An output file (local storage), by signed link",
     description="The `url` of a FileRef when the deployment stores files locally; needs no key "

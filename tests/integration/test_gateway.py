@@ -95,6 +95,10 @@ def test_multipart_image_and_signed_output_links(gateway: GatewayProcess, acme: 
         image = browser.get(overlay["url"])
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
         assert hashlib.sha256(image.content).hexdigest() == overlay["sha256"]
+        probe = browser.head(overlay["url"])  # a size probe: the headers alone
+        assert probe.status_code == 200 and probe.content == b""
+        assert int(probe.headers["content-length"]) == len(image.content)
+        assert browser.head(overlay["url"].replace("sig=", "sig=A")).status_code == 403
         for bad_sig in ("sig=A", "sig=AAAA&x=", "sig=%C3%A9&x="):  # any wrong signature is 403, malformed too
             tampered = browser.get(overlay["url"].replace("sig=", bad_sig))
             assert tampered.status_code == 403 and error_code(tampered) == "forbidden", tampered.text
