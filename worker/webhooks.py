@@ -53,12 +53,15 @@ class Deliverer:
         self.store = store
         self.schedule = settings.webhook_schedule
         self.allow = settings.webhook_allow
+        self._attempts = itertools.count(1)  # next() is atomic: the task threads share it
+        self.attempts_made = 0  # the heartbeat's jobs_done: a duplicate message makes none
 
     def attempt(self, delivery_id: str) -> None:
         delivery = self.deliveries.get(delivery_id)
         if delivery is None or delivery.status is not DeliveryStatus.PENDING:
             return  # expired, or already delivered/dead (a duplicate message)
         result, worth_retrying = self._send(delivery.job_id, delivery.id, delivery.url, delivery.body)
+        self.attempts_made = next(self._attempts)
         attempt = Attempt(at=utc_now(), status=result.status, error=result.error, latency_ms=result.latency_ms)
         delivery = self.deliveries.record_attempt(delivery, attempt, self.store.job_key(delivery.job_id))
         if result.status is not None and 200 <= result.status < 300:
@@ -156,8 +159,7 @@ def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "IN
     answer_remote_control(name, [WEBHOOKS_QUEUE])
     heartbeat = Heartbeat(client, settings.redis_prefix, name, {"kinds": DELIVERY_WORKER_KINDS, "device": None})
     heartbeat.start()
-    attempts = itertools.count(1)  # read once after each task: its jobs_done are delivery attempts made
-    heartbeat.follow_celery(lambda: {"jobs_done": next(attempts)})
+    heartbeat.follow_celery(lambda: {"jobs_done": deliverer.attempts_made})  # read after each task
     try:
         quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner among JSON lines
         app.worker_main([

@@ -1,6 +1,8 @@
-"""The webhook worker's retry scheduler across a Redis outage (pure logic: stand-in stores)."""
+"""The webhook worker's pure logic, on stand-in stores: the retry scheduler across a Redis outage,
+the attempts it counts."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 
@@ -8,7 +10,12 @@ import pytest
 import redis
 from kombu.exceptions import OperationalError
 
-from worker.webhooks import RetryScheduler
+from tasks.record import utc_now
+from tasks.settings import Settings
+from tasks.store import JobStore
+from tasks.webhooks import Attempt, Delivery, DeliveryStatus
+from worker.outbound import PostResult
+from worker.webhooks import Deliverer, RetryScheduler
 
 
 class FlakyDeliveries:
@@ -88,3 +95,35 @@ def test_deliveries_claimed_while_the_broker_is_away_are_queued_once_it_is_back(
         scheduler.stopped.set()
         scheduler.join(10)
     assert broker.sent == ["d1", "d2"]
+
+
+class OneDelivery:
+    """Holds one pending delivery, then delivered once an attempt is recorded."""
+
+    def __init__(self) -> None:
+        self.delivery = Delivery(id="d1", job_id="j1", type="job.succeeded", url="https://example.com/hook",
+                                 body=b"{}", status=DeliveryStatus.PENDING, created_at=utc_now())
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        return self.delivery if delivery_id == "d1" else None  # any other: expired
+
+    def record_attempt(self, delivery: Delivery, attempt: Attempt, job_key: str) -> Delivery:
+        return dataclasses.replace(delivery, attempts=(*delivery.attempts, attempt))
+
+    def mark_delivered(self, delivery_id: str) -> None:
+        self.delivery = dataclasses.replace(self.delivery, status=DeliveryStatus.DELIVERED)
+
+
+class Answers200(Deliverer):
+    def _send(self, job_id: str, delivery_id: str, url: str, body: bytes) -> tuple[PostResult, bool]:
+        return PostResult(200, None, None, 1.0), True
+
+
+def test_the_attempts_counted_are_the_ones_made() -> None:
+    """The delivery worker's jobs_done: a duplicate message, or one for an expired delivery, makes no attempt."""
+    deliveries = OneDelivery()
+    store = JobStore(redis.Redis(), ttl_s=60)  # never connects: only its key names are used
+    deliverer = Answers200(Settings.from_env(), deliveries, store)  # type: ignore[arg-type]
+    for delivery_id in ("d1", "d1", "gone", "d1"):
+        deliverer.attempt(delivery_id)
+    assert deliveries.delivery.status is DeliveryStatus.DELIVERED and deliverer.attempts_made == 1
