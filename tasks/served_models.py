@@ -4,7 +4,9 @@ A job names a model within its kind (``model="vit-gpt2"``; ``"caption/vit-gpt2"`
 too), or none for the kind's default. The name decides its queue (`tasks.models.model_queue`),
 so only workers that loaded the model take the job. Workers write the names they serve into
 one Redis hash that has no TTL: it outlives restarts, so a name served once stays known while
-its workers are down (its jobs wait, and expire by their deadline, like any job).
+its workers are down (its jobs wait, and expire by their deadline, like any job). A submitter
+registers the names outside the catalogue that it submits for, so their waiting jobs are counted
+before any worker serves them.
 """
 from __future__ import annotations
 
@@ -37,6 +39,25 @@ def publish_served(client: redis.Redis, prefix: str, worker: str, served: dict[s
         client.hset(registry_key(prefix), mapping=entries)
 
 
+CATALOGUE_NAMES = frozenset(entry.full_name for entry in CATALOGUE)
+
+
+def declare_submitted(client: redis.Redis, prefix: str, full_names: Iterable[str]) -> None:
+    """Register names jobs were just submitted for that no worker may have served yet (a
+    submitter's own VISIONQ_MODELS): the queue figures (`visionq queues`, /v1/queues,
+    visionq_queue_depth, KEDA) count a model's jobs by the registry, so without this a new
+    model's first jobs would wait uncounted and never scale a worker up. HSETNX: a served
+    name's entry stays as its worker wrote it. The catalogue's names need no entry."""
+    now = utc_now()
+    with client.pipeline(transaction=False) as pipe:
+        for full_name in full_names:
+            kind, name = full_name.split("/", 1)
+            pipe.hsetnx(registry_key(prefix), full_name, json.dumps(
+                {"model_id": None, "queue": model_queue(kind, name), "worker": None, "served_at": None,
+                 "submitted_at": now}))
+        pipe.execute()
+
+
 def registered_models(client: redis.Redis, prefix: str) -> dict[str, dict[str, Any]]:
     """Every model some worker has served: "kind/name" -> what it last published."""
     return {k.decode(): json.loads(v) for k, v in client.hgetall(registry_key(prefix)).items()}
@@ -44,7 +65,7 @@ def registered_models(client: redis.Redis, prefix: str) -> dict[str, dict[str, A
 
 def known_names(configured: Iterable[str], registered: Iterable[str] = ()) -> set[str]:
     """The "kind/name"s a submit may choose: the catalogue, the deployment's VISIONQ_MODELS, the registry."""
-    return {entry.full_name for entry in CATALOGUE} | set(configured) | set(registered)
+    return CATALOGUE_NAMES | set(configured) | set(registered)
 
 
 def choose_model(

@@ -19,6 +19,7 @@ import redis
 from tasks.errors import InvalidInput, JobNotFound
 from tasks.kinds import JobKind
 from tasks.record import JobRecord, new_job_id, utc_now
+from tasks.served_models import CATALOGUE_NAMES, declare_submitted
 from tasks.status import FINAL_STATUSES, JobStatus, allowed_sources
 
 log = logging.getLogger("visionq.store")
@@ -260,6 +261,7 @@ class JobStore:
         # Jobs whose wait has said Redis is unavailable, until it answers again: a wait made of
         # several calls (Job.wait's two phases) says it once per outage.
         self._waits_told_away: set[str] = set()
+        self._declared_models: set[str] = set()  # "kind/name"s registered by create_many
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -345,6 +347,11 @@ class JobStore:
         per job (its record, True) or (the record of the job holding its idempotency key, False).
         A job Redis refused (out of memory, ...) raises its error once all were sent, or with
         `per_job_errors` stands in its place as that `redis.ResponseError`: the others are stored."""
+        undeclared = {f"{new.record.kind.value}/{new.record.model}" for new, _ in jobs
+                      if new.record.model is not None} - CATALOGUE_NAMES - self._declared_models
+        if undeclared:  # once a process per name, before its first job waits
+            declare_submitted(self.redis, self.prefix, undeclared)
+            self._declared_models |= undeclared
         now = time.time()
         calls = [self._create_call(new, enqueue, now) for new, enqueue in jobs]
         if len(calls) == 1:  # EVALSHA alone: redis-py's pipeline would ask SCRIPT EXISTS first

@@ -213,6 +213,25 @@ def test_a_model_configured_only_on_its_worker_is_known_through_the_registry(
     client.cancel(waiting.id)
 
 
+def test_a_model_only_its_submitter_configures_is_counted_while_it_waits(
+    service_env: dict[str, str], tiny_models: Path,
+) -> None:
+    """No worker has served it yet: an autoscaler reading the queue figures must still see its
+    jobs, or it never starts the first worker that would."""
+    env = {**service_env, "VISIONQ_REDIS_PREFIX": f"vqnew-{uuid.uuid4().hex[:8]}",
+           "VISIONQ_MODELS": f"caption/large={tiny_models / 'caption'}"}
+    client = Client(settings=Settings.from_env(env))
+    waiting = [client.caption(scene(seed=seed), model="large", queue_timeout_s=600) for seed in (1, 2)]
+    queues = json.loads(run_visionq("queues", "--json", env={**env, "VISIONQ_MODELS": ""}).stdout)
+    assert queues["caption"]["models"]["large"]["total"] == 2 and queues["caption"]["total"] == 2
+    assert queues["caption"]["models"]["large"]["live_workers"] == 0
+    for job in waiting:
+        client.cancel(job.id)
+    registry = registered_models(client.store.redis, env["VISIONQ_REDIS_PREFIX"])
+    assert registry["caption/large"]["queue"] == "visionq.caption.large"
+    assert "caption/blip" not in registry  # the catalogue's names need no entry
+
+
 def test_a_worker_refuses_an_unknown_model_or_serve_beside_kinds(service_env: dict[str, str]) -> None:
     unknown = run_visionq("worker", "--device", "cpu", "--serve", "caption/nope", env=service_env)
     assert unknown.returncode == 2
