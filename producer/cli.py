@@ -19,7 +19,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 import redis
 
@@ -34,11 +34,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Everything after `celery` is Celery's own command line, options included.
         args = argparse.Namespace(handler=_celery, celery_args=argv[1:])
     else:
-        args = build_parser().parse_args(argv)
-        if getattr(args, "timeout", None) is not None and not args.wait:
-            args.wait_parser.error("--timeout is how long --wait waits: add --wait")
-        if getattr(args, "webhook_events", None) and not args.webhook:
-            args.wait_parser.error("--webhook-events chooses the events of --webhook URL: add --webhook")
+        try:
+            args = build_parser().parse_args(argv)
+            if getattr(args, "timeout", None) is not None and not args.wait:
+                args.wait_parser.error("--timeout is how long --wait waits: add --wait")
+            if getattr(args, "webhook_events", None) and not args.webhook:
+                args.wait_parser.error("--webhook-events chooses the events of --webhook URL: add --webhook")
+        except UsageError as exc:
+            if "--json" in argv:  # stdout carries JSON however the command ends, a usage error too
+                print(json.dumps({"error": {"code": ErrorCode.INVALID_INPUT.value, "message": exc.message}}))
+            raise
     try:
         code = args.handler(args)
         sys.stdout.flush()  # a reader gone (`| head`) shows here, where it is handled, not at exit
@@ -55,8 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `visionq workers --json | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141  # as a program that SIGPIPE ends
+    except redis.AuthenticationError as exc:
+        return _failed(args, 5, ErrorCode.UNAVAILABLE.value,
+                       f"Redis refused the password of VISIONQ_REDIS_URL (redis://:PASSWORD@HOST:PORT/DB): {exc}")
     except (redis.ConnectionError, redis.TimeoutError) as exc:  # a TimeoutError is no ConnectionError
         return _failed(args, 5, ErrorCode.UNAVAILABLE.value, f"cannot reach Redis (VISIONQ_REDIS_URL): {exc}")
+    except redis.RedisError as exc:  # e.g. InvalidResponse: something else listens at the address
+        return _failed(args, 5, ErrorCode.UNAVAILABLE.value,
+                       f"Redis at VISIONQ_REDIS_URL failed or is not Redis ({type(exc).__name__}): {exc}")
     except ConnectionError as exc:  # the gateway (VISIONQ_API_URL)
         return _failed(args, 5, ErrorCode.UNAVAILABLE.value, str(exc))
     except KeyboardInterrupt:
@@ -83,12 +94,25 @@ class _DefaultsShown(argparse.HelpFormatter):
         return text
 
 
+class UsageError(SystemExit):
+    """A command line argparse refused (exit 2, its usage on stderr), with argparse's message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+
 class _Parser(argparse.ArgumentParser):
     """Every (sub)command's parser: add_subparsers makes its parsers of this same class."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _DefaultsShown)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise UsageError(message)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
         # A command's unknown flag is reported with that command's usage: argparse would hand it
@@ -117,11 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(instead of --kinds; docs/models.md)")
     worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: VISIONQ_DEVICE or auto)")
     worker.add_argument("--gpus", help="all or 0,2: one pinned worker process per GPU, supervised")
-    worker.add_argument("--replicas", type=int, default=None,
+    worker.add_argument("--replicas", type=_at_least(1), default=None,
                         help="worker processes per device (with --gpus: per GPU), supervised (default 1)")
     worker.add_argument("--name", help="worker name (default: visionq-<device>-<pid>@<host>)")
-    worker.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+    worker.add_argument("--loglevel", type=_log_level, default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    worker.add_argument("--metrics-port", type=_port(lowest=1), metavar="PORT",
                         help="serve Prometheus /metrics on PORT (a fleet's children: PORT + index); default off")
     worker.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS",
                         help="address /metrics listens on (default 0.0.0.0, for Prometheus in the cluster)")
@@ -190,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     webhooks = commands.add_parser("webhooks", help="run the delivery worker; `dead` and `replay` manage dead letters")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", metavar="SUBCOMMAND")
-    webhooks.add_argument("--concurrency", type=int, default=32, help="deliveries in flight (the delivery worker)")
-    webhooks.add_argument("--loglevel", default="INFO", help="the delivery worker's log level")
+    webhooks.add_argument("--concurrency", type=_at_least(1), default=32, help="deliveries in flight (the delivery worker)")
+    webhooks.add_argument("--loglevel", type=_log_level, default="INFO", help="the delivery worker's log level")
     webhooks.set_defaults(handler=_webhooks_deliver)
     dead = webhook_commands.add_parser("dead", help="list deliveries that exhausted their retries")
     dead.add_argument("--json", action="store_true", help="print the dead deliveries as JSON")
@@ -221,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gateway = commands.add_parser("gateway", help="run the HTTP gateway and its dashboard (the [gateway] extra)")
     gateway.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    gateway.add_argument("--port", type=int, default=8080, help="port to listen on; 0: any free port, logged")
+    gateway.add_argument("--port", type=_port(lowest=0), default=8080, help="port to listen on; 0: any free port, logged")
     gateway.add_argument("--no-auth", action="store_true", help="no API keys: refused unless the host is loopback")
     gateway.set_defaults(handler=_gateway)
 
@@ -265,6 +289,37 @@ def _seconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"not a number of seconds, 0 or more: {text!r}")
     return value
+
+
+def _at_least(lowest: int) -> Callable[[str], int]:
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lowest - 1
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"not a whole number, {lowest} or more: {text!r}")
+        return value
+    return count
+
+
+def _port(lowest: int) -> Callable[[str], int]:
+    def port(text: str) -> int:
+        value = int(text) if text.isdigit() else -1
+        if not lowest <= value <= 65535:
+            raise argparse.ArgumentTypeError(f"not a port, {lowest} to 65535: {text!r}")
+        return value
+    return port
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    """Checked here, not by Celery once the models are loaded (minutes later, with a traceback)."""
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.upper()
 
 
 def _client() -> Any:

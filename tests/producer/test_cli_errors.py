@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import uuid
 from pathlib import Path
 
@@ -63,6 +64,62 @@ def test_usage_errors_show_the_commands_own_usage(argv: list[str], said: str, ca
     err = capsys.readouterr().err
     command = " ".join(argv[:2] if argv[0] == "submit" else argv[:1])
     assert err.startswith(f"usage: visionq {command} ") and said in err, err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["worker", "--loglevel", "LOUD"], "argument --loglevel: 'LOUD' is not one of DEBUG, INFO"),
+    (["webhooks", "--loglevel", "x"], "argument --loglevel: 'x' is not one of"),
+    (["worker", "--metrics-port", "99999"], "argument --metrics-port: not a port, 1 to 65535: '99999'"),
+    (["worker", "--replicas", "0"], "argument --replicas: not a whole number, 1 or more: '0'"),
+    (["webhooks", "--concurrency", "0"], "argument --concurrency: not a whole number, 1 or more"),
+    (["gateway", "--port", "-1"], "argument --port: not a port, 0 to 65535"),
+])
+def test_long_running_commands_refuse_bad_flags_before_starting(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A worker checked --loglevel only once its models were loaded, minutes later, with a traceback."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_usage_error_with_json_prints_the_error_on_stdout_too(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, said in ((["submit", "generate", "a fox", "--priority", "urgent", "--json"], "invalid choice: 'urgent'"),
+                       (["status", "j", "--timeout", "5", "--json"], "add --wait")):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        captured = capsys.readouterr()
+        assert exited.value.code == 2 and captured.err.startswith("usage: ")
+        error = json.loads(captured.out)["error"]
+        assert error["code"] == "invalid_input" and said in error["message"], captured.out
+
+
+def test_an_address_that_is_not_redis_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Something else answers there (a web server): redis-py's InvalidResponse, no ConnectionError."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer_http() -> None:
+            for _ in range(3):  # redis-py may retry
+                try:
+                    connection, _ = server.accept()
+                except OSError:
+                    return
+                with connection:
+                    connection.recv(1024)
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+        threading.Thread(target=answer_http, daemon=True).start()
+        monkeypatch.setenv("VISIONQ_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+        monkeypatch.delenv("VISIONQ_API_URL", raising=False)
+        assert main(["queues", "--json"]) == 5
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"]["code"] == "unavailable"
+    assert "is not Redis (InvalidResponse)" in captured.err and "Traceback" not in captured.err
 
 
 def test_a_redis_that_times_out_is_unavailable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
