@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import MISSING, dataclass
 from typing import Any
@@ -114,9 +115,10 @@ return {'ok', current, cancel, record}
 # Celery message, all or nothing. KEYS: job hash, queued index, start deadlines, [the queue
 # list when a message is given], [the idempotency key when one is given]. ARGV: job id, ttl s,
 # now, start deadline or '', the message or '', 1 if an idempotency key is given, the channel and
-# message of Celery's task-sent event ('' ''), then the record's field/value pairs joined by \x1f
+# message of Celery's task-sent event ('' ''), the record's field/value pairs joined by \x1f
 # (one argument, not fifty: redis-py's packing of each argument was a third of a bulk submit's
-# CPU; JSON escapes every control character, so \x1f never occurs in a value).
+# CPU; JSON escapes every control character, so \x1f never occurs in a value), then the record's
+# first TTL in seconds (past its start deadline: see RECORD_OUTLIVES_DEADLINE_S).
 # Returns {1, id}, or {0, the id holding the idempotency key}.
 # Safe to run twice, a defence: our clients send a command once (tasks/redis_connect.py), but a
 # client built elsewhere with a redis-py Retry sends it again when the connection fails before
@@ -136,7 +138,7 @@ if ARGV[6] == '1' then redis.call('SET', KEYS[#KEYS], ARGV[1], 'EX', ARGV[2]) en
 local fields = {}
 for part in string.gmatch(ARGV[9], '[^\\31]+') do table.insert(fields, part) end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[10])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 if ARGV[4] ~= '' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
 if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
@@ -180,6 +182,13 @@ if current == 'running' then
 end
 return current
 """
+
+
+# A queued job's record lives at least this long past its start deadline, so that an expirer finds
+# it there and ends it `expired` (its event, its message taken out of the queue): with the deadline
+# at the TTL (a short VISIONQ_JOB_TTL_S cuts the queue timeout to it) the record vanished with no
+# final status and its message stayed queued. Its end sets the usual TTL again.
+RECORD_OUTLIVES_DEADLINE_S = 60
 
 
 class NotFinalYet(TimeoutError):
@@ -389,8 +398,11 @@ class JobStore:
         if record.idempotency_key is not None:
             keys.append(self._idempotency_key(record.idempotency_key, record.tenant))
         joined = _FIELD_SEPARATOR.join(part for pair in fields.items() for part in pair)
-        args: list[Any] = [record.id, self.ttl_s, now, deadline, payload,
-                           int(record.idempotency_key is not None), enqueue.event_channel, enqueue.event, joined]
+        record_ttl_s = self.ttl_s
+        if record.queue_timeout_s is not None:
+            record_ttl_s = max(record_ttl_s, math.ceil(record.queue_timeout_s) + RECORD_OUTLIVES_DEADLINE_S)
+        args: list[Any] = [record.id, self.ttl_s, now, deadline, payload, int(record.idempotency_key is not None),
+                           enqueue.event_channel, enqueue.event, joined, record_ttl_s]
         return keys, args
 
     def get(self, job_id: str) -> JobRecord:

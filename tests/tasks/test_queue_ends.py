@@ -189,3 +189,16 @@ def test_a_job_canceled_while_queued_takes_its_message_along_when_near_either_en
     assert ends.take_message_of(store.get(ids[0])) and ends.take_message_of(store.get(ids[-1]))
     assert not ends.take_message_of(store.get(ids[20]))  # out of reach: a worker drops it
     assert queued_ids(store, key) == ids[1:-1]
+
+
+def test_a_deadline_at_the_ttl_still_ends_the_job_expired(redis_client: redis.Redis, key_prefix: str) -> None:
+    """A short VISIONQ_JOB_TTL_S cuts the default queue timeout to it: the record vanished at its
+    deadline, before an expirer could end it, with no final status and its message left queued."""
+    short = JobStore(redis_client, ttl_s=2, prefix=key_prefix)
+    key, ids = fill(short, 1, queue_timeout_s=2)
+    assert redis_client.ttl(short.job_key(ids[0])) > 2 + 30  # it outlives its deadline
+    time.sleep(2.5)  # past the deadline and the TTL both
+    [ended] = QueueEnds(short).expire_due()
+    assert ended.id == ids[0] and ended.status is JobStatus.FAILED and ended.error["code"] == "expired"
+    assert queued_ids(short, key) == []
+    assert 0 < redis_client.ttl(short.job_key(ids[0])) <= 2  # ended: the usual TTL again
