@@ -67,6 +67,10 @@ class _JobOptions(_Strict):
     queue_timeout_s: float | None = Field(
         None, gt=0, description="seconds it may wait for a worker to start it before it fails `expired` "
         "(default VISIONQ_QUEUE_TIMEOUT_<KIND>_S; at most the job TTL)")
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=L.max_key_chars,
+        description="as the Idempotency-Key header (which it must equal if both are given): the same key and "
+        "body within the job TTL return the same job, another body is 409 (in a batch: that job's slot)")
 
 
 class CaptionJob(_JobOptions):

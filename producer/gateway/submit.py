@@ -32,7 +32,8 @@ from tasks.webhooks import validate_webhook
 log = logging.getLogger("visionq.gateway")
 
 # The top-level fields of a job body; the method's parameters are in `input`.
-JOB_FIELDS = frozenset({"kind", "input", "model", "webhook", "webhook_events", "priority", "queue_timeout_s"})
+JOB_FIELDS = frozenset({"kind", "input", "model", "webhook", "webhook_events", "priority", "queue_timeout_s",
+                        "idempotency_key"})
 MAX_BATCH_JOBS = 100
 TENANTS_FOLDER = "tenants"  # <storage prefix>/tenants/<tenant>/: what a tenant may name, and its uploads
 _CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
@@ -47,6 +48,7 @@ class Checked:
     webhook: dict[str, Any] | None
     queue_timeout_s: float  # the body's, or the kind's default (tasks/expiry.py)
     model: str  # the model's name within the kind: the body's `model`, or the default (tasks/served_models.py)
+    idempotency_key: str | None = None  # the body's (a batch's jobs have no header of their own)
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,13 @@ class Submitter:
         return Checked(*self._parse(caller.tenant, body, image))
 
     def submit_checked(self, caller: ApiKey, checked: Checked, *, idempotency_key: str | None = None) -> Submission:
+        """`idempotency_key`: the Idempotency-Key header's; the body's `idempotency_key` may say the same."""
         webhook = checked.webhook
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= self.settings.limits.max_key_chars:
-            raise InvalidInput(
-                f"Idempotency-Key has {len(idempotency_key)} characters; it must have 1..{self.settings.limits.max_key_chars}"
-            )
+        if idempotency_key is not None:
+            self._check_key("Idempotency-Key", idempotency_key)
+            if checked.idempotency_key not in (None, idempotency_key):
+                raise InvalidInput("the Idempotency-Key header and the body's idempotency_key differ")
+        idempotency_key = idempotency_key or checked.idempotency_key
         services = self.services
         services.rate_limiter.take(caller.key_id, caller.rate)
         token = services.tenant_jobs.admit(caller.tenant, caller.max_queued)
@@ -88,11 +92,23 @@ class Submitter:
             raise
         if not created:
             services.tenant_jobs.release(caller.tenant, token)
-            if not same_submit(record, new_job[0].record):
-                raise Conflict(f"Idempotency-Key {idempotency_key!r} was used for job {record.id} with another body")
-            return Submission(record, created=False)
+            return self._repeated(record, new_job[0].record)
         self._register(caller, record.id, token)
         return Submission(record, created=True)
+
+    @staticmethod
+    def _repeated(held: JobRecord, new: JobRecord) -> Submission:
+        """A submit whose idempotency key holds job `held`: that job, if the bodies are the same."""
+        if not same_submit(held, new):
+            raise Conflict(f"idempotency key {new.idempotency_key!r} was used for job {held.id} with another body")
+        return Submission(held, created=False)
+
+    def _check_key(self, source: str, key: Any) -> str:
+        most = self.settings.limits.max_key_chars
+        if not isinstance(key, str) or not 0 < len(key) <= most:
+            shown = f"{len(key)} characters" if isinstance(key, str) else f"a {type(key).__name__}"
+            raise InvalidInput(f"{source} is {shown}; it must be a string of 1..{most} characters")
+        return key
 
     def _sign_with_tenant_secret(self, caller: ApiKey, job_id: str) -> None:
         # Set before the job exists: its first event may be signed the moment it is queued.
@@ -108,9 +124,10 @@ class Submitter:
             log.warning("job %s of tenant %s is stored but not listed (Redis: %s)", job_id, caller.tenant, exc)
 
     def submit_checked_many(self, caller: ApiKey, checked: list[Checked]) -> list[Submission | VisionqError]:
-        """Jobs of one batch (no idempotency keys): each admitted by the rate limit and quota on its
-        own, then every admitted one written in one pipelined round trip (tasks/store.py
-        `create_many`, as `Client.submit_many`). Per job, its Submission or what refused it."""
+        """Jobs of one batch: each admitted by the rate limit and quota on its own, then every
+        admitted one written in one pipelined round trip (tasks/store.py `create_many`, as
+        `Client.submit_many`). Per job, its Submission or what refused it (a job's idempotency
+        key held by another body: Conflict)."""
         services = self.services
         results: list[Submission | VisionqError | None] = [None] * len(checked)
         admitted: list[tuple[int, str, Checked]] = []
@@ -121,7 +138,7 @@ class Submitter:
                     admitted.append((index, services.tenant_jobs.admit(caller.tenant, caller.max_queued), job))
                 except VisionqError as exc:
                     results[index] = exc
-            new_jobs = [self._new_job(caller, job, None) for _, _, job in admitted]
+            new_jobs = [self._new_job(caller, job, job.idempotency_key) for _, _, job in admitted]
             for (_, _, job), (new, _) in zip(admitted, new_jobs):
                 if job.webhook is not None:
                     self._sign_with_tenant_secret(caller, new.record.id)
@@ -130,7 +147,7 @@ class Submitter:
             for _, token, _ in admitted:
                 services.tenant_jobs.release(caller.tenant, token)
             raise
-        for (index, token, _), outcome in zip(admitted, stored):
+        for (index, token, _), (new, _enqueue), outcome in zip(admitted, new_jobs, stored):
             if isinstance(outcome, redis.RedisError):  # this job refused (out of memory, ...), not the others
                 # Redis's own words stay in the log, as for any Redis failure the gateway answers.
                 log.warning("Redis refused to store a job of tenant %s: %s", caller.tenant, outcome)
@@ -140,7 +157,14 @@ class Submitter:
                 except redis.RedisError:
                     pass  # the reservation expires by itself
                 continue
-            record, _created = outcome
+            record, created = outcome
+            if not created:  # its idempotency key holds an earlier job
+                services.tenant_jobs.release(caller.tenant, token)
+                try:
+                    results[index] = self._repeated(record, new.record)
+                except Conflict as exc:
+                    results[index] = exc
+                continue
             self._register(caller, record.id, token)
             results[index] = Submission(record, created=True)
         return results  # type: ignore[return-value]
@@ -158,7 +182,7 @@ class Submitter:
 
     def _parse(
         self, tenant: str, body: Any, image: bytes | None,
-    ) -> tuple[JobRequest, Priority, dict[str, Any] | None, float, str]:
+    ) -> tuple[JobRequest, Priority, dict[str, Any] | None, float, str, str | None]:
         if not isinstance(body, dict):
             raise InvalidInput(f"a job must be a JSON object, got {type(body).__name__}")
         unknown = set(body) - JOB_FIELDS
@@ -197,7 +221,9 @@ class Submitter:
         queue_timeout_s = check_queue_timeout(body.get("queue_timeout_s"), job_kind, self.settings)
         model = choose_model(job_kind, body.get("model"), self.settings.named_models,
                              lambda: registered_models(self.services.redis, self.settings.redis_prefix))
-        return request, priority, webhook, queue_timeout_s, model
+        key = body.get("idempotency_key")
+        return request, priority, webhook, queue_timeout_s, model, None if key is None else self._check_key(
+            "idempotency_key", key)
 
     def tenant_prefix(self, tenant: str) -> str | None:
         """The s3:// prefix whose objects this tenant may name as inputs (None with local storage)."""

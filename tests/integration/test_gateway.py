@@ -123,6 +123,37 @@ def test_idempotency_key_is_per_tenant_and_per_body(gateway: GatewayProcess, acm
     assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
 
 
+def test_idempotency_key_in_the_body_and_in_a_batch(gateway: GatewayProcess, acme: NewKey) -> None:
+    """A batch's jobs have no header of their own: each may carry `idempotency_key` (as
+    Client.submit_many's requests do); a single body may too."""
+    body = {"kind": "generate", "input": {"prompt": "a kite", "width": 64, "height": 64, "steps": 1},
+            "queue_timeout_s": 600}
+    key, other = f"order-{uuid.uuid4().hex}", f"order-{uuid.uuid4().hex}"
+    with api(gateway, acme) as http:
+        first = http.post("/v1/jobs", json={**body, "idempotency_key": key})
+        by_header = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+        assert first.status_code == 201 and by_header.status_code == 200
+        assert by_header.json()["id"] == first.json()["id"] and first.json()["idempotency_key"] == key
+        both = http.post("/v1/jobs", json={**body, "idempotency_key": other}, headers={"Idempotency-Key": key})
+        assert both.status_code == 400 and "differ" in both.json()["error"]["message"]
+        assert error_code(http.post("/v1/jobs", json={**body, "idempotency_key": ""})) == "invalid_input"
+        batch = [{**body, "idempotency_key": key},  # the job above
+                 {**body, "idempotency_key": other}, {**body, "idempotency_key": other},  # one new job, twice
+                 {**body, "priority": "high", "idempotency_key": key},  # the key with another body
+                 {**body, "idempotency_key": 7}]
+        answer = http.post("/v1/jobs/batch", json={"jobs": batch})
+        assert answer.status_code == 200, answer.text
+        held, new, again, conflict, bad = answer.json()["jobs"]
+        assert held["id"] == first.json()["id"]
+        assert new["id"] == again["id"] != held["id"] and new["idempotency_key"] == other
+        assert conflict["error"]["code"] == "conflict" and held["id"] in conflict["error"]["message"]
+        assert bad["error"]["code"] == "invalid_input"
+        repeated = http.post("/v1/jobs/batch", json={"jobs": batch[:2]}).json()["jobs"]
+        assert [j["id"] for j in repeated] == [held["id"], new["id"]]
+        for job_id in (held["id"], new["id"]):
+            http.post(f"/v1/jobs/{job_id}/cancel")
+
+
 def test_tenants_see_only_their_own_jobs(gateway: GatewayProcess, acme: NewKey, beta: NewKey) -> None:
     with api(gateway, acme) as http:
         mine = http.post("/v1/jobs", json={"kind": "generate", "input": {"prompt": "a boat", "width": 64,
