@@ -135,7 +135,7 @@ def connect(url: str, master: str, sentinel_password: str | None = None, **kwarg
 
     It sends each command once (no redis-py Retry, whichever default the installed version has):
     a command whose answer is lost may have run, so it is for the caller to send it again
-    (worker/runtime.py `until_redis_answers`), to scripts made to notice a second run."""
+    (worker/outage.py `until_redis_answers`), to scripts made to notice a second run."""
     kwargs.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 0))
     kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
     if not is_sentinel(url):

@@ -9,9 +9,13 @@ loaded (by the webhook delivery worker, for every queue but `visionq.webhooks`):
 those jobs' messages, find no task for them, and Celery would drop them (the sweeper would
 publish them again, to be dropped again, while the queue reads empty).
 Every other command is Celery's own, unchanged.
+
+`consume` runs Celery's worker and tells a stop nobody asked for by the exit status.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +27,23 @@ from celery.worker.control import Panel
 _CELERY_SHUTDOWN = Panel.data["shutdown"]
 _CELERY_ADD_CONSUMER = Panel.data["add_consumer"]
 _served: dict[str, Any] = {"worker": "", "queues": []}
+
+log = logging.getLogger("visionq.worker")
+
+EXIT_UNEXPECTED_STOP = 70  # EX_SOFTWARE: the worker stopped on its own
+
+
+def consume(app: Any, argv: list[str], worker_name: str) -> None:
+    """Celery's worker (`argv`: worker_main's), until it stops. Celery returns normally (exit 0)
+    after an "Unrecoverable error": unless the worker was asked to stop (a signal, `celery control
+    shutdown`), exit EXIT_UNEXPECTED_STOP, so that a supervisor (the fleet's, systemd's
+    Restart=on-failure, compose) restarts it."""
+    asked_to_stop = threading.Event()
+    signals.worker_shutting_down.connect(lambda **_: asked_to_stop.set(), weak=False)
+    app.worker_main(argv)
+    if not asked_to_stop.is_set():
+        log.critical("worker %s stopped without being asked to; exiting %d", worker_name, EXIT_UNEXPECTED_STOP)
+        raise SystemExit(EXIT_UNEXPECTED_STOP)
 
 
 def answer_remote_control(worker_name: str, served_queues: Iterable[str]) -> None:

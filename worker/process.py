@@ -12,11 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import warnings
 from typing import Any, Callable
 
-from celery import signals
 from PIL import Image
 
 from tasks.app import make_celery
@@ -30,7 +28,7 @@ from tasks.storage import open_storage
 from tasks.store import Delivery, JobStore
 from worker import loader
 from worker.broker import transport_for
-from worker.control import answer_remote_control
+from worker.control import answer_remote_control, consume
 from worker.heartbeat import Heartbeat
 from worker.inputs import InputReader
 from worker.pipelines.base import Pipeline
@@ -42,8 +40,6 @@ from worker.sweeper import Sweeper, celery_publisher, unacked_key
 from worker.time_limits import Watchdog
 
 log = logging.getLogger("visionq.worker")
-
-EXIT_UNEXPECTED_STOP = 70  # EX_SOFTWARE: the worker stopped on its own
 
 
 def default_worker_name(device: str) -> str:
@@ -165,23 +161,16 @@ def serve(
         endings = TaskEndings(client, settings.redis_prefix, settings.redis_url, name) if settings.task_events else None
         ResultWriter(store, storage, settings.storage_retry_s,
                      on_written=endings.announce if endings is not None else None).start()
-        asked_to_stop = threading.Event()
-        signals.worker_shutting_down.connect(lambda **_: asked_to_stop.set(), weak=False)
         answer_remote_control(name, queues)  # `celery control shutdown` asks too (worker/control.py)
         slots = task_slots(settings, pipelines)
         # JSON logs (VISIONQ_LOG_FORMAT=json): no banner, so every line is a JSON object.
         quiet = ["--quiet"] if settings.log_format == "json" else []
         quiet_per_task_lines(loglevel)
-        app.worker_main([
+        consume(app, [
             *quiet, "worker", "--queues", ",".join(queues), "--pool", "threads",
             "--concurrency", str(slots), "--hostname", name, "--loglevel", loglevel,
             "--without-gossip", "--without-mingle",
-        ])
-        if not asked_to_stop.is_set():
-            # Celery returns normally (exit 0) after an "Unrecoverable error": say it
-            # with the exit status, so a supervisor or compose restarts this worker.
-            log.critical("worker %s stopped without being asked to; exiting %d", name, EXIT_UNEXPECTED_STOP)
-            raise SystemExit(EXIT_UNEXPECTED_STOP)
+        ], name)
     finally:
         heartbeat.stop()
 

@@ -7,16 +7,13 @@ process, its models and other jobs are untouched.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
-import redis
-from kombu.exceptions import OperationalError
 
 from tasks.errors import (
     InternalError, InvalidInput, JobCanceled, JobNotFound, VisionqError, WorkerLost,
@@ -35,12 +32,12 @@ from worker.batching import BATCHES_IN_FLIGHT, ModelExecutor
 from worker.broker import acknowledged
 from worker.images import decode_image
 from worker.inputs import InputReader
+from worker.outage import until_redis_answers
 from worker.outputs import publish_outputs, publish_record
 from worker.pipelines.base import Pipeline, input_side, preprocess
 from worker.time_limits import JobClock, Watchdog
 
 log = logging.getLogger("visionq.worker")
-T = TypeVar("T")
 
 CANCELED_WHILE_RUNNING = "canceled while running; partial outputs were discarded"
 
@@ -408,28 +405,6 @@ class _Exhausted(Exception):
         super().__init__(error.message)
         self.record = record
         self.error = error
-
-
-# Redis restarting, failing over or briefly unreachable. kombu's OperationalError is
-# what a publish (a webhook event) raises for the same.
-REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OperationalError)
-
-
-def until_redis_answers(call: Callable[[], T], max_delay_s: float = 5.0) -> T:
-    """`call()`, retried in place with backoff while Redis is away.
-
-    A Redis failure is never the job's error and never a reason to give up its
-    message: the job simply waits. The wait is bounded by the job's clock: a worker
-    still waiting at the hard time limit is ended by its watchdog, and the message,
-    unacknowledged in Redis, is delivered again."""
-    delay = 0.1
-    while True:
-        try:
-            return call()
-        except REDIS_OUTAGE as exc:
-            log.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)
-            time.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, max_delay_s)
 
 
 @contextmanager

@@ -32,9 +32,11 @@ from tasks.webhooks import (
     Attempt, DeliveryStatus, clean_text, is_retryable, mask_url, retry_delay_s,
     secret_key, signature_headers,
 )
-from worker.control import answer_remote_control
+from worker.control import answer_remote_control, consume
 from worker.expiry import Expirer
 from worker.heartbeat import Heartbeat
+from worker.leases import survive_reconnects
+from worker.outage import until_redis_answers
 from worker.outbound import PostResult, post
 from worker.revoke import install_revoke
 
@@ -57,30 +59,33 @@ class Deliverer:
         self.attempts_made = 0  # the heartbeat's jobs_done: a duplicate message makes none
 
     def attempt(self, delivery_id: str) -> None:
-        delivery = self.deliveries.get(delivery_id)
+        """The delivery task. Its Redis calls wait out an outage in place: a task that raised was
+        acknowledged by Celery, and its delivery, still pending, had no message left to come back by."""
+        delivery = until_redis_answers(lambda: self.deliveries.get(delivery_id))
         if delivery is None or delivery.status is not DeliveryStatus.PENDING:
             return  # expired, or already delivered/dead (a duplicate message)
         result, worth_retrying = self._send(delivery.job_id, delivery.id, delivery.url, delivery.body)
         self.attempts_made = next(self._attempts)
         attempt = Attempt(at=utc_now(), status=result.status, error=result.error, latency_ms=result.latency_ms)
-        delivery = self.deliveries.record_attempt(delivery, attempt, self.store.job_key(delivery.job_id))
+        delivery = until_redis_answers(
+            lambda: self.deliveries.record_attempt(delivery, attempt, self.store.job_key(delivery.job_id)))
         if result.status is not None and 200 <= result.status < 300:
-            self.deliveries.mark_delivered(delivery_id)
+            until_redis_answers(lambda: self.deliveries.mark_delivered(delivery_id))
             return
         if worth_retrying and is_retryable(result.status):
             delay = retry_delay_s(self.schedule, len(delivery.attempts), result.retry_after_s)
             if delay is not None:
-                self.deliveries.schedule(delivery_id, delay)
+                until_redis_answers(lambda: self.deliveries.schedule(delivery_id, delay))
                 return
             reason = f"gave up after {len(delivery.attempts)} attempts: {result.error}"
         else:
             reason = f"not retried: {result.error}"
         log.warning("webhook %s to %s is dead: %s", delivery_id, mask_url(delivery.url), reason)
-        self.deliveries.mark_dead(delivery_id, reason)
+        until_redis_answers(lambda: self.deliveries.mark_dead(delivery_id, reason))
 
     def _send(self, job_id: str, delivery_id: str, url: str, body: bytes) -> tuple[PostResult, bool]:
         """The attempt's outcome, and False when no retry could change it."""
-        secret = self.deliveries.job_secret(job_id) or self.settings.webhook_secret
+        secret = until_redis_answers(lambda: self.deliveries.job_secret(job_id)) or self.settings.webhook_secret
         if not secret:
             return _refused("no webhook secret configured (VISIONQ_WEBHOOK_SECRET)"), False
         try:
@@ -153,6 +158,7 @@ def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "IN
     # This worker ends expired jobs too: a deployment scaled to zero GPU workers still does.
     Expirer(store, events.publish_final).start()
     install_revoke(store, events)  # a revoke it receives cancels the job too (worker/revoke.py)
+    survive_reconnects(client, settings.redis_prefix)  # a Redis restart stopped it, as it did GPU workers
     name = f"visionq-webhooks-{os.getpid()}@{socket.gethostname()}"
     # `celery control add_consumer visionq.caption` (to every node) would have it take GPU jobs'
     # messages and drop them as unregistered tasks; `control shutdown` is a stop as asked.
@@ -162,10 +168,10 @@ def run_webhook_worker(settings: Settings, concurrency: int, loglevel: str = "IN
     heartbeat.follow_celery(lambda: {"jobs_done": deliverer.attempts_made})  # read after each task
     try:
         quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner among JSON lines
-        app.worker_main([
+        consume(app, [
             *quiet, "worker", "--queues", WEBHOOKS_QUEUE, "--pool", "threads", "--concurrency", str(concurrency),
             "--hostname", name, "--loglevel", loglevel, "--without-gossip", "--without-mingle",
-        ])
+        ], name)
     finally:
         scheduler.stopped.set()
         heartbeat.stop()

@@ -155,6 +155,38 @@ def test_worker_that_stops_unasked_exits_non_zero(fleet) -> None:
     assert broken.process.wait(timeout=120) == 70, broken.log_tail()
 
 
+def test_the_delivery_worker_rides_out_a_redis_restart_with_deliveries_in_flight(
+    fleet, client, receiver, aof_redis,
+) -> None:
+    """kombu's channel, closed under deliveries in flight, failed with AttributeError ('NoneType'
+    has no 'hostname'): Celery stopped the delivery worker, which exited 0, so a supervisor that
+    restarts on failure left webhooks stopped for good (found by a soak trial)."""
+    fleet.standin(20)
+    deliverer = fleet.deliverer()
+    receiver.behaviour["/hook"] = lambda delivery, tries: time.sleep(1.5) or 200  # under the 2 s timeout
+    job_ids, _ = submit(client, 4, "in-flight", receiver)
+    wait_until(lambda: receiver.on("/hook"), timeout_s=60, what="the first delivery under way")
+    aof_redis.kill9()  # while the others are still in flight
+    time.sleep(1.0)
+    aof_redis.restart()
+    more, _ = submit(client, 2, "after", receiver)
+    records = settle(client, job_ids + more, timeout_s=90)
+
+    def undelivered() -> set[str]:
+        return set(job_ids + more) - {d.event["data"]["id"] for d in receiver.on("/hook")}
+
+    try:
+        wait_until(lambda: not undelivered(), timeout_s=90, what="every final event")
+    except AssertionError:
+        said = {job_id: client.get(job_id).to_dict() for job_id in undelivered()}
+        logs = "\n".join(f"--- {w.log_path.name}\n{w.log_tail(30000)}" for w in fleet.workers)
+        raise AssertionError(f"no final event for {said}\nall: {job_ids + more}\n{logs}") from None
+    result = figures("deliverer-redis-restart", job_ids + more, records, receiver=receiver)
+    assert deliverer.process.poll() is None, deliverer.log_tail()  # still serving, not stopped
+    assert "Unrecoverable error" not in deliverer.log_tail(20_000), deliverer.log_tail()
+    assert result.lost == 0
+
+
 def test_sigkill_storm_on_a_replicas_fleet_with_webhooks(fleet, client, receiver, aof_redis, tiny_models) -> None:
     supervisor = fleet.visionq("worker", "--replicas", "2", "--kinds", "generate", "--models", str(tiny_models),
                                "--device", "cpu")

@@ -105,7 +105,7 @@ def test_a_purge_whose_answer_is_lost_still_reports_every_job_it_ended(
 
 
 def test_transitions_whose_answers_are_lost_answer_as_the_first_run_did(store: JobStore, proxy: TcpProxy) -> None:
-    # worker/runtime.py's until_redis_answers sends a transition again after a lost answer too.
+    # worker/outage.py's until_redis_answers sends a transition again after a lost answer too.
     [(record, _)] = store.create_many([new_job(store, 0)])
     proxy.lose_next_reply()
     started = store.advance(record.id, JobStatus.RUNNING, attempt_increment=1, started_at=utc_now(), worker="w1",
