@@ -37,6 +37,10 @@ class Storage(Protocol):
 
     def read(self, uri: str, max_bytes: int) -> bytes: ...
 
+    def delete(self, key: str) -> None:
+        """One attempt (no outage budget: nothing waits on it), StorageError if it failed; a key
+        that is not there is no error."""
+
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
 
@@ -164,6 +168,14 @@ class S3Storage:
             ),
         )
         return self.ref(key, data, content_type)
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"delete of s3://{self.bucket}/{self._key(key)} failed: {exc}") from exc
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -296,6 +308,12 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"delete of {self._path(key)} failed: {exc}") from exc
 
     def read(self, uri: str, max_bytes: int) -> bytes:
         parsed = urlparse(uri)

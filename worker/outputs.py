@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
-from typing import Any
+from typing import Any, Iterator
 
-from tasks.errors import InternalError
+from tasks.errors import InternalError, VisionqError
 from tasks.record import JobRecord
 from tasks.storage import Storage, job_key
 from worker.pipelines.base import FileSlot, PipelineResult
 from worker.png import encode_png
+
+log = logging.getLogger("visionq.worker")
 
 
 def publish_outputs(
@@ -48,3 +51,27 @@ def publish_record(storage: Storage, record: JobRecord) -> None:
     """result.json: the final record next to the outputs, readable without Redis."""
     body = json.dumps(record.to_json_fields(), separators=(",", ":")).encode()
     storage.put(job_key(record.id, "result.json"), body, "application/json")
+
+
+def discard_outputs(storage: Storage, job_id: str, output: dict[str, Any] | None) -> None:
+    """Delete the files `output` names in the job's folder: uploaded for a success the record did
+    not take (a cancel that won, a job already final, a result.json that could not be written).
+    One attempt each; a file left behind is logged, not retried (nothing points to it)."""
+    for uri in _file_uris(output):
+        name = uri.rsplit("/", 1)[-1]
+        try:
+            storage.delete(job_key(job_id, name))
+        except VisionqError as exc:
+            log.warning("job %s: output %s not deleted: %s", job_id, name, exc.message)
+
+
+def _file_uris(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        if isinstance(value.get("uri"), str) and "sha256" in value:
+            yield value["uri"]
+            return
+        for item in value.values():
+            yield from _file_uris(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _file_uris(item)

@@ -33,7 +33,7 @@ from worker.broker import acknowledged
 from worker.images import decode_image
 from worker.inputs import InputReader
 from worker.outage import until_redis_answers
-from worker.outputs import publish_outputs, publish_record
+from worker.outputs import discard_outputs, publish_outputs, publish_record
 from worker.pipelines.base import Pipeline, input_side, preprocess
 from worker.time_limits import JobClock, Watchdog
 
@@ -281,12 +281,17 @@ class JobRunner:
             return
         if not outcome.applied:
             log.warning("job %s was already final; its %s result is not recorded", record.id, status.value)
+            # Its outputs stay: another run's success may be the record's, under the same names.
             # The result.json written above says otherwise: rewritten from the record.
             until_redis_answers(lambda: self.store.note_unwritten(record.id))
             self.jobs_done += 1
             return
         if delivery is not None:
             acknowledged.add(delivery.tag)  # kombu's ack of it needs no round trip (worker/broker.py)
+        if output is not None and outcome.status is not JobStatus.SUCCEEDED:
+            # Uploaded for a success the record did not take (a cancel that won, result.json not
+            # written): nothing points to them. Final is final, so no other run's success does either.
+            discard_outputs(self.storage, record.id, output)
         if outcome.status is JobStatus.CANCELED and final.status is not JobStatus.CANCELED:
             final = replace(final, status=JobStatus.CANCELED, output=None, error=canceled, progress=record.progress)
             try:

@@ -29,6 +29,9 @@ def test_s3_put_returns_fileref_readable_with_plain_boto3(s3: object, s3_env: di
     assert storage.exists("jobs/job1/output-0.png")
     assert not storage.exists("jobs/job1/missing.png")
     assert storage.read(ref.uri, max_bytes=100) == b"png-bytes"
+    storage.delete("jobs/job1/output-0.png")  # a cancel's discarded output
+    storage.delete("jobs/job1/output-0.png")  # gone already: no error
+    assert not storage.exists("jobs/job1/output-0.png")
 
 
 @pytest.mark.integration
@@ -145,6 +148,11 @@ def test_local_storage_layout_and_confinement(tmp_path: Path) -> None:
     assert ref.uri == (tmp_path / "store" / "jobs/j/mask-0.png").as_uri()
     assert ref.url is None
     assert storage.read(ref.uri, 10) == b"abc"
+    storage.delete("jobs/j/mask-0.png")
+    storage.delete("jobs/j/mask-0.png")
+    assert not storage.exists("jobs/j/mask-0.png")
+    with pytest.raises(InvalidInput, match="outside the storage folder"):
+        storage.delete("../secret.txt")
     secret = tmp_path / "secret.txt"
     secret.write_text("do not read")
     with pytest.raises(InvalidInput, match="outside the storage folder"):

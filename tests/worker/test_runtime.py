@@ -504,7 +504,7 @@ def test_a_success_failed_by_its_result_json_ends_when_the_write_gave_up(harness
     from tasks.record import parse_time
     from worker import runtime
 
-    make, submit, store, _ = harness
+    make, submit, store, storage = harness
     job_id, message = submit(JobKind.GENERATE, {"prompt": "a fox"})
     gave_up: list[datetime] = []
 
@@ -517,6 +517,7 @@ def test_a_success_failed_by_its_result_json_ends_when_the_write_gave_up(harness
     make(succeed).run(JobKind.GENERATE, job_id, message)
     record = store.get(job_id)
     assert record.status is JobStatus.FAILED and record.error["code"] == "storage_error"
+    assert not list((storage.root / "jobs" / job_id).glob("output-*"))  # uploaded, then discarded
     ended = parse_time(record.completed_at)
     assert ended >= gave_up[0].replace(microsecond=gave_up[0].microsecond // 1000 * 1000), (ended, gave_up)
     assert record.metrics["total_ms"] == pytest.approx((ended - parse_time(record.created_at)).total_seconds() * 1000, abs=1)
@@ -549,6 +550,9 @@ def test_a_cancel_after_the_models_last_checkpoint_wins_the_final_transition(har
     assert record.status is JobStatus.CANCELED and record.output is None and record.error["code"] == "canceled"
     result = json.loads((storage.root / "jobs" / job_id / "result.json").read_text())
     assert result["status"] == "canceled" and result["output"] is None  # storage says what the record says
+    # The outputs were uploaded before the cancel won: "partial outputs were discarded" (a soak
+    # trial found them left in the bucket, pointed to by nothing).
+    assert [p.name for p in (storage.root / "jobs" / job_id).iterdir()] == ["result.json"]
 
 
 def test_the_final_transition_acknowledges_the_message_and_kombus_ack_skips_redis(harness) -> None:
