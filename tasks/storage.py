@@ -106,9 +106,10 @@ class Outage:
                     raise StorageError(f"{what} failed: {exc}") from exc
                 pause = delay * random.uniform(0.8, 1.2)
                 if waited + pause > self.budget_s:  # the jittered pause: never wait past the budget
+                    # Said as such: "unreachable for 7 s (budget 10 s)" read as giving up early.
                     raise StorageError(
-                        f"{what} failed: storage unreachable for {waited:.0f} s "
-                        f"({self.budget_named} {self.budget_s:g} s): {exc}"
+                        f"{what} failed: storage unreachable for {waited:.0f} s, and the next try would "
+                        f"come past the budget ({self.budget_named} {self.budget_s:g} s): {exc}"
                     ) from exc
                 log.warning("%s failed after %.0f s, retrying in %.1f s: %s", what, waited, pause, exc)
                 self.sleep(pause)
