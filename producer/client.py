@@ -292,7 +292,8 @@ class Client:
             return None
         spec = validate_webhook(url, events, self.settings.limits, self.settings.webhook_allow)  # the URL first
         if secret is None and not self.settings.webhook_secret:
-            raise InvalidInput("a webhook needs a signing secret: set VISIONQ_WEBHOOK_SECRET or pass webhook_secret")
+            raise InvalidInput("a webhook needs a signing secret: set VISIONQ_WEBHOOK_SECRET, or give webhook_secret "
+                               "(the SDK's argument; a submit-many request's field)")
         try:
             secret_key(secret if secret is not None else self.settings.webhook_secret)
         except ValueError as exc:
