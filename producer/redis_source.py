@@ -17,6 +17,8 @@ class RedisJobSource:
         self.events = events
         self.ends = QueueEnds(store)
         self.address = redacted_url(redis_url)
+        if store.prefix != "visionq":  # workers under another VISIONQ_REDIS_PREFIX are not seen either
+            self.address += f" with VISIONQ_REDIS_PREFIX={store.prefix}"
 
     def get(self, job_id: str) -> JobRecord:
         return self.store.get(job_id)

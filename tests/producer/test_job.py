@@ -120,3 +120,17 @@ def test_on_change_hears_of_changes_only() -> None:
         on_change=lambda job: seen.append((job.status, job.progress, job.to_dict()["attempt"])))
     assert seen == [("queued", 0.0, 0), ("running", 0.0, 0), ("running", 0.5, 0), ("running", 0.0, 2),
                     ("succeeded", 0.0, 0)]
+
+
+def test_the_no_worker_note_names_a_prefix_of_its_own() -> None:
+    """Workers under another VISIONQ_REDIS_PREFIX are invisible too: the note names the one it reads."""
+    import redis
+
+    from producer.redis_source import RedisJobSource
+    from tasks.store import JobStore
+
+    def address(prefix: str) -> str:  # the clients never connect here
+        return RedisJobSource(JobStore(redis.Redis(), ttl_s=60, prefix=prefix), None, "redis://:pw@127.0.0.1:9/0").address
+
+    assert address("visionq") == "redis://:***@127.0.0.1:9/0"
+    assert address("staging") == "redis://:***@127.0.0.1:9/0 with VISIONQ_REDIS_PREFIX=staging"

@@ -91,5 +91,5 @@ def test_waiting_with_no_worker_for_the_kind_says_so_on_stderr(service_env: dict
                          "--timeout", "10", env=env)
     assert result.returncode == 4, result.stderr  # timed out, as asked, after saying why
     assert (f"visionq: no live worker serves generate: is `visionq worker` running against "
-            f"{service_env['VISIONQ_REDIS_URL']}? (still waiting)") in result.stderr
+            f"{service_env['VISIONQ_REDIS_URL']} with VISIONQ_REDIS_PREFIX={key_prefix}? (still waiting)") in result.stderr
     assert "still queued after 10.0 s" in result.stderr
