@@ -95,7 +95,7 @@ def check_queue_timeout(value: object, kind: JobKind, settings: Settings) -> flo
 
     At most the record's TTL: a deadline must fall while the record still exists."""
     if value is None:
-        return min(settings.queue_timeout_s(kind), settings.job_ttl_s)
+        return float(min(settings.queue_timeout_s(kind), settings.job_ttl_s))  # a float however it was set
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidInput(f"queue_timeout_s {value!r} must be a number of seconds")
     if not 0 < value <= settings.job_ttl_s:

@@ -21,6 +21,7 @@ def test_queue_timeout_defaults_per_kind_and_is_checked() -> None:
     settings = Settings.from_env({"VISIONQ_QUEUE_TIMEOUT_SEGMENT_S": "900", "VISIONQ_JOB_TTL_S": "1200"})
     assert check_queue_timeout(None, JobKind.SEGMENT, settings) == 900.0
     assert check_queue_timeout(None, JobKind.CAPTION, settings) == 1200.0  # never past the record's TTL
+    assert isinstance(check_queue_timeout(None, JobKind.CAPTION, settings), float)  # a record's JSON says 1200.0
     assert check_queue_timeout(30, JobKind.CAPTION, settings) == 30.0
     for bad in (0, -1, 1201, float("nan"), "60", True):
         with pytest.raises(InvalidInput, match="queue_timeout_s"):
