@@ -39,8 +39,8 @@ log = logging.getLogger("visionq.store")
 # progress given. Acknowledging here removes the message from kombu's unacked bookkeeping in the
 # same step that makes the job final (worker/broker.py then skips kombu's own ack round trip), and
 # a job with a webhook is noted among the unpublished final events (`JobStore.unpublished_key`).
-# A second run of the same call (sent again after its answer was lost: by `until_redis_answers`
-# (worker/outage.py) in worker/runtime.py, or by a redis-py Retry) finds the job where the first left it, with the
+# A second run of the same call (sent again after its answer was lost: by worker/runtime.py's
+# `until_redis_answers`, or by a redis-py Retry) finds the job where the first left it, with the
 # `started_at` (to running) or `completed_at` (to a final status) it sets, and its `worker` and
 # `metrics` when given, and answers as the first did without acting again: a redelivery's
 # running -> running would count an attempt more, and a final transition would read as refused.

@@ -55,7 +55,7 @@ def publish_record(storage: Storage, record: JobRecord) -> None:
 
 def discard_outputs(storage: Storage, job_id: str, output: dict[str, Any] | None) -> None:
     """Delete the files `output` names in the job's folder: uploaded for a success the record did
-    not take (a cancel that won, a job already final, a result.json that could not be written).
+    not take (a cancel that won at the final transition, a result.json that could not be written).
     One attempt each; a file left behind is logged, not retried (nothing points to it)."""
     for uri in _file_uris(output):
         name = uri.rsplit("/", 1)[-1]

@@ -222,8 +222,9 @@ class Submitter:
         model = choose_model(job_kind, body.get("model"), self.settings.named_models,
                              lambda: registered_models(self.services.redis, self.settings.redis_prefix))
         key = body.get("idempotency_key")
-        return request, priority, webhook, queue_timeout_s, model, None if key is None else self._check_key(
-            "idempotency_key", key)
+        if key is not None:
+            key = self._check_key("idempotency_key", key)
+        return request, priority, webhook, queue_timeout_s, model, key
 
     def tenant_prefix(self, tenant: str) -> str | None:
         """The s3:// prefix whose objects this tenant may name as inputs (None with local storage)."""
