@@ -55,6 +55,11 @@ class FileRef:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @staticmethod
+    def described_by(value: Any) -> bool:
+        """Whether `value`, a part of a record's output as JSON, is a FileRef's dict."""
+        return isinstance(value, dict) and isinstance(value.get("uri"), str) and "sha256" in value
+
 
 @dataclass
 class JobRecord:

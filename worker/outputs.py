@@ -7,7 +7,7 @@ import time
 from typing import Any, Iterator
 
 from tasks.errors import InternalError, VisionqError
-from tasks.record import JobRecord
+from tasks.record import FileRef, JobRecord
 from tasks.storage import Storage, job_key
 from worker.pipelines.base import FileSlot, PipelineResult
 from worker.png import encode_png
@@ -66,10 +66,9 @@ def discard_outputs(storage: Storage, job_id: str, output: dict[str, Any] | None
 
 
 def _file_uris(value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
-        if isinstance(value.get("uri"), str) and "sha256" in value:
-            yield value["uri"]
-            return
+    if FileRef.described_by(value):
+        yield value["uri"]
+    elif isinstance(value, dict):
         for item in value.values():
             yield from _file_uris(item)
     elif isinstance(value, list):

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
-
 from tasks.errors import (
     InternalError, InvalidInput, JobCanceled, JobNotFound, VisionqError, WorkerLost,
 )

@@ -23,7 +23,7 @@ from urllib.parse import quote, unquote, urlparse
 import redis
 
 from producer.http_errors import Forbidden, NotFound
-from tasks.record import check_job_id
+from tasks.record import FileRef, check_job_id
 from tasks.settings import Settings
 from tasks.storage import LocalStorage, S3Storage, Storage
 
@@ -90,7 +90,7 @@ class FileLinks:
             return [self._walk(v, job_id, base_url) for v in value]
         if not isinstance(value, dict):
             return value
-        if isinstance(value.get("uri"), str) and "sha256" in value:
+        if FileRef.described_by(value):
             return {**value, "url": self._url(value["uri"], job_id, base_url) or value.get("url")}
         return {k: self._walk(v, job_id, base_url) for k, v in value.items()}
 

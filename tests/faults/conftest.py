@@ -175,8 +175,9 @@ class Fleet:
         for worker in self.workers:
             worker.stop(timeout_s=20)
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {w.log_path.name}\n{w.log_tail(3000)}" for w in self.workers)
+    def logs(self, chars: int = 3000) -> str:
+        """The last `chars` of each process's log."""
+        return "\n".join(f"--- {w.log_path.name}\n{w.log_tail(chars)}" for w in self.workers)
 
 
 @pytest.fixture

@@ -179,8 +179,7 @@ def test_the_delivery_worker_rides_out_a_redis_restart_with_deliveries_in_flight
         wait_until(lambda: not undelivered(), timeout_s=90, what="every final event")
     except AssertionError:
         said = {job_id: client.get(job_id).to_dict() for job_id in undelivered()}
-        logs = "\n".join(f"--- {w.log_path.name}\n{w.log_tail(30000)}" for w in fleet.workers)
-        raise AssertionError(f"no final event for {said}\nall: {job_ids + more}\n{logs}") from None
+        raise AssertionError(f"no final event for {said}\nall: {job_ids + more}\n{fleet.logs(30_000)}") from None
     result = figures("deliverer-redis-restart", job_ids + more, records, receiver=receiver)
     assert deliverer.process.poll() is None, deliverer.log_tail()  # still serving, not stopped
     assert "Unrecoverable error" not in deliverer.log_tail(20_000), deliverer.log_tail()
