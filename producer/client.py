@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 from urllib.parse import unquote, urlparse
 
 import redis
@@ -17,8 +16,10 @@ from tasks.app import make_celery
 from tasks.deliveries import DeliveryStore, EventPublisher
 from tasks.expiry import check_queue_timeout
 from tasks.errors import InvalidInput, VisionqError
-from tasks.images import accepted_extension, to_rgb
+from tasks.images import accepted_extension, png_of
 from tasks.kinds import JobKind, Priority
+from tasks.limits import MAX_BATCH_JOBS
+from tasks.record import JobRecord
 from tasks.messages import job_enqueue, redis_db
 from tasks.redis_connect import client_for
 from tasks.schemas import (
@@ -29,8 +30,8 @@ from tasks.settings import Settings
 from tasks.storage import Storage, input_key, open_storage
 from tasks.store import Enqueue, JobStore, NewJob, same_submit
 from tasks.webhooks import secret_key, validate_webhook
-from producer.http_errors import Conflict, Unavailable
-from producer.http_source import HttpJobSource
+from producer.http_errors import Conflict, PayloadTooLarge, Unavailable
+from producer.http_source import GatewayJob, HttpJobSource, gateway_job
 from producer.job import Job
 from producer.redis_source import RedisJobSource
 
@@ -171,7 +172,7 @@ class Client:
         before it was sent) and the rest get an `Unavailable` saying whether they may have been
         stored (resubmitting one is safe with an `idempotency_key`)."""
         if self.gateway is not None:
-            return [self._submit_through_gateway(request) for request in requests]
+            return self._submit_many_through_gateway(requests, chunk_size)
         results: list[Job | VisionqError] = []
         for begin in range(0, len(requests), chunk_size):
             chunk, failed = self._submit_chunk(requests[begin:begin + chunk_size])
@@ -225,12 +226,76 @@ class Client:
             raise stored
         return stored
 
-    def _submit_through_gateway(self, request: Any) -> Job | VisionqError:
+    def _submit_many_through_gateway(self, requests: list[Any], chunk_size: int) -> list[Job | VisionqError]:
+        """`submit_many` through the gateway: `POST /v1/jobs/batch` a chunk at a time (at most its
+        limit of jobs), and each request with a local image (a path, bytes, a PIL image) on its
+        own, as the multipart upload a single submit makes, in its turn. The gateway not reached
+        or not answering (`ConnectionError`) fails as Redis does straight: raised if nothing was
+        sent before, else this send's requests and the rest get an `Unavailable`."""
+        assert self.gateway is not None
+        results: list[Job | VisionqError | None] = [None] * len(requests)
+        for number, send in enumerate(self._gateway_sends(requests, results, min(chunk_size, MAX_BATCH_JOBS))):
+            try:
+                outcomes = self._send_to_gateway([job for _, job in send])
+            except ConnectionError as exc:
+                if number == 0:
+                    raise  # no job of the call known to be stored: as for one submit
+                for index, _ in send:
+                    results[index] = Unavailable(f"the gateway did not answer while this request was sent ({exc}): "
+                                                 "it may or may not have been stored")
+                return [Unavailable("not sent: the gateway did not answer while an earlier request was sent")
+                        if result is None else result for result in results]
+            for (index, _), outcome in zip(send, outcomes):
+                results[index] = Job(self.gateway, outcome) if isinstance(outcome, JobRecord) else outcome
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _gateway_sends(requests: list[Any], results: list[Job | VisionqError | None],
+                       chunk_size: int) -> Iterator[list[tuple[int, GatewayJob]]]:
+        """The requests as the gateway takes them, grouped into sends in request order (a batch
+        of those that upload nothing; an upload alone), each with its index; a request refused
+        before it is sent gets its error in `results`."""
+        batch: list[tuple[int, GatewayJob]] = []
+        for index, request in enumerate(requests):
+            try:
+                kind, params, options = _bulk_request(request)
+                job = gateway_job(kind, params, **options)
+            except VisionqError as exc:
+                results[index] = exc
+                continue
+            if job.upload is not None:  # alone, in its turn: a batch carries no upload
+                if batch:
+                    yield batch
+                    batch = []
+                yield [(index, job)]
+                continue
+            batch.append((index, job))
+            if len(batch) == chunk_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _send_to_gateway(self, jobs: list[GatewayJob]) -> list[JobRecord | VisionqError]:
+        """One send's outcomes: an upload's record or error; a batch's per job. A batch the gateway
+        refuses whole answers that error in every slot, but one too large (inline `data:` images)
+        is sent again in halves."""
+        assert self.gateway is not None
+        if jobs[0].upload is not None:
+            try:
+                return [self.gateway.submit(jobs[0].body, image=jobs[0].upload,
+                                            idempotency_key=jobs[0].idempotency_key)]
+            except VisionqError as exc:
+                return [exc]
         try:
-            kind, params, options = _bulk_request(request)
-            return self._submit(kind, params, **options)
+            return self.gateway.submit_batch(jobs)
+        except PayloadTooLarge as exc:
+            if len(jobs) == 1:
+                return [exc]
+            half = len(jobs) // 2
+            return self._send_to_gateway(jobs[:half]) + self._send_to_gateway(jobs[half:])
         except VisionqError as exc:
-            return exc
+            return [exc] * len(jobs)
 
     def _prepare(
         self, kind: JobKind, params: dict[str, Any], *, idempotency_key: str | None = None,
@@ -364,26 +429,11 @@ class Client:
 
 # Stands in for a local image while the other parameters are checked, before it is uploaded.
 _CHECKED_LATER = "s3://checked-later/image.png"
-# Modes a PNG holds as they are (the workers convert them when they decode); any other (CMYK and
-# YCbCr JPEGs, 16-bit variants, float images) is converted to RGB here, exactly as a worker would.
-_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}
 
 
 def _is_local_image(image: Any) -> bool:
     """Whether `image` is data the SDK uploads (not a URI the workers read where it is)."""
     return not (isinstance(image, str) and image.startswith(IMAGE_SCHEMES) and not image.startswith("file://"))
-
-
-def png_of(image: Image.Image) -> bytes:
-    """A PIL image as PNG bytes; InvalidInput for one no PNG can hold (empty, or a mode with no RGB)."""
-    if image.width < 1 or image.height < 1:
-        raise InvalidInput(f"PIL image is empty ({image.width}x{image.height} pixels)")
-    buffer = io.BytesIO()
-    try:
-        (image if image.mode in _PNG_MODES else to_rgb(image)).save(buffer, format="PNG")
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"PIL image of mode {image.mode} cannot be stored as PNG: {exc}") from None
-    return buffer.getvalue()
 
 
 def inline_image(data: bytes) -> str:

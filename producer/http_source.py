@@ -7,9 +7,9 @@ the job's server-sent events instead of polling.
 """
 from __future__ import annotations
 
-import io
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import unquote, urlparse
@@ -18,7 +18,8 @@ import httpx
 from PIL import Image
 
 from producer.http_errors import error_from_response
-from tasks.errors import InvalidInput
+from tasks.errors import InvalidInput, VisionqError
+from tasks.images import png_of
 from tasks.heartbeats import serving_of
 from tasks.kinds import JobKind
 from tasks.record import JobRecord
@@ -63,22 +64,19 @@ class HttpJobSource:
             data = self._call("POST", "/v1/jobs", files=files, headers=headers)
         return JobRecord.from_dict(data)
 
-    def submit_job(
-        self, kind: JobKind, params: dict[str, Any], *, idempotency_key: str | None = None,
-        webhook_secret: str | None = None, **options: Any,
-    ) -> JobRecord:
-        """A `Client` method's arguments as one gateway request: the parameters as `input`, the
-        job options (`priority`, `webhook`, `webhook_events`, `queue_timeout_s`...) beside it, a
-        local image (path, bytes, PIL image) uploaded as the multipart `image` part."""
-        if webhook_secret is not None:
-            raise InvalidInput("webhook_secret is not taken through the gateway: it signs with the tenant's secret")
-        params = dict(params)
-        upload = None
-        if "image" in params:
-            params["image"], upload = image_for_gateway(params["image"])
-        body = {"kind": kind.value, "input": {k: v for k, v in params.items() if v is not None},
-                **{k: v for k, v in options.items() if v is not None}}
-        return self.submit(body, image=upload, idempotency_key=idempotency_key)
+    def submit_job(self, kind: JobKind, params: dict[str, Any], **options: Any) -> JobRecord:
+        job = gateway_job(kind, params, **options)
+        return self.submit(job.body, image=job.upload, idempotency_key=job.idempotency_key)
+
+    def submit_batch(self, jobs: list[GatewayJob]) -> list[JobRecord | VisionqError]:
+        """POST /v1/jobs/batch with jobs that upload nothing: per job, in order, its record or what
+        refused it alone. Raises what refused the whole batch (a `VisionqError`), or
+        ConnectionError when the gateway was not reached or did not answer."""
+        bodies = [job.body if job.idempotency_key is None else {**job.body, "idempotency_key": job.idempotency_key}
+                  for job in jobs]
+        answered = self._call("POST", "/v1/jobs/batch", json={"jobs": bodies})["jobs"]
+        # A slot is a record (whose "error" may be null) or {"error": {"code", "message"}}.
+        return [JobRecord.from_dict(item) if "id" in item else error_from_response(200, item) for item in answered]
 
     def get(self, job_id: str) -> JobRecord:
         return JobRecord.from_dict(self._call("GET", f"/v1/jobs/{job_id}"))
@@ -139,12 +137,38 @@ class HttpJobSource:
         return [JobRecord.from_dict(r) for r in data["jobs"]], data["next_cursor"]
 
 
+@dataclass(frozen=True)
+class GatewayJob:
+    """A `Client` submit as the gateway takes it: the JSON body, a local image's bytes to upload
+    beside it (multipart; a batch carries none), and the Idempotency-Key."""
+
+    body: dict[str, Any]
+    upload: bytes | None
+    idempotency_key: str | None
+
+
+def gateway_job(
+    kind: JobKind, params: dict[str, Any], *, idempotency_key: str | None = None,
+    webhook_secret: str | None = None, **options: Any,
+) -> GatewayJob:
+    """A `Client` method's arguments as one gateway request: the parameters as `input`, the job
+    options (`priority`, `webhook`, `webhook_events`, `queue_timeout_s`...) beside it, a local
+    image (path, bytes, PIL image) to upload."""
+    if webhook_secret is not None:
+        raise InvalidInput("webhook_secret is not taken through the gateway: it signs with the tenant's secret")
+    params = dict(params)
+    upload = None
+    if "image" in params:
+        params["image"], upload = image_for_gateway(params["image"])
+    body = {"kind": kind.value, "input": {k: v for k, v in params.items() if v is not None},
+            **{k: v for k, v in options.items() if v is not None}}
+    return GatewayJob(body, upload, idempotency_key)
+
+
 def image_for_gateway(image: Any) -> tuple[str | None, bytes | None]:
     """(a URI the gateway takes as it is, None) or (None, the bytes of a local image to upload)."""
     if isinstance(image, Image.Image):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return None, buffer.getvalue()
+        return None, png_of(image)
     if isinstance(image, (bytes, bytearray)):
         return None, bytes(image)
     if isinstance(image, str) and image.startswith("file://"):
@@ -153,9 +177,12 @@ def image_for_gateway(image: Any) -> tuple[str | None, bytes | None]:
         return image, None
     if isinstance(image, (str, Path)):
         path = Path(image)
-        if not path.is_file():
-            raise missing_local_image(image)
-        return None, path.read_bytes()
+        try:  # unreadable (permissions, a name too long): this request's error alone
+            if not path.is_file():
+                raise missing_local_image(image)
+            return None, path.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"image {str(path)[:200]} cannot be read: {exc.strerror or exc}") from None
     raise InvalidInput(f"image must be a path, bytes, a PIL image or a URI string, got {type(image).__name__}")
 
 

@@ -3,6 +3,7 @@ format is named, the same words at submit (SDK, gateway) and on the worker, and 
 conversion to RGB both sides make."""
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from tasks.errors import InvalidInput
@@ -88,3 +89,20 @@ def to_rgb(image: Any) -> Any:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# Modes a PNG holds as they are (the workers convert them when they decode); any other (CMYK and
+# YCbCr JPEGs, 16-bit variants, float images) is converted to RGB here, exactly as a worker would.
+_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}
+
+
+def png_of(image: Any) -> bytes:
+    """A PIL image as PNG bytes; InvalidInput for one no PNG can hold (empty, or a mode with no RGB)."""
+    if image.width < 1 or image.height < 1:
+        raise InvalidInput(f"PIL image is empty ({image.width}x{image.height} pixels)")
+    buffer = io.BytesIO()
+    try:
+        (image if image.mode in _PNG_MODES else to_rgb(image)).save(buffer, format="PNG")
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"PIL image of mode {image.mode} cannot be stored as PNG: {exc}") from None
+    return buffer.getvalue()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MB = 1024 * 1024
+# Jobs in one `POST /v1/jobs/batch`; the SDK's gateway mode sends submit_many in chunks of at most this.
+MAX_BATCH_JOBS = 100
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ from producer.gateway.bodies import JSON_TYPE, MULTIPART_TYPE, parse_json, read_
 from producer.gateway.events import AsyncJobs, event_stream
 from producer.gateway.keys import ApiKey
 from producer.gateway.schemas import AUTH_ERRORS, JOB_ERRORS, error_responses
-from producer.gateway.submit import MAX_BATCH_JOBS, Submitter
+from producer.gateway.submit import Submitter
 from producer.http_errors import RateLimited, error_body
 from producer.redis_source import RedisJobSource
 from tasks.errors import InvalidInput, JobNotFound, VisionqError
+from tasks.limits import MAX_BATCH_JOBS
 from tasks.record import JobRecord
 
 

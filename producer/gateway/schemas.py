@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.limits import DEFAULT_LIMITS as L
+from tasks.limits import DEFAULT_LIMITS as L, MAX_BATCH_JOBS
 
 Text = Annotated[str, Field(max_length=L.max_prompt_chars, pattern=r"^[^\x00]*$")]
 Image = Annotated[str, Field(
@@ -104,7 +104,7 @@ class BatchBody(_Strict):
     # Items are not held to JobBody here: each job stands alone, and one that is not a valid
     # body is answered in its own slot ({"error": ...}) while the others are queued.
     jobs: list[dict[str, Any]] = Field(
-        min_length=1, max_length=100,
+        min_length=1, max_length=MAX_BATCH_JOBS,
         description="job bodies as POST /v1/jobs takes them (JobBody); an invalid one is answered in its slot",
     )
 

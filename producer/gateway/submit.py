@@ -34,7 +34,6 @@ log = logging.getLogger("visionq.gateway")
 # The top-level fields of a job body; the method's parameters are in `input`.
 JOB_FIELDS = frozenset({"kind", "input", "model", "webhook", "webhook_events", "priority", "queue_timeout_s",
                         "idempotency_key"})
-MAX_BATCH_JOBS = 100
 TENANTS_FOLDER = "tenants"  # <storage prefix>/tenants/<tenant>/: what a tenant may name, and its uploads
 _CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 

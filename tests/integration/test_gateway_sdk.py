@@ -2,16 +2,21 @@
 as straight to Redis, with an API key and no Redis credentials."""
 from __future__ import annotations
 
+import base64
 import json
+import os
+import uuid
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from producer import Client, InvalidInput, JobNotFound
 from producer.gateway.keys import KeyStore, NewKey
 from producer.http_source import HttpJobSource
 from tests.support.cli import run_visionq
 from tests.support.gateway import GatewayProcess
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.images import encode, scene
 from tests.support.workers import WorkerProcess
 
@@ -66,7 +71,8 @@ def test_the_environment_chooses_the_gateway(gateway: GatewayProcess, acme: NewK
         Client()
 
 
-def test_cli_through_the_gateway(gateway: GatewayProcess, acme: NewKey, gateway_worker: WorkerProcess) -> None:
+def test_cli_through_the_gateway(gateway: GatewayProcess, acme: NewKey, gateway_worker: WorkerProcess,
+                                 tmp_path: Path) -> None:
     # No Redis variable at all: everything goes through the gateway with the key.
     env = {"VISIONQ_API_URL": gateway.url, "VISIONQ_API_KEY": acme.key}
     submitted = run_visionq("submit", "generate", "a kite", "--width", "64", "--height", "64", "--steps", "2",
@@ -84,6 +90,14 @@ def test_cli_through_the_gateway(gateway: GatewayProcess, acme: NewKey, gateway_
     assert queues["generate"]["models"]["sd"]["live_workers"] == 1  # through the gateway's /v1/queues
     workers = json.loads(run_visionq("workers", "--json", env=env).stdout)
     assert any(w["pid"] == gateway_worker.pid for w in workers)
+    lines = tmp_path / "jobs.jsonl"
+    lines.write_text(json.dumps({"kind": "generate", "input": {"prompt": "a", "width": 64, "height": 64,
+                                                                "steps": 1}}) + '\n{"kind": "paint"}\n')
+    many = run_visionq("submit-many", str(lines), env=env)
+    assert many.returncode == 1, many.stderr
+    job_id, error = many.stdout.splitlines()
+    assert error.startswith("error invalid_input: line 2: kind 'paint'")
+    assert json.loads(run_visionq("status", job_id, "--wait", "--json", env=env).stdout)["tenant"] == "acme"
 
 
 def test_keys_commands(gateway_env: dict[str, str], gateway_keys: KeyStore) -> None:
@@ -110,3 +124,104 @@ def test_gateway_refuses_to_start_unsafely(gateway_env: dict[str, str], tmp_path
     assert no_keys.returncode == 2 and "visionq keys create" in no_keys.stderr
     open_to_all = run_visionq("gateway", "--host", "0.0.0.0", "--no-auth", env=empty, timeout=60)
     assert open_to_all.returncode == 2 and "--no-auth" in open_to_all.stderr
+
+
+def _sends(sdk: Client) -> list[tuple[str, int]]:
+    """Each request the SDK makes, recorded as (path, jobs in a batch body or 1)."""
+    sent: list[tuple[str, int]] = []
+    request = sdk.jobs.http.request
+
+    def recorded(method: str, url: str, **kwargs: object) -> object:
+        body = kwargs.get("json")
+        sent.append((str(url), len(body["jobs"]) if isinstance(body, dict) and "jobs" in body else 1))
+        return request(method, url, **kwargs)
+
+    sdk.jobs.http.request = recorded  # type: ignore[method-assign]
+    return sent
+
+
+def test_submit_many_through_the_gateway_sends_batches_and_uploads_in_turn(
+    sdk: Client, gateway_worker: WorkerProcess, tmp_path: Path,
+) -> None:
+    picture = tmp_path / "scene.png"
+    picture.write_bytes(encode(scene()))
+    image = f"data:image/png;base64,{base64.b64encode(picture.read_bytes()).decode()}"  # travels in a batch
+    generate = {"kind": "generate", "input": {"prompt": "a kite", "width": 64, "height": 64, "steps": 1}}
+    requests = [
+        {"kind": "caption", "input": {"image": image, "max_new_tokens": 3}, "priority": "high"},
+        {"kind": "segment", "input": {"image": image, "threshold": 7}},  # refused by the gateway, in its slot
+        {"kind": "paint"},  # refused before anything is sent
+        {"kind": "caption", "input": {"image": str(picture), "max_new_tokens": 4}},  # a path: uploaded alone
+        {**generate, "idempotency_key": f"many-{uuid.uuid4().hex}"},
+        {"kind": "caption", "input": {"image": image}, "webhook_secret": "whsec_x"},  # not through a gateway
+        generate,
+    ]
+    requests.insert(5, requests[4])  # the same key and body: the same job
+    sent = _sends(sdk)
+    results = sdk.submit_many(requests, chunk_size=2)
+    assert [type(r).__name__ for r in results] == [
+        "Job", "InvalidInput", "InvalidInput", "Job", "Job", "Job", "InvalidInput", "Job"]
+    assert "threshold 7" in results[1].message and "paint" in results[2].message
+    assert "webhook_secret" in results[6].message
+    assert results[4].id == results[5].id
+    # In request order: a batch of two, the upload alone, then batches of at most chunk_size.
+    assert sent == [("/v1/jobs/batch", 2), ("/v1/jobs", 1), ("/v1/jobs/batch", 2), ("/v1/jobs/batch", 1)]
+    for job in (results[0], results[3], results[4], results[7]):
+        assert job.wait(timeout=TIMEOUT).status == "succeeded", job.error
+        assert job.to_dict()["tenant"] == "acme"
+
+
+def test_submit_many_through_the_gateway_halves_a_batch_too_large(sdk: Client) -> None:
+    """Inline `data:` images can make a batch larger than the gateway takes in one body: it is sent
+    again in halves, and only a single job too large is refused (in its slot)."""
+    noise = Image.frombytes("RGB", (1200, 1150), os.urandom(1200 * 1150 * 3))
+    data = encode(noise)  # incompressible: ~4 MB of PNG, ~5.5 MB as a data: URI
+    inline = f"data:image/png;base64,{base64.b64encode(data).decode()}"
+    requests = [{"kind": "caption", "input": {"image": inline, "max_new_tokens": n}, "priority": "low"}
+                for n in range(1, 6)]
+    sent = _sends(sdk)
+    results = sdk.submit_many(requests)
+    try:
+        assert [type(r).__name__ for r in results] == ["Job"] * 5
+        assert sent[0] == ("/v1/jobs/batch", 5) and len(sent) > 1
+        assert sum(jobs for _, jobs in sent[1:]) == 5  # the halves carry each job once
+    finally:
+        for job in results:
+            if not isinstance(job, Exception):
+                job.cancel()
+
+
+def test_submit_many_through_the_gateway_keeps_what_was_sent_when_the_gateway_goes_away(
+    gateway: GatewayProcess, acme: NewKey,
+) -> None:
+    """As straight to Redis: the jobs of the sends that were answered are returned; the send whose
+    answer was lost may have been stored (its idempotency keys make resending safe), the rest were
+    not sent. The gateway unreachable at the first send raises, as one submit does."""
+    proxy = TcpProxy(int(gateway.url.rsplit(":", 1)[1]))
+    try:
+        through = Client(api_url=proxy.url, api_key=acme.key)
+        request = through.jobs.http.request
+
+        def answer_lost_after_the_first(method: str, url: str, **kwargs: object) -> object:
+            answer = request(method, url, **kwargs)
+            proxy.lose_next_reply()
+            return answer
+
+        through.jobs.http.request = answer_lost_after_the_first  # type: ignore[method-assign]
+        run = uuid.uuid4().hex
+        requests = [{"kind": "generate", "input": {"prompt": f"kite {n}", "width": 64, "height": 64, "steps": 1},
+                     "idempotency_key": f"{run}-{n}", "priority": "low"} for n in range(5)]
+        results = through.submit_many(requests, chunk_size=2)
+        assert [type(r).__name__ for r in results] == ["Job", "Job", "Unavailable", "Unavailable", "Unavailable"]
+        assert all("may or may not have been stored" in r.message for r in results[2:4])
+        assert results[4].message.startswith("not sent")
+        again = Client(api_url=gateway.url, api_key=acme.key).submit_many(requests)  # safe: the same keys
+        assert [job.id for job in again[:2]] == [job.id for job in results[:2]]
+        assert len({job.id for job in again}) == 5
+        for job in again:
+            job.cancel()
+        proxy.cut()
+        with pytest.raises(ConnectionError):
+            through.submit_many(requests)
+    finally:
+        proxy.close()

@@ -64,7 +64,7 @@ def test_a_webhook_url_is_checked_before_its_secret(client: Client) -> None:
 def test_a_pil_image_is_sent_as_a_worker_would_see_it() -> None:
     import io
 
-    from producer.client import png_of
+    from tasks.images import png_of
     from tasks.images import to_rgb
 
     sixteen_bit = Image.new("I", (4, 4), 20000)  # a 16-bit TIFF's grey: a plain convert clips it to white
