@@ -125,7 +125,8 @@ class Settings(BaseModel):
     # Runs that started (not sweeper republishes) before a redelivered job fails `worker_lost`.
     max_attempts: int = Field(3, ge=1)
     # Jobs one gateway process follows at once (event streams and `Prefer: wait`), per tenant
-    # and in all: each holds a Redis connection while it lasts (producer/gateway/events.py).
+    # and in all: each holds a client connection while it lasts, all share one Redis pub/sub
+    # connection (producer/gateway/events.py).
     gateway_streams_per_tenant: int = Field(32, ge=1)
     gateway_streams: int = Field(500, ge=1)
 

@@ -1,14 +1,18 @@
-"""Following a job without holding a thread: server-sent events and `Prefer: wait`.
+"""Following a job without holding a thread or a connection: server-sent events and `Prefer: wait`.
 
-Both listen on the job's event channel (every status or progress change is
-published there by the job store) with asyncio Redis, and re-read the record
-every `POLL_S` as well, so a dropped subscription only slows them down.
+Every status or progress change is published on the job's event channel by the job store.
+A gateway process listens to all the channels it needs on one pub/sub connection (`EventHub`):
+each message wakes that job's followers, which read its record again; they also re-read it every
+`POLL_S`, so a subscription that lagged or dropped only slows them down.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 import redis.asyncio
@@ -18,9 +22,16 @@ from tasks.errors import JobNotFound
 from tasks.record import JobRecord
 from tasks.webhooks import FINAL_EVENT, EventType
 
-POLL_S = 2.0
+log = logging.getLogger("visionq.gateway")
+
+POLL_S = 15.0  # a safety net: a subscription lost and made again wakes every follower itself
 KEEPALIVE_S = 15.0  # a comment line that keeps proxies from closing an idle stream
 SNAPSHOT_EVENT = "job.snapshot"
+READ_S = 1.0  # the hub's read of its connection wakes this often when nothing arrives
+RESUBSCRIBE_S = 1.0  # after the subscription is lost, between two tries to make it again
+SUBSCRIBED_WAIT_S = 5.0  # a follower's wait for Redis to confirm its channel, before reading the record
+READS_AT_ONCE = 64  # followers' record reads in flight (all of them are woken at once after an outage)
+OUTAGE_S = 60.0  # a follower whose record cannot be read for this long gives up (its stream ends)
 
 
 def events_between(previous: JobRecord, current: JobRecord, *, started_sent: bool) -> list[EventType]:
@@ -42,10 +53,10 @@ def sse_message(event: str, data: dict[str, Any]) -> str:
 
 
 class StreamSlots:
-    """The jobs a gateway process follows at once (event streams, `Prefer: wait`). Each holds a
-    pub/sub connection of the process's one Redis pool while it lasts, so without a share per
-    tenant one tenant's open streams would take the whole pool and every other tenant's stream
-    and wait would fail. The event loop is the only caller: no lock."""
+    """The jobs a gateway process follows at once (event streams, `Prefer: wait`), per tenant and in
+    all: each holds a client connection and a share of the process's record reads, so without a
+    share per tenant one tenant's open streams would take them all. The event loop is the only
+    caller: no lock."""
 
     def __init__(self, per_tenant: int, total: int) -> None:
         self.per_tenant, self.total = per_tenant, total
@@ -65,43 +76,161 @@ class StreamSlots:
         if not self._held[tenant]:
             del self._held[tenant]
 
-    def pool_size(self) -> int:
-        """Connections the pool needs: one per slot, one more per slot for a stream's record read,
-        and some for everything else the routes read."""
-        return 2 * self.total + 50
+
+@dataclass
+class _Channel:
+    followers: set[asyncio.Event] = field(default_factory=set)
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)  # Redis confirmed the SUBSCRIBE
+
+
+class EventHub:
+    """Every job channel this gateway process follows, on one pub/sub connection.
+
+    A channel is subscribed while anyone follows its job. The channels held here are the truth
+    and the connection's subscriptions a copy: when the connection fails, a new one subscribes
+    them all again, then every follower is woken to read what it may have missed. Made and used
+    on the server's event loop only."""
+
+    def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
+        self.redis, self.prefix = client, prefix
+        self._channels: dict[str, _Channel] = {}
+        self._pubsub = client.pubsub()
+        self._lock = asyncio.Lock()  # subscribe, unsubscribe and a new connection, one at a time
+        self._reader: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def follow(self, job_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set when the job's channel says it changed (or the subscription was lost);
+        the follower clears it before reading the record. Subscribed (confirmed, or after
+        SUBSCRIBED_WAIT_S) on entry, so that no change after the follower's first read slips by."""
+        name = f"{self.prefix}:events:{job_id}"
+        channel = self._channels.setdefault(name, _Channel())
+        changed = asyncio.Event()
+        channel.followers.add(changed)
+        try:
+            if len(channel.followers) == 1:
+                await self._change(self._pubsub.subscribe, name)
+                self._start_reading()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(channel.subscribed.wait(), SUBSCRIBED_WAIT_S)
+            yield changed
+        finally:
+            channel.followers.discard(changed)
+            if not channel.followers and self._channels.get(name) is channel:
+                del self._channels[name]
+                await self._change(self._pubsub.unsubscribe, name)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._pubsub.aclose()
+
+    async def _change(self, command: Callable[..., Any], name: str) -> None:
+        """SUBSCRIBE or UNSUBSCRIBE one channel; a failure is the reader's to mend (it finds the
+        connection broken, and subscribes what `_channels` holds on a new one)."""
+        async with self._lock:
+            try:
+                await command(name)
+            except (redis.RedisError, OSError) as exc:
+                log.debug("event subscription change for %s failed: %s", name, exc)
+
+    def _start_reading(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read(), name="visionq-event-hub")
+
+    async def _read(self) -> None:
+        lost = False
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=READ_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever broke the connection, make a new one
+                if not lost:
+                    log.warning("the gateway's job event subscription was lost (%s: %s); subscribing "
+                                "again every %.0f s", type(exc).__name__, exc, RESUBSCRIBE_S)
+                lost = True
+                await asyncio.sleep(RESUBSCRIBE_S)
+                await self._resubscribe()
+                continue
+            if lost:
+                lost = False
+                log.info("the gateway's job event subscription is back")
+                self._wake_all()  # what changed while it was away
+            if message is not None:
+                self._dispatch(message)
+
+    async def _resubscribe(self) -> None:
+        async with self._lock:
+            old, self._pubsub = self._pubsub, self.redis.pubsub()
+            with contextlib.suppress(Exception):
+                await old.aclose()
+            for channel in self._channels.values():
+                channel.subscribed.clear()
+            try:
+                await self._pubsub.subscribe(*self._channels) if self._channels else await self._pubsub.ping()
+            except (redis.RedisError, OSError):
+                pass  # the next read fails too, and comes back here
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        name = message["channel"]
+        channel = self._channels.get(name.decode() if isinstance(name, bytes) else name)
+        if channel is None:
+            return
+        if message["type"] == "subscribe":
+            channel.subscribed.set()
+        elif message["type"] == "message":
+            for changed in channel.followers:
+                changed.set()
+
+    def _wake_all(self) -> None:
+        for channel in self._channels.values():
+            for changed in channel.followers:
+                changed.set()
 
 
 class AsyncJobs:
-    def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.asyncio.Redis, prefix: str, hub: EventHub) -> None:
         self.redis = client
         self.prefix = prefix
+        self.hub = hub
+        self._reads = asyncio.Semaphore(READS_AT_ONCE)
 
     async def get(self, job_id: str) -> JobRecord:
-        record = record_from_fields(await self.redis.hmget(f"{self.prefix}:job:{job_id}", RECORD_FIELDS))
+        async with self._reads:
+            record = record_from_fields(await self.redis.hmget(f"{self.prefix}:job:{job_id}", RECORD_FIELDS))
         if record is None:
             raise JobNotFound.for_id(job_id)
         return record
 
     async def changes(self, job_id: str) -> AsyncIterator[JobRecord | None]:
-        """The record now, then again after every change (or every POLL_S); None when
-        nothing arrived for KEEPALIVE_S. Ends after a final record."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(f"{self.prefix}:events:{job_id}")
-        try:
-            quiet_since = time.monotonic()
-            while True:
-                record = await self.get(job_id)  # after subscribing: no change can slip between
-                yield record
-                if record.is_final:
-                    return
-                message = await pubsub.get_message(timeout=POLL_S)
-                if message is not None:
+        """The record now, then again after every change (or every POLL_S); None when nothing
+        arrived for KEEPALIVE_S. Ends after a final record. Redis away for less than OUTAGE_S
+        after the first read is waited out (the hub wakes its followers when it is back)."""
+        async with self.hub.follow(job_id) as changed:
+            changed.clear()
+            record = await self.get(job_id)  # after subscribing: no change can slip between
+            last_read = quiet_since = time.monotonic()
+            yield record
+            while not record.is_final:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), POLL_S)
+                if changed.is_set():
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since >= KEEPALIVE_S:
                     quiet_since = time.monotonic()
                     yield None
-        finally:
-            await pubsub.aclose()
+                changed.clear()
+                try:
+                    record = await self.get(job_id)
+                except (redis.ConnectionError, redis.TimeoutError):
+                    if time.monotonic() - last_read >= OUTAGE_S:
+                        raise
+                    continue
+                last_read = time.monotonic()
+                yield record
 
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord:
         """The record once final, or as it is after `timeout_s`."""

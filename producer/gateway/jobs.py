@@ -18,7 +18,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from producer.gateway import schemas
 from producer.gateway.auth import Caller, services_of
 from producer.gateway.bodies import JSON_TYPE, MULTIPART_TYPE, parse_json, read_body, read_job
-from producer.gateway.events import AsyncJobs, event_stream
+from producer.gateway.events import event_stream
 from producer.gateway.keys import ApiKey
 from producer.gateway.schemas import AUTH_ERRORS, JOB_ERRORS, error_responses
 from producer.gateway.submit import Submitter
@@ -92,8 +92,7 @@ async def _after_wait(
         # lets a server ignore one), and a submit still answers 201, never a refusal to retry.
         return record, {}
     try:
-        jobs = AsyncJobs(services.async_redis, services.settings.redis_prefix)
-        return await jobs.wait(record.id, seconds), {"Preference-Applied": f"wait={seconds}"}
+        return await services.async_jobs.wait(record.id, seconds), {"Preference-Applied": f"wait={seconds}"}
     finally:
         slots.give_back(who.tenant)
 
@@ -256,7 +255,7 @@ def cancel_job(request: Request, who: Caller, job_id: Annotated[str, JOB_ID]) ->
 )
 async def job_events(request: Request, who: Caller, job_id: Annotated[str, JOB_ID]) -> StreamingResponse:
     services = services_of(request)
-    jobs = AsyncJobs(services.async_redis, services.settings.redis_prefix)
+    jobs = services.async_jobs
     first = owned(await jobs.get(job_id), who)
     slots = services.stream_slots
     if not slots.take(who.tenant):

@@ -12,7 +12,7 @@ import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import NoBackoff
 
-from producer.gateway.events import StreamSlots
+from producer.gateway.events import READS_AT_ONCE, AsyncJobs, EventHub, StreamSlots
 from producer.gateway.files import FileLinks
 from producer.gateway.keys import KeyStore
 from producer.gateway.ratelimit import RateLimiter
@@ -36,22 +36,25 @@ class Services:
         self.tenant_jobs = TenantJobs(self.redis, prefix=prefix, ttl_s=settings.job_ttl_s)
         self.rate_limiter = RateLimiter(self.redis, prefix)
         self.celery = make_celery(settings)
-        self.async_redis: redis.asyncio.Redis | None = None
+        self.async_jobs: AsyncJobs | None = None
         self.stream_slots = StreamSlots(settings.gateway_streams_per_tenant, settings.gateway_streams)
         self.events = EventPublisher(self.store, self.deliveries, self.celery)  # the cancel of a queued job
 
     async def open_async(self) -> None:
         """For the routes that wait (server-sent events, `Prefer: wait`): no thread is held while
-        they do. Made on the server's event loop (at start-up), which its connections belong to.
-        It only reads and subscribes (producer/gateway/events.py), which is safe to send twice: a
-        command that finds its pooled connection closed by Redis (a restart; the pool's own check
-        misses some) is sent again on a new one, where each such connection answered one 503."""
-        self.async_redis = async_client_for(self.settings, retry=redis.asyncio.retry.Retry(NoBackoff(), 1),
-                                            max_connections=self.stream_slots.pool_size())
+        they do, and they share one pub/sub connection (producer/gateway/events.py). Made on the
+        server's event loop (at start-up), which its connections belong to. It only reads and
+        subscribes, which is safe to send twice: a command that finds its pooled connection closed
+        by Redis (a restart; the pool's own check misses some) is sent again on a new one, where
+        each such connection answered one 503."""
+        client = async_client_for(self.settings, retry=redis.asyncio.retry.Retry(NoBackoff(), 1),
+                                  max_connections=READS_AT_ONCE + 16)  # the reads, the hub's and a new one's
+        self.async_jobs = AsyncJobs(client, self.settings.redis_prefix, EventHub(client, self.settings.redis_prefix))
 
     async def close_async(self) -> None:
-        if self.async_redis is not None:
-            await self.async_redis.aclose()
+        if self.async_jobs is not None:
+            await self.async_jobs.hub.close()
+            await self.async_jobs.redis.aclose()
 
     @cached_property
     def storage(self) -> Storage:

@@ -262,3 +262,37 @@ def test_the_gateway_answers_every_wait_right_after_a_redis_restart(fault_env, a
         answers = burst()
     print(f"FAULTS gateway-after-redis-restart: answers={answers}")
     assert answers == [201] * 10
+
+
+def test_the_gateways_event_streams_ride_out_a_redis_restart(fault_env, aof_redis, tmp_path) -> None:
+    """Open event streams outlive a Redis restart: the gateway subscribes their jobs again on a new
+    connection, and a change after the restart reaches every stream. They used to end with the
+    connection each of them held."""
+    import httpx
+
+    from producer.gateway.keys import KeyStore
+    from tests.support.gateway import GatewayProcess
+
+    broker = redis.Redis.from_url(aof_redis.url)
+    key = KeyStore(broker, fault_env["VISIONQ_REDIS_PREFIX"]).create("acme")
+    body = {"kind": "generate", "input": {"prompt": "restart", "width": 64, "height": 64, "steps": 1}}
+    with GatewayProcess(fault_env, tmp_path) as gateway, \
+            httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key.key}"}, timeout=60) as http:
+        ids = [http.post("/v1/jobs", json=body).json()["id"] for _ in range(3)]  # no worker: they stay queued
+        channels = [f"{PREFIX}:events:{job_id}" for job_id in ids]
+        opened = [http.stream("GET", f"/v1/jobs/{job_id}/events") for job_id in ids]
+        lines = [stream.__enter__().iter_lines() for stream in opened]
+        try:
+            assert all(next(read) == "event: job.snapshot" for read in lines)
+            aof_redis.stop()  # a clean stop writes the AOF: the queued jobs are there after the restart
+            aof_redis.restart()
+            wait_until(lambda: all(n == 1 for _, n in broker.pubsub_numsub(*channels)), 30,
+                       "the followed jobs subscribed again")
+            for job_id in ids:
+                assert http.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
+            last = [[line for line in read if line.startswith("event: ")][-1] for read in lines]
+        finally:
+            for stream in opened:
+                stream.__exit__(None, None, None)
+    print(f"FAULTS gateway-streams-redis-restart: streams={len(ids)} last_events={last}")
+    assert last == ["event: job.canceled"] * 3

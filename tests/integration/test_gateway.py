@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from standardwebhooks.webhooks import Webhook
 
 from producer.gateway.keys import KeyStore, NewKey
@@ -326,11 +327,49 @@ def test_webhooks_are_signed_with_the_tenant_secret(
         receiver.stop()
 
 
+def test_every_followed_job_shares_one_redis_connection(
+    gateway_env: dict[str, str], acme: NewKey, redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    """Streams and waits hold no Redis connection of their own: a gateway process subscribes every
+    job it follows on one connection, each job's channel once however many follow it, for as
+    long as anyone does."""
+    broker = redis.Redis.from_url(redis_server.url)
+    prefix = gateway_env["VISIONQ_REDIS_PREFIX"]
+
+    def subscribers() -> int:
+        return sum(int(client["sub"]) > 0 for client in broker.client_list())
+
+    # A model no worker here serves: the jobs stay queued, their streams open.
+    body = {"kind": "caption", "model": "vit-gpt2", "input": {"image": data_uri(encode(scene(seed=4)))}}
+    with GatewayProcess(gateway_env, tmp_path) as gateway, api(gateway, acme) as http:
+        ids = [http.post("/v1/jobs", json=body).json()["id"] for _ in range(6)]
+        before = subscribers()
+        followed = [*ids, ids[0]]  # the first job twice
+        opened = [http.stream("GET", f"/v1/jobs/{job_id}/events") for job_id in followed]
+        lines = [stream.__enter__().iter_lines() for stream in opened]
+        try:
+            assert all(next(read) == "event: job.snapshot" for read in lines)
+            channels = [f"{prefix}:events:{job_id}" for job_id in ids]
+            assert dict(broker.pubsub_numsub(*channels)) == {c.encode(): 1 for c in channels}
+            assert subscribers() - before == 1
+            http.post(f"/v1/jobs/{ids[1]}/cancel")
+            events = [line for line in lines[1] if line.startswith("event: ")]
+            assert events[-1] == "event: job.canceled"
+            wait_until(lambda: broker.pubsub_numsub(channels[1]) == [(channels[1].encode(), 0)],
+                       30, "the channel of a job no one follows any more unsubscribed")
+            assert broker.pubsub_numsub(channels[0]) == [(channels[0].encode(), 1)]
+        finally:
+            for stream in opened:
+                stream.__exit__(None, None, None)
+            for job_id in ids:
+                http.post(f"/v1/jobs/{job_id}/cancel")
+
+
 def test_one_tenants_open_streams_leave_other_tenants_theirs(
     gateway_env: dict[str, str], acme: NewKey, beta: NewKey, tmp_path: Path,
 ) -> None:
-    """Each followed job holds a Redis connection: a tenant's share is capped, so its streams
-    cannot take the pool every other tenant's streams and waits need."""
+    """Each followed job holds a client connection and a share of the gateway's record reads: a
+    tenant's share is capped, so its streams cannot take every other tenant's streams and waits."""
     env = {**gateway_env, "VISIONQ_GATEWAY_STREAMS_PER_TENANT": "2"}
     # A model no worker here serves: the job stays queued, its streams stay open.
     body = {"kind": "caption", "model": "vit-gpt2", "input": {"image": data_uri(encode(scene(seed=9)))}}
