@@ -25,7 +25,7 @@ from tasks.redis_connect import client_for
 from tasks.schemas import (
     IMAGE_SCHEMES, missing_local_image, parse_request, request_to_message, request_to_record,
 )
-from tasks.served_models import choose_model, registered_models
+from tasks.served_models import check_model_input, choose_model, registered_models
 from tasks.settings import Settings
 from tasks.storage import Storage, input_key, open_storage
 from tasks.store import Enqueue, JobStore, NewJob, same_submit
@@ -318,9 +318,11 @@ class Client:
                 )
         if "image" in params:
             if _is_local_image(params["image"]):  # every other parameter checked before it is uploaded
-                parse_request(kind, {**params, "image": _CHECKED_LATER}, self.settings.limits)
+                checked = parse_request(kind, {**params, "image": _CHECKED_LATER}, self.settings.limits)
+                check_model_input(kind, model_name, checked)
             params["image"] = self._image_uri(params["image"])
         request = parse_request(kind, params, self.settings.limits)
+        check_model_input(kind, model_name, request)
         message = request_to_message(request)
         new = self.store.new_job(
             kind, request_to_record(request), idempotency_key, webhook_spec, job_priority.value,

@@ -20,6 +20,9 @@ class ModelEntry:
     hf_id: str  # the default weights: a public Hugging Face id (any can be replaced by a folder)
     folder: str  # sub-folder in a models directory
     second_id: str | None = None  # a second model the family needs (owlv2-sam: SAM beside the detector)
+    # A segment family's use of labels, checked at submit (a worker checks any model's again):
+    # "required" (it finds what they name), "refused" (it finds its own classes), None (either).
+    labels: str | None = None
 
     @property
     def full_name(self) -> str:
@@ -33,9 +36,9 @@ CATALOGUE: tuple[ModelEntry, ...] = (
     ModelEntry("caption", "vlm", "vlm", "HuggingFaceTB/SmolVLM-256M-Instruct", "caption-vlm"),
     ModelEntry("segment", "clipseg", "clipseg", "CIDAS/clipseg-rd64-refined", "segment-prompted"),
     ModelEntry("segment", "segformer", "segformer", "nvidia/segformer-b0-finetuned-ade-512-512",
-               "segment-semantic"),
+               "segment-semantic", labels="refused"),
     ModelEntry("segment", "owlv2-sam", "detect-segment", "google/owlv2-base-patch16-ensemble", "segment-owlv2-sam",
-               second_id="facebook/sam-vit-base"),
+               second_id="facebook/sam-vit-base", labels="required"),
     ModelEntry("generate", "sd", "stable-diffusion", "stabilityai/sd-turbo", "generate"),
 )
 

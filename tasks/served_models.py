@@ -97,6 +97,22 @@ def choose_model(
     return name
 
 
+def check_model_input(kind: JobKind, name: str, request: Any) -> None:
+    """What a catalogue model's family needs of a job, checked at submit so that such a job fails
+    at once, not on a worker: `segment/owlv2-sam` needs labels, `segment/segformer` takes none."""
+    entry = _ENTRIES.get(f"{kind.value}/{name}")
+    if entry is None or entry.labels is None:
+        return
+    given = getattr(request, "labels", None) is not None
+    if entry.labels == "required" and not given:
+        raise InvalidInput(f"segment model {name!r} needs labels: it detects what they name")
+    if entry.labels == "refused" and given:
+        raise InvalidInput(f"segment model {name!r} takes no labels: it finds its own classes")
+
+
+_ENTRIES = {entry.full_name: entry for entry in CATALOGUE}
+
+
 def queue_lists(kind: JobKind, name: str | None, prefix: str) -> list[str]:
     """The Redis lists (one per priority) of the queue `kind` jobs for model `name` travel on."""
     queue = model_queue(kind.value, name)

@@ -24,7 +24,7 @@ from tasks.kinds import JobKind, Priority
 from tasks.messages import job_enqueue, redis_db
 from tasks.record import JobRecord
 from tasks.schemas import JobRequest, parse_request, request_to_message, request_to_record
-from tasks.served_models import choose_model, registered_models
+from tasks.served_models import check_model_input, choose_model, registered_models
 from tasks.storage import S3Storage, input_key
 from tasks.store import Enqueue, NewJob, same_submit
 from tasks.webhooks import validate_webhook
@@ -220,6 +220,7 @@ class Submitter:
         queue_timeout_s = check_queue_timeout(body.get("queue_timeout_s"), job_kind, self.settings)
         model = choose_model(job_kind, body.get("model"), self.settings.named_models,
                              lambda: registered_models(self.services.redis, self.settings.redis_prefix))
+        check_model_input(job_kind, model, request)
         key = body.get("idempotency_key")
         if key is not None:
             key = self._check_key("idempotency_key", key)

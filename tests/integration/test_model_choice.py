@@ -73,14 +73,18 @@ def test_one_worker_serves_two_caption_models_chosen_per_job(choice_client: Clie
 def test_a_default_worker_serves_jobs_naming_segments_semantic_default(client: Client, tiny_models: Path) -> None:
     """docs/models.md: `segment/segformer` is segment's default without labels, held by the
     default pipeline: a job naming it runs on a default worker instead of waiting for one that
-    loaded it alone, and is refused labels as such a worker refuses them."""
+    loaded it alone. Given labels, it is refused at submit, as such a worker would refuse it; a
+    model that needs labels (owlv2-sam) is refused without them."""
     named = client.segment(scene(seed=5), model="segformer")
-    with_labels = client.segment(scene(seed=6), labels=["sun"], model="segment/segformer")
     assert named.wait(timeout=TIMEOUT).status == "succeeded", named.to_dict()
     assert (named.to_dict()["model"], named.to_dict()["model_id"]) == ("segformer", str(tiny_models / "segment-semantic"))
     assert named.output["segments"] and named.output["overlay"]
-    assert with_labels.wait(timeout=TIMEOUT).status == "failed"
-    assert with_labels.error["code"] == "invalid_input" and "takes no labels" in with_labels.error["message"]
+    with pytest.raises(InvalidInput, match="segment model 'segformer' takes no labels"):
+        client.segment(scene(seed=6), labels=["sun"], model="segment/segformer")
+    with pytest.raises(InvalidInput, match="segment model 'owlv2-sam' needs labels"):
+        client.segment(scene(seed=6), model="owlv2-sam")
+    [refused] = client.submit_many([{"kind": "segment", "input": {"image": "s3://b/k.png"}, "model": "owlv2-sam"}])
+    assert isinstance(refused, InvalidInput)
 
 
 def test_a_model_no_worker_loaded_waits_on_its_own_queue_until_its_deadline(
@@ -165,6 +169,8 @@ def test_the_gateway_takes_a_model_beside_the_input(gateway: GatewayProcess, acm
         assert chosen.status_code == 201, chosen.text
         assert chosen.json()["model"] == "vit-gpt2"
         http.post(f"/v1/jobs/{chosen.json()['id']}/cancel")  # no worker of this module serves it
+        unlabelled = http.post("/v1/jobs", json={"kind": "segment", "model": "owlv2-sam", "input": body["input"]})
+        assert unlabelled.status_code == 400 and "needs labels" in unlabelled.json()["error"]["message"]
 
 
 def test_the_gateway_submitter_checks_the_model_and_queues_on_its_queue(
