@@ -19,8 +19,8 @@ from tasks.errors import InvalidInput, VisionqError
 from tasks.images import accepted_extension, png_of
 from tasks.kinds import JobKind, Priority
 from tasks.limits import MAX_BATCH_JOBS
-from tasks.record import JobRecord
 from tasks.messages import job_enqueue, redis_db
+from tasks.record import JobRecord
 from tasks.redis_connect import client_for
 from tasks.schemas import (
     IMAGE_SCHEMES, missing_local_image, parse_request, request_to_message, request_to_record,
