@@ -30,8 +30,14 @@ SENTINEL_SCHEME = "sentinel"
 DEFAULT_SENTINEL_PORT = 26379
 # A connect that has not been answered in this long goes to an address that drops packets (a
 # failed-over host, a firewall): the kernel's own limit is ~2 minutes, a CLI or a wait hung that
-# long. A URL's `?socket_connect_timeout=` wins. No read timeout: BRPOP and waits block by design.
+# long. A URL's `?socket_connect_timeout=` wins.
 CONNECT_TIMEOUT_S = 10.0
+# An answer not read in this long comes from a Redis that stopped answering (frozen, a network
+# that drops packets): the call raises TimeoutError instead of hanging a submit, a gateway thread
+# or a worker's transition (which sends it again). redis-py 8's default; 5 to 7 wait forever. A
+# URL's `?socket_timeout=` wins. Pub/sub reads pass their own timeout; kombu's BRPOP (Celery's
+# connections) sets its own.
+READ_TIMEOUT_S = 5.0
 # What a Sentinel URL's `?` may set, as a redis:// URL's query does: for the sentinels and the primary.
 SENTINEL_URL_OPTIONS = ("socket_connect_timeout", "socket_timeout")
 
@@ -138,6 +144,7 @@ def connect(url: str, master: str, sentinel_password: str | None = None, **kwarg
     (worker/outage.py `until_redis_answers`), to scripts made to notice a second run."""
     kwargs.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 0))
     kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
+    kwargs.setdefault("socket_timeout", READ_TIMEOUT_S)
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url)
@@ -153,6 +160,7 @@ def connect_async(
     """The asyncio client for `url`, as `connect`."""
     kwargs.setdefault("retry", redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0))
     kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
+    kwargs.setdefault("socket_timeout", READ_TIMEOUT_S)
     if not is_sentinel(url):
         return redis.asyncio.Redis.from_url(url, **kwargs)
     address = parse_sentinel_url(url)

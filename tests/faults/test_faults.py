@@ -296,3 +296,26 @@ def test_the_gateways_event_streams_ride_out_a_redis_restart(fault_env, aof_redi
                 stream.__exit__(None, None, None)
     print(f"FAULTS gateway-streams-redis-restart: streams={len(ids)} last_events={last}")
     assert last == ["event: job.canceled"] * 3
+
+
+def test_a_frozen_redis_fails_submits_quickly_and_loses_no_job(fleet, client, aof_redis) -> None:
+    """Redis stopped (SIGSTOP) without closing a connection: a submit raises a timeout instead of
+    hanging, and the workers ride it out, every accepted job done once it answers again."""
+    workers = [fleet.standin(150), fleet.standin(150)]
+    job_ids, prompts = submit(client, 20, "frozen-redis")
+    os.kill(aof_redis.process.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            submit(client, 1, "while-frozen")
+        refused_after_s = time.monotonic() - began
+        time.sleep(12)  # past every client's read timeout (5 s)
+    finally:
+        os.kill(aof_redis.process.pid, signal.SIGCONT)
+    more, more_prompts = submit(client, 10, "frozen-redis")
+    records = settle(client, job_ids + more, timeout_s=150)
+    result = figures("redis-frozen-15s", job_ids + more, records, fleet.runs_file, {**prompts, **more_prompts})
+    print(f"FAULTS redis-frozen: submit refused after {refused_after_s:.1f} s")
+    assert refused_after_s < 60  # the product's bound is 5 s (tasks/redis_connect.py): generous here
+    assert [w.process.poll() for w in workers] == [None, None], fleet.logs()
+    assert result.lost == 0 and result.succeeded == result.accepted, fleet.logs()

@@ -137,14 +137,18 @@ def test_a_redis_that_times_out_is_unavailable(monkeypatch: pytest.MonkeyPatch, 
     assert json.loads(captured.out)["error"]["code"] == "unavailable" and "Timeout" in captured.err
 
 
-def test_redis_clients_give_up_a_connect_after_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not the kernel's ~2 minutes; a URL's own setting wins."""
-    from tasks.redis_connect import CONNECT_TIMEOUT_S, connect
+def test_redis_clients_give_up_a_connect_and_a_read_after_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the kernel's ~2 minutes to connect, nor forever for an answer (redis-py before 8 waits
+    forever by default); a URL's own settings win."""
+    from tasks.redis_connect import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, connect, connect_async
 
-    assert connect("redis://127.0.0.1:1/0", "mymaster").connection_pool.connection_kwargs[
-        "socket_connect_timeout"] == CONNECT_TIMEOUT_S <= 30
-    chosen = connect("redis://127.0.0.1:1/0?socket_connect_timeout=2.5", "mymaster")
+    for client in (connect("redis://127.0.0.1:1/0", "mymaster"), connect_async("redis://127.0.0.1:1/0", "m")):
+        options = client.connection_pool.connection_kwargs
+        assert options["socket_connect_timeout"] == CONNECT_TIMEOUT_S <= 30
+        assert options["socket_timeout"] == READ_TIMEOUT_S <= 30
+    chosen = connect("redis://127.0.0.1:1/0?socket_connect_timeout=2.5&socket_timeout=40", "mymaster")
     assert chosen.connection_pool.connection_kwargs["socket_connect_timeout"] == 2.5
+    assert chosen.connection_pool.connection_kwargs["socket_timeout"] == 40
 
 
 @pytest.mark.integration
