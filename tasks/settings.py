@@ -36,6 +36,7 @@ MAX_PRESIGN_EXPIRY_S = 7 * DAY_S  # S3 refuses SigV4 URLs valid longer than 7 da
 # Micro-batching: how many compatible jobs of a kind may share one forward pass.
 # Generation batches little on GPUs already busy with one large image; off by default.
 DEFAULT_MAX_BATCH: dict[str, int] = {"caption": 8, "segment": 8, "generate": 1}
+MAX_BATCH_LIMIT = 1024
 
 # Per-kind wall-clock limits; the visibility timeout must exceed the longest.
 DEFAULT_TIME_LIMITS_S: dict[str, float] = {"caption": 120.0, "segment": 120.0, "generate": 600.0}
@@ -65,7 +66,9 @@ def _default_storage_url() -> str:
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    # allow_inf_nan: "inf" and "nan" parse as floats, and no duration, size or scale is either
+    # (VISIONQ_MAX_WAIT_MS=inf froze a worker's batching for good).
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_sentinel_master: str = Field("mymaster", min_length=1, max_length=200)  # with a sentinel:// URL
@@ -115,7 +118,7 @@ class Settings(BaseModel):
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
     # On the CPU: the MiB a worker's model weights may take (worker/model_memory.py); unset, no check.
     memory_budget_mb: float | None = Field(None, gt=0)
-    max_wait_ms: float = Field(5.0, ge=0)  # how long a batch waits to fill once its first job arrived
+    max_wait_ms: float = Field(5.0, ge=0, le=60_000)  # how long a batch waits to fill once its first job arrived
     # A `queued` job whose message is in no queue list and not reserved by any worker
     # for this long is published again by the sweeper (docs/reliability.md).
     sweep_grace_s: float = Field(15.0, gt=0)
@@ -185,8 +188,8 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _check_per_kind(self) -> Settings:
         for kind, n in self.max_batch.items():
-            if n < 1:
-                raise ValueError(f"VISIONQ_MAX_BATCH_{kind.upper()} must be at least 1, got {n}")
+            if not 1 <= n <= MAX_BATCH_LIMIT:  # a worker's prefetch follows it: kombu drops its cap past 65535
+                raise ValueError(f"VISIONQ_MAX_BATCH_{kind.upper()} must be 1 to {MAX_BATCH_LIMIT}, got {n}")
         for kind, limit in self.time_limits_s.items():
             if limit <= 0:
                 raise ValueError(f"VISIONQ_TIME_LIMIT_{kind.upper()}_S must be positive, got {limit:g}")
@@ -321,9 +324,12 @@ def _models_from_env(env: Mapping[str, str]) -> dict[str, str]:
 
 def _convert(variable: str, text: str, type_: Any) -> Any:
     try:
-        return type_(text)
+        value = type_(text)
     except ValueError:
         raise SettingsError(f"{variable}={text!r} is not a valid {type_.__name__}") from None
+    if not math.isfinite(value):  # float("inf"), float("nan")
+        raise SettingsError(f"{variable}={text!r} must be a finite number")
+    return value
 
 
 def _per_kind(env: Mapping[str, str], pattern: str, defaults: dict[str, Any], type_: Any) -> dict[str, Any]:
@@ -346,7 +352,10 @@ def _limits_from_env(env: Mapping[str, str]) -> Limits:
             if value <= 0:
                 raise SettingsError(f"{variable}={env[variable]!r} must be positive")
             overrides[f.name] = value
-    return Limits(**overrides)
+    limits = Limits(**overrides)
+    if limits.min_side > limits.max_side:  # every generate job would be refused
+        raise SettingsError(f"VISIONQ_MIN_SIDE {limits.min_side} is above VISIONQ_MAX_SIDE {limits.max_side}")
+    return limits
 
 
 def _describe(exc: ValidationError, explicit: set[str]) -> str:

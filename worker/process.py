@@ -115,7 +115,7 @@ def serve(
         client, settings.redis_prefix, name,
         {"device": device, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
          # set by the fleet supervisor: how often this slot's process was replaced
-         "restarts": int(os.environ.get("VISIONQ_WORKER_RESTARTS", "0"))},
+         "restarts": int(restarts) if (restarts := os.environ.get("VISIONQ_WORKER_RESTARTS", "")).isdigit() else 0},
     )
     heartbeat.start()
     try:

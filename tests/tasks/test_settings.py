@@ -62,6 +62,15 @@ def test_explicit_arguments_win() -> None:
         ({"VISIONQ_FETCH_ALLOW": "not a host!"}, "VISIONQ_FETCH_ALLOW"),
         ({"VISIONQ_MAX_IMAGE_PIXELS": "many"}, "VISIONQ_MAX_IMAGE_PIXELS"),
         ({"VISIONQ_MAX_IMAGE_PIXELS": "-5"}, "VISIONQ_MAX_IMAGE_PIXELS"),
+        # No number is infinite or not a number (an infinite batch wait froze a worker).
+        ({"VISIONQ_MAX_WAIT_MS": "inf"}, "VISIONQ_MAX_WAIT_MS"),
+        ({"VISIONQ_MAX_WAIT_MS": "1e30"}, "VISIONQ_MAX_WAIT_MS"),
+        ({"VISIONQ_FETCH_TIMEOUT_S": "nan"}, "VISIONQ_FETCH_TIMEOUT_S"),
+        ({"VISIONQ_QUEUE_TIMEOUT_CAPTION_S": "nan"}, "VISIONQ_QUEUE_TIMEOUT_CAPTION_S"),
+        ({"VISIONQ_TIME_LIMIT_GENERATE_S": "inf"}, "VISIONQ_TIME_LIMIT_GENERATE_S"),
+        ({"VISIONQ_MAX_GUIDANCE_SCALE": "nan"}, "VISIONQ_MAX_GUIDANCE_SCALE"),
+        ({"VISIONQ_MAX_BATCH_CAPTION": "1000000"}, "VISIONQ_MAX_BATCH_CAPTION"),
+        ({"VISIONQ_MIN_SIDE": "1000", "VISIONQ_MAX_SIDE": "512"}, "VISIONQ_MIN_SIDE 1000 is above VISIONQ_MAX_SIDE"),
     ],
 )
 def test_a_bad_setting_fails_at_start_naming_its_variable(env: dict[str, str], named: str) -> None:
