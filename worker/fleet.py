@@ -5,8 +5,13 @@ process (`-P`: nothing is imported from the working folder, where a user's own
 `tasks.py` would shadow ours) whose device is pinned (CUDA_VISIBLE_DEVICES) before its own torch import,
 so CUDA is never initialised in a process that forks. A child that dies is
 restarted with exponential backoff, unless it exited 0 (it was asked to stop: SIGTERM to it,
-`celery control shutdown`); the supervisor ends when every child has. SIGTERM/SIGINT are forwarded so every child
-drains (finishes the job in hand) before the supervisor exits.
+`celery control shutdown`); the supervisor ends when every child has. A mistake no restart
+mends ends the fleet instead, with the child's exit status, so that its own supervisor (systemd,
+Kubernetes) shows a failure rather than a fleet restarting forever: a child's usage or settings
+error (exit 2), or a model that failed to load (exit 1) in GIVE_UP_AFTER runs in a row that
+each lived less than HEALTHY_AFTER_S (a hub that was briefly away gets those tries).
+SIGTERM/SIGINT are forwarded so every child drains (finishes the job in hand) before the
+supervisor exits.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ log = logging.getLogger("visionq.fleet")
 
 MAX_BACKOFF_S = 60.0
 HEALTHY_AFTER_S = 60.0  # a child that lived this long resets its backoff
+EXIT_USAGE, EXIT_MODEL_NOT_LOADED = 2, 1  # the worker's own exit codes (docs/cli.md)
+GIVE_UP_AFTER = 3  # runs in a row that ended EXIT_MODEL_NOT_LOADED early
 
 
 @dataclass
@@ -38,6 +45,7 @@ class Slot:
     backoff_s: float = 1.0
     restart_at: float | None = field(default=None)
     stopped: bool = False  # exited 0: asked to stop, so not restarted
+    early_load_failures: int = 0  # runs in a row that ended EXIT_MODEL_NOT_LOADED before HEALTHY_AFTER_S
 
 
 def parse_gpus(text: str, count_gpus: object = None) -> list[int]:
@@ -75,7 +83,12 @@ def plan_slots(
 ) -> list[Slot]:
     """One slot per GPU x replica, or `replicas` slots on `device` without GPUs.
 
-    With `metrics_port`, slot i serves /metrics on metrics_port + i (in plan order)."""
+    With `metrics_port`, slot i serves /metrics on metrics_port + i (in plan order); ValueError
+    when the last of them would be past 65535."""
+    count = (len(gpus) if gpus else 1) * replicas
+    if metrics_port is not None and metrics_port + count - 1 > 65535:
+        raise ValueError(f"--metrics-port {metrics_port}: {count} workers need ports {metrics_port} to "
+                         f"{metrics_port + count - 1}, past 65535")
     host = socket.gethostname()
     slots = []
     targets = [(f"gpu{g}", f"cuda:{g}") for g in gpus] if gpus else [(device.replace(":", ""), device)]
@@ -94,6 +107,7 @@ class Supervisor:
     def __init__(self, slots: list[Slot]) -> None:
         self.slots = slots
         self.stopping = False
+        self.failure: int | None = None  # a child's exit status no restart mends: the fleet's own
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
@@ -102,11 +116,14 @@ class Supervisor:
             self._start(slot)
         while not self.stopping:
             self._watch()
+            if self.failure is not None:
+                break
             if all(slot.stopped for slot in self.slots):
                 log.info("every worker stopped as asked; exiting")
                 break
             time.sleep(0.5)
-        return self._drain()
+        self._drain()
+        return self.failure or 0
 
     def _start(self, slot: Slot) -> None:
         env = {**os.environ, "VISIONQ_WORKER_RESTARTS": str(slot.restarts)}
@@ -132,8 +149,18 @@ class Supervisor:
                     log.info("%s stopped as asked (exit 0); not restarting it", slot.name)
                 slot.stopped = True
                 continue
-            if now - slot.started_at > HEALTHY_AFTER_S:
+            lived_s = now - slot.started_at
+            if lived_s > HEALTHY_AFTER_S:
                 slot.backoff_s = 1.0
+            slot.early_load_failures = slot.early_load_failures + 1 \
+                if code == EXIT_MODEL_NOT_LOADED and lived_s <= HEALTHY_AFTER_S else 0
+            if code == EXIT_USAGE or slot.early_load_failures >= GIVE_UP_AFTER:
+                why = ("a usage or settings error" if code == EXIT_USAGE
+                       else f"its models failed to load {slot.early_load_failures} times in a row")
+                log.error("%s exited with %s (%s: a restart would not mend it; see its log above); "
+                          "stopping every worker, exit %s", slot.name, code, why, code)
+                self.failure = code
+                return
             log.warning("%s exited with %s; restarting in %.0f s", slot.name, code, slot.backoff_s)
             slot.restart_at = now + slot.backoff_s
             slot.backoff_s = min(slot.backoff_s * 2, MAX_BACKOFF_S)
@@ -141,10 +168,9 @@ class Supervisor:
     def _stop(self, signum: int, _frame: object) -> None:
         self.stopping = True
 
-    def _drain(self) -> int:
+    def _drain(self) -> None:
         running = [s.process for s in self.slots if s.process is not None and s.process.poll() is None]
         for process in running:
             process.send_signal(signal.SIGTERM)  # Celery's warm shutdown: finish, then exit
         for process in running:
             process.wait()
-        return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,6 +192,25 @@ def test_celery_control_shutdown_stops_a_child_for_good_and_add_consumer_keeps_t
     assert job.refresh().status == "succeeded" and job.to_dict()["attempt"] == 1  # finished before it exited
     log = supervisor.log.read_text()
     assert "stopped as asked" in log and "restarting in" not in log and "exiting 70" not in log
+
+
+def test_a_mistake_no_restart_mends_ends_the_fleet_with_its_exit_status(
+    supervisor_factory, fleet_env: dict[str, str], tiny_models: Path, tmp_path: Path,
+) -> None:
+    """A child's usage error (exit 2) ends the fleet at once; models that fail to load (exit 1)
+    after three quick runs in a row. Both used to be restarted forever, the fleet never failing."""
+    no_cuda = supervisor_factory("--device", "cuda", "--replicas", "2", "--kinds", "caption")
+    assert no_cuda.process.wait(timeout=TIMEOUT) == 2  # this machine's torch sees no CUDA
+    assert "a usage or settings error" in no_cuda.log.read_text()
+    broken = tmp_path / "models"
+    shutil.copytree(tiny_models / "caption", broken / "caption")
+    (broken / "caption" / "config.json").write_text("{not json")
+    unloadable = supervisor_factory("--device", "cpu", "--replicas", "1", "--kinds", "caption", "--models", str(broken))
+    assert unloadable.process.wait(timeout=3 * TIMEOUT) == 1
+    log = unloadable.log.read_text()
+    assert log.count("restarting in") == 2 and "failed to load 3 times in a row" in log
+    refused = run_visionq("worker", "--replicas", "2", "--metrics-port", "65535", "--device", "cpu", env=fleet_env)
+    assert refused.returncode == 2 and "past 65535" in refused.stderr
 
 
 def test_priorities_high_first_within_a_kind(
