@@ -29,6 +29,8 @@ def serve(args: argparse.Namespace) -> int:
             if not Path(args.models).is_dir():
                 raise ValueError(f"--models {args.models}: no such folder")
             settings = settings.with_models_dir(args.models)
+        elif (folder := os.environ.get("VISIONQ_MODELS_DIR")) and not Path(folder).is_dir():
+            raise ValueError(f"VISIONQ_MODELS_DIR {folder}: no such folder")
         models = served_models(args, settings)
         device = pin_device(settings.device)  # before anything imports torch
         check_device(device)

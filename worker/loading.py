@@ -68,6 +68,9 @@ def _from_pretrained(loader: Any, spec: ModelSpec, **kwargs: Any) -> Any:
     # Library-wide switches, but a worker's logs are the only audience: no bars there.
     transformers_logging.disable_progress_bar()
     diffusers_logging.disable_progress_bar()
+    if spec.model_id.startswith(("/", "./", "../", "~")) and not Path(spec.model_id).expanduser().is_dir():
+        # A path, not a hub id: the library would say "Repo id must be in the form ..." of it.
+        raise ModelError(f"cannot load {loader.__name__} from {spec.label!r}: no such folder")
     try:
         return loader.from_pretrained(spec.model_id, revision=spec.revision, trust_remote_code=False, **kwargs)
     except Exception as exc:  # noqa: BLE001 - whatever the library raises, the model is unusable

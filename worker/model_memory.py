@@ -35,12 +35,18 @@ def weights_bytes(spec: ModelSpec, float_bytes: int) -> int:
 
 
 def read_header(path: Path) -> dict[str, dict[str, Any]]:
-    """Tensor name -> {"dtype", "shape", ...} of one safetensors file, without reading its data."""
-    with open(path, "rb") as file:
-        (length,) = struct.unpack("<Q", file.read(8))
-        if length > _MAX_HEADER_BYTES:
-            raise ModelError(f"{path}: safetensors header of {length} bytes is not plausible")
-        header = json.loads(file.read(length))
+    """Tensor name -> {"dtype", "shape", ...} of one safetensors file, without reading its data;
+    ModelError naming the file when it is truncated or is no safetensors file."""
+    try:
+        with open(path, "rb") as file:
+            (length,) = struct.unpack("<Q", file.read(8))
+            if length > _MAX_HEADER_BYTES:
+                raise ModelError(f"{path}: safetensors header of {length} bytes is not plausible")
+            header = json.loads(file.read(length))
+        if not isinstance(header, dict):
+            raise ValueError(f"its header is a JSON {type(header).__name__}, not an object")
+    except (OSError, struct.error, ValueError) as exc:  # ValueError: JSON and UTF-8 decoding
+        raise ModelError(f"{path}: not a readable safetensors file (truncated or corrupted?): {exc}") from None
     header.pop("__metadata__", None)
     return header
 

@@ -199,8 +199,9 @@ def test_a_mistake_no_restart_mends_ends_the_fleet_with_its_exit_status(
 ) -> None:
     """A child's usage error (exit 2) ends the fleet at once; models that fail to load (exit 1)
     after three quick runs in a row. Both used to be restarted forever, the fleet never failing."""
-    no_cuda = supervisor_factory("--device", "cuda", "--replicas", "2", "--kinds", "caption")
-    assert no_cuda.process.wait(timeout=TIMEOUT) == 2  # this machine's torch sees no CUDA
+    no_cuda = Supervisor({**fleet_env, "CUDA_VISIBLE_DEVICES": ""}, tmp_path,  # no GPU, also on a GPU machine
+                         "--device", "cuda", "--replicas", "2", "--kinds", "caption")
+    assert no_cuda.process.wait(timeout=TIMEOUT) == 2
     assert "a usage or settings error" in no_cuda.log.read_text()
     broken = tmp_path / "models"
     shutil.copytree(tiny_models / "caption", broken / "caption")

@@ -84,3 +84,16 @@ def test_unwritable_storage_folder_exits_5_before_loading(service_env: dict[str,
     result = run_visionq("worker", "--device", "cpu", "--models", str(empty_models), env=env)
     assert result.returncode == 5, result.stderr
     assert f"storage folder {blocker / 'storage'} is not writable" in result.stderr
+
+
+@pytest.mark.integration
+def test_a_missing_model_folder_is_named(service_env: dict[str, str], empty_models: Path, tmp_path: Path) -> None:
+    """Exit 1, saying the folder is missing (the library called a path a malformed repo id); a
+    VISIONQ_MODELS_DIR that is no folder is a settings error, as `--models` is."""
+    result = run_visionq("worker", "--device", "cpu", "--kinds", "caption", "--models", str(empty_models),
+                         env=service_env)
+    assert result.returncode == 1, result.stderr
+    assert f"from '{empty_models / 'caption'}': no such folder" in result.stderr
+    env = {k: v for k, v in service_env.items() if k != "VISIONQ_MODELS_DIR"}
+    missing = run_visionq("worker", "--device", "cpu", env={**env, "VISIONQ_MODELS_DIR": str(tmp_path / "nope")})
+    assert missing.returncode == 2 and "VISIONQ_MODELS_DIR" in missing.stderr and "no such folder" in missing.stderr

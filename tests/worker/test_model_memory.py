@@ -101,3 +101,11 @@ def test_a_worker_refuses_models_that_exceed_its_budget_before_loading(tiny_mode
     # Without a budget nothing is refused, and the sizes are still what `visionq workers` shows.
     assert check_memory(Settings().with_models_dir(tiny_models), names, "cpu") == sizes
 
+
+
+@pytest.mark.parametrize("size", [5, 1000], ids=["in-the-length", "in-the-header"])
+def test_a_truncated_weights_file_is_named_not_a_traceback(tiny_models: Path, tmp_path: Path, size: int) -> None:
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes((tiny_models / "caption" / "model.safetensors").read_bytes()[:size])
+    with pytest.raises(ModelError, match=f"{weights}: not a readable safetensors file"):
+        read_header(weights)
