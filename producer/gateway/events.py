@@ -27,7 +27,9 @@ log = logging.getLogger("visionq.gateway")
 POLL_S = 15.0  # a safety net: a subscription lost and made again wakes every follower itself
 KEEPALIVE_S = 15.0  # a comment line that keeps proxies from closing an idle stream
 SNAPSHOT_EVENT = "job.snapshot"
-READ_S = 1.0  # the hub's read of its connection wakes this often when nothing arrives
+# The hub's read of its connection returns this often when nothing arrives, to send the
+# subscriptions of the followers that came meanwhile: what a new follower may wait for them.
+READ_S = 0.05
 RESUBSCRIBE_S = 1.0  # after the subscription is lost, between two tries to make it again
 SUBSCRIBED_WAIT_S = 5.0  # a follower's wait for Redis to confirm its channel, before reading the record
 READS_AT_ONCE = 64  # followers' record reads in flight (all of them are woken at once after an outage)
@@ -86,39 +88,48 @@ class _Channel:
 class EventHub:
     """Every job channel this gateway process follows, on one pub/sub connection.
 
-    A channel is subscribed while anyone follows its job. The channels held here are the truth
-    and the connection's subscriptions a copy: when the connection fails, a new one subscribes
-    them all again, then every follower is woken to read what it may have missed. Made and used
-    on the server's event loop only."""
+    A channel is subscribed while anyone follows its job. Followers only change `_channels`
+    (no await: a follower cancelled as it leaves, a client gone, still leaves); one reader task
+    owns the connection: it sends the SUBSCRIBEs and UNSUBSCRIBEs that bring Redis in line with
+    `_channels` before each read, and reads the messages. Nothing else writes to the connection,
+    so no command can land in the middle of redis-py reconnecting it. When the connection fails,
+    a new one subscribes every channel again, then every follower is woken to read what it may
+    have missed. Made and used on the server's event loop only."""
 
     def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
         self.redis, self.prefix = client, prefix
-        self._channels: dict[str, _Channel] = {}
+        self._channels: dict[str, _Channel] = {}  # what Redis should send us
+        self._sent: set[str] = set()  # what this connection was last told to send
         self._pubsub = client.pubsub()
-        self._lock = asyncio.Lock()  # subscribe, unsubscribe and a new connection, one at a time
+        self._wanted = asyncio.Event()  # a follower came or left: the reader has work
         self._reader: asyncio.Task[None] | None = None
+        self.stopping = False  # the server is shutting down: followers end now
+
+    def stop(self) -> None:
+        """End every follower now (the server is asked to stop): a stream closes and a wait
+        answers as its job stands, instead of holding the server open while its client stays."""
+        self.stopping = True
+        self._wake_all()
 
     @contextlib.asynccontextmanager
     async def follow(self, job_id: str) -> AsyncIterator[asyncio.Event]:
-        """An event set when the job's channel says it changed (or the subscription was lost);
-        the follower clears it before reading the record. Subscribed (confirmed, or after
-        SUBSCRIBED_WAIT_S) on entry, so that no change after the follower's first read slips by."""
+        """An event set when the job's channel says it changed (or the subscription came back);
+        the follower clears it before reading the record. Subscribed on entry (confirmed by
+        Redis, or after SUBSCRIBED_WAIT_S), so that no change after its first read slips by."""
         name = f"{self.prefix}:events:{job_id}"
         channel = self._channels.setdefault(name, _Channel())
         changed = asyncio.Event()
         channel.followers.add(changed)
         try:
-            if len(channel.followers) == 1:
-                await self._change(self._pubsub.subscribe, name)
-                self._start_reading()
+            self._wanted.set()
+            self._start_reading()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(channel.subscribed.wait(), SUBSCRIBED_WAIT_S)
             yield changed
         finally:
             channel.followers.discard(changed)
-            if not channel.followers and self._channels.get(name) is channel:
-                del self._channels[name]
-                await self._change(self._pubsub.unsubscribe, name)
+            if not channel.followers:
+                self._wanted.set()  # the reader unsubscribes it, unless someone follows it again first
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -126,15 +137,6 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         await self._pubsub.aclose()
-
-    async def _change(self, command: Callable[..., Any], name: str) -> None:
-        """SUBSCRIBE or UNSUBSCRIBE one channel; a failure is the reader's to mend (it finds the
-        connection broken, and subscribes what `_channels` holds on a new one)."""
-        async with self._lock:
-            try:
-                await command(name)
-            except (redis.RedisError, OSError) as exc:
-                log.debug("event subscription change for %s failed: %s", name, exc)
 
     def _start_reading(self) -> None:
         if self._reader is None or self._reader.done():
@@ -144,6 +146,11 @@ class EventHub:
         lost = False
         while True:
             try:
+                if not self._sent and not any(c.followers for c in self._channels.values()):
+                    await self._idle()
+                await self._bring_in_line()
+                if not self._sent:  # the followers left before their channels were subscribed
+                    continue
                 message = await self._pubsub.get_message(timeout=READ_S)
             except asyncio.CancelledError:
                 raise
@@ -153,7 +160,7 @@ class EventHub:
                                 "again every %.0f s", type(exc).__name__, exc, RESUBSCRIBE_S)
                 lost = True
                 await asyncio.sleep(RESUBSCRIBE_S)
-                await self._resubscribe()
+                await self._new_connection()
                 continue
             if lost:
                 lost = False
@@ -162,17 +169,32 @@ class EventHub:
             if message is not None:
                 self._dispatch(message)
 
-    async def _resubscribe(self) -> None:
-        async with self._lock:
-            old, self._pubsub = self._pubsub, self.redis.pubsub()
-            with contextlib.suppress(Exception):
-                await old.aclose()
-            for channel in self._channels.values():
-                channel.subscribed.clear()
-            try:
-                await self._pubsub.subscribe(*self._channels) if self._channels else await self._pubsub.ping()
-            except (redis.RedisError, OSError):
-                pass  # the next read fails too, and comes back here
+    async def _idle(self) -> None:
+        """Nothing followed and nothing subscribed: wait for a follower, without reading."""
+        self._wanted.clear()
+        await self._wanted.wait()
+
+    async def _bring_in_line(self) -> None:
+        """SUBSCRIBE what is followed and not yet subscribed, UNSUBSCRIBE what no one follows."""
+        self._wanted.clear()
+        gone = [name for name, channel in self._channels.items() if not channel.followers]
+        for name in gone:
+            del self._channels[name]
+        new = [name for name in self._channels if name not in self._sent]
+        old = [name for name in gone if name in self._sent]
+        if new:
+            await self._pubsub.subscribe(*new)
+            self._sent.update(new)
+        if old:
+            await self._pubsub.unsubscribe(*old)
+            self._sent.difference_update(old)
+
+    async def _new_connection(self) -> None:
+        old, self._pubsub, self._sent = self._pubsub, self.redis.pubsub(), set()
+        with contextlib.suppress(Exception):
+            await old.aclose()
+        for channel in self._channels.values():
+            channel.subscribed.clear()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         name = message["channel"]
@@ -214,9 +236,11 @@ class AsyncJobs:
             record = await self.get(job_id)  # after subscribing: no change can slip between
             last_read = quiet_since = time.monotonic()
             yield record
-            while not record.is_final:
+            while not record.is_final and not self.hub.stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), POLL_S)
+                if self.hub.stopping:
+                    return
                 if changed.is_set():
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since >= KEEPALIVE_S:
@@ -250,18 +274,25 @@ class AsyncJobs:
 async def event_stream(
     jobs: AsyncJobs, first: JobRecord, render: Callable[[JobRecord], dict[str, Any]],
 ) -> AsyncIterator[str]:
-    """`job.snapshot`, then one event per change, ending after the final one."""
+    """`job.snapshot`, then one event per change, ending after the final one. A stream that
+    cannot go on (Redis away past OUTAGE_S, the job's record gone) ends after a comment saying
+    why, as a stream the server stops does: the client opens it again and is answered what
+    stands then (503, 404), never a response cut off mid-body."""
     yield sse_message(SNAPSHOT_EVENT, render(first))
     started_sent = first.status.value == "running"
     previous = first
     if first.is_final:
         yield sse_message(FINAL_EVENT[first.status.value].value, render(first))
         return
-    async for record in jobs.changes(first.id):
-        if record is None:
-            yield ": keep-alive\n\n"
-            continue
-        for event in events_between(previous, record, started_sent=started_sent):
-            started_sent = started_sent or event is EventType.STARTED
-            yield sse_message(event.value, render(record))
-        previous = record
+    try:
+        async for record in jobs.changes(first.id):
+            if record is None:
+                yield ": keep-alive\n\n"
+                continue
+            for event in events_between(previous, record, started_sent=started_sent):
+                started_sent = started_sent or event is EventType.STARTED
+                yield sse_message(event.value, render(record))
+            previous = record
+    except (redis.RedisError, JobNotFound) as exc:
+        log.warning("event stream of job %s ended: %s", first.id, exc)
+        yield f": ended: {type(exc).__name__}\n\n"

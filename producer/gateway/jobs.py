@@ -50,7 +50,8 @@ JOB_ID = Path(pattern=r"^[0-9a-f]{32}$", description="a job id (32 lowercase hex
 MAX_WAIT_S = 60
 BINARY_TYPE = "application/octet-stream"
 # A whole number of seconds, ending where the preference does: "wait=1.5" is no wait to apply.
-PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)(?=$|[;,\s])")
+# RFC 7240: a preference's name is case-insensitive, and "=" may have blanks around it.
+PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)(?=$|[;,\s])", re.IGNORECASE)
 
 
 IdempotencyKey = Annotated[str | None, Header(

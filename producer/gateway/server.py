@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import ipaddress
+from types import FrameType
+from typing import Callable
 
 from tasks.settings import Settings
 
 
 UVICORN_STARTUP_FAILURE = 3  # uvicorn.main.STARTUP_FAILURE: it could not bind, or the app's startup failed
+# Asked to stop, the gateway ends its event streams and waits at once; requests still running
+# after this long (a slow upload) are cut, so a rolling restart never waits for a SIGKILL.
+GRACEFUL_SHUTDOWN_S = 30
 
 
 class GatewayRefused(ValueError):
@@ -20,6 +25,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's, which also ends the gateway's event streams and waits when asked to stop: their
+        keep-alives would hold it open for as long as their clients stay connected."""
+
+        def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+            super().__init__(config)
+            self._on_exit = on_exit
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            self._on_exit()
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, *, no_auth: bool = False, settings: Settings | None = None) -> int:
@@ -37,8 +60,10 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, no_auth: bool = False, s
             "no API keys exist: create one with `visionq keys create TENANT` (or use --no-auth on loopback)"
         )
     # Behind a load balancer, X-Forwarded-* from it are trusted (uvicorn's --forwarded-allow-ips).
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", proxy_headers=True,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+        _server_class()(config, app.state.services.stop_following).run()
     except SystemExit as exc:
         if exc.code == UVICORN_STARTUP_FAILURE:  # its own exit status, which docs/cli.md gives to "no such job"
             raise GatewayRefused(f"could not start on {host}:{port} (the error above: e.g. the port is in use)") from None

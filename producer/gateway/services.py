@@ -5,6 +5,7 @@ so any number of them can run behind a load balancer.
 """
 from __future__ import annotations
 
+import asyncio
 from functools import cached_property
 
 import redis
@@ -50,6 +51,12 @@ class Services:
         client = async_client_for(self.settings, retry=redis.asyncio.retry.Retry(NoBackoff(), 1),
                                   max_connections=READS_AT_ONCE + 16)  # the reads, the hub's and a new one's
         self.async_jobs = AsyncJobs(client, self.settings.redis_prefix, EventHub(client, self.settings.redis_prefix))
+        self._loop = asyncio.get_running_loop()
+
+    def stop_following(self) -> None:
+        """From the server's signal handler (any thread): end every event stream and wait."""
+        if self.async_jobs is not None:
+            self._loop.call_soon_threadsafe(self.async_jobs.hub.stop)
 
     async def close_async(self) -> None:
         if self.async_jobs is not None:

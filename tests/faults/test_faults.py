@@ -286,8 +286,11 @@ def test_the_gateways_event_streams_ride_out_a_redis_restart(fault_env, aof_redi
             assert all(next(read) == "event: job.snapshot" for read in lines)
             aof_redis.stop()  # a clean stop writes the AOF: the queued jobs are there after the restart
             aof_redis.restart()
-            wait_until(lambda: all(n == 1 for _, n in broker.pubsub_numsub(*channels)), 30,
-                       "the followed jobs subscribed again")
+            try:
+                wait_until(lambda: all(n == 1 for _, n in broker.pubsub_numsub(*channels)), 30,
+                           "the followed jobs subscribed again")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the gateway's log:\n{gateway.log()[-3000:]}") from None
             for job_id in ids:
                 assert http.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
             last = [[line for line in read if line.startswith("event: ")][-1] for read in lines]
@@ -319,3 +322,58 @@ def test_a_frozen_redis_fails_submits_quickly_and_loses_no_job(fleet, client, ao
     assert refused_after_s < 60  # the product's bound is 5 s (tasks/redis_connect.py): generous here
     assert [w.process.poll() for w in workers] == [None, None], fleet.logs()
     assert result.lost == 0 and result.succeeded == result.accepted, fleet.logs()
+
+
+def test_waits_ride_out_the_gateways_pubsub_connection_killed_again_and_again(fault_env, aof_redis, tmp_path) -> None:
+    """Redis (an output-buffer limit, a proxy's idle timeout) may drop the gateway's one pub/sub
+    connection while it stays up. Killed every 50 ms under 40 `Prefer: wait=2`: each is answered
+    200; afterwards every slot is free and no channel stays subscribed. Its first version
+    answered some 500 and left some waits following their jobs past their N, slots held."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from producer.gateway.keys import KeyStore
+    from tests.support.gateway import GatewayProcess
+
+    broker = redis.Redis.from_url(aof_redis.url)
+    key = KeyStore(broker, fault_env["VISIONQ_REDIS_PREFIX"]).create("acme")
+    body = {"kind": "generate", "input": {"prompt": "kills", "width": 64, "height": 64, "steps": 1}}
+    with GatewayProcess(fault_env, tmp_path) as gateway, \
+            httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key.key}"}, timeout=60) as http:
+        ids = [http.post("/v1/jobs", json=body).json()["id"] for _ in range(8)]  # no worker: they stay queued
+        killing = threading.Event()
+        kills = 0
+
+        def kill_pubsub_connections() -> None:
+            nonlocal kills
+            while not killing.is_set():
+                for client in broker.client_list():
+                    if int(client["sub"]) > 0:
+                        broker.client_kill_filter(_id=client["id"])
+                        kills += 1
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_pubsub_connections, daemon=True)
+        killer.start()
+        try:
+            with ThreadPoolExecutor(40) as pool:
+                answers = list(pool.map(lambda n: http.get(f"/v1/jobs/{ids[n % 8]}", headers={"Prefer": "wait=2"}),
+                                        range(40)))
+        finally:
+            killing.set()
+            killer.join()
+        statuses = sorted({answer.status_code for answer in answers})
+        applied = sum(answer.headers.get("preference-applied") == "wait=2" for answer in answers)
+        # Every slot given back: 32 (the tenant's share) waits at once are each applied.
+        with ThreadPoolExecutor(32) as pool:
+            again = list(pool.map(lambda n: http.get(f"/v1/jobs/{ids[n % 8]}", headers={"Prefer": "wait=1"}),
+                                  range(32)))
+        for job_id in ids:
+            http.post(f"/v1/jobs/{job_id}/cancel")
+        channels = [f"{PREFIX}:events:{job_id}" for job_id in ids]
+        wait_until(lambda: all(n == 0 for _, n in broker.pubsub_numsub(*channels)), 30, "every channel unsubscribed")
+    print(f"FAULTS gateway-pubsub-killed: kills={kills} answers={statuses} applied={applied}/40")
+    assert statuses == [200] and kills > 0
+    assert all(answer.headers.get("preference-applied") == "wait=1" for answer in again)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import signal
 import socket
 import uuid
 from pathlib import Path
@@ -350,7 +351,9 @@ def test_every_followed_job_shares_one_redis_connection(
         try:
             assert all(next(read) == "event: job.snapshot" for read in lines)
             channels = [f"{prefix}:events:{job_id}" for job_id in ids]
-            assert dict(broker.pubsub_numsub(*channels)) == {c.encode(): 1 for c in channels}
+            # Subscribed right after the snapshot is sent (a change in between is read then).
+            wait_until(lambda: dict(broker.pubsub_numsub(*channels)) == {c.encode(): 1 for c in channels}, 30,
+                       "each followed job's channel subscribed once")
             assert subscribers() - before == 1
             http.post(f"/v1/jobs/{ids[1]}/cancel")
             events = [line for line in lines[1] if line.startswith("event: ")]
@@ -358,6 +361,10 @@ def test_every_followed_job_shares_one_redis_connection(
             wait_until(lambda: broker.pubsub_numsub(channels[1]) == [(channels[1].encode(), 0)],
                        30, "the channel of a job no one follows any more unsubscribed")
             assert broker.pubsub_numsub(channels[0]) == [(channels[0].encode(), 1)]
+            for stream in opened:  # every client gone at once
+                stream.__exit__(None, None, None)
+            wait_until(lambda: all(n == 0 for _, n in broker.pubsub_numsub(*channels)), 30,
+                       "every channel unsubscribed once no one follows its job")
         finally:
             for stream in opened:
                 stream.__exit__(None, None, None)
@@ -400,3 +407,31 @@ def test_one_tenants_open_streams_leave_other_tenants_theirs(
         wait_until(a_slot_is_free, 30, "the closed streams' slots given back")
         a.post(f"/v1/jobs/{mine}/cancel")
         b.post(f"/v1/jobs/{theirs}/cancel")
+
+
+def test_a_gateway_asked_to_stop_ends_its_streams_and_exits(
+    gateway_env: dict[str, str], acme: NewKey, redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    """SIGTERM ends the open event streams at once, cleanly (their clients open them again
+    elsewhere), so the gateway exits: their keep-alives held it open for as long as their
+    clients stayed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.store import JobStore
+
+    body = {"kind": "caption", "model": "vit-gpt2", "input": {"image": data_uri(encode(scene(seed=8)))}}
+    gateway = GatewayProcess(gateway_env, tmp_path).start()
+    try:
+        with api(gateway, acme) as http, ThreadPoolExecutor(1) as pool:
+            job_id = http.post("/v1/jobs", json=body).json()["id"]
+            with http.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+                lines = stream.iter_lines()
+                assert next(lines) == "event: job.snapshot"
+                rest = pool.submit(list, lines)  # until the server closes the stream; an error raises
+                gateway.process.send_signal(signal.SIGTERM)
+                assert not [line for line in rest.result(timeout=60) if line.startswith("event: ")]
+            assert gateway.process.wait(timeout=60) is not None
+    finally:
+        gateway.stop()
+        JobStore(redis.Redis.from_url(redis_server.url), ttl_s=60,
+                 prefix=gateway_env["VISIONQ_REDIS_PREFIX"]).request_cancel(job_id)

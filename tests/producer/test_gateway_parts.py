@@ -189,3 +189,14 @@ def test_a_loading_workers_heartbeat_matches_the_documented_shape() -> None:
     loading = Heartbeat(None, "p", "visionq-cpu-1@host", {"device": "cpu", "gpu": None, "restarts": 0})  # type: ignore[arg-type]
     state = {**loading.state, "updated_at": loading.state["started_at"], "memory_mb": _memory_mb()}
     assert WorkerHeartbeat.model_validate(state).kinds == []
+
+
+@pytest.mark.parametrize(("prefer", "seconds"), [
+    ("wait=5", 5), ("WAIT=5", 5), ("respond-async, wait = 7", 7), ("handling=lenient; Wait=3", 3),
+    ("wait=99", 60), ("wait=1.5", None), ("wait=-1", None), ("respond-async", None), (None, None),
+])
+def test_prefer_wait_is_read_as_rfc_7240_spells_it(prefer: str | None, seconds: int | None) -> None:
+    """A preference's name is case-insensitive and "=" may have blanks around it (RFC 7240)."""
+    from producer.gateway.jobs import _wait_seconds
+
+    assert _wait_seconds(prefer) == seconds
