@@ -64,7 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _failed(args, 5, ErrorCode.UNAVAILABLE.value,
                        f"Redis refused the password of VISIONQ_REDIS_URL (redis://:PASSWORD@HOST:PORT/DB): {exc}")
     except (redis.ConnectionError, redis.TimeoutError) as exc:  # a TimeoutError is no ConnectionError
-        return _failed(args, 5, ErrorCode.UNAVAILABLE.value, f"cannot reach Redis (VISIONQ_REDIS_URL): {exc}")
+        from tasks.settings import Settings, redacted_url
+
+        address = redacted_url(os.environ.get("VISIONQ_REDIS_URL") or Settings.model_fields["redis_url"].default)
+        return _failed(args, 5, ErrorCode.UNAVAILABLE.value, f"cannot reach Redis at {address} (VISIONQ_REDIS_URL): {exc}")
     except redis.RedisError as exc:  # e.g. InvalidResponse: something else listens at the address
         return _failed(args, 5, ErrorCode.UNAVAILABLE.value,
                        f"Redis at VISIONQ_REDIS_URL failed or is not Redis ({type(exc).__name__}): {exc}")

@@ -366,7 +366,8 @@ class LocalStorage:
             raise (self._outside(uri) if exc.errno == errno.ELOOP else self._read_error(uri, exc)) from None
 
     def _outside(self, uri: str) -> InvalidInput:
-        return InvalidInput(f"image {uri!r} is outside the storage folder {self.root}")
+        return InvalidInput(f"image {uri!r} is outside the storage folder {self.root} (does its submitter's "
+                            "VISIONQ_STORAGE_URL name this worker's folder?)")
 
     @staticmethod
     def _read_error(uri: str, exc: OSError) -> VisionqError:

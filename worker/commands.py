@@ -66,7 +66,8 @@ def served_models(args: argparse.Namespace, settings: Settings) -> list[str]:
         if args.kinds is not None:
             raise ValueError("--serve and --kinds: give one (--serve names the models, and so the kinds)")
         return parse_served(args.serve, settings)
-    return default_names(parse_kinds(args.kinds or ",".join(kind.value for kind in ALL_KINDS)))
+    # `--kinds ''` (an unset variable: `--kinds "$KINDS"`) is refused, not read as every kind.
+    return default_names(parse_kinds(args.kinds if args.kinds is not None else ",".join(k.value for k in ALL_KINDS)))
 
 
 def deliver_webhooks(concurrency: int, loglevel: str) -> int:

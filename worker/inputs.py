@@ -46,7 +46,8 @@ class InputReader:
             return self._read_s3(uri)
         if uri.startswith("file://"):
             if not isinstance(self.storage, LocalStorage):
-                raise InvalidInput(f"image {uri[:200]!r} is outside the storage folder (this worker stores in S3)")
+                raise InvalidInput(f"image {uri[:200]!r} is outside the storage folder (this worker stores in S3: "
+                                   "does its submitter's VISIONQ_STORAGE_URL name this worker's?)")
             return self.storage.read(uri, self.limits.max_image_bytes)
         if uri.startswith(("http://", "https://")):
             body, _content_type = fetch(

@@ -10,6 +10,7 @@ for counters. Reference: docs/observability.md.
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -79,8 +80,10 @@ class WorkerMetrics:
         """Serve /metrics on a daemon thread; exits naming the address when it is taken."""
         try:
             start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise SystemExit(f"visionq worker: cannot serve metrics on {host}:{port} (--metrics-port): {exc.strerror}") from None
+        except OSError as exc:  # a usage error, as a bad port is (exit 2, docs/cli.md)
+            print(f"visionq worker: cannot serve metrics on {host}:{port} (--metrics-port): {exc.strerror}",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 class _LiveCollector(Collector):

@@ -132,9 +132,12 @@ def test_a_redis_that_times_out_is_unavailable(monkeypatch: pytest.MonkeyPatch, 
             raise redis.TimeoutError("Timeout connecting to server")
 
     monkeypatch.setattr(cli, "_client", Stalled)
+    monkeypatch.setenv("VISIONQ_REDIS_URL", "redis://:secret@10.9.8.7:6380/0")
     assert main(["status", "abc", "--json"]) == 5
     captured = capsys.readouterr()
     assert json.loads(captured.out)["error"]["code"] == "unavailable" and "Timeout" in captured.err
+    # The address it could not reach (redis-py's timeout names none), its password masked.
+    assert "cannot reach Redis at redis://:***@10.9.8.7:6380/0 (VISIONQ_REDIS_URL)" in captured.err
 
 
 def test_redis_clients_give_up_a_connect_and_a_read_after_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:

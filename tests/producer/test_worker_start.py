@@ -97,3 +97,20 @@ def test_a_missing_model_folder_is_named(service_env: dict[str, str], empty_mode
     env = {k: v for k, v in service_env.items() if k != "VISIONQ_MODELS_DIR"}
     missing = run_visionq("worker", "--device", "cpu", env={**env, "VISIONQ_MODELS_DIR": str(tmp_path / "nope")})
     assert missing.returncode == 2 and "VISIONQ_MODELS_DIR" in missing.stderr and "no such folder" in missing.stderr
+
+
+def test_an_empty_kinds_list_is_refused_not_read_as_every_kind(closed_port: int, tmp_path: Path) -> None:
+    """`--kinds "$KINDS"` with KINDS unset: exit 2, before Redis is even asked."""
+    env = plain_env(tmp_path, VISIONQ_REDIS_URL=f"redis://127.0.0.1:{closed_port}/0")
+    result = run_visionq("worker", "--device", "cpu", "--kinds", "", env=env, inherit=False)
+    assert result.returncode == 2 and "no job kind given" in result.stderr, result.stderr
+
+
+@pytest.mark.integration
+def test_a_metrics_port_in_use_is_a_usage_error(service_env: dict[str, str], empty_models: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_visionq("worker", "--device", "cpu", "--models", str(empty_models), "--metrics-host", "127.0.0.1",
+                             "--metrics-port", str(port), env=service_env)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port} (--metrics-port)" in result.stderr
