@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -12,8 +13,10 @@ import redis
 from celery import signals
 
 from tasks.record import utc_now
-from tasks.heartbeats import HEARTBEAT_INTERVAL_S, announce, withdraw
+from tasks.heartbeats import HEARTBEAT_INTERVAL_S, announce, withdraw, worker_key
 from worker.device import gpu_memory
+
+log = logging.getLogger("visionq.worker")
 
 LAZY_WRITE_S = 1.0  # how late a lazy update may reach Redis
 
@@ -33,8 +36,25 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name="visionq-heartbeat", daemon=True)
 
     def start(self) -> None:
+        self._warn_of_a_namesake()
         self.beat()
         self._thread.start()
+
+    def _warn_of_a_namesake(self) -> None:
+        """Another live worker by this name: Celery's `-d NAME` reaches both, and `visionq workers`
+        shows one entry that flips between them. Said loudly, not refused: the heartbeat of a worker
+        just killed (a fleet child restarted under its name, a container restarted) lives on for
+        HEARTBEAT_TTL_S, and where pids are namespaced a live pid there may be another process."""
+        try:
+            raw = self.client.get(worker_key(self.prefix, self.name))
+        except redis.RedisError:
+            return
+        other = json.loads(raw) if raw is not None else None
+        if other is None or (other.get("host") == self.state["host"] and not _alive(other.get("pid"))):
+            return
+        log.warning("another worker is already named %s (pid %s on %s, last seen %s): Celery's -d %s reaches "
+                    "both, and `visionq workers` shows one of them; give each worker its own --name",
+                    self.name, other.get("pid"), other.get("host"), other.get("updated_at"), self.name)
 
     def update(self, *, lazy: bool = False, **changes: Any) -> None:
         """Record changes; written at once, or with `lazy` by the next beat (at most a
@@ -120,6 +140,20 @@ def _rss_mb(pid: int | str) -> float | None:
             return round(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _alive(pid: Any) -> bool:
+    """Whether process `pid` of this host runs, and is not this one (a container restarted with
+    the same pid)."""
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: it runs
+        return True
+    return True
 
 
 def _memory_mb() -> dict[str, float]:

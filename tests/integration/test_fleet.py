@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -212,6 +213,15 @@ def test_a_mistake_no_restart_mends_ends_the_fleet_with_its_exit_status(
     assert log.count("restarting in") == 2 and "failed to load 3 times in a row" in log
     refused = run_visionq("worker", "--replicas", "2", "--metrics-port", "65535", "--device", "cpu", env=fleet_env)
     assert refused.returncode == 2 and "past 65535" in refused.stderr
+
+
+def test_a_second_live_worker_by_the_same_name_is_said_loudly(fleet_env: dict, tmp_path: Path) -> None:
+    """Celery's `-d NAME` would reach both, and `visionq workers` show one entry flipping between
+    them: the second says so (not refused: a killed worker's heartbeat outlives it a while)."""
+    args = ["worker", "--device", "cpu", "--kinds", "generate", "--name", "twin"]
+    with WorkerProcess(fleet_env, tmp_path, args) as first, WorkerProcess(fleet_env, tmp_path, args) as second:
+        assert f"another worker is already named twin@{socket.gethostname()} (pid {first.pid}" in second.log_tail(50_000)
+        assert "another worker is already named" not in first.log_tail(50_000)
 
 
 def test_priorities_high_first_within_a_kind(
