@@ -614,9 +614,16 @@ def _models_tiny(args: argparse.Namespace) -> int:
     return build_tiny(args.dir)
 
 
+# The [worker] extra's packages the worker imports by these names (pyproject.toml).
+_WORKER_MODULES = ("torch", "torchvision", "transformers", "diffusers", "safetensors", "accelerate", "isal",
+                   "prometheus_client")
+
+
 def _has_worker_extra() -> bool:
-    if importlib.util.find_spec("torch") is None:
-        print("visionq: this command needs the [worker] extra: pip install 'visionq[worker]'", file=sys.stderr)
+    missing = [name for name in _WORKER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"visionq: this command needs the [worker] extra (missing: {', '.join(missing)}): "
+              "pip install 'visionq[worker]'", file=sys.stderr)
         return False
     return True
 

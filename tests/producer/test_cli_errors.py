@@ -203,3 +203,17 @@ def test_gateway_on_a_port_in_use_is_a_usage_error(redis_server: RedisServer, tm
         started = run_visionq("gateway", "--no-auth", "--port", str(port), env=env, timeout=60)
     assert started.returncode == 2, started.stderr
     assert f"visionq: could not start on 127.0.0.1:{port}" in started.stderr
+
+
+def test_a_worker_command_without_a_package_of_the_worker_extra_names_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Exit 2 naming what is missing (a half-installed environment without diffusers raised a
+    ModuleNotFoundError with a traceback: only torch was looked for)."""
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else found(name, *a))
+    assert main(["models", "tiny", str(tmp_path / "models")]) == 2
+    assert "needs the [worker] extra (missing: diffusers)" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
