@@ -10,6 +10,8 @@ import os
 import random
 import signal
 import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import pytest
 import redis
@@ -264,10 +266,9 @@ def test_the_gateway_answers_every_wait_right_after_a_redis_restart(fault_env, a
     assert answers == [201] * 10
 
 
-def test_the_gateways_event_streams_ride_out_a_redis_restart(fault_env, aof_redis, tmp_path) -> None:
-    """Open event streams outlive a Redis restart: the gateway subscribes their jobs again on a new
-    connection, and a change after the restart reaches every stream. They used to end with the
-    connection each of them held."""
+@contextmanager
+def acme_gateway(fault_env, aof_redis, tmp_path) -> Iterator[tuple[Any, Any, redis.Redis]]:
+    """A real gateway on the fault suite's Redis, an HTTP client with tenant acme's key, and Redis."""
     import httpx
 
     from producer.gateway.keys import KeyStore
@@ -275,10 +276,23 @@ def test_the_gateways_event_streams_ride_out_a_redis_restart(fault_env, aof_redi
 
     broker = redis.Redis.from_url(aof_redis.url)
     key = KeyStore(broker, fault_env["VISIONQ_REDIS_PREFIX"]).create("acme")
-    body = {"kind": "generate", "input": {"prompt": "restart", "width": 64, "height": 64, "steps": 1}}
     with GatewayProcess(fault_env, tmp_path) as gateway, \
             httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key.key}"}, timeout=60) as http:
-        ids = [http.post("/v1/jobs", json=body).json()["id"] for _ in range(3)]  # no worker: they stay queued
+        yield gateway, http, broker
+
+
+def queued_jobs(http: Any, n: int) -> list[str]:
+    """`n` generate jobs through the gateway; with no worker in these tests they stay queued."""
+    body = {"kind": "generate", "input": {"prompt": "queued", "width": 64, "height": 64, "steps": 1}}
+    return [http.post("/v1/jobs", json=body).json()["id"] for _ in range(n)]
+
+
+def test_the_gateways_event_streams_ride_out_a_redis_restart(fault_env, aof_redis, tmp_path) -> None:
+    """Open event streams outlive a Redis restart: the gateway subscribes their jobs again on a new
+    connection, and a change after the restart reaches every stream. They used to end with the
+    connection each of them held."""
+    with acme_gateway(fault_env, aof_redis, tmp_path) as (gateway, http, broker):
+        ids = queued_jobs(http, 3)
         channels = [f"{PREFIX}:events:{job_id}" for job_id in ids]
         opened = [http.stream("GET", f"/v1/jobs/{job_id}/events") for job_id in ids]
         lines = [stream.__enter__().iter_lines() for stream in opened]
@@ -332,17 +346,8 @@ def test_waits_ride_out_the_gateways_pubsub_connection_killed_again_and_again(fa
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import httpx
-
-    from producer.gateway.keys import KeyStore
-    from tests.support.gateway import GatewayProcess
-
-    broker = redis.Redis.from_url(aof_redis.url)
-    key = KeyStore(broker, fault_env["VISIONQ_REDIS_PREFIX"]).create("acme")
-    body = {"kind": "generate", "input": {"prompt": "kills", "width": 64, "height": 64, "steps": 1}}
-    with GatewayProcess(fault_env, tmp_path) as gateway, \
-            httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key.key}"}, timeout=60) as http:
-        ids = [http.post("/v1/jobs", json=body).json()["id"] for _ in range(8)]  # no worker: they stay queued
+    with acme_gateway(fault_env, aof_redis, tmp_path) as (_, http, broker):
+        ids = queued_jobs(http, 8)
         killing = threading.Event()
         kills = 0
 
