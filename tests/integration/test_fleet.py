@@ -195,6 +195,7 @@ def test_celery_control_shutdown_stops_a_child_for_good_and_add_consumer_keeps_t
     assert "stopped as asked" in log and "restarting in" not in log and "exiting 70" not in log
 
 
+@pytest.mark.faults  # children failing again and again: ~45 s, with the fault suite
 def test_a_mistake_no_restart_mends_ends_the_fleet_with_its_exit_status(
     supervisor_factory, fleet_env: dict[str, str], tiny_models: Path, tmp_path: Path,
 ) -> None:
