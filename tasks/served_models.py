@@ -17,7 +17,7 @@ import redis
 
 from tasks.errors import InvalidInput
 from tasks.kinds import JobKind, Priority, priority_list_key
-from tasks.models import CATALOGUE, MODEL_NAME_PATTERN, ModelRef, default_model, model_queue
+from tasks.models import CATALOGUE, MODEL_NAME_PATTERN, ModelRef, default_model, model_entry, model_queue
 from tasks.record import utc_now
 
 
@@ -100,17 +100,17 @@ def choose_model(
 def check_model_input(kind: JobKind, name: str, request: Any) -> None:
     """What a catalogue model's family needs of a job, checked at submit so that such a job fails
     at once, not on a worker: `segment/owlv2-sam` needs labels, `segment/segformer` takes none."""
-    entry = _ENTRIES.get(f"{kind.value}/{name}")
-    if entry is None or entry.labels is None:
+    try:
+        entry = model_entry(f"{kind.value}/{name}")
+    except KeyError:  # a model outside the catalogue: its worker checks it
+        return
+    if entry.labels is None:
         return
     given = getattr(request, "labels", None) is not None
     if entry.labels == "required" and not given:
         raise InvalidInput(f"segment model {name!r} needs labels: it detects what they name")
     if entry.labels == "refused" and given:
         raise InvalidInput(f"segment model {name!r} takes no labels: it finds its own classes")
-
-
-_ENTRIES = {entry.full_name: entry for entry in CATALOGUE}
 
 
 def queue_lists(kind: JobKind, name: str | None, prefix: str) -> list[str]:

@@ -14,7 +14,10 @@ from tasks.kinds import ALL_KINDS, parse_kinds
 from tasks.preflight import Unreachable, check_services
 from tasks.settings import Settings
 
-EXIT_UNREACHABLE = 5  # the CLI's exit code for Redis (or storage) unreachable
+# The CLI's exit codes a worker ends with (docs/cli.md); the fleet supervisor reads them too.
+EXIT_MODEL_NOT_LOADED = 1
+EXIT_USAGE = 2  # a bad flag or setting
+EXIT_UNREACHABLE = 5  # Redis (or storage) unreachable
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -36,7 +39,7 @@ def serve(args: argparse.Namespace) -> int:
         check_device(device)
     except ValueError as exc:
         print(f"visionq worker: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     _log_to_stderr(settings)
     if (code := _check_services(settings)) != 0:
         return code
@@ -50,11 +53,11 @@ def serve(args: argparse.Namespace) -> int:
         run_worker(settings, models, device, name, args.loglevel, metrics_address)
     except ModelsDoNotFit as exc:  # refused before loading: the message names each model and the budget
         print(f"visionq worker: {exc.message}", file=sys.stderr)
-        return 1
+        return EXIT_MODEL_NOT_LOADED
     except VisionqError as exc:  # a model that cannot load: fatal, with the reason and a way out
         print(f"visionq worker: {exc.message}\n(offline? build tiny models with `visionq models tiny DIR` "
               "and pass --models DIR)", file=sys.stderr)
-        return 1
+        return EXIT_MODEL_NOT_LOADED
     return 0
 
 
@@ -76,7 +79,7 @@ def deliver_webhooks(concurrency: int, loglevel: str) -> int:
         settings = Settings.from_env()
     except ValueError as exc:
         print(f"visionq webhooks: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     _log_to_stderr(settings)
     if (code := _check_services(settings)) != 0:
         return code
@@ -132,7 +135,7 @@ def _supervise(args: argparse.Namespace) -> int:
         slots = plan_slots(gpus, args.replicas or 1, device, passthrough, metrics_port=args.metrics_port)
     except ValueError as exc:
         print(f"visionq worker: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     _log_to_stderr(settings)
     # Once here, rather than as every child failing and being restarted with backoff.
     if (code := _check_services(settings)) != 0:

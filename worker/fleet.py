@@ -24,11 +24,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from worker.commands import EXIT_MODEL_NOT_LOADED, EXIT_USAGE
+
 log = logging.getLogger("visionq.fleet")
 
 MAX_BACKOFF_S = 60.0
 HEALTHY_AFTER_S = 60.0  # a child that lived this long resets its backoff
-EXIT_USAGE, EXIT_MODEL_NOT_LOADED = 2, 1  # the worker's own exit codes (docs/cli.md)
 GIVE_UP_AFTER = 3  # runs in a row that ended EXIT_MODEL_NOT_LOADED early
 
 

@@ -5,6 +5,8 @@ import ipaddress
 from types import FrameType
 from typing import Callable
 
+import uvicorn
+
 from tasks.settings import Settings
 
 
@@ -27,27 +29,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _server_class() -> type:
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn's, which also ends the gateway's event streams and waits when asked to stop: their
+    keep-alives would hold it open for as long as their clients stay connected."""
 
-    class Server(uvicorn.Server):
-        """uvicorn's, which also ends the gateway's event streams and waits when asked to stop: their
-        keep-alives would hold it open for as long as their clients stay connected."""
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
 
-        def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
-            super().__init__(config)
-            self._on_exit = on_exit
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            self._on_exit()
-            super().handle_exit(sig, frame)
-
-    return Server
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, *, no_auth: bool = False, settings: Settings | None = None) -> int:
-    import uvicorn
-
     from producer.gateway.app import create_app
     from producer.gateway.keys import KeyStore
 
@@ -63,7 +58,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, no_auth: bool = False, s
     config = uvicorn.Config(app, host=host, port=port, log_level="info", proxy_headers=True,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     try:
-        _server_class()(config, app.state.services.stop_following).run()
+        _Server(config, app.state.services.stop_following).run()
     except SystemExit as exc:
         if exc.code == UVICORN_STARTUP_FAILURE:  # its own exit status, which docs/cli.md gives to "no such job"
             raise GatewayRefused(f"could not start on {host}:{port} (the error above: e.g. the port is in use)") from None
